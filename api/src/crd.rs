@@ -1,0 +1,699 @@
+//! The custom resources, `ModelRoute` and `RoutingPolicy` (`detour.dev/v1alpha1`).
+//!
+//! Contract: every knob is optional except what names a route (`model`, `targets`); `compile`
+//! resolves the rest from the referenced policy and then from the built-in defaults in
+//! [`crate::defaults`]. The schema carries every check the apiserver can make on one object
+//! (types, ranges, patterns, enums, CEL for cross-field rules); what needs several objects
+//! (a policy that exists, a Secret that exists, a rule naming a route's target) is checked by
+//! `compile` and reported in `status`.
+
+use std::fmt;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A duration as users write it: `80ms`, `30s`, `2m`, `1h`, or compounds such as `1m30s`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+/// Names of targets and rules: a DNS label, because they become metric label values and
+/// header values.
+pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// One model id that clients send, and the ordered providers that may serve it.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "detour.dev",
+    version = "v1alpha1",
+    kind = "ModelRoute",
+    plural = "modelroutes",
+    shortname = "mr",
+    category = "detour",
+    namespaced,
+    status = "ModelRouteStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.model"}"#,
+    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".spec.targets[0].name"}"#,
+    printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targetCount"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".status.policy"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("self.targets.all(t, self.targets.filter(u, u.name == t.name).size() == 1)")
+        .message("spec.targets: target names must be unique within a route").reason(Reason::FieldValueDuplicate),
+    validation = Rule::new("!has(self.rules) || self.rules.all(r, !has(r.then.targets) || r.then.targets.all(n, self.targets.exists(t, t.name == n)))")
+        .message("spec.rules[].then.targets: every name must be one of spec.targets[].name"),
+)]
+pub struct ModelRouteSpec {
+    /// The id clients send in the request body's `model` field, e.g. `smart/balanced`.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// The providers that may serve this model, in order: the first is the primary.
+    #[schemars(length(min = 1, max = 16))]
+    pub targets: Vec<TargetSpec>,
+    /// The RoutingPolicy (same namespace) that says how to choose and when to fail over.
+    /// When absent, the namespace's default policy, then the cluster's, then built-in defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<PolicyRef>,
+    /// Tag rules that apply to this route only, evaluated before the policy's rules. Kept here
+    /// so the apiserver can check that they name this route's targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub rules: Option<Vec<RuleSpec>>,
+}
+
+/// A reference to a RoutingPolicy in the route's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One upstream that may serve a route.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("self.provider != 'bedrock' || has(self.region)")
+        .message("region is required for provider bedrock, e.g. region: us-east-1"),
+    validation = Rule::new("!(self.provider in ['azure-openai', 'openai-compatible']) || has(self.endpoint)")
+        .message("endpoint is required for providers azure-openai and openai-compatible"),
+    validation = Rule::new("self.provider == 'mock' || has(self.credentials) || self.provider == 'openai-compatible' || self.provider == 'bedrock'")
+        .message("credentials are required for providers openai, azure-openai and anthropic"),
+)]
+pub struct TargetSpec {
+    /// Unique within the route; used in metrics, headers and `x-detour-target`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    pub provider: Provider,
+    /// The upstream model name (for `azure-openai`, the deployment name).
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// Base URL of the provider's API, e.g. `https://api.openai.com/v1`. Defaults per provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub endpoint: Option<String>,
+    /// Cloud region, required for `bedrock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// API version for providers that version their API in the request (`azure-openai`'s
+    /// `api-version`, `anthropic`'s `anthropic-version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub api_version: Option<String>,
+    /// Where the key comes from: a Secret (never the value itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsSpec>,
+    /// Share of traffic under the `weighted` strategy. Default 1; 0 takes it out of rotation
+    /// while keeping it as a fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub weight: Option<u32>,
+    /// Price in USD per million tokens, for the cost-aware strategies and the cost metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostSpec>,
+    /// Capability tier, for the cost/quality strategies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+    /// Largest prompt plus completion, in tokens, the upstream model accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub context_window: Option<u32>,
+    /// What the upstream model supports. When absent, the target is assumed to support all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    pub capabilities: Option<Vec<Capability>>,
+    /// Overrides of the policy's per-attempt and first-byte timeouts for this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TargetTimeoutsSpec>,
+    /// Behaviour of the `mock` provider (demo and tests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockSpec>,
+}
+
+/// The upstream API family a target speaks.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    Openai,
+    AzureOpenai,
+    Anthropic,
+    Bedrock,
+    OpenaiCompatible,
+    Mock,
+}
+
+impl Provider {
+    /// The name used in CRDs, metrics and headers.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::AzureOpenai => "azure-openai",
+            Self::Anthropic => "anthropic",
+            Self::Bedrock => "bedrock",
+            Self::OpenaiCompatible => "openai-compatible",
+            Self::Mock => "mock",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a target's credentials come from.
+///
+/// In a cluster, `secretName` names a Secret in the route's namespace; the injection webhook
+/// mounts it read-only and the sidecar reads the files. `apiKeyEnv`/`apiKeyFile` are for the
+/// standalone sidecar (laptops, VMs) and are rejected by the operator.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("has(self.secretName) || has(self.apiKeyEnv) || has(self.apiKeyFile) || has(self.webIdentity)")
+        .message("credentials: set secretName (or, standalone only, apiKeyEnv or apiKeyFile)"),
+)]
+pub struct CredentialsSpec {
+    /// A Secret in the route's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: Option<String>,
+    /// Which keys of the Secret hold what; each has a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<CredentialKeys>,
+    /// Standalone only: read the API key from this environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub api_key_env: Option<String>,
+    /// Standalone only: read the API key from this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub api_key_file: Option<String>,
+    /// `bedrock` only: assume this role with the pod's projected service-account token (IRSA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<WebIdentitySpec>,
+}
+
+/// Key names inside the Secret.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialKeys {
+    /// Default `api-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub api_key: Option<String>,
+    /// `bedrock`: default `aws-access-key-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub access_key_id: Option<String>,
+    /// `bedrock`: default `aws-secret-access-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub secret_access_key: Option<String>,
+    /// `bedrock`: optional, default `aws-session-token` when present in the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub session_token: Option<String>,
+}
+
+/// AWS web identity (IRSA): a role and the projected token that proves the pod's identity.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebIdentitySpec {
+    #[schemars(
+        length(min = 20, max = 2048),
+        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
+    )]
+    pub role_arn: String,
+    /// Default `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub token_file: Option<String>,
+}
+
+/// Price in USD per million tokens.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CostSpec {
+    #[schemars(range(min = 0.0, max = 10000.0))]
+    pub input: f64,
+    #[schemars(range(min = 0.0, max = 10000.0))]
+    pub output: f64,
+}
+
+/// A capability tier, lowest first.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Quality {
+    Basic,
+    Standard,
+    Advanced,
+    Frontier,
+}
+
+/// What a request may need from a model.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Tools,
+    JsonSchema,
+    Vision,
+    Streaming,
+}
+
+/// Per-target timeout overrides.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetTimeoutsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub per_attempt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub first_byte: Option<String>,
+}
+
+/// The in-process `mock` provider's script: what it answers, in order, cycling.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MockSpec {
+    /// Each entry is one of `ok`, `5xx`, `429`, `hang`, `slow`; the mock cycles through them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub script: Option<Vec<MockBehavior>>,
+    /// Added latency before answering (also the delay of `slow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub latency: Option<String>,
+    /// The text the mock answers with. Default: a sentence naming the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub reply: Option<String>,
+}
+
+/// One scripted answer of the `mock` provider.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MockBehavior {
+    #[serde(rename = "ok")]
+    Ok,
+    #[serde(rename = "5xx")]
+    ServerError,
+    #[serde(rename = "429")]
+    RateLimited,
+    #[serde(rename = "hang")]
+    Hang,
+    #[serde(rename = "slow")]
+    Slow,
+}
+
+/// Status of a ModelRoute, written whole by the operator on every reconcile.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRouteStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The ConfigMap this route was compiled into (`detour-routes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// The policy that was resolved: `namespace/name`, or `builtin` for the built-in defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// How many targets are being served (targets left out are named in `Ready`'s message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_count: Option<u32>,
+}
+
+/// How to choose a target and when to fail over.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "detour.dev",
+    version = "v1alpha1",
+    kind = "RoutingPolicy",
+    plural = "routingpolicies",
+    shortname = "rp",
+    category = "detour",
+    namespaced,
+    status = "RoutingPolicyStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy"}"#,
+    printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.default"}"#,
+    printcolumn = r#"{"name":"Routes","type":"integer","jsonPath":".status.routeCount"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutingPolicySpec {
+    /// How the first target is chosen. Default `priority` (the route's order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+    /// Tag rules, in order; the first match wins; unmatched requests use the defaults above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub rules: Option<Vec<RuleSpec>>,
+    /// What a single request may change with `x-detour-*` headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<OverridesSpec>,
+    /// Thresholds of the cost/quality strategies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<ScoringSpec>,
+    /// Return the upstream model's name in responses instead of the route's model id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose_upstream_model: Option<bool>,
+    /// The default policy: for the whole cluster in the operator's namespace, else for its own
+    /// namespace. Two defaults in one scope is a `Conflict`, never a silent pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
+}
+
+/// Target selection strategies.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Only the first target; no fallback.
+    Single,
+    /// The route's order.
+    #[default]
+    Priority,
+    /// Lowest observed latency (time to first byte) first.
+    LeastLatency,
+    /// Cheapest `cost` first.
+    LowestCost,
+    /// Fewest in-flight requests first.
+    LeastBusy,
+    /// Random by `weight`, the rest as fallbacks.
+    Weighted,
+    /// Complexity score picks cheap targets for simple requests.
+    CostOptimized,
+    /// Complexity score splits evenly between cost and quality.
+    Balanced,
+    /// Complexity score favours capable targets.
+    QualityFirst,
+}
+
+/// Retries and backoff.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts per target before moving to the next (1 = no retry on the same target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffSpec>,
+    /// What fails an attempt over. Default `5xx`, `429`, `timeout`, `connect-error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 5))]
+    #[x_kube(validation = Rule::new("self.all(x, self.filter(y, y == x).size() == 1)").message("retry.on: each trigger at most once"))]
+    pub on: Option<Vec<RetryOn>>,
+    /// Retries on the same target, as a share of requests, so an outage never multiplies load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSpec>,
+}
+
+/// Exponential backoff between attempts on the same target.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.base) || !has(self.max) || duration(self.base) <= duration(self.max)")
+        .message("backoff.base must not exceed backoff.max"),
+)]
+pub struct BackoffSpec {
+    /// Default `80ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub base: Option<String>,
+    /// Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub max: Option<String>,
+    /// Share of each delay that is randomised, 0..1. Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub jitter: Option<f64>,
+}
+
+/// Failure classes that trigger a retry or a fallback.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RetryOn {
+    #[serde(rename = "5xx")]
+    ServerError,
+    #[serde(rename = "429")]
+    RateLimited,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "connect-error")]
+    ConnectError,
+    #[serde(rename = "content-filter")]
+    ContentFilter,
+}
+
+/// The retry budget.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// Retries allowed as a share of requests over the last 10 s, 0..1. Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ratio: Option<f64>,
+    /// Retries per second always allowed, whatever the ratio. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub min_per_second: Option<u32>,
+}
+
+/// Deadlines.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.total) || !has(self.perAttempt) || duration(self.perAttempt) <= duration(self.total)")
+        .message("timeouts.perAttempt must not exceed timeouts.total"),
+    validation = Rule::new("!has(self.firstByte) || !has(self.perAttempt) || duration(self.firstByte) <= duration(self.perAttempt)")
+        .message("timeouts.firstByte must not exceed timeouts.perAttempt"),
+)]
+pub struct TimeoutsSpec {
+    /// One attempt, from connect to the last byte. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub per_attempt: Option<String>,
+    /// Time to the first response byte (headers, or the first SSE event). Default `15s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub first_byte: Option<String>,
+    /// The whole request, all attempts. Default `120s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub total: Option<String>,
+}
+
+/// Circuit breaking per target.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.cooldown) || !has(self.maxCooldown) || duration(self.cooldown) <= duration(self.maxCooldown)")
+        .message("health.cooldown must not exceed health.maxCooldown"),
+)]
+pub struct HealthSpec {
+    /// Consecutive failures that open the circuit. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: Option<u32>,
+    /// Error rate over a rolling window that opens the circuit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<ErrorRateSpec>,
+    /// How long an open target is skipped. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub cooldown: Option<String>,
+    /// Repeated trips double the cooldown up to this. Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub max_cooldown: Option<String>,
+    /// Live requests let through while half-open; all must succeed to close. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub half_open_probes: Option<u32>,
+    /// Observed latency above this marks a target degraded: tried after healthy ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub latency_threshold: Option<String>,
+}
+
+/// Error-rate breaker.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorRateSpec {
+    /// Share of failed attempts, 0..1, that opens the circuit. Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub threshold: Option<f64>,
+    /// Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub window: Option<String>,
+    /// Attempts in the window before the rate counts. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub min_requests: Option<u32>,
+}
+
+/// A tag rule: a condition and what to do when it matches.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("has(self.when.all) != has(self.when.any)").message("when: set exactly one of all or any"),
+    validation = Rule::new("has(self.then.targets) || has(self.then.strategy)").message("then: set targets, strategy or both"),
+)]
+pub struct RuleSpec {
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    pub when: WhenSpec,
+    pub then: ThenSpec,
+}
+
+/// `all` or `any` of the conditions.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WhenSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub all: Option<Vec<ConditionSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub any: Option<Vec<ConditionSpec>>,
+}
+
+/// One test of one request tag.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("self.op == 'exists' || self.op == 'in' || has(self.value)").message("value is required for this op"),
+    validation = Rule::new("self.op != 'in' || has(self.values)").message("values is required for op in"),
+    validation = Rule::new("!(self.op in ['gt', 'lt']) || !has(self.value) || self.value.matches('^-?[0-9]+(\\\\.[0-9]+)?$')")
+        .message("value must be a number for gt and lt"),
+)]
+pub struct ConditionSpec {
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
+    pub tag: String,
+    pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub values: Option<Vec<String>>,
+}
+
+/// Comparison operators of tag conditions.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    In,
+    Contains,
+    StartsWith,
+    Exists,
+}
+
+/// What a matching rule does.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThenSpec {
+    /// Only these targets, in this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub targets: Option<Vec<String>>,
+    /// A different strategy for matching requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+}
+
+/// Per-request overrides a policy allows.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverridesSpec {
+    /// Allow `x-detour-target: NAME` to force one target. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_target: Option<bool>,
+    /// Allow `x-detour-fallback: off`. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_disable_fallback: Option<bool>,
+}
+
+/// Thresholds on the complexity score for `cost-optimized`, `balanced`, `quality-first`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.simpleBelow) || !has(self.complexAbove) || self.simpleBelow <= self.complexAbove")
+        .message("scoring.simpleBelow must not exceed scoring.complexAbove"),
+)]
+pub struct ScoringSpec {
+    /// Scores below this are simple requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub simple_below: Option<f64>,
+    /// Scores above this are complex requests; between the two, the more capable target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub complex_above: Option<f64>,
+    /// Turn the scorer off: the most capable healthy target serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+}
+
+/// Status of a RoutingPolicy.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingPolicyStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// How many routes use this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_count: Option<u32>,
+}
+
+/// A status condition, shaped like `metav1.Condition`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready` or `Conflict`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase, machine-readable.
+    pub reason: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,70 @@
+//! The built-in defaults: what a route gets for every knob its policy leaves out, and what a
+//! route without any policy gets. Documented in `docs/reference.md`; changing one changes
+//! behaviour for every user who relied on it.
+
+use crate::crd::{RetryOn, Strategy};
+use crate::table::{Health, Overrides, Policy, Retry, Scoring, Timeouts};
+
+/// Namespace of objects that name none (standalone files).
+pub const NAMESPACE: &str = "default";
+/// Where the injection webhook mounts Secrets: `<root>/<secret>/<key>`.
+pub const CREDENTIALS_ROOT: &str = "/var/run/detour/credentials";
+/// The ConfigMap the operator writes in each namespace with routes.
+pub const CONFIG_MAP: &str = "detour-routes";
+/// Its key.
+pub const CONFIG_MAP_KEY: &str = "routes.json";
+/// Default Secret key of an API key.
+pub const API_KEY_KEY: &str = "api-key";
+/// Default Secret keys of AWS credentials.
+pub const ACCESS_KEY_ID_KEY: &str = "aws-access-key-id";
+pub const SECRET_ACCESS_KEY_KEY: &str = "aws-secret-access-key";
+pub const SESSION_TOKEN_KEY: &str = "aws-session-token";
+/// Where EKS projects the service-account token for IRSA.
+pub const WEB_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token";
+
+/// The built-in policy.
+pub fn policy() -> Policy {
+    Policy {
+        source: "builtin".to_owned(),
+        strategy: Strategy::Priority,
+        retry: Retry {
+            attempts: 1,
+            backoff_base_ms: 80,
+            backoff_max_ms: 2_000,
+            jitter: 0.2,
+            on: vec![
+                RetryOn::ServerError,
+                RetryOn::RateLimited,
+                RetryOn::Timeout,
+                RetryOn::ConnectError,
+            ],
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+        },
+        timeouts: Timeouts {
+            per_attempt_ms: 30_000,
+            first_byte_ms: 15_000,
+            total_ms: 120_000,
+        },
+        health: Health {
+            failure_threshold: 5,
+            error_rate_threshold: 0.5,
+            error_rate_window_ms: 30_000,
+            error_rate_min_requests: 20,
+            cooldown_ms: 30_000,
+            max_cooldown_ms: 300_000,
+            half_open_probes: 3,
+            latency_threshold_ms: None,
+        },
+        overrides: Overrides {
+            allow_target: false,
+            allow_disable_fallback: false,
+        },
+        scoring: Scoring {
+            simple_below: 0.35,
+            complex_above: 0.65,
+            disabled: false,
+        },
+        expose_upstream_model: false,
+    }
+}
