@@ -1,3 +1,100 @@
-//! `detour-sidecar`: the proxy. The serving path lands with the sidecar issue.
+//! `detour-sidecar`: parse flags, load the route table, serve until SIGTERM/SIGINT.
 
-fn main() {}
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use detour_sidecar::audit::Audit;
+use detour_sidecar::cli::Cli;
+use detour_sidecar::config::{self, Source};
+use detour_sidecar::server::{self, Options};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("DETOUR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Human logs on stderr; stdout carries only the audit lines (and the demo's report).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let source = match &cli.routes {
+        Some(p) => Source::Yaml(p.clone()),
+        None => Source::Json(cli.config.clone()),
+    };
+    let initial = match config::load(&source) {
+        Ok(loaded) => Some(loaded),
+        // Standalone: the file is the user's; refuse to start on it.
+        Err(e) if matches!(source, Source::Yaml(_)) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+        // In a pod the ConfigMap may appear later: serve not-ready until it does.
+        Err(e) => {
+            tracing::warn!("no route table yet (not ready): {e}");
+            None
+        }
+    };
+    let opts = Options {
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+        max_body_bytes: cli.max_body_bytes,
+        source,
+        reload_interval: Duration::from_millis(cli.reload_interval_ms.max(10)),
+        drain_timeout: Duration::from_millis(cli.drain_timeout_ms),
+    };
+    let (audit, tap) = if cli.demo {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Audit::with_tap(false, tx), Some(rx))
+    } else {
+        (Audit::stdout(), None)
+    };
+    let running = match server::start(opts, audit, initial).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(tap) = tap {
+        detour_sidecar::demo::run(&running, tap).await;
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

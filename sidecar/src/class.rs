@@ -1,0 +1,84 @@
+//! The closed set of attempt outcomes.
+//!
+//! Contract: every attempt is classified exactly once, where its result is known (the
+//! provider's error mapper or the proxy's timeout), and everything downstream — the breaker,
+//! the retry decision, the budget, metrics and the audit line — reads this value. Because it
+//! is a closed enum, it is also safe to use as a metric label.
+
+use detour_api::table::RetryOn;
+use serde::Serialize;
+
+/// What one attempt at one target came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// A 2xx with a well-formed body (or, for streams, a well-formed first event).
+    Ok,
+    /// The upstream answered 5xx.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// The upstream answered 429.
+    #[serde(rename = "429")]
+    RateLimited,
+    /// The attempt's own deadline (per-attempt or what was left of the total) passed.
+    Timeout,
+    /// No first byte (streaming: no first event) within the first-byte timeout.
+    FirstByteTimeout,
+    /// No connection could be made (refused, DNS, TLS handshake).
+    ConnectError,
+    /// The connection broke after it was made (reset, closed mid-message).
+    Reset,
+    /// The upstream refused the content (a content-filter error or finish reason).
+    ContentFilter,
+    /// The upstream rejected the request itself (400, 401, 403, 404, 413, 422, ...): another
+    /// provider would not fix it, so it is returned as-is and never retried.
+    ClientError,
+    /// A 2xx whose body could not be understood.
+    BadResponse,
+}
+
+impl Class {
+    /// The label value used in metrics, headers and the audit line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ServerError => "5xx",
+            Self::RateLimited => "429",
+            Self::Timeout => "timeout",
+            Self::FirstByteTimeout => "first-byte-timeout",
+            Self::ConnectError => "connect-error",
+            Self::Reset => "reset",
+            Self::ContentFilter => "content-filter",
+            Self::ClientError => "client-error",
+            Self::BadResponse => "bad-response",
+        }
+    }
+
+    /// The policy trigger (`retry.on`) this class falls under; `None` for classes that never
+    /// move on (success, client errors).
+    pub const fn trigger(self) -> Option<RetryOn> {
+        match self {
+            Self::Ok | Self::ClientError => None,
+            // A 2xx we cannot parse is the server's fault: treat it like a 5xx.
+            Self::ServerError | Self::BadResponse => Some(RetryOn::ServerError),
+            Self::RateLimited => Some(RetryOn::RateLimited),
+            Self::Timeout | Self::FirstByteTimeout => Some(RetryOn::Timeout),
+            // A reset is a connection failure that happened later; users who fail over on
+            // connection errors expect resets to count.
+            Self::ConnectError | Self::Reset => Some(RetryOn::ConnectError),
+            Self::ContentFilter => Some(RetryOn::ContentFilter),
+        }
+    }
+
+    /// Whether the breaker counts this as the target being unhealthy. A client error or a
+    /// content filter says nothing about the provider's health.
+    pub const fn is_health_failure(self) -> bool {
+        !matches!(self, Self::Ok | Self::ClientError | Self::ContentFilter)
+    }
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

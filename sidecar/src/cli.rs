@@ -1,0 +1,50 @@
+//! Command-line flags (each also readable from a `DETOUR_*` environment variable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Detour's sidecar: an OpenAI-compatible proxy that fails over between LLM providers.
+#[derive(Debug, Parser)]
+#[command(name = "detour-sidecar", version)]
+pub struct Cli {
+    /// The compiled route table the operator writes (ConfigMap `detour-routes`, key
+    /// `routes.json`). Reloaded when it changes.
+    #[arg(long, env = "DETOUR_CONFIG", default_value = "/etc/detour/routes.json")]
+    pub config: PathBuf,
+
+    /// Standalone: ModelRoute/RoutingPolicy YAML compiled by the sidecar itself; replaces
+    /// `--config`. Reloaded when it changes.
+    #[arg(long, env = "DETOUR_ROUTES")]
+    pub routes: Option<PathBuf>,
+
+    /// The OpenAI-compatible API (HTTP/1.1 and h2c).
+    #[arg(long, env = "DETOUR_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, env = "DETOUR_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, env = "DETOUR_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How often the route table's file is checked for changes.
+    #[arg(long, env = "DETOUR_RELOAD_INTERVAL_MS", default_value_t = 250)]
+    pub reload_interval_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "DETOUR_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Log format on stderr: `text` or `json`.
+    #[arg(long, env = "DETOUR_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Send a scripted burst of requests through this sidecar, print what served each and
+    /// why, then keep serving.
+    #[arg(long)]
+    pub demo: bool,
+}

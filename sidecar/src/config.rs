@@ -1,0 +1,187 @@
+//! Where the route table comes from, and noticing when it changes.
+//!
+//! Two sources: `--config routes.json` (the operator's ConfigMap, mounted by kubelet) and
+//! `--routes FILE.yaml` (standalone: ModelRoute/RoutingPolicy YAML compiled here with the
+//! same `detour_api::compile` the operator uses).
+//!
+//! Change detection is a poll (every ~250 ms): a `stat` of the path *through* its symlinks
+//! and of the resolved target path. Kubelet updates a ConfigMap volume by writing a new
+//! `..2024_…` directory and swapping the `..data` symlink, so the file's own mtime may not
+//! change while the resolved path does; comparing (resolved path, inode, size, mtime) catches
+//! both in-place writes and swaps. Only when the stamp changed is the file read, and only when
+//! its content hash changed is it parsed. Polling instead of inotify keeps the behaviour the
+//! same on every filesystem and adds no dependency; one stat every 250 ms costs nothing.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use detour_api::{RouteTable, Severity};
+use sha2::{Digest, Sha256};
+
+/// A route table source.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A compiled `routes.json`.
+    Json(PathBuf),
+    /// Standalone YAML.
+    Yaml(PathBuf),
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Json(p) | Self::Yaml(p) => p,
+        }
+    }
+}
+
+/// A compiler diagnostic to show at load.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub error: bool,
+    pub message: String,
+}
+
+/// A table that loaded, with what the compiler had to say.
+#[derive(Debug)]
+pub struct Loaded {
+    pub table: RouteTable,
+    pub notes: Vec<Note>,
+}
+
+/// Parses `text` read from `source`. Errors are one line naming the path and the field.
+pub fn parse(source: &Source, text: &str) -> Result<Loaded, String> {
+    let path = source.path().display();
+    match source {
+        Source::Json(_) => RouteTable::from_json(text)
+            .map(|table| Loaded {
+                table,
+                notes: Vec::new(),
+            })
+            .map_err(|e| format!("{path}: {e}")),
+        Source::Yaml(_) => {
+            let compiled = detour_api::compile_yaml(text).map_err(|e| format!("{path}: {e}"))?;
+            let notes: Vec<Note> = compiled
+                .diagnostics
+                .iter()
+                .map(|d| Note {
+                    error: d.severity == Severity::Error,
+                    message: format!("{path}: {}: {d}", d.object),
+                })
+                .collect();
+            if compiled.table.routes.is_empty() {
+                let errors: Vec<&str> = notes
+                    .iter()
+                    .filter(|n| n.error)
+                    .map(|n| n.message.as_str())
+                    .collect();
+                return Err(if errors.is_empty() {
+                    format!("{path}: no route could be compiled")
+                } else {
+                    format!("no route could be compiled: {}", errors.join("; "))
+                });
+            }
+            Ok(Loaded {
+                table: compiled.table,
+                notes,
+            })
+        }
+    }
+}
+
+/// Reads and parses `source`.
+pub fn load(source: &Source) -> Result<Loaded, String> {
+    let text = std::fs::read_to_string(source.path())
+        .map_err(|e| format!("{}: cannot read: {e}", source.path().display()))?;
+    parse(source, &text)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    resolved: Option<PathBuf>,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        resolved: std::fs::canonicalize(path).ok(),
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    })
+}
+
+/// What a poll found.
+#[derive(Debug)]
+pub enum Change {
+    /// A new valid table.
+    Loaded(Loaded),
+    /// The file changed but is not valid (or unreadable): keep the previous table.
+    Invalid(String),
+}
+
+/// Watches one source.
+#[derive(Debug)]
+pub struct Watcher {
+    source: Source,
+    stamp: Option<Stamp>,
+    hash: Option<[u8; 32]>,
+    reported_missing: bool,
+}
+
+impl Watcher {
+    pub fn new(source: Source) -> Self {
+        Self {
+            source,
+            stamp: None,
+            hash: None,
+            reported_missing: false,
+        }
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Checks for a change; `None` when nothing changed.
+    pub fn poll(&mut self) -> Option<Change> {
+        let now = stamp(self.source.path());
+        if now.is_some() && now == self.stamp {
+            return None;
+        }
+        let Some(now) = now else {
+            // Missing (not yet written, or between kubelet's writes): report it once.
+            if self.stamp.take().is_some() || !self.reported_missing {
+                self.reported_missing = true;
+                return Some(Change::Invalid(format!(
+                    "{}: cannot read: the file does not exist",
+                    self.source.path().display()
+                )));
+            }
+            return None;
+        };
+        self.reported_missing = false;
+        self.stamp = Some(now);
+        let text = match std::fs::read_to_string(self.source.path()) {
+            Ok(t) => t,
+            Err(e) => {
+                return Some(Change::Invalid(format!(
+                    "{}: cannot read: {e}",
+                    self.source.path().display()
+                )));
+            }
+        };
+        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if self.hash == Some(hash) {
+            return None;
+        }
+        self.hash = Some(hash);
+        Some(match parse(&self.source, &text) {
+            Ok(l) => Change::Loaded(l),
+            Err(e) => Change::Invalid(e),
+        })
+    }
+}

@@ -1,0 +1,86 @@
+//! One deadline across the whole failover chain.
+//!
+//! The total deadline starts when the request arrives; a client may shorten it (never
+//! lengthen it) with `x-detour-timeout-ms`. Each attempt gets the smaller of its own timeout
+//! and what is left, so a chain of slow targets cannot exceed what the caller was promised.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The request's deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub start: Instant,
+    pub at: Instant,
+}
+
+impl Deadline {
+    /// `total_ms` from the policy; `client_ms` from `x-detour-timeout-ms` may only shorten it.
+    pub fn new(now: Instant, total_ms: u64, client_ms: Option<u64>) -> Self {
+        let ms = client_ms.map_or(total_ms, |c| c.min(total_ms));
+        Self {
+            start: now,
+            at: now + Duration::from_millis(ms),
+        }
+    }
+
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.at
+    }
+
+    /// When an attempt starting `now` with timeout `per_attempt_ms` must end.
+    pub fn attempt(&self, now: Instant, per_attempt_ms: u64) -> Instant {
+        (now + Duration::from_millis(per_attempt_ms)).min(self.at)
+    }
+
+    /// Whether the total deadline, not the attempt's own timeout, bounds an attempt.
+    pub fn bounds(&self, now: Instant, per_attempt_ms: u64) -> bool {
+        self.at <= now + Duration::from_millis(per_attempt_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client header shortens the policy's total deadline but can never extend it.
+    #[tokio::test(start_paused = true)]
+    async fn client_may_only_shorten() {
+        let now = Instant::now();
+        assert_eq!(
+            Deadline::new(now, 1_000, Some(200)).remaining(now),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            Deadline::new(now, 1_000, Some(5_000)).remaining(now),
+            Duration::from_millis(1_000)
+        );
+        assert_eq!(
+            Deadline::new(now, 1_000, None).remaining(now),
+            Duration::from_millis(1_000)
+        );
+    }
+
+    /// An attempt never outlives the total deadline, and time spent earlier in the chain is
+    /// taken from later attempts.
+    #[tokio::test(start_paused = true)]
+    async fn attempts_share_one_deadline() {
+        let start = Instant::now();
+        let d = Deadline::new(start, 1_000, None);
+        assert_eq!(d.attempt(start, 300), start + Duration::from_millis(300));
+        assert!(!d.bounds(start, 300));
+        tokio::time::advance(Duration::from_millis(800)).await;
+        let now = Instant::now();
+        assert_eq!(d.attempt(now, 300), d.at);
+        assert!(d.bounds(now, 300));
+        assert_eq!(d.remaining(now), Duration::from_millis(200));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(d.expired(Instant::now()));
+        assert_eq!(d.remaining(Instant::now()), Duration::ZERO);
+    }
+}

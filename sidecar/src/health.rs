@@ -1,0 +1,559 @@
+//! The circuit breaker of one target, as an explicit state machine.
+//!
+//! ```text
+//!            N consecutive failures, or error rate ≥ threshold over the window
+//!            (with at least min requests), or a 429 carrying Retry-After
+//!   Closed ───────────────────────────────────────────────────────────────▶ Open(until)
+//!     ▲                                                                     │ now ≥ until
+//!     │ every probe succeeded                                               ▼
+//!     └────────────────────────────────────────────────────────────── HalfOpen(probes)
+//!                         any probe failed: Open again, cooldown doubled ───┘
+//! ```
+//!
+//! - The open time is `cooldown × 2^(trips)`, capped at `max_cooldown`; the trip count resets
+//!   once the target stayed closed for `max_cooldown` (a healthy period).
+//! - A 429's `Retry-After` is the provider saying when to come back: the target opens for at
+//!   least that long, at once. Any other single failure never opens it (unless the policy
+//!   sets `failureThreshold: 1`).
+//! - Half-open lets at most `half_open_probes` live requests through; a probe that ends
+//!   without a verdict (the client went away) frees its slot.
+//! - Latency is tracked as an EWMA of successful attempts (TTFT for streams); above
+//!   `latency_threshold` the target is *degraded*: still used, but after the healthy ones.
+//!
+//! All times are `tokio::time::Instant`, so the tests run on a paused clock.
+
+use std::time::Duration;
+
+use detour_api::table::Health;
+use tokio::time::Instant;
+
+use crate::class::Class;
+
+/// The breaker's knobs, from the policy's `health`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    pub failure_threshold: u32,
+    pub error_rate_threshold: f64,
+    pub window: Duration,
+    pub min_requests: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+    pub half_open_probes: u32,
+    pub latency_threshold: Option<Duration>,
+}
+
+impl Params {
+    pub fn from_policy(h: &Health) -> Self {
+        Self {
+            failure_threshold: h.failure_threshold.max(1),
+            error_rate_threshold: h.error_rate_threshold,
+            window: Duration::from_millis(h.error_rate_window_ms.max(1)),
+            min_requests: h.error_rate_min_requests.max(1),
+            cooldown: Duration::from_millis(h.cooldown_ms),
+            max_cooldown: Duration::from_millis(h.max_cooldown_ms.max(h.cooldown_ms)),
+            half_open_probes: h.half_open_probes.max(1),
+            latency_threshold: h.latency_threshold_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+/// The state, as exported by `detour_breaker_state` (0 closed, 1 half-open, 2 open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { issued: u32, succeeded: u32 },
+}
+
+impl State {
+    pub const fn gauge(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::HalfOpen { .. } => 1,
+            Self::Open { .. } => 2,
+        }
+    }
+}
+
+/// May a request be sent to this target now?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Normal traffic.
+    Allowed,
+    /// One of the bounded half-open probes; report its verdict with `probe = true`.
+    Probe,
+    /// Skip this target; it may be tried again at `until`.
+    Rejected { until: Instant },
+}
+
+/// The verdict of one admitted request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    /// A success (or a client error: the provider is up), with its latency.
+    Success(Duration),
+    /// A failure of the given class; `retry_after` from a 429.
+    Failure {
+        class: Class,
+        retry_after: Option<Duration>,
+    },
+    /// No verdict (cancelled): frees a probe slot, changes nothing else.
+    Cancelled,
+}
+
+impl Verdict {
+    /// The verdict an attempt of class `class` gives.
+    pub fn of(class: Class, latency: Duration, retry_after: Option<Duration>) -> Self {
+        if class.is_health_failure() {
+            Self::Failure { class, retry_after }
+        } else {
+            Self::Success(latency)
+        }
+    }
+}
+
+/// Buckets of the error-rate window.
+const BUCKETS: u32 = 10;
+/// Weight of the newest sample in the latency EWMA.
+const EWMA_ALPHA: f64 = 0.3;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    index: u64,
+    total: u32,
+    failed: u32,
+}
+
+/// A target's breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    params: Params,
+    state: State,
+    consecutive: u32,
+    trips: u32,
+    last_trip: Option<Instant>,
+    origin: Instant,
+    buckets: [Bucket; BUCKETS as usize],
+    ewma_ms: Option<f64>,
+}
+
+impl Breaker {
+    pub fn new(params: Params, now: Instant) -> Self {
+        Self {
+            params,
+            state: State::Closed,
+            consecutive: 0,
+            trips: 0,
+            last_trip: None,
+            origin: now,
+            buckets: [Bucket::default(); BUCKETS as usize],
+            ewma_ms: None,
+        }
+    }
+
+    /// New parameters after a config reload; the state is kept.
+    pub fn set_params(&mut self, params: Params) {
+        self.params = params;
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The current state, moving Open to HalfOpen when the cooldown is over.
+    pub fn state(&mut self, now: Instant) -> State {
+        if let State::Open { until } = self.state
+            && now >= until
+        {
+            self.state = State::HalfOpen {
+                issued: 0,
+                succeeded: 0,
+            };
+        }
+        self.state
+    }
+
+    /// Latency EWMA in milliseconds, if any success was seen.
+    pub fn latency_ms(&self) -> Option<f64> {
+        self.ewma_ms
+    }
+
+    /// Slower than the policy's latency threshold.
+    pub fn degraded(&self) -> bool {
+        match (self.params.latency_threshold, self.ewma_ms) {
+            (Some(limit), Some(ms)) => ms > limit.as_secs_f64() * 1_000.0,
+            _ => false,
+        }
+    }
+
+    /// When this target may be tried again (`now` when it may be tried now).
+    pub fn available_at(&mut self, now: Instant) -> Instant {
+        match self.state(now) {
+            State::Open { until } => until,
+            // Probes are all out: their verdict comes within an attempt timeout; say "soon".
+            State::HalfOpen { issued, .. } if issued >= self.params.half_open_probes => now,
+            _ => now,
+        }
+    }
+
+    /// Asks to send one request.
+    pub fn admit(&mut self, now: Instant) -> Admission {
+        match self.state(now) {
+            State::Closed => {
+                if let Some(t) = self.last_trip
+                    && now.saturating_duration_since(t) >= self.params.max_cooldown
+                {
+                    // Healthy for a whole max cooldown: the next trip starts from the base.
+                    self.trips = 0;
+                    self.last_trip = None;
+                }
+                Admission::Allowed
+            }
+            State::Open { until } => Admission::Rejected { until },
+            State::HalfOpen { issued, succeeded } => {
+                if issued < self.params.half_open_probes {
+                    self.state = State::HalfOpen {
+                        issued: issued + 1,
+                        succeeded,
+                    };
+                    Admission::Probe
+                } else {
+                    Admission::Rejected { until: now }
+                }
+            }
+        }
+    }
+
+    /// Records the verdict of a request admitted as `admission`.
+    pub fn record(&mut self, now: Instant, admission: Admission, verdict: Verdict) {
+        if let Verdict::Success(latency) = verdict {
+            let ms = latency.as_secs_f64() * 1_000.0;
+            self.ewma_ms = Some(match self.ewma_ms {
+                Some(prev) => prev + EWMA_ALPHA * (ms - prev),
+                None => ms,
+            });
+        }
+        if admission == Admission::Probe {
+            self.record_probe(now, verdict);
+            return;
+        }
+        match verdict {
+            Verdict::Cancelled => {}
+            Verdict::Success(_) => {
+                self.count(now, false);
+                self.consecutive = 0;
+            }
+            Verdict::Failure { retry_after, .. } => {
+                self.count(now, true);
+                self.consecutive = self.consecutive.saturating_add(1);
+                match self.state {
+                    State::Closed => {
+                        if retry_after.is_some()
+                            || self.consecutive >= self.params.failure_threshold
+                            || self.rate_exceeded(now)
+                        {
+                            self.trip(now, retry_after);
+                        }
+                    }
+                    // Admitted before the trip; only a longer Retry-After changes anything.
+                    State::Open { until } => {
+                        if let Some(ra) = retry_after
+                            && now + ra > until
+                        {
+                            self.state = State::Open { until: now + ra };
+                        }
+                    }
+                    State::HalfOpen { .. } => {}
+                }
+            }
+        }
+    }
+
+    fn record_probe(&mut self, now: Instant, verdict: Verdict) {
+        let State::HalfOpen { issued, succeeded } = self.state else {
+            // Another probe already decided; a late failure still honours Retry-After.
+            if let (
+                Verdict::Failure {
+                    retry_after: Some(ra),
+                    ..
+                },
+                State::Open { until },
+            ) = (verdict, self.state)
+                && now + ra > until
+            {
+                self.state = State::Open { until: now + ra };
+            }
+            return;
+        };
+        match verdict {
+            Verdict::Cancelled => {
+                self.state = State::HalfOpen {
+                    issued: issued.saturating_sub(1),
+                    succeeded,
+                };
+            }
+            Verdict::Success(_) => {
+                let succeeded = succeeded + 1;
+                if succeeded >= self.params.half_open_probes {
+                    self.state = State::Closed;
+                    self.consecutive = 0;
+                    self.buckets = [Bucket::default(); BUCKETS as usize];
+                } else {
+                    self.state = State::HalfOpen { issued, succeeded };
+                }
+            }
+            Verdict::Failure { retry_after, .. } => self.trip(now, retry_after),
+        }
+    }
+
+    fn trip(&mut self, now: Instant, retry_after: Option<Duration>) {
+        let factor = 1u32.checked_shl(self.trips.min(20)).unwrap_or(u32::MAX);
+        let cooldown = self
+            .params
+            .cooldown
+            .saturating_mul(factor)
+            .min(self.params.max_cooldown);
+        let open_for = retry_after.map_or(cooldown, |ra| ra.max(cooldown));
+        self.trips = self.trips.saturating_add(1);
+        self.last_trip = Some(now);
+        self.consecutive = 0;
+        self.buckets = [Bucket::default(); BUCKETS as usize];
+        self.state = State::Open {
+            until: now + open_for,
+        };
+    }
+
+    fn bucket_index(&self, now: Instant) -> u64 {
+        let width = (self.params.window / BUCKETS).max(Duration::from_millis(1));
+        let since = now.saturating_duration_since(self.origin);
+        u64::try_from(since.as_nanos() / width.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn count(&mut self, now: Instant, failed: bool) {
+        let index = self.bucket_index(now);
+        let slot = usize::try_from(index % u64::from(BUCKETS)).unwrap_or(0);
+        if let Some(b) = self.buckets.get_mut(slot) {
+            if b.index != index {
+                *b = Bucket {
+                    index,
+                    total: 0,
+                    failed: 0,
+                };
+            }
+            b.total = b.total.saturating_add(1);
+            if failed {
+                b.failed = b.failed.saturating_add(1);
+            }
+        }
+    }
+
+    fn rate_exceeded(&self, now: Instant) -> bool {
+        let index = self.bucket_index(now);
+        let (mut total, mut failed) = (0u32, 0u32);
+        for b in &self.buckets {
+            if index.saturating_sub(b.index) < u64::from(BUCKETS) && b.total > 0 {
+                total += b.total;
+                failed += b.failed;
+            }
+        }
+        total >= self.params.min_requests
+            && f64::from(failed) >= self.params.error_rate_threshold * f64::from(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            failure_threshold: 3,
+            error_rate_threshold: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 10,
+            cooldown: Duration::from_secs(1),
+            max_cooldown: Duration::from_secs(8),
+            half_open_probes: 2,
+            latency_threshold: Some(Duration::from_millis(100)),
+        }
+    }
+
+    fn fail() -> Verdict {
+        Verdict::Failure {
+            class: Class::ServerError,
+            retry_after: None,
+        }
+    }
+
+    fn ok() -> Verdict {
+        Verdict::Success(Duration::from_millis(10))
+    }
+
+    fn hit(b: &mut Breaker, v: Verdict) -> Admission {
+        let now = Instant::now();
+        let a = b.admit(now);
+        if !matches!(a, Admission::Rejected { .. }) {
+            b.record(now, a, v);
+        }
+        a
+    }
+
+    /// A single transient failure (or two) never opens the breaker; N consecutive do.
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_consecutive_failures_only() {
+        let mut b = Breaker::new(params(), Instant::now());
+        hit(&mut b, fail());
+        hit(&mut b, fail());
+        hit(&mut b, ok());
+        hit(&mut b, fail());
+        hit(&mut b, fail());
+        assert_eq!(b.state(Instant::now()), State::Closed);
+        hit(&mut b, fail());
+        assert!(matches!(b.state(Instant::now()), State::Open { .. }));
+        assert!(matches!(hit(&mut b, ok()), Admission::Rejected { .. }));
+    }
+
+    /// An error rate over the window opens it even without a consecutive run, but only once
+    /// the window holds the minimum number of requests.
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_error_rate_with_min_requests() {
+        let mut b = Breaker::new(params(), Instant::now());
+        for _ in 0..4 {
+            hit(&mut b, fail());
+            hit(&mut b, ok());
+        }
+        assert_eq!(b.state(Instant::now()), State::Closed, "8 requests < min 10");
+        hit(&mut b, fail());
+        hit(&mut b, ok());
+        assert_eq!(
+            b.state(Instant::now()),
+            State::Closed,
+            "rate check runs on failures"
+        );
+        hit(&mut b, fail());
+        assert!(matches!(b.state(Instant::now()), State::Open { .. }));
+    }
+
+    /// After the cooldown only the configured number of probes pass; when all succeed the
+    /// breaker closes.
+    #[tokio::test(start_paused = true)]
+    async fn half_open_bounded_probes_then_close() {
+        let mut b = Breaker::new(params(), Instant::now());
+        for _ in 0..3 {
+            hit(&mut b, fail());
+        }
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(matches!(b.admit(Instant::now()), Admission::Rejected { .. }));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let now = Instant::now();
+        let p1 = b.admit(now);
+        let p2 = b.admit(now);
+        assert_eq!((p1, p2), (Admission::Probe, Admission::Probe));
+        assert!(
+            matches!(b.admit(now), Admission::Rejected { .. }),
+            "third probe refused"
+        );
+        assert_eq!(b.state(now).gauge(), 1);
+        b.record(now, p1, ok());
+        assert_eq!(b.state(now).gauge(), 1);
+        b.record(now, p2, ok());
+        assert_eq!(b.state(now), State::Closed);
+    }
+
+    /// A failed probe reopens with a doubled cooldown, capped at max; a cancelled probe frees
+    /// its slot.
+    #[tokio::test(start_paused = true)]
+    async fn cooldown_doubles_up_to_max_and_resets_after_healthy_period() {
+        let mut b = Breaker::new(params(), Instant::now());
+        for _ in 0..3 {
+            hit(&mut b, fail());
+        }
+        let mut expected = [1u64, 2, 4, 8, 8].into_iter();
+        let mut open_for = expected.next().unwrap_or(0);
+        loop {
+            let start = Instant::now();
+            let State::Open { until } = b.state(start) else {
+                panic!("expected open")
+            };
+            assert_eq!(until - start, Duration::from_secs(open_for));
+            tokio::time::advance(until - start).await;
+            let now = Instant::now();
+            let probe = b.admit(now);
+            assert_eq!(probe, Admission::Probe);
+            let Some(next) = expected.next() else { break };
+            b.record(now, probe, fail());
+            open_for = next;
+        }
+        // A cancelled probe frees its slot.
+        let now = Instant::now();
+        b.record(now, Admission::Probe, Verdict::Cancelled);
+        let p1 = b.admit(now);
+        let p2 = b.admit(now);
+        b.record(now, p1, ok());
+        b.record(now, p2, ok());
+        assert_eq!(b.state(now), State::Closed);
+        // Healthy for max_cooldown: the next trip starts from the base cooldown again.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        hit(&mut b, ok());
+        for _ in 0..3 {
+            hit(&mut b, fail());
+        }
+        let now = Instant::now();
+        assert_eq!(
+            b.state(now),
+            State::Open {
+                until: now + Duration::from_secs(1)
+            }
+        );
+    }
+
+    /// A 429 with Retry-After opens the target at once for at least that long.
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_opens_for_at_least_that_long() {
+        let mut b = Breaker::new(params(), Instant::now());
+        let now = Instant::now();
+        hit(
+            &mut b,
+            Verdict::Failure {
+                class: Class::RateLimited,
+                retry_after: Some(Duration::from_secs(5)),
+            },
+        );
+        assert_eq!(
+            b.state(now),
+            State::Open {
+                until: now + Duration::from_secs(5)
+            }
+        );
+        assert_eq!(b.available_at(now), now + Duration::from_secs(5));
+    }
+
+    /// Latency above the threshold marks the target degraded; fast answers bring it back.
+    #[tokio::test(start_paused = true)]
+    async fn latency_threshold_marks_degraded() {
+        let mut b = Breaker::new(params(), Instant::now());
+        hit(&mut b, Verdict::Success(Duration::from_millis(50)));
+        assert!(!b.degraded());
+        for _ in 0..5 {
+            hit(&mut b, Verdict::Success(Duration::from_millis(400)));
+        }
+        assert!(b.degraded());
+        assert_eq!(b.state(Instant::now()), State::Closed, "degraded is not open");
+        for _ in 0..10 {
+            hit(&mut b, Verdict::Success(Duration::from_millis(5)));
+        }
+        assert!(!b.degraded());
+    }
+
+    /// Client errors and content filters say nothing about health: they never open it.
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_are_not_health_failures() {
+        let mut b = Breaker::new(params(), Instant::now());
+        for _ in 0..10 {
+            hit(
+                &mut b,
+                Verdict::of(Class::ClientError, Duration::from_millis(1), None),
+            );
+        }
+        assert_eq!(b.state(Instant::now()), State::Closed);
+    }
+}

@@ -1,0 +1,287 @@
+//! Upstream providers behind one trait, dispatched through an enum.
+//!
+//! Contract of [`Adapter::send`]: given the client's OpenAI-shaped request, call the upstream
+//! and return an OpenAI-shaped answer — a JSON body, or a stream of OpenAI chunk events — or a
+//! [`Failure`] classified once by that provider's own error mapper. Providers that speak
+//! another wire format (Anthropic's Messages, Bedrock's Converse with its event-stream framing
+//! and SigV4, Azure's deployment URLs) translate inside their module, keep their wire types
+//! private, and plug in as one more enum variant: the proxy core never changes.
+//!
+//! Deadlines are passed in ([`Call::deadline`], [`Call::first_byte_deadline`]); a provider
+//! turns running out of either into [`Class::Timeout`] / [`Class::FirstByteTimeout`].
+
+pub mod mock;
+pub mod openai;
+pub mod sse;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::class::Class;
+
+/// The shared upstream HTTP client (HTTP/1.1 keep-alive pool, HTTPS via rustls).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds the upstream client: rustls on ring with the webpki roots; plain http allowed for
+/// loopback and in-cluster endpoints.
+pub fn http_client() -> Result<HttpClient, rustls::Error> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
+
+/// The OpenAI endpoint a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The path below the API base (`/v1`).
+    pub const fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "chat/completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// One attempt's request.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub endpoint: Endpoint,
+    /// The client's body, `model` still the route's id.
+    pub body: &'a Map<String, Value>,
+    /// The target's upstream model.
+    pub model: &'a str,
+    pub stream: bool,
+    /// End of this attempt (per-attempt timeout or what is left of the total).
+    pub deadline: Instant,
+    /// Streams only: the first event must arrive by then.
+    pub first_byte_deadline: Instant,
+    /// Whether `deadline` is the request's total deadline rather than the attempt's own.
+    pub total_bounds: bool,
+}
+
+impl Call<'_> {
+    /// The class of running out of time while waiting for the first byte.
+    pub fn first_byte_class(&self) -> Class {
+        if self.stream && self.first_byte_deadline < self.deadline {
+            Class::FirstByteTimeout
+        } else {
+            Class::Timeout
+        }
+    }
+
+    /// When the first byte must arrive: for streams the first-byte deadline; otherwise the
+    /// upstream answers only when it is done, so the attempt deadline.
+    pub fn headers_deadline(&self) -> Instant {
+        if self.stream {
+            self.first_byte_deadline
+        } else {
+            self.deadline
+        }
+    }
+}
+
+/// One event of an OpenAI-shaped stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A `data: {json}` event (a `chat.completion.chunk` or `text_completion`).
+    Data(Value),
+    /// `data: [DONE]`.
+    Done,
+}
+
+/// A stream of OpenAI-shaped events.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Failure>> + Send>>;
+
+/// What an upstream answered, already OpenAI-shaped.
+pub enum Reply {
+    Json(Value),
+    Stream(EventStream),
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Json(_) => f.write_str("Reply::Json"),
+            Self::Stream(_) => f.write_str("Reply::Stream"),
+        }
+    }
+}
+
+/// A failed attempt, classified once.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub class: Class,
+    pub status: Option<u16>,
+    /// From a 429's `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// The upstream's error body, returned as-is for client errors.
+    pub body: Option<Bytes>,
+    /// Facts for logs and the error message. Never request content, never a key.
+    pub detail: Cow<'static, str>,
+}
+
+impl Failure {
+    pub fn new(class: Class, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            class,
+            status: None,
+            retry_after: None,
+            body: None,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status.as_u16());
+        self
+    }
+}
+
+/// What every provider implements. Enum dispatch through [`Provider`] keeps the hot path
+/// free of boxing and lets each provider keep its own wire types private.
+pub trait Adapter {
+    fn send(&self, call: &Call<'_>) -> impl Future<Output = Result<Reply, Failure>> + Send;
+}
+
+/// The providers of this build.
+#[derive(Debug)]
+pub enum Provider {
+    // Boxed: the HTTP client makes it much larger than the others.
+    OpenAi(Box<openai::OpenAi>),
+    Mock(mock::Mock),
+}
+
+impl Provider {
+    pub async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
+        match self {
+            Self::OpenAi(p) => p.send(call).await,
+            Self::Mock(p) => p.send(call).await,
+        }
+    }
+}
+
+/// A secret value. Its `Debug` and `Display` print `*****`; the value is reachable only
+/// through [`Secret::expose`], called where the header is built.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(value: &str) -> Self {
+        Self(Arc::from(value.trim()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("*****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("*****")
+    }
+}
+
+/// Where a key comes from, re-read when its file changes (kubelet rotates Secret files).
+#[derive(Debug)]
+pub enum KeySource {
+    None,
+    /// Read once from the environment at load.
+    Fixed(Option<Secret>),
+    File {
+        path: String,
+        cache: Mutex<FileCache>,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct FileCache {
+    checked: Option<Instant>,
+    stamp: Option<(SystemTime, u64)>,
+    value: Option<Secret>,
+}
+
+/// How often a key file is stat'ed at most.
+const KEY_RECHECK: Duration = Duration::from_secs(1);
+
+impl KeySource {
+    pub fn from_config(source: Option<&detour_api::table::CredentialSource>) -> Self {
+        use detour_api::table::CredentialSource;
+        match source {
+            None => Self::None,
+            Some(CredentialSource::Env(var)) => Self::Fixed(std::env::var(var).ok().map(|v| Secret::new(&v))),
+            Some(CredentialSource::File(path)) => Self::File {
+                path: path.clone(),
+                cache: Mutex::new(FileCache::default()),
+            },
+        }
+    }
+
+    /// The current key: `Ok(None)` when none is configured, `Err` when one is configured but
+    /// cannot be read (the message names the source, never the value).
+    pub fn current(&self) -> Result<Option<Secret>, Cow<'static, str>> {
+        match self {
+            Self::None => Ok(None),
+            Self::Fixed(Some(s)) => Ok(Some(s.clone())),
+            Self::Fixed(None) => Err("the API key's environment variable is not set".into()),
+            Self::File { path, cache } => {
+                let Ok(mut cache) = cache.lock() else {
+                    return Err("key cache poisoned".into());
+                };
+                let now = Instant::now();
+                let fresh = cache
+                    .checked
+                    .is_some_and(|t| now.saturating_duration_since(t) < KEY_RECHECK);
+                if !fresh {
+                    cache.checked = Some(now);
+                    let stamp = std::fs::metadata(path)
+                        .ok()
+                        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+                    if stamp != cache.stamp || cache.value.is_none() {
+                        cache.stamp = stamp;
+                        cache.value = std::fs::read_to_string(path).ok().map(|v| Secret::new(&v));
+                    }
+                }
+                match cache.value.clone() {
+                    Some(v) => Ok(Some(v)),
+                    None => Err(Cow::Owned(format!("the API key file {path} cannot be read"))),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The one SSE reader of OpenAI-shaped streams: frames upstream bytes into events without
+//! buffering more than one event, and turns `data:` payloads into [`Event`]s.
+//!
+//! Upstream body errors become [`Class::Reset`]; a payload that is not JSON becomes
+//! [`Class::BadResponse`]; an `{"error": ...}` event becomes [`Class::ServerError`] (before the
+//! first byte that fails over; after it, the proxy ends the stream with an error event).
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, stream};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::{Event, EventStream, Failure};
+use crate::class::Class;
+
+/// Largest single event accepted from an upstream.
+const MAX_EVENT: usize = 4 * 1024 * 1024;
+
+/// Finds the end of the first complete event in `buf`: (end of event, length of separator).
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        match (buf.get(i), buf.get(i + 1), buf.get(i + 2), buf.get(i + 3)) {
+            (Some(b'\n'), Some(b'\n'), _, _) => return Some((i, 2)),
+            (Some(b'\r'), Some(b'\n'), Some(b'\r'), Some(b'\n')) => return Some((i, 4)),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Parses one event's text into an [`Event`]; `None` for comments and events without data.
+pub fn parse_event(raw: &[u8]) -> Option<Result<Event, Failure>> {
+    let text = String::from_utf8_lossy(raw);
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    if data.trim() == "[DONE]" {
+        return Some(Ok(Event::Done));
+    }
+    Some(match serde_json::from_str::<Value>(&data) {
+        Ok(v) if v.get("error").is_some() => {
+            Err(Failure::new(Class::ServerError, "upstream sent an error event"))
+        }
+        Ok(v) => Ok(Event::Data(v)),
+        Err(_) => Err(Failure::new(
+            Class::BadResponse,
+            "upstream sent an SSE event that is not JSON",
+        )),
+    })
+}
+
+/// Turns a streaming upstream body into events.
+pub fn events<B>(body: B) -> EventStream
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    struct State<B> {
+        body: B,
+        buf: BytesMut,
+        done: bool,
+    }
+    let state = State {
+        body,
+        buf: BytesMut::new(),
+        done: false,
+    };
+    let s = stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            if let Some((end, sep)) = event_end(&st.buf) {
+                let raw = st.buf.split_to(end);
+                st.buf.advance(sep);
+                match parse_event(&raw) {
+                    Some(Err(f)) => {
+                        st.done = true;
+                        return Some((Err(f), st));
+                    }
+                    Some(Ok(ev)) => return Some((Ok(ev), st)),
+                    None => continue,
+                }
+            }
+            if st.buf.len() > MAX_EVENT {
+                st.done = true;
+                return Some((
+                    Err(Failure::new(Class::BadResponse, "upstream SSE event too large")),
+                    st,
+                ));
+            }
+            match st.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        st.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    tracing::debug!(error = %e, "upstream stream broke");
+                    return Some((Err(Failure::new(Class::Reset, "upstream stream broke")), st));
+                }
+                None => {
+                    st.done = true;
+                    // A last event without its blank line still counts.
+                    let rest = std::mem::take(&mut st.buf);
+                    return parse_event(&rest).map(|ev| (ev, st));
+                }
+            }
+        }
+    });
+    Box::pin(s)
+}
+
+/// Serialises an event for the client.
+pub fn encode(event: &Event) -> Bytes {
+    match event {
+        Event::Done => Bytes::from_static(b"data: [DONE]\n\n"),
+        Event::Data(v) => {
+            let mut out = Vec::with_capacity(256);
+            out.extend_from_slice(b"data: ");
+            if serde_json::to_writer(&mut out, v).is_err() {
+                out.truncate(6);
+                out.extend_from_slice(b"{}");
+            }
+            out.extend_from_slice(b"\n\n");
+            Bytes::from(out)
+        }
+    }
+}
+
+/// A stream of already-built events (mock provider, tests).
+pub fn from_events<S>(s: S) -> EventStream
+where
+    S: Stream<Item = Result<Event, Failure>> + Send + 'static,
+{
+    Box::pin(s.boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    /// Events split across chunks at any byte are reassembled; comments are skipped; the
+    /// terminal `[DONE]` is recognised.
+    #[tokio::test]
+    async fn frames_events_across_chunk_boundaries() {
+        let text = b": keepalive\n\ndata: {\"a\":1}\n\ndata: {\"b\":2}\r\n\r\ndata: [DONE]\n\n";
+        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = text
+            .chunks(3)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let body = StreamBody::new(stream::iter(chunks));
+        let got: Vec<_> = events(body).collect().await;
+        let got: Vec<Event> = got.into_iter().map(|e| e.unwrap()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Event::Data(serde_json::json!({"a":1})),
+                Event::Data(serde_json::json!({"b":2})),
+                Event::Done
+            ]
+        );
+    }
+
+    /// An upstream error event is a failure, not data to pass on.
+    #[test]
+    fn error_event_is_a_failure() {
+        let ev = parse_event(b"data: {\"error\":{\"message\":\"x\"}}");
+        assert!(matches!(
+            ev,
+            Some(Err(Failure {
+                class: Class::ServerError,
+                ..
+            }))
+        ));
+        let ev = parse_event(b"data: not json");
+        assert!(matches!(
+            ev,
+            Some(Err(Failure {
+                class: Class::BadResponse,
+                ..
+            }))
+        ));
+    }
+}

@@ -1,0 +1,351 @@
+//! Choosing the order in which a request tries a route's targets.
+//!
+//! 1. The first tag rule that matches `x-detour-tags` (route-local rules come first in
+//!    `Route.rules`) may restrict/reorder the targets and change the strategy.
+//! 2. Overrides (`x-detour-target`, `x-detour-fallback: off`) apply only where the policy's
+//!    `overrides` allow them; otherwise the request is refused with 403 naming why.
+//! 3. Targets whose declared capabilities or context window cannot serve the request are
+//!    skipped before any call.
+//! 4. The strategy orders the rest; then health reorders: degraded targets go after healthy
+//!    ones (open ones stay in place and are skipped by the breaker's admission, so the
+//!    response can say when they come back).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use detour_api::table::{Capability, Condition, Match, Op, Rule, Strategy};
+use serde_json::{Map, Value};
+
+use crate::audit::SkipRecord;
+use crate::error::ApiError;
+use crate::state::{RouteRt, TargetRt};
+
+/// What the request needs from a target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub tools: bool,
+    pub json_schema: bool,
+    pub vision: bool,
+    pub streaming: bool,
+    /// Prompt estimate (bytes / 4) plus `max_tokens`.
+    pub tokens: u64,
+}
+
+impl Needs {
+    pub fn of(body: &Map<String, Value>, body_len: usize, stream: bool) -> Self {
+        let non_empty = |k: &str| match body.get(k) {
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Null) | None => false,
+            Some(_) => true,
+        };
+        let json_schema = body
+            .get("response_format")
+            .and_then(|r| r.get("type"))
+            .and_then(Value::as_str)
+            == Some("json_schema");
+        let vision = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .is_some_and(|msgs| {
+                msgs.iter().any(|m| {
+                    m.get("content").and_then(Value::as_array).is_some_and(|parts| {
+                        parts
+                            .iter()
+                            .any(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+                    })
+                })
+            });
+        let max_tokens = body
+            .get("max_completion_tokens")
+            .or_else(|| body.get("max_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        Self {
+            tools: non_empty("tools") || non_empty("functions"),
+            json_schema,
+            vision,
+            streaming: stream,
+            tokens: (body_len as u64).div_ceil(4).saturating_add(max_tokens),
+        }
+    }
+
+    /// Why `target` cannot serve this request, if it cannot.
+    pub fn unmet(&self, target: &TargetRt) -> Option<&'static str> {
+        if let Some(caps) = &target.cfg.capabilities {
+            let has = |c: Capability| caps.contains(&c);
+            if (self.tools && !has(Capability::Tools))
+                || (self.json_schema && !has(Capability::JsonSchema))
+                || (self.vision && !has(Capability::Vision))
+                || (self.streaming && !has(Capability::Streaming))
+            {
+                return Some("capability");
+            }
+        }
+        if let Some(window) = target.cfg.context_window
+            && self.tokens > u64::from(window)
+        {
+            return Some("context-window");
+        }
+        None
+    }
+}
+
+/// Parses `x-detour-tags: tier=free,region=eu` (a bare `key` is a tag with an empty value).
+pub fn parse_tags(header: &str) -> Vec<(String, String)> {
+    header
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.trim().to_owned(), v.trim().to_owned()),
+            None => (kv.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+fn condition_holds(c: &Condition, tags: &[(String, String)]) -> bool {
+    let value = tags.iter().find(|(k, _)| *k == c.tag).map(|(_, v)| v.as_str());
+    let first = c.values.first().map(String::as_str).unwrap_or("");
+    let num = |s: &str| s.trim().parse::<f64>().ok();
+    match (c.op, value) {
+        (Op::Exists, v) => v.is_some(),
+        // An absent tag differs from every value.
+        (Op::Ne, None) => true,
+        (_, None) => false,
+        (Op::Eq, Some(v)) => v == first,
+        (Op::Ne, Some(v)) => v != first,
+        (Op::In, Some(v)) => c.values.iter().any(|x| x == v),
+        (Op::Contains, Some(v)) => v.contains(first),
+        (Op::StartsWith, Some(v)) => v.starts_with(first),
+        (Op::Gt, Some(v)) => matches!((num(v), num(first)), (Some(a), Some(b)) if a > b),
+        (Op::Lt, Some(v)) => matches!((num(v), num(first)), (Some(a), Some(b)) if a < b),
+    }
+}
+
+/// Whether a rule matches the request's tags.
+pub fn rule_matches(rule: &Rule, tags: &[(String, String)]) -> bool {
+    match rule.when {
+        Match::All => rule.conditions.iter().all(|c| condition_holds(c, tags)),
+        Match::Any => rule.conditions.iter().any(|c| condition_holds(c, tags)),
+    }
+}
+
+/// What the client asked for in `x-detour-*` headers.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub target: Option<String>,
+    pub fallback_off: bool,
+}
+
+/// The order to try targets in.
+#[derive(Debug)]
+pub struct Plan {
+    pub targets: Vec<Arc<TargetRt>>,
+    pub skipped: Vec<SkipRecord>,
+    pub rule: Option<String>,
+    pub strategy: Strategy,
+}
+
+/// Orders `targets` by `strategy`. `cost-optimized`, `balanced` and `quality-first` need the
+/// complexity scorer of a later issue; until it lands they order like `priority` (the
+/// route's order), and the docs say so.
+pub fn order(strategy: Strategy, mut targets: Vec<Arc<TargetRt>>) -> Vec<Arc<TargetRt>> {
+    match strategy {
+        Strategy::Single => targets.truncate(1),
+        Strategy::Priority | Strategy::CostOptimized | Strategy::Balanced | Strategy::QualityFirst => {}
+        Strategy::LeastBusy => {
+            targets.sort_by_key(|t| t.state.in_flight.load(Ordering::Relaxed));
+        }
+        Strategy::LeastLatency => {
+            // Unmeasured targets sort first so they get measured.
+            let lat = |t: &Arc<TargetRt>| t.state.breaker().latency_ms().unwrap_or(0.0);
+            let mut keyed: Vec<(f64, Arc<TargetRt>)> = targets.into_iter().map(|t| (lat(&t), t)).collect();
+            keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+            targets = keyed.into_iter().map(|(_, t)| t).collect();
+        }
+        Strategy::LowestCost => {
+            let cost = |t: &Arc<TargetRt>| t.cfg.cost.map_or(f64::INFINITY, |c| c.input + c.output);
+            targets.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+        }
+        Strategy::Weighted => {
+            let total: u64 = targets.iter().map(|t| u64::from(t.cfg.weight)).sum();
+            if total > 0 {
+                let mut pick = fastrand::u64(..total);
+                let mut chosen = 0;
+                for (i, t) in targets.iter().enumerate() {
+                    let w = u64::from(t.cfg.weight);
+                    if pick < w {
+                        chosen = i;
+                        break;
+                    }
+                    pick -= w;
+                }
+                let first = targets.remove(chosen);
+                targets.insert(0, first);
+            }
+        }
+    }
+    targets
+}
+
+/// Builds the plan for one request.
+pub fn plan(
+    route: &RouteRt,
+    tags: &[(String, String)],
+    overrides: &Overrides,
+    needs: &Needs,
+) -> Result<Plan, Box<ApiError>> {
+    let policy = &route.route.policy;
+    let rule = route.route.rules.iter().find(|r| rule_matches(r, tags));
+    let mut strategy = policy.strategy;
+    let mut candidates: Vec<Arc<TargetRt>> = match rule.and_then(|r| r.targets.as_ref()) {
+        Some(names) => names.iter().filter_map(|n| route.target(n).cloned()).collect(),
+        None => route.targets.clone(),
+    };
+    if let Some(s) = rule.and_then(|r| r.strategy) {
+        strategy = s;
+    }
+    if let Some(name) = &overrides.target {
+        if !policy.overrides.allow_target {
+            return Err(Box::new(ApiError::new(
+                http::StatusCode::FORBIDDEN,
+                "permission_error",
+                "override_not_allowed",
+                format!(
+                    "x-detour-target is not allowed for model {:?}: its policy {} does not set overrides.allowTarget",
+                    route.route.model, policy.source
+                ),
+            )));
+        }
+        let Some(t) = route.target(name) else {
+            let known: Vec<&str> = route.targets.iter().map(|t| t.cfg.name.as_str()).collect();
+            return Err(Box::new(ApiError::invalid(
+                "unknown_target",
+                format!(
+                    "x-detour-target names no target of model {:?}; its targets are: {}",
+                    route.route.model,
+                    known.join(", ")
+                ),
+            )));
+        };
+        candidates = vec![t.clone()];
+        strategy = Strategy::Single;
+    }
+    if overrides.fallback_off && !policy.overrides.allow_disable_fallback {
+        return Err(Box::new(ApiError::new(
+            http::StatusCode::FORBIDDEN,
+            "permission_error",
+            "override_not_allowed",
+            format!(
+                "x-detour-fallback: off is not allowed for model {:?}: its policy {} does not set overrides.allowDisableFallback",
+                route.route.model, policy.source
+            ),
+        )));
+    }
+    let mut skipped = Vec::new();
+    candidates.retain(|t| match needs.unmet(t) {
+        Some(reason) => {
+            skipped.push(SkipRecord {
+                target: t.cfg.name.clone(),
+                reason,
+            });
+            false
+        }
+        None => true,
+    });
+    if candidates.is_empty() && !skipped.is_empty() {
+        return Err(Box::new(ApiError::invalid(
+            "no_capable_target",
+            format!(
+                "no target of model {:?} can serve this request (needs {}); check the targets' capabilities and contextWindow",
+                route.route.model,
+                describe(needs)
+            ),
+        )));
+    }
+    let mut ordered = order(strategy, candidates);
+    if overrides.fallback_off {
+        ordered.truncate(1);
+    }
+    // Degraded targets after healthy ones; a stable sort keeps the strategy's order otherwise.
+    ordered.sort_by_key(|t| t.state.breaker().degraded());
+    Ok(Plan {
+        targets: ordered,
+        skipped,
+        rule: rule.map(|r| r.name.clone()),
+        strategy,
+    })
+}
+
+fn describe(n: &Needs) -> String {
+    let mut parts = Vec::new();
+    if n.tools {
+        parts.push("tools".to_owned());
+    }
+    if n.json_schema {
+        parts.push("json_schema".to_owned());
+    }
+    if n.vision {
+        parts.push("vision".to_owned());
+    }
+    if n.streaming {
+        parts.push("streaming".to_owned());
+    }
+    parts.push(format!("~{} tokens of context", n.tokens));
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(tag: &str, op: Op, values: &[&str]) -> Condition {
+        Condition {
+            tag: tag.to_owned(),
+            op,
+            values: values.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// Every operator of tag conditions, including absent tags.
+    #[test]
+    fn tag_operators() {
+        let tags = parse_tags("tier=free, region=eu-west,score=7,beta");
+        assert!(condition_holds(&cond("tier", Op::Eq, &["free"]), &tags));
+        assert!(condition_holds(&cond("tier", Op::Ne, &["paid"]), &tags));
+        assert!(condition_holds(&cond("absent", Op::Ne, &["x"]), &tags));
+        assert!(condition_holds(&cond("score", Op::Gt, &["5"]), &tags));
+        assert!(!condition_holds(&cond("score", Op::Lt, &["5"]), &tags));
+        assert!(
+            !condition_holds(&cond("tier", Op::Gt, &["5"]), &tags),
+            "non-numeric never compares"
+        );
+        assert!(condition_holds(
+            &cond("region", Op::In, &["us", "eu-west"]),
+            &tags
+        ));
+        assert!(condition_holds(&cond("region", Op::Contains, &["west"]), &tags));
+        assert!(condition_holds(&cond("region", Op::StartsWith, &["eu"]), &tags));
+        assert!(condition_holds(&cond("beta", Op::Exists, &[]), &tags));
+        assert!(!condition_holds(&cond("gamma", Op::Exists, &[]), &tags));
+        assert!(!condition_holds(&cond("gamma", Op::Eq, &[""]), &tags));
+    }
+
+    /// Capabilities are read from the request: tools, json_schema, vision parts, streaming,
+    /// and a token estimate including max_tokens.
+    #[test]
+    fn needs_from_body() {
+        let body = serde_json::json!({
+            "model": "m", "max_tokens": 100, "tools": [{"type": "function"}],
+            "response_format": {"type": "json_schema"},
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+        });
+        let map = body.as_object().unwrap();
+        let n = Needs::of(map, 400, true);
+        assert!(n.tools && n.json_schema && n.vision && n.streaming);
+        assert_eq!(n.tokens, 200);
+        let plain = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let n = Needs::of(plain.as_object().unwrap(), 40, false);
+        assert!(!n.tools && !n.json_schema && !n.vision && !n.streaming);
+    }
+}

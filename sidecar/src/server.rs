@@ -1,0 +1,287 @@
+//! Listeners, the assembled tower stack, config reload and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::{Service, ServiceBuilder};
+
+use crate::audit::Audit;
+use crate::body::{self, Response};
+use crate::config::{Change, Loaded, Source, Watcher};
+use crate::layers::body_limit::BodyLimitLayer;
+use crate::layers::request_id::RequestIdLayer;
+use crate::layers::router::Router;
+use crate::metrics::Metrics;
+use crate::providers::{HttpClient, http_client};
+use crate::proxy::Shared;
+use crate::state::Registry;
+
+/// How the sidecar runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub source: Source,
+    pub reload_interval: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), stops.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
+/// The serving stack, outermost first.
+pub fn stack(
+    shared: Arc<Shared>,
+    max_body_bytes: usize,
+) -> impl Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
+{
+    ServiceBuilder::new()
+        // Outermost, so that every response — also a 413 from the limit or a 404 from the
+        // router — carries `x-detour-request-id` and the other `x-detour-*` headers.
+        .layer(RequestIdLayer)
+        // Before anything parses: bounds the memory one request can take, and hands the
+        // proxy the whole body it needs to route by `model` and to replay on failover.
+        .layer(BodyLimitLayer::new(max_body_bytes))
+        // Dispatch by path; the proxy (routing, failover, streaming) sits behind it.
+        .service(Router::new(shared))
+}
+
+/// Binds both listeners and starts serving. `initial` is the table loaded at start, if any.
+pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Result<Running, StartError> {
+    let metrics = Metrics::new()?;
+    let http = http_client()?;
+    let registry = Arc::new(Registry::default());
+    let shared = Arc::new(Shared {
+        table: ArcSwapOption::empty(),
+        metrics,
+        audit,
+    });
+    if let Some(loaded) = initial {
+        install(&shared, &registry, &http, loaded);
+    }
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let admin = TcpListener::bind(opts.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: opts.admin_listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+        addr: opts.admin_listen,
+        source,
+    })?;
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let svc = stack(shared.clone(), opts.max_body_bytes);
+    tasks.spawn(accept_loop(listener, svc, rx.clone(), opts.drain_timeout));
+    let admin_svc = tower::service_fn({
+        let shared = shared.clone();
+        move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(admin_route(&shared, &req)) }
+        }
+    });
+    tasks.spawn(accept_loop(admin, admin_svc, rx.clone(), Duration::from_secs(1)));
+    tasks.spawn(reload_loop(
+        Watcher::new(opts.source.clone()),
+        shared.clone(),
+        registry,
+        http,
+        opts.reload_interval,
+        rx,
+    ));
+    tracing::info!(%addr, %admin_addr, "serving");
+    Ok(Running {
+        addr,
+        admin_addr,
+        shared,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+fn install(shared: &Shared, registry: &Registry, http: &HttpClient, loaded: Loaded) {
+    for note in &loaded.notes {
+        if note.error {
+            tracing::error!("{}", note.message);
+        } else {
+            tracing::warn!("{}", note.message);
+        }
+    }
+    let snapshot = registry.build(&loaded.table, http, &shared.metrics);
+    shared.metrics.config_info.reset();
+    shared
+        .metrics
+        .config_info
+        .with_label_values(&[snapshot.hash.as_str()])
+        .set(1);
+    shared.metrics.reloads.with_label_values(&["ok"]).inc();
+    tracing::info!(hash = %snapshot.hash, routes = snapshot.models.len(), "route table loaded");
+    shared.table.store(Some(Arc::new(snapshot)));
+}
+
+async fn reload_loop(
+    mut watcher: Watcher,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    http: HttpClient,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match watcher.poll() {
+            None => {}
+            Some(Change::Loaded(loaded)) => {
+                let same = shared
+                    .table
+                    .load()
+                    .as_ref()
+                    .is_some_and(|s| s.hash == loaded.table.hash);
+                if !same {
+                    install(&shared, &registry, &http, loaded);
+                }
+            }
+            Some(Change::Invalid(why)) => {
+                shared.metrics.reloads.with_label_values(&["error"]).inc();
+                if shared.table.load().is_some() {
+                    tracing::warn!("route table not reloaded, keeping the previous one: {why}");
+                } else {
+                    tracing::warn!("no route table yet (not ready): {why}");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn admin_route(shared: &Shared, req: &Request<Incoming>) -> Response {
+    let text = |status: StatusCode, s: &'static str| {
+        let mut r = http::Response::new(body::full(Bytes::from_static(s.as_bytes())));
+        *r.status_mut() = status;
+        r
+    };
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = http::Response::new(body::full(shared.metrics.encode()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if shared.table.load().is_some() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "no route table loaded\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn accept_loop<S, F>(
+    listener: TcpListener,
+    svc: S,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible, Future = F>
+        + Clone
+        + Send
+        + 'static,
+    F: Future<Output = Result<Response, Infallible>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (io, _) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = io.set_nodelay(true);
+                let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc.clone()));
+                let fut = graceful.watch(conn.into_owned());
+                conns.spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!(open = conns.len(), "drain timeout: closing the remaining connections");
+        }
+    }
+    conns.shutdown().await;
+}

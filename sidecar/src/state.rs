@@ -1,0 +1,195 @@
+//! The table being served, as the request path needs it, and the state that outlives it.
+//!
+//! A [`Snapshot`] is built from a [`RouteTable`] on every (re)load and swapped in atomically;
+//! a request holds the `Arc<Snapshot>` it started with until it ends, so a reload never
+//! changes a request mid-flight. Breaker, latency and mock-script state lives in
+//! [`TargetState`], kept in the [`Registry`] by [`TargetKey`] — route, target name, provider,
+//! endpoint, upstream model — so it survives a reload for every target whose identity did not
+//! change, and starts fresh for one that did. Retry budgets are kept per route the same way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use detour_api::RouteTable;
+use detour_api::table::{Provider as ProviderKind, Route, Target};
+use tokio::time::Instant;
+
+use crate::health::{Breaker, Params};
+use crate::metrics::Metrics;
+use crate::providers::{HttpClient, KeySource, Provider, mock::Mock, openai::OpenAi};
+use crate::retry::Budget;
+
+/// What identifies a target's health across reloads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TargetKey {
+    pub route: String,
+    pub name: String,
+    pub provider: ProviderKind,
+    pub endpoint: Option<String>,
+    pub model: String,
+}
+
+/// Mutable state of one target.
+#[derive(Debug)]
+pub struct TargetState {
+    pub breaker: Mutex<Breaker>,
+    /// Requests in flight to this target (for `least-busy`).
+    pub in_flight: AtomicI64,
+    /// The mock provider's script position.
+    pub mock_cursor: Arc<AtomicUsize>,
+}
+
+impl TargetState {
+    /// The breaker. A panic while it was held cannot leave it half-updated in a way that
+    /// matters (every update is a few field writes), so a poisoned lock is used as is.
+    pub fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One target of the table being served.
+#[derive(Debug)]
+pub struct TargetRt {
+    pub cfg: Target,
+    pub provider: Provider,
+    pub state: Arc<TargetState>,
+}
+
+/// One route of the table being served.
+#[derive(Debug)]
+pub struct RouteRt {
+    pub route: Route,
+    pub targets: Vec<Arc<TargetRt>>,
+    pub budget: Arc<Mutex<Budget>>,
+}
+
+impl RouteRt {
+    pub fn target(&self, name: &str) -> Option<&Arc<TargetRt>> {
+        self.targets.iter().find(|t| t.cfg.name == name)
+    }
+}
+
+/// The table being served.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub hash: String,
+    pub routes: HashMap<String, Arc<RouteRt>>,
+    /// Sorted route ids, for `/v1/models` and 404 messages.
+    pub models: Vec<String>,
+}
+
+/// State that survives reloads.
+#[derive(Debug, Default)]
+pub struct Registry {
+    targets: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
+    budgets: Mutex<HashMap<String, Arc<Mutex<Budget>>>>,
+}
+
+impl Registry {
+    /// Builds a snapshot, reusing the state of unchanged targets and dropping the rest.
+    pub fn build(&self, table: &RouteTable, http: &HttpClient, metrics: &Metrics) -> Snapshot {
+        let now = Instant::now();
+        let mut old_targets = self
+            .targets
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        let mut old_budgets = self
+            .budgets
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        let mut new_targets = HashMap::new();
+        let mut new_budgets = HashMap::new();
+        let mut routes = HashMap::new();
+        for route in &table.routes {
+            let params = Params::from_policy(&route.policy.health);
+            let retry = &route.policy.retry;
+            let budget = old_budgets.remove(&route.model).unwrap_or_else(|| {
+                Arc::new(Mutex::new(Budget::new(
+                    retry.budget_ratio,
+                    retry.budget_min_per_second,
+                    now,
+                )))
+            });
+            if let Ok(mut b) = budget.lock() {
+                b.set_params(retry.budget_ratio, retry.budget_min_per_second);
+            }
+            new_budgets.insert(route.model.clone(), budget.clone());
+            let mut targets = Vec::with_capacity(route.targets.len());
+            for t in &route.targets {
+                let key = TargetKey {
+                    route: route.model.clone(),
+                    name: t.name.clone(),
+                    provider: t.provider,
+                    endpoint: t.endpoint.clone(),
+                    model: t.model.clone(),
+                };
+                let state = old_targets.remove(&key).unwrap_or_else(|| {
+                    Arc::new(TargetState {
+                        breaker: Mutex::new(Breaker::new(params.clone(), now)),
+                        in_flight: AtomicI64::new(0),
+                        mock_cursor: Arc::new(AtomicUsize::new(0)),
+                    })
+                });
+                let gauge = if let Ok(mut b) = state.breaker.lock() {
+                    b.set_params(params.clone());
+                    b.state(now).gauge()
+                } else {
+                    0
+                };
+                metrics
+                    .breaker_state
+                    .with_label_values(&[route.model.as_str(), t.name.as_str()])
+                    .set(gauge);
+                new_targets.insert(key, state.clone());
+                let provider = match t.provider {
+                    ProviderKind::Mock => Provider::Mock(Mock::new(t, state.mock_cursor.clone())),
+                    // Anthropic, Bedrock and Azure OpenAI get their own modules in the providers
+                    // issue; until then the compiler accepts them and the sidecar speaks OpenAI's
+                    // wire format to them, which fails loudly (client error) rather than silently.
+                    _ => Provider::OpenAi(Box::new(OpenAi::new(
+                        t.endpoint.as_deref(),
+                        KeySource::from_config(t.credentials.as_ref().and_then(|c| c.api_key.as_ref())),
+                        http.clone(),
+                    ))),
+                };
+                targets.push(Arc::new(TargetRt {
+                    cfg: t.clone(),
+                    provider,
+                    state,
+                }));
+            }
+            routes.insert(
+                route.model.clone(),
+                Arc::new(RouteRt {
+                    route: route.clone(),
+                    targets,
+                    budget,
+                }),
+            );
+        }
+        // Targets that left the table stop being exported.
+        for key in old_targets.keys() {
+            let _ = metrics
+                .breaker_state
+                .remove_label_values(&[key.route.as_str(), key.name.as_str()]);
+        }
+        if let Ok(mut g) = self.targets.lock() {
+            *g = new_targets;
+        }
+        if let Ok(mut g) = self.budgets.lock() {
+            *g = new_budgets;
+        }
+        let mut models: Vec<String> = routes.keys().cloned().collect();
+        models.sort();
+        Snapshot {
+            hash: table.hash.clone(),
+            routes,
+            models,
+        }
+    }
+}
