@@ -1,0 +1,689 @@
+//! The sidecar end to end, in-process, against one scripted loopback fake provider.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use detour_sidecar::class::Class;
+use serde_json::json;
+use support::{Fake, Step, compiled_json, kubelet_publish, metric, policy, route, start, wait_for};
+
+/// Each failure class of the primary fails over to the backup, which serves the request;
+/// the attempt is classified once, as that class.
+#[tokio::test]
+async fn fails_over_on_each_class() {
+    let fake = Fake::start().await;
+    let cases = [
+        ("5xx", Step::Status(503), Class::ServerError),
+        ("429", Step::RateLimited(0), Class::RateLimited),
+        ("hang", Step::Hang, Class::Timeout),
+        ("reset", Step::Reset, Class::Reset),
+        ("badjson", Step::BadJson, Class::BadResponse),
+    ];
+    let mut yaml = policy("p", "");
+    for (name, step, _) in &cases {
+        fake.script(name, vec![step.clone()]);
+        yaml.push_str(&route(
+            &format!("c/{name}"),
+            "p",
+            &[
+                ("primary", fake.endpoint(name)),
+                ("backup", fake.endpoint("backup")),
+            ],
+        ));
+    }
+    // Nothing listens on port 9 of loopback: a connection error.
+    yaml.push_str(&route(
+        "c/connect",
+        "p",
+        &[
+            ("primary", "http://127.0.0.1:9/v1".to_owned()),
+            ("backup", fake.endpoint("backup")),
+        ],
+    ));
+    let mut sc = start(&yaml).await;
+    let mut all = cases
+        .iter()
+        .map(|(n, _, c)| (n.to_string(), *c))
+        .collect::<Vec<_>>();
+    all.push(("connect".to_owned(), Class::ConnectError));
+    for (name, class) in all {
+        let r = sc.chat(&format!("c/{name}"), &[]).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert_eq!(r.header("x-detour-target"), "backup", "{name}");
+        assert_eq!(r.header("x-detour-provider"), "openai-compatible");
+        assert_eq!(r.header("x-detour-fallback-count"), "1", "{name}");
+        assert_eq!(r.json()["model"], format!("c/{name}"), "model is the route's id");
+        let rec = sc.audit_of(&r).await;
+        assert_eq!(rec.attempts.len(), 2, "{name}");
+        assert_eq!(rec.attempts[0].class, class, "{name}");
+        assert_eq!(rec.attempts[1].class, Class::Ok);
+        assert_eq!(rec.fallback_count, 1);
+        assert_eq!(rec.target.as_deref(), Some("backup"));
+    }
+    assert_eq!(fake.hits("backup"), 6);
+    for (name, _, _) in &cases {
+        assert_eq!(fake.hits(name), 1, "{name}");
+    }
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"detour_fallbacks_total{from="primary",reason="5xx",route="c/5xx",to="backup"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"detour_requests_total{fallback="true",outcome="ok",route="c/429",target="backup"}"#
+        ),
+        1.0
+    );
+    sc.stop().await;
+}
+
+/// An upstream client error (400) is returned as the upstream sent it, not retried and not
+/// failed over.
+#[tokio::test]
+async fn client_error_is_returned_not_retried() {
+    let fake = Fake::start().await;
+    fake.script("primary", vec![Step::Status(400)]);
+    let yaml = policy("p", "")
+        + &route(
+            "m",
+            "p",
+            &[
+                ("primary", fake.endpoint("primary")),
+                ("backup", fake.endpoint("backup")),
+            ],
+        );
+    let mut sc = start(&yaml).await;
+    let r = sc.chat("m", &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["message"], "scripted status");
+    assert_eq!(r.header("x-detour-target"), "primary");
+    assert_eq!(fake.hits("primary"), 1);
+    assert_eq!(fake.hits("backup"), 0);
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.attempts[0].class, Class::ClientError);
+    assert_eq!(rec.outcome, "client_error");
+    sc.stop().await;
+}
+
+/// After `failureThreshold` consecutive failures the primary's breaker opens and the dead
+/// primary stops receiving traffic, while every request is still answered.
+#[tokio::test]
+async fn breaker_opens_and_dead_primary_stops_receiving_traffic() {
+    let fake = Fake::start().await;
+    fake.script("primary", vec![Step::Status(500)]);
+    let yaml = policy("p", "  health:\n    failureThreshold: 3\n    cooldown: 1m\n")
+        + &route(
+            "m",
+            "p",
+            &[
+                ("primary", fake.endpoint("primary")),
+                ("backup", fake.endpoint("backup")),
+            ],
+        );
+    let mut sc = start(&yaml).await;
+    for _ in 0..10 {
+        let r = sc.chat("m", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-detour-target"), "backup");
+        assert_eq!(r.header("x-detour-fallback-count"), "1");
+    }
+    assert_eq!(fake.hits("primary"), 3, "no traffic once open");
+    assert_eq!(fake.hits("backup"), 10);
+    let r = sc.chat("m", &[]).await;
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.skipped[0].reason, "circuit-open");
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, r#"detour_breaker_state{route="m",target="primary"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"detour_fallbacks_total{from="primary",reason="circuit-open",route="m",to="backup"}"#
+        ),
+        8.0
+    );
+    sc.stop().await;
+}
+
+/// When every target fails: 503, Retry-After, and an OpenAI-shaped error listing each attempt.
+#[tokio::test]
+async fn all_fail_is_503_with_retry_after_and_attempts() {
+    let fake = Fake::start().await;
+    fake.script("a", vec![Step::Status(502)]);
+    fake.script("b", vec![Step::RateLimited(7)]);
+    let yaml = policy("p", "") + &route("m", "p", &[("a", fake.endpoint("a")), ("b", fake.endpoint("b"))]);
+    let mut sc = start(&yaml).await;
+    let r = sc.chat("m", &[]).await;
+    assert_eq!(r.status, 503);
+    let ra: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=7).contains(&ra), "retry-after {ra}");
+    let body = r.json();
+    let err = &body["error"];
+    assert_eq!(err["code"], "all_targets_failed");
+    assert_eq!(err["type"], "server_error");
+    let msg = err["message"].as_str().unwrap();
+    assert!(
+        msg.contains("a: 5xx (502)") && msg.contains("b: 429 (429)"),
+        "{msg}"
+    );
+    let attempts = err["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["target"], "a");
+    assert_eq!(attempts[0]["class"], "5xx");
+    assert_eq!(attempts[0]["status"], 502);
+    assert!(attempts[1]["latency_ms"].as_f64().is_some());
+    assert_eq!(r.header("x-detour-fallback-count"), "1");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.outcome, "exhausted");
+    assert_eq!(rec.status, 503);
+    sc.stop().await;
+}
+
+/// Same-target retries follow `retry.attempts` and the backoff before moving on.
+#[tokio::test]
+async fn retries_same_target_then_fails_over() {
+    let fake = Fake::start().await;
+    fake.script("primary", vec![Step::Status(500), Step::Status(500), Step::Ok]);
+    let yaml = policy("p", "").replace(
+        "attempts: 1",
+        "attempts: 3\n    backoff: {base: 5ms, max: 20ms, jitter: 0}",
+    ) + &route(
+        "m",
+        "p",
+        &[
+            ("primary", fake.endpoint("primary")),
+            ("backup", fake.endpoint("backup")),
+        ],
+    );
+    let mut sc = start(&yaml).await;
+    let r = sc.chat("m", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-detour-target"), "primary");
+    assert_eq!(r.header("x-detour-fallback-count"), "0");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.attempts.len(), 3);
+    assert_eq!(fake.hits("primary"), 3);
+    assert_eq!(fake.hits("backup"), 0);
+    sc.stop().await;
+}
+
+/// SSE passes through event by event, with `model` set back to the route's id and `[DONE]`.
+#[tokio::test]
+async fn streams_pass_through() {
+    let fake = Fake::start().await;
+    fake.script("primary", vec![Step::Stream(3)]);
+    let yaml = policy("p", "") + &route("m", "p", &[("primary", fake.endpoint("primary"))]);
+    let mut sc = start(&yaml).await;
+    let r = sc.chat_stream("m").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), "text/event-stream");
+    let text = r.text();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "{text}");
+    assert!(events[0].contains("\"model\":\"m\""), "{text}");
+    assert!(events[2].contains("tok2"));
+    assert_eq!(events[3], "data: [DONE]");
+    assert_eq!(fake.last_body("primary").unwrap()["model"], "up-primary");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.outcome, "ok");
+    assert!(rec.stream);
+    sc.stop().await;
+}
+
+/// A stream that breaks after bytes reached the client ends with an OpenAI-style error event
+/// and `[DONE]`, and `detour_stream_errors_total` counts it. One that breaks before its first
+/// event still fails over.
+#[tokio::test]
+async fn broken_streams() {
+    let fake = Fake::start().await;
+    fake.script("mid", vec![Step::StreamBreak(2)]);
+    fake.script("early", vec![Step::StreamBreak(0)]);
+    fake.script("backup", vec![Step::Stream(1)]);
+    let yaml = policy("p", "")
+        + &route(
+            "mid",
+            "p",
+            &[
+                ("primary", fake.endpoint("mid")),
+                ("backup", fake.endpoint("backup")),
+            ],
+        )
+        + &route(
+            "early",
+            "p",
+            &[
+                ("primary", fake.endpoint("early")),
+                ("backup", fake.endpoint("backup")),
+            ],
+        );
+    let mut sc = start(&yaml).await;
+    let r = sc.chat_stream("mid").await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "{text}");
+    assert!(events[1].contains("tok1"));
+    let err: serde_json::Value = serde_json::from_str(events[2].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], "reset");
+    assert_eq!(err["error"]["type"], "upstream_error");
+    assert_eq!(events[3], "data: [DONE]");
+    assert_eq!(fake.hits("backup"), 0, "no failover once bytes were sent");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.outcome, "stream_error");
+    assert_eq!(rec.stream_error, Some(Class::Reset));
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, r#"detour_stream_errors_total{route="mid",target="primary"}"#),
+        1.0
+    );
+
+    let r = sc.chat_stream("early").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-detour-target"), "backup");
+    assert!(r.text().ends_with("data: [DONE]\n\n"));
+    sc.stop().await;
+}
+
+/// A stream whose first event does not arrive within the first-byte timeout fails over.
+#[tokio::test]
+async fn first_byte_timeout_fails_over() {
+    let fake = Fake::start().await;
+    fake.script("slow", vec![Step::Hang]);
+    fake.script("backup", vec![Step::Stream(1)]);
+    let yaml = policy("p", "")
+        + &route(
+            "m",
+            "p",
+            &[
+                ("slow", fake.endpoint("slow")),
+                ("backup", fake.endpoint("backup")),
+            ],
+        );
+    let mut sc = start(&yaml).await;
+    let r = sc.chat_stream("m").await;
+    assert_eq!(r.header("x-detour-target"), "backup");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.attempts[0].class, Class::FirstByteTimeout);
+    assert!(
+        rec.attempts[0].latency_ms < 390.0,
+        "first-byte (200 ms) before per-attempt (400 ms)"
+    );
+    sc.stop().await;
+}
+
+/// Bodies over the limit get 413, malformed JSON 400, unknown and missing models 404 naming
+/// the model and the known ones; all in OpenAI's error shape and with the x-detour headers.
+#[tokio::test]
+async fn request_errors() {
+    let fake = Fake::start().await;
+    let yaml = policy("p", "") + &route("known/a", "p", &[("t", fake.endpoint("t"))]);
+    let sc = support::start_limited(&yaml, 1024).await;
+    let big = json!({"model": "known/a", "messages": [{"role": "user", "content": "x".repeat(2000)}]});
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(big.to_string()), &[])
+        .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"], "request_too_large");
+    assert!(!r.header("x-detour-request-id").is_empty());
+    assert_eq!(r.header("x-detour-target"), "none");
+
+    let r = sc
+        .send(
+            "POST",
+            "/v1/chat/completions",
+            Bytes::from_static(b"{\"model\": "),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let e = r.json();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(e["error"]["code"], "invalid_json");
+    assert!(e["error"].as_object().unwrap().contains_key("param"));
+
+    let r = sc.chat("nope/x", &[]).await;
+    assert_eq!(r.status, 404);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("\"nope/x\"") && msg.contains("known/a"), "{msg}");
+    assert_eq!(r.json()["error"]["param"], "model");
+
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from_static(b"{}"), &[])
+        .await;
+    assert_eq!(r.status, 404);
+
+    let r = sc.get("/v1/models").await;
+    assert_eq!(r.json()["data"][0]["id"], "known/a");
+    assert_eq!(fake.hits("t"), 0);
+    sc.stop().await;
+}
+
+/// `x-detour-target` and `x-detour-fallback: off` are refused with 403 unless the policy
+/// allows them, and honoured when it does.
+#[tokio::test]
+async fn overrides_need_policy_permission() {
+    let fake = Fake::start().await;
+    fake.script("a", vec![Step::Status(500)]);
+    let yaml = policy("strict", "")
+        + &policy(
+            "open",
+            "  overrides:\n    allowTarget: true\n    allowDisableFallback: true\n",
+        )
+        .replace("apiVersion", "---\napiVersion")
+        + &route(
+            "strict",
+            "strict",
+            &[("a", fake.endpoint("a")), ("b", fake.endpoint("b"))],
+        )
+        + &route(
+            "open",
+            "open",
+            &[("a", fake.endpoint("a")), ("b", fake.endpoint("b"))],
+        );
+    let sc = start(&yaml).await;
+    let r = sc.chat("strict", &[("x-detour-target", "b")]).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowTarget")
+    );
+    let r = sc.chat("strict", &[("x-detour-fallback", "off")]).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowDisableFallback")
+    );
+    assert_eq!(fake.hits("a") + fake.hits("b"), 0);
+
+    let r = sc.chat("open", &[("x-detour-target", "b")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-detour-target"), "b");
+    assert_eq!(fake.hits("a"), 0);
+    let r = sc
+        .chat(
+            "open",
+            &[("x-detour-fallback", "off"), ("x-detour-tags", "tier=free")],
+        )
+        .await;
+    assert_eq!(r.status, 503, "primary fails and fallback is off");
+    assert_eq!(fake.hits("a"), 1);
+    assert_eq!(fake.hits("b"), 1);
+    let h = fake.last_headers("b").unwrap();
+    assert!(
+        h.keys().all(|k| !k.as_str().starts_with("x-detour")),
+        "never forwarded: {h:?}"
+    );
+    sc.stop().await;
+}
+
+/// `x-detour-timeout-ms` shortens the total deadline across the chain.
+#[tokio::test]
+async fn client_timeout_shortens_deadline() {
+    let fake = Fake::start().await;
+    fake.script("a", vec![Step::Hang]);
+    let yaml = policy("p", "") + &route("m", "p", &[("a", fake.endpoint("a")), ("b", fake.endpoint("a"))]);
+    let sc = start(&yaml).await;
+    let t0 = tokio::time::Instant::now();
+    let r = sc.chat("m", &[("x-detour-timeout-ms", "150")]).await;
+    assert_eq!(r.status, 503);
+    assert!(t0.elapsed() < Duration::from_millis(380), "{:?}", t0.elapsed());
+    sc.stop().await;
+}
+
+/// Kubelet's `..data` symlink swap is picked up within a second; a request in flight during
+/// the swap finishes on the table it started with; an invalid file keeps the previous table
+/// and counts `detour_config_reloads_total{result="error"}`.
+#[tokio::test]
+async fn reload_follows_kubelet_swap_and_keeps_old_table_on_error() {
+    let fake = Fake::start().await;
+    fake.script("slow", vec![Step::Slow(300)]);
+    let v1 = policy("p", "") + &route("old", "p", &[("t", fake.endpoint("slow"))]);
+    let v2 = policy("p", "") + &route("new", "p", &[("t", fake.endpoint("fast"))]);
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_publish(dir.path(), "2026_01", &compiled_json(&v1));
+    let source = detour_sidecar::config::Source::Json(dir.path().join("routes.json"));
+    let sc = support::start_with(source, dir, 1 << 20).await;
+    let dir = sc.dir.path().to_owned();
+
+    let (in_flight, ()) = tokio::join!(sc.chat("old", &[]), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = tokio::time::Instant::now();
+        kubelet_publish(&dir, "2026_02", &compiled_json(&v2));
+        wait_for("the new table", async || {
+            sc.get("/v1/models").await.text().contains("\"new\"")
+        })
+        .await;
+        assert!(t0.elapsed() < Duration::from_secs(1), "reloaded within a second");
+    });
+    assert_eq!(
+        in_flight.status,
+        200,
+        "in-flight request unaffected: {}",
+        in_flight.text()
+    );
+    assert_eq!(in_flight.header("x-detour-target"), "t");
+    assert_eq!(sc.chat("old", &[]).await.status, 404);
+    assert_eq!(sc.chat("new", &[]).await.status, 200);
+
+    kubelet_publish(&dir, "2026_03", "{\"version\": 1, \"hash\": 5}");
+    wait_for("the reload error", async || {
+        metric(
+            &sc.metrics().await,
+            r#"detour_config_reloads_total{result="error"}"#,
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(sc.chat("new", &[]).await.status, 200, "previous table kept");
+    let m = sc.metrics().await;
+    assert_eq!(metric(&m, r#"detour_config_reloads_total{result="ok"}"#), 2.0);
+    sc.stop().await;
+}
+
+/// Breaker state survives a reload for targets whose identity did not change, and starts
+/// fresh for one whose upstream model changed.
+#[tokio::test]
+async fn health_survives_reload_for_unchanged_targets() {
+    let fake = Fake::start().await;
+    fake.script("dead", vec![Step::Status(500)]);
+    let pol = policy("p", "  health:\n    failureThreshold: 2\n    cooldown: 1m\n");
+    let v1 = pol.clone()
+        + &route(
+            "m",
+            "p",
+            &[
+                ("primary", fake.endpoint("dead")),
+                ("backup", fake.endpoint("ok")),
+            ],
+        );
+    let sc = start(&v1).await;
+    for _ in 0..4 {
+        assert_eq!(sc.chat("m", &[]).await.status, 200);
+    }
+    assert_eq!(fake.hits("dead"), 2);
+    // Same targets, one more route: the open breaker is kept.
+    let v2 = v1.clone() + &route("other", "p", &[("x", fake.endpoint("ok"))]);
+    std::fs::write(sc.dir.path().join("routes.yaml"), &v2).unwrap();
+    wait_for("reload", async || {
+        sc.get("/v1/models").await.text().contains("other")
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(sc.chat("m", &[]).await.status, 200);
+    }
+    assert_eq!(fake.hits("dead"), 2, "still open after reload");
+    // The primary's upstream model changes: a new target, a fresh breaker.
+    let v3 = v2.replace("model: up-primary", "model: up-primary-2");
+    std::fs::write(sc.dir.path().join("routes.yaml"), &v3).unwrap();
+    wait_for("reload", async || {
+        metric(&sc.metrics().await, r#"detour_config_reloads_total{result="ok"}"#) >= 3.0
+    })
+    .await;
+    assert_eq!(sc.chat("m", &[]).await.status, 200);
+    assert_eq!(fake.hits("dead"), 3, "fresh breaker lets traffic through");
+    sc.stop().await;
+}
+
+/// A distinctive key and prompt never appear in any log line (stderr), audit line (stdout),
+/// metric, response header or error body of the real binary — while the key does reach the
+/// upstream's `Authorization` header, and the app's own `Authorization` does not.
+#[tokio::test]
+async fn secrets_and_prompts_never_leak() {
+    const KEY: &str = "sk-canary-KEY-5f3a9c";
+    const PROMPT: &str = "PROMPT-CANARY-7d21e";
+    const APP_KEY: &str = "app-canary-AUTH-0b4e";
+    let fake = Fake::start().await;
+    fake.script("dead", vec![Step::Status(500)]);
+    fake.script("bad", vec![Step::Status(400)]);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let target = |name: &str, stub: &str| {
+        format!(
+            "    - name: {name}\n      provider: openai\n      model: up-{name}\n      endpoint: {}\n      credentials: {{apiKeyFile: {}}}\n",
+            fake.endpoint(stub),
+            key_file.display()
+        )
+    };
+    let mut yaml = policy("p", "");
+    for (model, targets) in [
+        ("fails-over", vec![("primary", "dead"), ("backup", "ok")]),
+        ("all-fail", vec![("a", "dead"), ("b", "dead")]),
+        ("client-error", vec![("a", "bad")]),
+    ] {
+        yaml.push_str(&format!(
+            "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: {model}\nspec:\n  model: {model}\n  policyRef: {{name: p}}\n  targets:\n"
+        ));
+        for (name, stub) in targets {
+            yaml.push_str(&target(name, stub));
+        }
+    }
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(&routes, yaml).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
+    let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_detour-sidecar"))
+        .args(["--routes", routes.to_str().unwrap()])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .env("DETOUR_LOG", "debug")
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let client = support::client();
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::get(url)
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap();
+            match tokio::time::timeout(Duration::from_secs(2), client.request(req)).await {
+                Ok(Ok(r)) => {
+                    let status = r.status();
+                    let body = http_body_util::BodyExt::collect(r.into_body())
+                        .await
+                        .unwrap()
+                        .to_bytes();
+                    Some((status, String::from_utf8_lossy(&body).into_owned()))
+                }
+                _ => None,
+            }
+        }
+    };
+    let mut ready = false;
+    for _ in 0..100 {
+        if get(format!("http://{admin}/readyz"))
+            .await
+            .is_some_and(|(s, _)| s == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut seen = String::new();
+    if ready {
+        for (model, stream) in [
+            ("fails-over", false),
+            ("fails-over", true),
+            ("all-fail", false),
+            ("client-error", false),
+        ] {
+            let body =
+                json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": PROMPT}]});
+            let req = http::Request::post(format!("http://{listen}/v1/chat/completions"))
+                .header("authorization", format!("Bearer {APP_KEY}"))
+                .header("x-detour-tags", format!("note={PROMPT}"))
+                .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                .await
+                .unwrap()
+                .unwrap();
+            seen.push_str(&format!("{:?}\n", r.headers()));
+            let b = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            seen.push_str(&String::from_utf8_lossy(&b));
+        }
+        seen.push_str(&get(format!("http://{admin}/metrics")).await.unwrap().1);
+    }
+    // Stop only the process this test started.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        ready,
+        "sidecar never became ready: {}",
+        std::fs::read_to_string(dir.path().join("stderr")).unwrap()
+    );
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert_eq!(stdout.lines().count(), 4, "one audit line per request: {stdout}");
+    for (what, text) in [
+        ("stdout", &stdout),
+        ("stderr", &stderr),
+        ("responses and metrics", &seen),
+    ] {
+        for canary in [KEY, PROMPT, APP_KEY] {
+            assert!(!text.contains(canary), "{canary} leaked into {what}:\n{text}");
+        }
+    }
+    let auth = fake.last_headers("ok").unwrap()["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(auth, format!("Bearer {KEY}"), "the key reaches the upstream");
+    for stub in ["ok", "dead", "bad"] {
+        let h = fake.last_headers(stub).unwrap();
+        assert!(
+            !format!("{h:?}").contains(APP_KEY),
+            "app's Authorization forwarded to {stub}"
+        );
+        assert!(h.keys().all(|k| !k.as_str().starts_with("x-detour")));
+    }
+}

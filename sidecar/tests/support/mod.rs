@@ -1,0 +1,490 @@
+//! Test support: one scripted loopback fake provider (OpenAI wire format) and helpers to run
+//! the sidecar in-process against it.
+//!
+//! The fake serves many stubs on one port, each under its own path prefix
+//! (`http://127.0.0.1:PORT/<stub>/v1`), each with a script of [`Step`]s it cycles through,
+//! one per request, and a hit counter. Its tasks live in a `JoinSet` owned by [`Fake`];
+//! [`Fake::check`] re-raises any panic from them in the test.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: a failed unwrap is a failed test"
+)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use detour_sidecar::audit::{Audit, AuditRecord};
+use detour_sidecar::config::{self, Source};
+use detour_sidecar::server::{self, Options, Running};
+use futures_util::{StreamExt, stream};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Ok,
+    Status(u16),
+    /// 429 with `Retry-After: secs`.
+    RateLimited(u64),
+    /// Never answers.
+    Hang,
+    /// Closes the connection without answering.
+    Reset,
+    /// Answers OK after this many ms.
+    Slow(u64),
+    /// 200 with a body that is not JSON.
+    BadJson,
+    /// A stream of N chunks and `[DONE]`.
+    Stream(usize),
+    /// A stream that breaks (connection aborted) after N chunks.
+    StreamBreak(usize),
+}
+
+#[derive(Debug, Default)]
+struct Stub {
+    script: Vec<Step>,
+    hits: usize,
+    last_headers: Option<HeaderMap>,
+    last_body: Option<Value>,
+}
+
+type Stubs = Arc<Mutex<HashMap<String, Stub>>>;
+
+/// The fake provider.
+#[derive(Debug)]
+pub struct Fake {
+    pub addr: SocketAddr,
+    stubs: Stubs,
+    tasks: JoinSet<()>,
+}
+
+type FakeBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn json_resp(status: u16, v: &Value) -> Response<FakeBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(v.to_string()))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+fn chunk(model: &str, i: usize) -> Bytes {
+    let v = json!({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": model,
+        "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]});
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn sse(model: &str, n: usize, broken: bool) -> Response<FakeBody> {
+    let mut frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+        (0..n).map(|i| Ok(Frame::data(chunk(model, i)))).collect();
+    if broken {
+        frames.push(Err(std::io::Error::other("scripted stream break")));
+    } else {
+        frames.push(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))));
+    }
+    // Spaced so each chunk is flushed on its own, as a real provider's would be.
+    let paced = stream::iter(frames).then(|f| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        f
+    });
+    let body = StreamBody::new(paced).boxed_unsync();
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBody>, std::io::Error> {
+    let path = req.uri().path().to_owned();
+    let name = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("none")
+        .to_owned();
+    let step = {
+        let mut g = stubs.lock().unwrap();
+        let stub = g.entry(name.clone()).or_default();
+        let step = if stub.script.is_empty() {
+            Step::Ok
+        } else {
+            stub.script[stub.hits % stub.script.len()].clone()
+        };
+        stub.hits += 1;
+        stub.last_headers = Some(headers);
+        stub.last_body = Some(body.clone());
+        step
+    };
+    let ok = |model: &str| {
+        json!({"id": "x", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {name}")},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
+    };
+    let err =
+        |msg: &str| json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
+    Ok(match step {
+        Step::Ok => json_resp(200, &ok(&model)),
+        Step::Status(s) => json_resp(s, &err("scripted status")),
+        Step::RateLimited(secs) => {
+            let mut r = json_resp(429, &err("slow down"));
+            r.headers_mut().insert("retry-after", secs.into());
+            r
+        }
+        Step::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            json_resp(200, &ok(&model))
+        }
+        Step::Reset => return Err(std::io::Error::other("scripted reset")),
+        Step::Slow(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            json_resp(200, &ok(&model))
+        }
+        Step::BadJson => {
+            let mut r = json_resp(200, &Value::Null);
+            *r.body_mut() = Full::new(Bytes::from_static(b"<html>oops"))
+                .map_err(|never: Infallible| match never {})
+                .boxed_unsync();
+            r
+        }
+        Step::Stream(n) => sse(&model, n, false),
+        Step::StreamBreak(n) => sse(&model, n, true),
+    })
+}
+
+impl Fake {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stubs: Stubs = Arc::default();
+        let mut tasks = JoinSet::new();
+        let s = stubs.clone();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let (io, _) = listener.accept().await.unwrap();
+                let s = s.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), svc)
+                        .await;
+                });
+                while let Some(r) = conns.try_join_next() {
+                    r.unwrap();
+                }
+            }
+        });
+        Self { addr, stubs, tasks }
+    }
+
+    /// Sets a stub's script (cycled) and resets its counter.
+    pub fn script(&self, stub: &str, steps: Vec<Step>) {
+        let mut g = self.stubs.lock().unwrap();
+        g.insert(
+            stub.to_owned(),
+            Stub {
+                script: steps,
+                ..Stub::default()
+            },
+        );
+    }
+
+    pub fn hits(&self, stub: &str) -> usize {
+        self.stubs.lock().unwrap().get(stub).map_or(0, |s| s.hits)
+    }
+
+    pub fn last_headers(&self, stub: &str) -> Option<HeaderMap> {
+        self.stubs
+            .lock()
+            .unwrap()
+            .get(stub)
+            .and_then(|s| s.last_headers.clone())
+    }
+
+    pub fn last_body(&self, stub: &str) -> Option<Value> {
+        self.stubs
+            .lock()
+            .unwrap()
+            .get(stub)
+            .and_then(|s| s.last_body.clone())
+    }
+
+    pub fn endpoint(&self, stub: &str) -> String {
+        format!("http://{}/{stub}/v1", self.addr)
+    }
+
+    /// Re-raises a panic of the fake's tasks.
+    pub fn check(&mut self) {
+        while let Some(r) = self.tasks.try_join_next() {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.check();
+        }
+    }
+}
+
+/// A sidecar running in-process on loopback.
+pub struct Sidecar {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub audit: mpsc::UnboundedReceiver<AuditRecord>,
+    pub dir: tempfile::TempDir,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Starts a sidecar on `source` (already written).
+pub async fn start_with(source: Source, dir: tempfile::TempDir, max_body: usize) -> Sidecar {
+    let initial = config::load(&source).ok();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let opts = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        max_body_bytes: max_body,
+        source,
+        reload_interval: Duration::from_millis(50),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let running = server::start(opts, Audit::with_tap(false, tx), initial)
+        .await
+        .unwrap();
+    Sidecar {
+        addr: running.addr,
+        admin: running.admin_addr,
+        running: Some(running),
+        audit: rx,
+        dir,
+        client: client(),
+    }
+}
+
+/// Starts a sidecar on standalone YAML.
+pub async fn start(yaml: &str) -> Sidecar {
+    start_limited(yaml, 10 * 1024 * 1024).await
+}
+
+pub async fn start_limited(yaml: &str, max_body: usize) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    start_with(Source::Yaml(path), dir, max_body).await
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Sidecar {
+    pub async fn send(&self, method: &str, path: &str, body: Bytes, headers: &[(&str, &str)]) -> Reply {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(body)).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("sidecar answered in time")
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .expect("body in time")
+            .unwrap()
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn chat(&self, model: &str, headers: &[(&str, &str)]) -> Reply {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        self.send(
+            "POST",
+            "/v1/chat/completions",
+            Bytes::from(body.to_string()),
+            headers,
+        )
+        .await
+    }
+
+    pub async fn chat_stream(&self, model: &str) -> Reply {
+        let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        self.send("POST", "/v1/chat/completions", Bytes::from(body.to_string()), &[])
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, Bytes::new(), &[]).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        let req = Request::get(format!("http://{}/metrics", self.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// The audit record of the response.
+    pub async fn audit_of(&mut self, reply: &Reply) -> AuditRecord {
+        let id = reply.header("x-detour-request-id").to_owned();
+        loop {
+            let rec = tokio::time::timeout(Duration::from_secs(5), self.audit.recv())
+                .await
+                .expect("audit record in time")
+                .expect("audit channel open");
+            if rec.request_id == id {
+                return rec;
+            }
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(10), r.shutdown())
+                .await
+                .expect("sidecar stops in time");
+        }
+    }
+}
+
+/// A metric's value from a text exposition (`name{labels}` exactly as exported, labels sorted).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The policy used by most tests: fast timeouts, no same-target retries.
+pub fn policy(name: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata:
+  name: {name}
+spec:
+  retry:
+    attempts: 1
+    on: ["5xx", "429", "timeout", "connect-error"]
+  timeouts:
+    perAttempt: 400ms
+    firstByte: 200ms
+    total: 3s
+{extra}
+"#
+    )
+}
+
+/// A route with openai-compatible targets `(name, endpoint)`.
+pub fn route(model: &str, policy: &str, targets: &[(&str, String)]) -> String {
+    let mut out = format!(
+        "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: {}\nspec:\n  model: {model}\n  policyRef: {{name: {policy}}}\n  targets:\n",
+        model.replace('/', "-")
+    );
+    for (name, endpoint) in targets {
+        out.push_str(&format!(
+            "    - name: {name}\n      provider: openai-compatible\n      model: up-{name}\n      endpoint: {endpoint}\n"
+        ));
+    }
+    out
+}
+
+pub fn compiled_json(yaml: &str) -> String {
+    detour_api::compile_yaml(yaml).unwrap().table.to_json()
+}
+
+/// Writes `routes.json` into a new kubelet-style timestamped directory and swaps `..data` to
+/// it atomically (symlink + rename), as kubelet updates a ConfigMap volume.
+pub fn kubelet_publish(dir: &std::path::Path, version: &str, content: &str) {
+    let data = dir.join(format!("..{version}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("routes.json"), content).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("routes.json");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/routes.json", &link).unwrap();
+    }
+}
+
+pub async fn wait_for<F: AsyncFn() -> bool>(what: &str, f: F) {
+    for _ in 0..60 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
