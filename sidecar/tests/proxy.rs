@@ -687,3 +687,137 @@ async fn secrets_and_prompts_never_leak() {
         assert!(h.keys().all(|k| !k.as_str().starts_with("x-detour")));
     }
 }
+
+fn target_yaml(name: &str, endpoint: &str, extra: &str) -> String {
+    format!(
+        "    - name: {name}\n      provider: openai-compatible\n      model: up-{name}\n      endpoint: {endpoint}\n{extra}"
+    )
+}
+
+fn route_yaml(model: &str, policy: &str, targets: &str, rules: &str) -> String {
+    format!(
+        "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: {model}\nspec:\n  model: {model}\n  policyRef: {{name: {policy}}}\n  targets:\n{targets}{rules}"
+    )
+}
+
+/// `lowest-cost` tries the cheapest target first and `weighted` never picks a weight-0 target
+/// first; tag rules (first match wins) restrict the targets; targets that cannot serve the
+/// request's capabilities or context window are skipped before any call.
+#[tokio::test]
+async fn strategies_rules_and_capabilities() {
+    let fake = Fake::start().await;
+    let (a, b) = (fake.endpoint("a"), fake.endpoint("b"));
+    let mut yaml = policy("p", "");
+    yaml.push_str(&policy("cheap", "  strategy: lowest-cost\n").replace("apiVersion", "---\napiVersion"));
+    yaml.push_str(&policy("weighted", "  strategy: weighted\n").replace("apiVersion", "---\napiVersion"));
+    yaml.push_str(&route_yaml(
+        "cost",
+        "cheap",
+        &(target_yaml("a", &a, "      cost: {input: 10, output: 30}\n")
+            + &target_yaml("b", &b, "      cost: {input: 0.1, output: 0.4}\n")),
+        "",
+    ));
+    yaml.push_str(&route_yaml(
+        "weights",
+        "weighted",
+        &(target_yaml("a", &a, "      weight: 0\n") + &target_yaml("b", &b, "      weight: 5\n")),
+        "",
+    ));
+    yaml.push_str(&route_yaml(
+        "tagged",
+        "p",
+        &(target_yaml("a", &a, "") + &target_yaml("b", &b, "")),
+        "  rules:\n    - name: free-tier\n      when: {all: [{tag: tier, op: eq, value: free}, {tag: score, op: lt, value: \"5\"}]}\n      then: {targets: [b]}\n",
+    ));
+    yaml.push_str(&route_yaml(
+        "caps",
+        "p",
+        &(target_yaml(
+            "a",
+            &a,
+            "      capabilities: [streaming]\n      contextWindow: 50\n",
+        ) + &target_yaml("b", &b, "")),
+        "",
+    ));
+    let mut sc = start(&yaml).await;
+    for _ in 0..5 {
+        assert_eq!(sc.chat("cost", &[]).await.header("x-detour-target"), "b");
+        assert_eq!(sc.chat("weights", &[]).await.header("x-detour-target"), "b");
+    }
+    assert_eq!(fake.hits("a"), 0);
+
+    let r = sc.chat("tagged", &[("x-detour-tags", "tier=free,score=3")]).await;
+    assert_eq!(r.header("x-detour-target"), "b");
+    assert_eq!(sc.audit_of(&r).await.rule.as_deref(), Some("free-tier"));
+    let r = sc.chat("tagged", &[("x-detour-tags", "tier=free,score=9")]).await;
+    assert_eq!(r.header("x-detour-target"), "a", "all: one condition fails");
+    assert_eq!(sc.audit_of(&r).await.rule, None);
+
+    let tools = json!({"model": "caps", "tools": [{"type": "function", "function": {"name": "f"}}],
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = sc
+        .send(
+            "POST",
+            "/v1/chat/completions",
+            Bytes::from(tools.to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.header("x-detour-target"), "b");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(
+        (rec.skipped[0].target.as_str(), rec.skipped[0].reason),
+        ("a", "capability")
+    );
+    let long = json!({"model": "caps", "messages": [{"role": "user", "content": "x".repeat(400)}]});
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(long.to_string()), &[])
+        .await;
+    assert_eq!(r.header("x-detour-target"), "b");
+    assert_eq!(sc.audit_of(&r).await.skipped[0].reason, "context-window");
+    assert_eq!(fake.hits("a"), 1, "only the untagged request reached a");
+    sc.stop().await;
+}
+
+/// The API also speaks h2c (HTTP/2 with prior knowledge).
+#[tokio::test]
+async fn serves_h2c() {
+    let fake = Fake::start().await;
+    let yaml = policy("p", "") + &route("m", "p", &[("t", fake.endpoint("t"))]);
+    let sc = start(&yaml).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", sc.addr))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-detour-target"], "t");
+    sc.stop().await;
+}
+
+/// Shutdown drains: a request in flight when shutdown starts still completes.
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let fake = Fake::start().await;
+    fake.script("slow", vec![Step::Slow(300)]);
+    let yaml = policy("p", "") + &route("m", "p", &[("t", fake.endpoint("slow"))]);
+    let mut sc = start(&yaml).await;
+    let running = sc.running.take().unwrap();
+    let (r, ()) = tokio::join!(sc.chat("m", &[]), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::timeout(Duration::from_secs(5), running.shutdown())
+            .await
+            .unwrap();
+    });
+    assert_eq!(r.status, 200);
+    assert_eq!(fake.hits("slow"), 1);
+}
