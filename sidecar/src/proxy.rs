@@ -116,6 +116,35 @@ impl Drop for TargetBusy {
     }
 }
 
+/// A half-open probe must always report a verdict, or its slot would be held forever: when an
+/// attempt is dropped (the client went away) before it was recorded, this reports `Cancelled`.
+#[derive(Debug)]
+struct ProbeGuard {
+    state: Option<Arc<TargetState>>,
+}
+
+impl ProbeGuard {
+    fn new(target: &TargetRt, admission: Admission) -> Self {
+        Self {
+            state: (admission == Admission::Probe).then(|| target.state.clone()),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.state = None;
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            state
+                .breaker()
+                .record(Instant::now(), Admission::Probe, Verdict::Cancelled);
+        }
+    }
+}
+
 /// Everything known about one request, turned into metrics and the audit line at the end.
 #[derive(Debug)]
 struct Ctx {
@@ -526,6 +555,7 @@ async fn attempt(
         total_bounds: deadline.bounds(t0, target.cfg.per_attempt_ms),
     };
     let busy = TargetBusy::new(&target.state);
+    let mut probe = ProbeGuard::new(target, admission);
     let result = match target.provider.send(&call).await {
         Ok(Reply::Stream(mut s)) => match timeout_at(call.first_byte_deadline, s.next()).await {
             Err(_) => Err(Failure::new(call.first_byte_class(), "no first event in time")),
@@ -554,6 +584,7 @@ async fn attempt(
         Err(f) => (f.class, f.status, f.retry_after),
     };
     ctx.record(target, admission, class, status, retry_after, elapsed);
+    probe.disarm();
     result.map(|peeked| Success {
         peeked,
         busy,

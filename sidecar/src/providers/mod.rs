@@ -285,3 +285,35 @@ impl KeySource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detour_api::table::CredentialSource;
+
+    /// A key prints as `*****` in Debug and Display.
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("sk-very-secret\n");
+        assert_eq!(format!("{s} {s:?}"), "***** *****");
+        assert_eq!(s.expose(), "sk-very-secret");
+    }
+
+    /// A key file is re-read when it changes (kubelet rotates mounted Secrets), and an
+    /// unreadable file is an error naming the path, not the value.
+    #[tokio::test(start_paused = true)]
+    async fn key_file_is_reread_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-key");
+        std::fs::write(&path, "first").unwrap();
+        let src = KeySource::from_config(Some(&CredentialSource::File(path.display().to_string())));
+        assert_eq!(src.current().unwrap().unwrap().expose(), "first");
+        std::fs::write(&path, "second-longer").unwrap();
+        tokio::time::advance(KEY_RECHECK).await;
+        assert_eq!(src.current().unwrap().unwrap().expose(), "second-longer");
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::advance(KEY_RECHECK).await;
+        let err = src.current().unwrap_err();
+        assert!(err.contains("api-key") && !err.contains("second"), "{err}");
+    }
+}
