@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Benchmark: direct vs through nginx (one L7 hop, the honest reference) vs through
+# detour-sidecar, against one fast loopback upstream (nginx answering a canned
+# chat.completion). See docs/benchmarks.md for how to read the numbers.
+#
+#   bash bench/run.sh                 # builds the release binary, 3 runs x 5 s per case
+#   RUNS=5 DURATION=10 bash bench/run.sh
+#
+# Needs: wrk, nginx-light (Debian), python3. Everything listens on 127.0.0.1 only, and
+# every process this script starts is stopped by its PID on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-5}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/detour/target}"
+for tool in wrk nginx python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx-light)"; exit 1; }
+done
+cargo build -q --release -p detour-sidecar --bins
+BIN="$CARGO_TARGET_DIR/release/detour-sidecar"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); NG=$(free_port); SC=$(free_port); AD=$(free_port)
+
+reply='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"up","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}'
+
+nginx_conf() { # name port body
+  mkdir -p "$work/$1"
+  cat > "$work/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1/body;
+  proxy_temp_path $work/$1/proxy;
+  keepalive_requests 1000000;
+  $3
+}
+CONF
+}
+
+nginx_conf upstream "$UP" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$reply'; } }"
+nginx_conf proxy "$NG" "upstream up { server 127.0.0.1:$UP; keepalive 64; }
+  server { listen 127.0.0.1:$NG; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+nginx -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" & pids+=($!)
+nginx -c "$work/proxy/nginx.conf" -e "$work/proxy/error.log" & pids+=($!)
+
+cat > "$work/routes.yaml" <<YAML
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: bench}
+spec:
+  retry: {attempts: 1}
+  health: {failureThreshold: 1, cooldown: 1h, maxCooldown: 1h}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: fast}
+spec:
+  model: bench/fast
+  policyRef: {name: bench}
+  targets:
+    - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP/v1"}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: open}
+spec:
+  model: bench/open-primary
+  policyRef: {name: bench}
+  targets:
+    - {name: dead, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:9/v1"}
+    - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP/v1"}
+YAML
+"$BIN" --routes "$work/routes.yaml" --listen "127.0.0.1:$SC" --admin-listen "127.0.0.1:$AD" \
+  >/dev/null 2>"$work/sidecar.err" & SPID=$!; pids+=($SPID)
+
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$AD/readyz" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$UP/" >/dev/null 2>&1 \
+    && curl -fs "http://127.0.0.1:$NG/" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
+# Open the dead primary's breaker (one connect error with failureThreshold 1).
+curl -fs "http://127.0.0.1:$SC/v1/chat/completions" -H 'content-type: application/json' \
+  -d '{"model":"bench/open-primary","messages":[{"role":"user","content":"x"}]}' >/dev/null
+
+run() { # label url conns threads [body]
+  local label=$1 url=$2 c=$3 t=$4 body=${5:-}
+  for i in $(seq "$RUNS"); do
+    BENCH_BODY="$body" wrk -t"$t" -c"$c" -d"${DURATION}s" --latency -s bench/post.lua "$url" > "$work/wrk.out" || true
+    python3 - "$label" "$c" "$work/wrk.out" >> "$work/results.tsv" <<'PY'
+import re, sys
+label, c, path = sys.argv[1], sys.argv[2], sys.argv[3]
+text = open(path).read()
+def us(v):
+    n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
+p50 = us(re.search(r"\s50%\s+(\S+)", text).group(1))
+p99 = us(re.search(r"\s99%\s+(\S+)", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+print(f"{label}\t{c}\t{p50:.0f}\t{p99:.0f}\t{rps:.0f}\t{non2xx.group(1) if non2xx else 0}")
+PY
+  done
+}
+
+for c in 1 32; do
+  t=$([ "$c" = 1 ] && echo 1 || echo 2)
+  run direct "http://127.0.0.1:$UP/v1/chat/completions" "$c" "$t"
+  run nginx "http://127.0.0.1:$NG/v1/chat/completions" "$c" "$t"
+  run sidecar "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t"
+done
+run sidecar-open-primary "http://127.0.0.1:$SC/v1/chat/completions" 1 1 \
+  '{"model":"bench/open-primary","messages":[{"role":"user","content":"Say hello."}]}'
+rss_after=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
+
+python3 - "$work/results.tsv" "$rss_idle" "$rss_after" "$RUNS" "$DURATION" <<'PY'
+import statistics, sys, collections
+path, rss_idle, rss_after, runs, dur = sys.argv[1:6]
+rows = collections.defaultdict(list)
+for line in open(path):
+    label, c, p50, p99, rps, bad = line.split("\t")
+    rows[(label, int(c))].append((float(p50), float(p99), float(rps), int(bad)))
+med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) + (sum(x[3] for x in v),) for k, v in rows.items()}
+print(f"median of {runs} runs x {dur} s (wrk); latency in microseconds\n")
+print("| case | conc | p50 µs | p99 µs | req/s | non-2xx |")
+print("|---|---|---|---|---|---|")
+for (label, c), (p50, p99, rps, bad) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print(f"| {label} | {c} | {p50:.0f} | {p99:.0f} | {rps:.0f} | {bad} |")
+print()
+for c in (1, 32):
+    d, n, s = med.get(("direct", c)), med.get(("nginx", c)), med.get(("sidecar", c))
+    if d and n and s:
+        print(f"- c={c}: added p50 sidecar {s[0]-d[0]:.0f} µs vs nginx {n[0]-d[0]:.0f} µs; "
+              f"added p99 sidecar {s[1]-d[1]:.0f} µs; throughput sidecar/direct {s[2]/d[2]:.2f}, sidecar/nginx {s[2]/n[2]:.2f}")
+o, s = med.get(("sidecar-open-primary", 1)), med.get(("sidecar", 1))
+if o and s:
+    print(f"- open-breaker primary, c=1: p50 {o[0]:.0f} µs vs healthy {s[0]:.0f} µs (+{o[0]-s[0]:.0f} µs)")
+print(f"- sidecar RSS: {int(rss_idle)/1024:.1f} MiB idle, {int(rss_after)/1024:.1f} MiB after the runs")
+PY
