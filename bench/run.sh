@@ -5,6 +5,7 @@
 #
 #   bash bench/run.sh                 # builds the release binary, 3 runs x 5 s per case
 #   RUNS=5 DURATION=10 bash bench/run.sh
+#   SIDECAR_ARGS="--worker-threads 2" bash bench/run.sh   # extra flags for the sidecar
 #
 # Needs: wrk, nginx-light (Debian), python3. Everything listens on 127.0.0.1 only, and
 # every process this script starts is stopped by its PID on exit.
@@ -38,6 +39,7 @@ nginx_conf() { # name port body
   mkdir -p "$work/$1"
   cat > "$work/$1/nginx.conf" <<CONF
 worker_processes 1;
+master_process off;
 daemon off;
 pid $work/$1/nginx.pid;
 error_log $work/$1/error.log warn;
@@ -55,8 +57,8 @@ CONF
 nginx_conf upstream "$UP" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$reply'; } }"
 nginx_conf proxy "$NG" "upstream up { server 127.0.0.1:$UP; keepalive 64; }
   server { listen 127.0.0.1:$NG; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-nginx -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" & pids+=($!)
-nginx -c "$work/proxy/nginx.conf" -e "$work/proxy/error.log" & pids+=($!)
+nginx -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" & UPID=$!; pids+=($UPID)
+nginx -c "$work/proxy/nginx.conf" -e "$work/proxy/error.log" & NPID=$!; pids+=($NPID)
 
 cat > "$work/routes.yaml" <<YAML
 apiVersion: detour.dev/v1alpha1
@@ -85,7 +87,7 @@ spec:
     - {name: dead, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:9/v1"}
     - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP/v1"}
 YAML
-"$BIN" --routes "$work/routes.yaml" --listen "127.0.0.1:$SC" --admin-listen "127.0.0.1:$AD" \
+"$BIN" ${SIDECAR_ARGS:-} --routes "$work/routes.yaml" --listen "127.0.0.1:$SC" --admin-listen "127.0.0.1:$AD" \
   >/dev/null 2>"$work/sidecar.err" & SPID=$!; pids+=($SPID)
 
 for _ in $(seq 100); do
@@ -98,13 +100,16 @@ rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
 curl -fs "http://127.0.0.1:$SC/v1/chat/completions" -H 'content-type: application/json' \
   -d '{"model":"bench/open-primary","messages":[{"role":"user","content":"x"}]}' >/dev/null
 
-run() { # label url conns threads [body]
-  local label=$1 url=$2 c=$3 t=$4 body=${5:-}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+run() { # label url conns threads pid-under-test [body]
+  local label=$1 url=$2 c=$3 t=$4 pid=$5 body=${6:-}
   for i in $(seq "$RUNS"); do
+    local t0; t0=$(ticks "$pid")
     BENCH_BODY="$body" wrk -t"$t" -c"$c" -d"${DURATION}s" --latency -s bench/post.lua "$url" > "$work/wrk.out" || true
-    python3 - "$label" "$c" "$work/wrk.out" >> "$work/results.tsv" <<'PY'
+    local t1; t1=$(ticks "$pid")
+    python3 - "$label" "$c" "$work/wrk.out" "$((t1 - t0))" "$(getconf CLK_TCK)" >> "$work/results.tsv" <<'PY'
 import re, sys
-label, c, path = sys.argv[1], sys.argv[2], sys.argv[3]
+label, c, path, ticks, hz = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 text = open(path).read()
 def us(v):
     n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
@@ -113,18 +118,20 @@ p50 = us(re.search(r"\s50%\s+(\S+)", text).group(1))
 p99 = us(re.search(r"\s99%\s+(\S+)", text).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-print(f"{label}\t{c}\t{p50:.0f}\t{p99:.0f}\t{rps:.0f}\t{non2xx.group(1) if non2xx else 0}")
+n = int(re.search(r"(\d+) requests in", text).group(1))
+cpu = ticks / hz * 1e6 / max(n, 1)
+print(f"{label}\t{c}\t{p50:.0f}\t{p99:.0f}\t{rps:.0f}\t{non2xx.group(1) if non2xx else 0}\t{cpu:.1f}")
 PY
   done
 }
 
 for c in 1 32; do
   t=$([ "$c" = 1 ] && echo 1 || echo 2)
-  run direct "http://127.0.0.1:$UP/v1/chat/completions" "$c" "$t"
-  run nginx "http://127.0.0.1:$NG/v1/chat/completions" "$c" "$t"
-  run sidecar "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t"
+  run direct "http://127.0.0.1:$UP/v1/chat/completions" "$c" "$t" "$UPID"
+  run nginx "http://127.0.0.1:$NG/v1/chat/completions" "$c" "$t" "$NPID"
+  run sidecar "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t" "$SPID"
 done
-run sidecar-open-primary "http://127.0.0.1:$SC/v1/chat/completions" 1 1 \
+run sidecar-open-primary "http://127.0.0.1:$SC/v1/chat/completions" 1 1 "$SPID" \
   '{"model":"bench/open-primary","messages":[{"role":"user","content":"Say hello."}]}'
 rss_after=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
 
@@ -133,14 +140,15 @@ import statistics, sys, collections
 path, rss_idle, rss_after, runs, dur = sys.argv[1:6]
 rows = collections.defaultdict(list)
 for line in open(path):
-    label, c, p50, p99, rps, bad = line.split("\t")
-    rows[(label, int(c))].append((float(p50), float(p99), float(rps), int(bad)))
-med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) + (sum(x[3] for x in v),) for k, v in rows.items()}
+    label, c, p50, p99, rps, bad, cpu = line.split("\t")
+    rows[(label, int(c))].append((float(p50), float(p99), float(rps), int(bad), float(cpu)))
+med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) + (sum(x[3] for x in v),
+       statistics.median(x[4] for x in v)) for k, v in rows.items()}
 print(f"median of {runs} runs x {dur} s (wrk); latency in microseconds\n")
-print("| case | conc | p50 µs | p99 µs | req/s | non-2xx |")
-print("|---|---|---|---|---|---|")
-for (label, c), (p50, p99, rps, bad) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    print(f"| {label} | {c} | {p50:.0f} | {p99:.0f} | {rps:.0f} | {bad} |")
+print("| case | conc | p50 µs | p99 µs | req/s | non-2xx | CPU µs/req of the process under test |")
+print("|---|---|---|---|---|---|---|")
+for (label, c), (p50, p99, rps, bad, cpu) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print(f"| {label} | {c} | {p50:.0f} | {p99:.0f} | {rps:.0f} | {bad} | {cpu:.1f} |")
 print()
 for c in (1, 32):
     d, n, s = med.get(("direct", c)), med.get(("nginx", c)), med.get(("sidecar", c))

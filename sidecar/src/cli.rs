@@ -39,6 +39,12 @@ pub struct Cli {
     #[arg(long, env = "DETOUR_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
     pub drain_timeout_ms: u64,
 
+    /// Runtime worker threads. 1 (the default) runs everything on one thread, like nginx's
+    /// single worker: a sidecar shares its pod's CPU with the app, and one thread avoids
+    /// cross-thread wake-ups on the request path. 0 means one per CPU.
+    #[arg(long, env = "DETOUR_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
     /// Log format on stderr: `text` or `json`.
     #[arg(long, env = "DETOUR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
