@@ -821,3 +821,61 @@ async fn shutdown_drains_in_flight_requests() {
     assert_eq!(r.status, 200);
     assert_eq!(fake.hits("slow"), 1);
 }
+
+/// Standalone YAML that compiles to no route makes the binary exit non-zero with the
+/// compiler's message naming the field.
+#[tokio::test]
+async fn invalid_standalone_routes_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: r}\nspec:\n  model: m\n  targets:\n    - {name: a, provider: mock, model: x, mock: {latency: soon}}\n",
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_detour-sidecar"))
+            .args([
+                "--routes",
+                path.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("latency"), "{stderr}");
+}
+
+/// In a pod the ConfigMap may not exist yet: the sidecar serves 503 `not_ready` and `/readyz`
+/// is 503 until a valid `routes.json` appears, then it is ready without a restart.
+#[tokio::test]
+async fn not_ready_until_the_table_appears() {
+    let fake = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    let sc = support::start_with(detour_sidecar::config::Source::Json(path.clone()), dir, 1 << 20).await;
+    let ready = async || {
+        let req = http::Request::get(format!("http://{}/readyz", sc.admin))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        support::client().request(req).await.unwrap().status() == 200
+    };
+    assert!(!ready().await);
+    let r = sc.chat("m", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "not_ready");
+    let yaml = policy("p", "") + &route("m", "p", &[("t", fake.endpoint("t"))]);
+    std::fs::write(&path, compiled_json(&yaml)).unwrap();
+    wait_for("ready", ready).await;
+    assert_eq!(sc.chat("m", &[]).await.status, 200);
+    sc.stop().await;
+}
