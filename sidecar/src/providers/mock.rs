@@ -101,7 +101,7 @@ impl Adapter for Mock {
 
 impl Mock {
     fn answer(&self, call: &Call<'_>) -> Reply {
-        let prompt_tokens = tokens(&Value::Object(call.body.clone()).to_string());
+        let prompt_tokens = tokens(&serde_json::to_string(call.body).unwrap_or_default());
         let completion_tokens = tokens(&self.reply);
         let usage = json!({
             "prompt_tokens": prompt_tokens,

@@ -110,6 +110,33 @@ impl Call<'_> {
     }
 }
 
+/// The client's body with `model` replaced, serialised without copying the body (a prompt
+/// can be megabytes; each attempt would otherwise deep-clone it).
+#[derive(Debug)]
+pub struct WithModel<'a> {
+    pub body: &'a Map<String, Value>,
+    pub model: &'a str,
+}
+
+impl serde::Serialize for WithModel<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let has_model = self.body.contains_key("model");
+        let mut map = s.serialize_map(Some(self.body.len() + usize::from(!has_model)))?;
+        if !has_model {
+            map.serialize_entry("model", self.model)?;
+        }
+        for (k, v) in self.body {
+            if k == "model" {
+                map.serialize_entry(k, self.model)?;
+            } else {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
 /// One event of an OpenAI-shaped stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -290,6 +317,22 @@ impl KeySource {
 mod tests {
     use super::*;
     use detour_api::table::CredentialSource;
+
+    /// The upstream body is the client's with only `model` replaced.
+    #[test]
+    fn with_model_replaces_only_model() {
+        let body =
+            serde_json::json!({"model": "route", "messages": [{"role": "user", "content": "hi"}], "n": 1});
+        let out = serde_json::to_value(WithModel {
+            body: body.as_object().unwrap(),
+            model: "up",
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"model": "up", "messages": [{"role": "user", "content": "hi"}], "n": 1})
+        );
+    }
 
     /// A key prints as `*****` in Debug and Display.
     #[test]
