@@ -49,19 +49,28 @@ pub struct AuditRecord {
     pub stream_error: Option<Class>,
 }
 
-/// Audit lines waiting for the writer thread; past this the request path writes itself
-/// (back-pressure instead of unbounded memory or lost lines).
+/// Audit lines waiting for the writer thread; past this the request path writes its own
+/// line (back-pressure instead of unbounded memory or lost lines).
 const QUEUE: usize = 8192;
+/// How often the writer thread writes what is queued.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+#[derive(Debug, Default)]
+struct Queue {
+    lines: std::sync::Mutex<Vec<AuditRecord>>,
+    closed: AtomicBool,
+}
 
 /// Where audit lines go.
 ///
-/// Lines are serialised and written by one dedicated thread, so the request path never
-/// makes the `write` syscall or blocks on a slow stdout pipe, and lines written under load
-/// are batched into few writes. Dropping the `Audit` flushes every queued line.
+/// Lines are queued and written by one dedicated thread every 20 ms, so the request path
+/// makes no `write` syscall, never blocks on a slow stdout pipe and wakes no thread; lines
+/// written under load become a few large writes. Dropping the `Audit` writes every queued
+/// line before it returns.
 #[derive(Debug)]
 pub struct Audit {
     stdout: AtomicBool,
-    writer: Option<std::sync::mpsc::SyncSender<AuditRecord>>,
+    queue: std::sync::Arc<Queue>,
     thread: Option<std::thread::JoinHandle<()>>,
     tap: Option<mpsc::UnboundedSender<AuditRecord>>,
 }
@@ -88,31 +97,37 @@ impl Audit {
     }
 
     fn new(stdout: bool, tap: Option<mpsc::UnboundedSender<AuditRecord>>) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<AuditRecord>(QUEUE);
+        let queue = std::sync::Arc::new(Queue::default());
+        let q = queue.clone();
         let thread = std::thread::Builder::new()
             .name("detour-audit".to_owned())
             .spawn(move || {
                 let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-                while let Ok(first) = rx.recv() {
-                    write_line(&mut out, &first);
-                    // Batch whatever else is queued, then flush once.
-                    while let Ok(more) = rx.try_recv() {
-                        write_line(&mut out, &more);
+                loop {
+                    std::thread::park_timeout(FLUSH_EVERY);
+                    let closed = q.closed.load(Ordering::Acquire);
+                    let batch = std::mem::take(
+                        &mut *q.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+                    );
+                    for record in &batch {
+                        write_line(&mut out, record);
                     }
                     let _ = std::io::Write::flush(&mut out);
+                    if closed {
+                        return;
+                    }
                 }
-                let _ = std::io::Write::flush(&mut out);
             });
-        let (writer, thread) = match thread {
-            Ok(handle) => (Some(tx), Some(handle)),
+        let thread = match thread {
+            Ok(handle) => Some(handle),
             Err(e) => {
                 tracing::warn!(error = %e, "no audit writer thread; writing audit lines inline");
-                (None, None)
+                None
             }
         };
         Self {
             stdout: AtomicBool::new(stdout),
-            writer,
+            queue,
             thread,
             tap,
         }
@@ -129,24 +144,26 @@ impl Audit {
         if !self.stdout.load(Ordering::Relaxed) {
             return;
         }
-        let record = match &self.writer {
-            Some(w) => match w.try_send(record) {
-                Ok(()) => return,
-                Err(
-                    std::sync::mpsc::TrySendError::Full(r) | std::sync::mpsc::TrySendError::Disconnected(r),
-                ) => r,
-            },
-            None => record,
-        };
+        if self.thread.is_some() {
+            let mut lines = self
+                .queue
+                .lines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if lines.len() < QUEUE {
+                lines.push(record);
+                return;
+            }
+        }
         write_line(&mut std::io::stdout().lock(), &record);
     }
 }
 
 impl Drop for Audit {
     fn drop(&mut self) {
-        // Closing the queue lets the writer drain it and exit.
-        self.writer = None;
+        self.queue.closed.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

@@ -440,7 +440,6 @@ async fn serve(
     let metrics = ctx.shared.metrics.clone();
     // The previous target passed over and why, to book `detour_fallbacks_total` on the move.
     let mut prev: Option<(String, &'static str)> = None;
-    let mut last_failure: Option<Failure> = None;
 
     for target in &plan.targets {
         let now = Instant::now();
@@ -511,7 +510,6 @@ async fn serve(
                     if !retryable {
                         return passthrough(ctx, target, f);
                     }
-                    last_failure = Some(f);
                 }
             }
             if deadline.expired(Instant::now()) {
@@ -523,7 +521,7 @@ async fn serve(
     }
     // Nothing served: the last move did not happen, so it is not a fallback.
     ctx.fallback_count = ctx.fallback_count.saturating_sub(1);
-    exhausted(ctx, &route, &plan.targets, &deadline, last_failure)
+    exhausted(ctx, &route, &plan.targets, &deadline)
 }
 
 fn book_fallback(metrics: &Metrics, route: &str, from: &str, to: &str, reason: &'static str) {
@@ -741,13 +739,7 @@ fn passthrough(mut ctx: Ctx, target: &TargetRt, f: Failure) -> Response {
 }
 
 /// Every target failed or was unavailable.
-fn exhausted(
-    mut ctx: Ctx,
-    route: &RouteRt,
-    targets: &[Arc<TargetRt>],
-    deadline: &Deadline,
-    last: Option<Failure>,
-) -> Response {
+fn exhausted(mut ctx: Ctx, route: &RouteRt, targets: &[Arc<TargetRt>], deadline: &Deadline) -> Response {
     let now = Instant::now();
     let next = targets
         .iter()
@@ -801,7 +793,6 @@ fn exhausted(
         "attempts": ctx.attempts,
         "skipped": ctx.skipped,
     }));
-    let _ = last;
     ctx.commit();
     let mut resp = e.into_response();
     ctx.stamp(resp.headers_mut());

@@ -653,9 +653,24 @@ async fn secrets_and_prompts_never_leak() {
         }
         seen.push_str(&get(format!("http://{admin}/metrics")).await.unwrap().1);
     }
-    // Stop only the process this test started.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // Stop only the process this test started: SIGTERM (graceful, flushes the audit lines),
+    // then SIGKILL if it has not exited within 10 s.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut exited = false;
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !exited {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(exited, "the sidecar did not stop on SIGTERM");
     assert!(
         ready,
         "sidecar never became ready: {}",
