@@ -255,8 +255,9 @@ pub struct Readiness {
 
 impl Compiled {
     /// The diagnostics about one object, errors first.
-    pub fn diagnostics_for<'s>(&'s self, object: &'s ObjectKey) -> impl Iterator<Item = &'s Diagnostic> + 's {
-        self.diagnostics.iter().filter(move |d| &d.object == object)
+    pub fn diagnostics_for(&self, object: &ObjectKey) -> impl Iterator<Item = &Diagnostic> + '_ {
+        let object = object.clone();
+        self.diagnostics.iter().filter(move |d| d.object == object)
     }
 
     /// The `Ready` (and `Conflict`) verdict for an object, from its diagnostics.
@@ -402,7 +403,8 @@ pub fn compile(input: &Input<'_>) -> Compiled {
     }
     for (ns, keys) in &defaults_by_ns {
         if keys.len() > 1 {
-            let names: Vec<String> = keys.iter().map(|k| format!("{:?}", k.name)).collect();
+            let mut names: Vec<String> = keys.iter().map(|k| format!("{:?}", k.name)).collect();
+            names.sort();
             let scope = scope_name(ns, input.cluster_namespace);
             for key in keys {
                 diags.error(
