@@ -3,7 +3,10 @@
 //! its table always reads back, and nothing is dropped silently: every route is either served
 //! or listed in `excluded` with an error diagnostic saying why.
 
-#![expect(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 use detour_api::compile::{Kind, Severity};
 use detour_api::crd::{
@@ -34,8 +37,15 @@ fn provider() -> impl Strategy<Value = Provider> {
 }
 
 fn target() -> impl Strategy<Value = TargetSpec> {
-    (pick(NAMES), provider(), proptest::option::of(pick(SECRETS)), any::<bool>(), any::<bool>(), 0u32..1200).prop_map(
-        |(name, provider, secret, region, endpoint, weight)| TargetSpec {
+    (
+        pick(NAMES),
+        provider(),
+        proptest::option::of(pick(SECRETS)),
+        any::<bool>(),
+        any::<bool>(),
+        0u32..1200,
+    )
+        .prop_map(|(name, provider, secret, region, endpoint, weight)| TargetSpec {
             name,
             provider,
             model: "m".into(),
@@ -56,8 +66,7 @@ fn target() -> impl Strategy<Value = TargetSpec> {
             capabilities: None,
             timeouts: None,
             mock: None,
-        },
-    )
+        })
 }
 
 fn rule() -> impl Strategy<Value = RuleSpec> {
@@ -72,7 +81,10 @@ fn rule() -> impl Strategy<Value = RuleSpec> {
             }]),
             any: None,
         },
-        then: ThenSpec { targets: (!targets.is_empty()).then_some(targets), strategy: None },
+        then: ThenSpec {
+            targets: (!targets.is_empty()).then_some(targets),
+            strategy: None,
+        },
     })
 }
 
@@ -115,9 +127,18 @@ fn policy() -> impl Strategy<Value = RoutingPolicy> {
                 &name,
                 RoutingPolicySpec {
                     default: Some(default),
-                    retry: Some(RetrySpec { attempts: Some(attempts), ..RetrySpec::default() }),
-                    timeouts: Some(TimeoutsSpec { per_attempt: Some(per_attempt), ..TimeoutsSpec::default() }),
-                    health: Some(HealthSpec { cooldown: Some(cooldown), ..HealthSpec::default() }),
+                    retry: Some(RetrySpec {
+                        attempts: Some(attempts),
+                        ..RetrySpec::default()
+                    }),
+                    timeouts: Some(TimeoutsSpec {
+                        per_attempt: Some(per_attempt),
+                        ..TimeoutsSpec::default()
+                    }),
+                    health: Some(HealthSpec {
+                        cooldown: Some(cooldown),
+                        ..HealthSpec::default()
+                    }),
                     rules: (!rules.is_empty()).then_some(rules),
                     ..RoutingPolicySpec::default()
                 },
