@@ -4,7 +4,10 @@
 //! - `POST /<stub>/v1/chat/completions` answers according to the stub's current mode.
 //! - `PUT /_control/<stub>/<mode>` sets it: `ok`, `5xx`, `429` (with `Retry-After: 2`), `hang`
 //!   (never answers), `reset` (closes the connection without answering), `slow` (answers
-//!   after 300 ms).
+//!   after 300 ms), `broken-stream` (a streaming request gets two chunks, then the connection
+//!   drops; a plain one is answered normally).
+//! - `"stream": true` requests are answered as OpenAI's SSE: three `chat.completion.chunk`
+//!   events 10 ms apart, a final chunk with `finish_reason`, then `data: [DONE]`.
 //! - `GET /_stats` returns `{"<stub>": {"<mode>": hits, ...}, ...}`: hits counted under the
 //!   mode in force when the request arrived.
 //!
@@ -16,7 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -31,15 +36,18 @@ struct State {
 
 type Shared = Arc<Mutex<State>>;
 
+type Body = UnsyncBoxBody<Bytes, Reset>;
+
 /// What to do with one request.
 enum Action {
-    Answer(Response<Full<Bytes>>),
+    Answer(Response<Body>),
     Hang,
     Reset,
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let full = Full::new(Bytes::from(body.to_string())).map_err(|never| match never {});
+    let mut resp = Response::new(UnsyncBoxBody::new(full));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -83,10 +91,19 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Action {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let model = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or_default();
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let model = request
+                .get("model")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let stream = request
+                .get("stream")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            if stream && matches!(mode.as_str(), "ok" | "slow" | "broken-stream") {
+                return Action::Answer(sse(&model, &stub, mode == "broken-stream"));
+            }
             let ok = || {
                 json(
                     StatusCode::OK,
@@ -125,6 +142,39 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Action {
             serde_json::json!({"error": {"message": "no such path"}}),
         )),
     }
+}
+
+/// An SSE answer; `broken` drops the connection after two chunks.
+fn sse(model: &str, stub: &str, broken: bool) -> Response<Body> {
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let c = serde_json::json!({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        });
+        Ok(Bytes::from(format!("data: {c}\n\n")))
+    };
+    let mut events = vec![
+        chunk(serde_json::json!({"role": "assistant", "content": "hello"}), None),
+        chunk(serde_json::json!({"content": " from"}), None),
+    ];
+    if broken {
+        events.push(Err(Reset));
+    } else {
+        events.push(chunk(serde_json::json!({"content": format!(" {stub}")}), None));
+        events.push(chunk(serde_json::json!({}), Some("stop")));
+        events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+    }
+    let stream = futures_util::stream::unfold(events.into_iter(), |mut it| async move {
+        let next = it.next()?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Some((next.map(Frame::data), it))
+    });
+    let mut resp = Response::new(UnsyncBoxBody::new(StreamBody::new(stream)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    resp
 }
 
 #[derive(Debug)]
