@@ -255,8 +255,9 @@ pub struct Readiness {
 
 impl Compiled {
     /// The diagnostics about one object, errors first.
-    pub fn diagnostics_for<'s>(&'s self, object: &'s ObjectKey) -> impl Iterator<Item = &'s Diagnostic> + 's {
-        self.diagnostics.iter().filter(move |d| &d.object == object)
+    pub fn diagnostics_for(&self, object: &ObjectKey) -> impl Iterator<Item = &Diagnostic> + '_ {
+        let object = object.clone();
+        self.diagnostics.iter().filter(move |d| d.object == object)
     }
 
     /// The `Ready` (and `Conflict`) verdict for an object, from its diagnostics.
@@ -402,7 +403,8 @@ pub fn compile(input: &Input<'_>) -> Compiled {
     }
     for (ns, keys) in &defaults_by_ns {
         if keys.len() > 1 {
-            let names: Vec<String> = keys.iter().map(|k| format!("{:?}", k.name)).collect();
+            let mut names: Vec<String> = keys.iter().map(|k| format!("{:?}", k.name)).collect();
+            names.sort();
             let scope = scope_name(ns, input.cluster_namespace);
             for key in keys {
                 diags.error(
@@ -1208,26 +1210,22 @@ fn resolve_policy(
         None => Some(None),
         Some(v) => duration(Some(v), 0, "spec.health.latencyThreshold", key, diags).map(Some),
     };
-    let simple_below = ratio(
-        scoring.simple_below,
-        d.scoring.simple_below,
-        "spec.scoring.simpleBelow",
-        key,
-        diags,
-    );
-    let complex_above = ratio(
-        scoring.complex_above,
-        d.scoring.complex_above,
-        "spec.scoring.complexAbove",
-        key,
-        diags,
-    );
-    if simple_below > complex_above {
+    // Unset thresholds stay unset: each cost/quality strategy has its own defaults, and a tag
+    // rule may switch strategy per request (see `table::Scoring`).
+    let simple_below = scoring
+        .simple_below
+        .map(|v| ratio(Some(v), 0.0, "spec.scoring.simpleBelow", key, diags));
+    let complex_above = scoring
+        .complex_above
+        .map(|v| ratio(Some(v), 0.0, "spec.scoring.complexAbove", key, diags));
+    if let (Some(lo), Some(hi)) = (simple_below, complex_above)
+        && lo > hi
+    {
         diags.error(
             key,
             "spec.scoring.simpleBelow",
             Reason::InvalidSpec,
-            format!("{simple_below} exceeds scoring.complexAbove ({complex_above})"),
+            format!("{lo} exceeds scoring.complexAbove ({hi})"),
         );
     }
     for (i, rule) in spec.rules.iter().flatten().enumerate() {

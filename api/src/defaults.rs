@@ -61,10 +61,28 @@ pub fn policy() -> Policy {
             allow_disable_fallback: false,
         },
         scoring: Scoring {
-            simple_below: 0.35,
-            complex_above: 0.65,
+            simple_below: None,
+            complex_above: None,
             disabled: false,
         },
         expose_upstream_model: false,
     }
 }
+
+/// Default complexity thresholds `(simple_below, complex_above)` of each cost/quality strategy,
+/// calibrated on the labelled prompts in `sidecar/tests/data/complexity-prompts.jsonl` so that
+/// `cost-optimized` sends about 70 % of that traffic to cheap targets, `quality-first` about
+/// 30 % (70 % to capable ones), and `balanced` weighs cost and quality evenly: symmetric
+/// thresholds around the middle, so requests go where their class says (see
+/// `docs/scoring.md`). Other strategies do not score.
+pub const fn scoring_thresholds(strategy: Strategy) -> (f64, f64) {
+    match strategy {
+        Strategy::CostOptimized => (COST_OPTIMIZED.0, COST_OPTIMIZED.1),
+        Strategy::QualityFirst => (QUALITY_FIRST.0, QUALITY_FIRST.1),
+        _ => (BALANCED.0, BALANCED.1),
+    }
+}
+
+const COST_OPTIMIZED: (f64, f64) = (0.85, 0.95);
+const BALANCED: (f64, f64) = (0.40, 0.60);
+const QUALITY_FIRST: (f64, f64) = (0.15, 0.40);

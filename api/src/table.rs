@@ -133,13 +133,25 @@ pub struct Overrides {
     pub allow_disable_fallback: bool,
 }
 
-/// Complexity-score thresholds.
+/// Complexity-score thresholds. `None` means the default of whichever cost/quality strategy
+/// is in effect for the request ([`crate::defaults::scoring_thresholds`]): a tag rule may
+/// switch strategies, and each has its own calibrated defaults.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Scoring {
-    pub simple_below: f64,
-    pub complex_above: f64,
+    pub simple_below: Option<f64>,
+    pub complex_above: Option<f64>,
     pub disabled: bool,
+}
+
+impl Scoring {
+    /// The thresholds in effect under `strategy`: `(simple_below, complex_above)`, with
+    /// `complex_above` never below `simple_below`.
+    pub fn thresholds(&self, strategy: Strategy) -> (f64, f64) {
+        let (lo, hi) = crate::defaults::scoring_thresholds(strategy);
+        let lo = self.simple_below.unwrap_or(lo);
+        (lo, self.complex_above.unwrap_or(hi).max(lo))
+    }
 }
 
 /// One upstream, resolved.

@@ -23,5 +23,6 @@ pub mod providers;
 pub mod proxy;
 pub mod retry;
 pub mod routing;
+pub mod scoring;
 pub mod server;
 pub mod state;

@@ -1,0 +1,20 @@
+# Task list. Each target is a thin wrapper over a script that works without make.
+.PHONY: demo test lint generate licenses bench
+
+demo:      ## the standalone sidecar on examples/demo.yaml, failover visible, no cluster or keys
+	scripts/demo
+
+test:      ## the whole suite: installs what it needs, fmt, clippy, CRD drift, Rust and end-to-end tests
+	scripts/test
+
+lint:      ## formatting, clippy, licences and CRD drift only
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	python3 scripts/check-licenses
+	cargo run -q --locked -p detour-operator --bin crdgen -- --check
+
+generate:  ## regenerate crds/ and charts/detour/crds/ from the Rust types
+	cargo run -q --locked -p detour-operator --bin crdgen
+
+licenses:
+	python3 scripts/check-licenses

@@ -1,0 +1,486 @@
+//! `compile`: the clean case against a golden table, and every diagnostic with its exact field
+//! path and message.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
+use detour_api::compile::{Kind, ObjectKey, Reason, Severity};
+use detour_api::table::CredentialSource;
+use detour_api::{Compiled, Input, ModelRoute, RoutingPolicy, SecretIndex, compile, parse_yaml};
+use pretty_assertions::assert_eq;
+
+const OPERATOR_NS: &str = "detour-system";
+
+fn objects(yaml: &str) -> (Vec<ModelRoute>, Vec<RoutingPolicy>) {
+    let o = parse_yaml(yaml).unwrap();
+    (o.routes, o.policies)
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn all_secrets(ns: &str) -> SecretIndex {
+    let mut s = SecretIndex::new();
+    s.insert(ns, "openai", ["api-key"]);
+    s.insert(ns, "anthropic", ["api-key"]);
+    s.insert(ns, "aws-bedrock", ["aws-access-key-id", "aws-secret-access-key"]);
+    s
+}
+
+fn compile_cluster(yaml: &str, secrets: &SecretIndex) -> Compiled {
+    let (routes, policies) = objects(yaml);
+    compile(&Input::cluster(&routes, &policies, secrets, OPERATOR_NS))
+}
+
+fn route_key(ns: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: Kind::ModelRoute,
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+fn policy_key(ns: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: Kind::RoutingPolicy,
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+/// `(field, message)` of every diagnostic about `object`.
+fn diags(c: &Compiled, object: &ObjectKey) -> Vec<(String, String)> {
+    c.diagnostics_for(object)
+        .map(|d| (d.field.clone(), d.message.clone()))
+        .collect()
+}
+
+const ROUTE: &str = r#"
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat, namespace: team-a}
+spec:
+  model: chat/default
+  targets:
+    - {name: openai, provider: openai, model: gpt-4o, credentials: {secretName: openai}}
+    - {name: claude, provider: anthropic, model: claude-sonnet-4-5, credentials: {secretName: anthropic}}
+"#;
+
+/// The three-provider example compiles cleanly into the golden route table: every knob
+/// resolved, durations in ms, credentials as mounted file paths. `DETOUR_BLESS=1` rewrites it.
+#[test]
+fn three_provider_chain_compiles_to_the_golden_table() {
+    let c = compile_cluster(&example("three-provider-chain.yaml"), &all_secrets("default"));
+    assert_eq!(c.diagnostics, vec![]);
+    assert_eq!(c.table.routes.len(), 1);
+    assert!(c.table.excluded.is_empty());
+    let route = &c.table.routes[0];
+    assert_eq!(route.policy.source, "default/resilient");
+    assert_eq!(route.policy.retry.backoff_base_ms, 80);
+    assert_eq!(route.policy.timeouts.per_attempt_ms, 30_000);
+    assert_eq!(route.policy.health.cooldown_ms, 60_000);
+    let names: Vec<_> = route.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["openai", "anthropic", "bedrock"]);
+    assert_eq!(
+        route.targets[2].per_attempt_ms, 45_000,
+        "the target's own timeout overrides the policy's"
+    );
+    let bedrock = route.targets[2].credentials.as_ref().unwrap();
+    assert_eq!(
+        bedrock.access_key_id,
+        Some(CredentialSource::File(
+            "/var/run/detour/credentials/aws-bedrock/aws-access-key-id".into()
+        ))
+    );
+    assert_eq!(
+        bedrock.session_token, None,
+        "no session token key in the Secret, none expected"
+    );
+
+    let golden_path = format!(
+        "{}/tests/golden/three-provider-chain.routes.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let actual = c.table.to_json();
+    if std::env::var_os("DETOUR_BLESS").is_some() {
+        std::fs::write(&golden_path, &actual).unwrap();
+    }
+    let golden =
+        std::fs::read_to_string(&golden_path).expect("golden file; run with DETOUR_BLESS=1 to create");
+    assert_eq!(actual, golden);
+}
+
+/// Compiling is deterministic: objects in another order give a byte-equal table and hash.
+#[test]
+fn input_order_does_not_change_the_table() {
+    let yaml = example("tag-routing.yaml") + "---\n" + &example("three-provider-chain.yaml");
+    let (mut routes, mut policies) = objects(&yaml);
+    let secrets = {
+        let mut s = all_secrets("default");
+        s.insert("default", "azure-openai-eu", ["api-key"]);
+        s
+    };
+    let a = compile(&Input::cluster(&routes, &policies, &secrets, OPERATOR_NS));
+    routes.reverse();
+    policies.reverse();
+    let b = compile(&Input::cluster(&routes, &policies, &secrets, OPERATOR_NS));
+    assert_eq!(a.table.to_json(), b.table.to_json());
+    assert!(a.table.hash.starts_with("sha256:"));
+    assert_eq!(a.diagnostics, vec![]);
+}
+
+/// A policyRef naming a policy that does not exist leaves the route out and says how to fix it.
+#[test]
+fn missing_policy_is_reported_on_the_route_field() {
+    let yaml = ROUTE.replace(
+        "  model: chat/default\n",
+        "  model: chat/default\n  policyRef: {name: prod}\n",
+    );
+    let c = compile_cluster(&yaml, &all_secrets("team-a"));
+    let key = route_key("team-a", "chat");
+    assert_eq!(
+        diags(&c, &key),
+        vec![(
+            "spec.policyRef.name".to_owned(),
+            "RoutingPolicy \"prod\" not found in namespace \"team-a\"; create it or remove policyRef to use the default"
+                .to_owned()
+        )]
+    );
+    assert!(c.table.routes.is_empty());
+    assert_eq!(c.table.excluded.len(), 1);
+    assert_eq!(c.table.excluded[0].target, None);
+    assert!(
+        c.table.excluded[0]
+            .reason
+            .starts_with("spec.policyRef.name: RoutingPolicy \"prod\" not found")
+    );
+    let r = c.readiness(&key);
+    assert!(!r.ready);
+    assert_eq!(r.reason, "PolicyNotFound");
+}
+
+/// A missing Secret leaves out only that target; the route keeps serving with the others and
+/// is reported as degraded with the command that fixes it.
+#[test]
+fn missing_secret_leaves_out_only_that_target() {
+    let mut secrets = SecretIndex::new();
+    secrets.insert("team-a", "openai", ["api-key"]);
+    let c = compile_cluster(ROUTE, &secrets);
+    let key = route_key("team-a", "chat");
+    assert_eq!(
+        diags(&c, &key),
+        vec![(
+            "spec.targets[1].credentials.secretName".to_owned(),
+            "Secret \"anthropic\" not found in namespace \"team-a\"; create it (kubectl -n team-a create secret \
+             generic anthropic --from-literal=api-key=...) or fix the name; this target is left out until then"
+                .to_owned()
+        )]
+    );
+    let route = c.table.route("chat/default").unwrap();
+    assert_eq!(
+        route.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["openai"]
+    );
+    assert_eq!(c.table.excluded.len(), 1);
+    assert_eq!(c.table.excluded[0].target.as_deref(), Some("claude"));
+    let r = c.readiness(&key);
+    assert!(!r.ready);
+    assert_eq!(r.reason, "DegradedSecretNotFound");
+}
+
+/// A Secret without the expected key names the keys it does have.
+#[test]
+fn missing_secret_key_names_the_keys_present() {
+    let mut secrets = all_secrets("team-a");
+    secrets.insert("team-a", "anthropic-other", ["token"]);
+    let yaml = ROUTE.replace("secretName: anthropic}", "secretName: anthropic-other}");
+    let c = compile_cluster(&yaml, &secrets);
+    assert_eq!(
+        diags(&c, &route_key("team-a", "chat")),
+        vec![(
+            "spec.targets[1].credentials.keys.apiKey".to_owned(),
+            "Secret \"anthropic-other\" has no key \"api-key\" (it has: token); add the key or set keys.apiKey to \
+             one it has; this target is left out until then"
+                .to_owned()
+        )]
+    );
+}
+
+/// Two routes claiming one model id: the oldest serves, the newer is left out, both are told.
+#[test]
+fn duplicate_model_id_is_reported_on_both_routes() {
+    let yaml = format!(
+        "{}\n---\n{}",
+        ROUTE.replace(
+            "namespace: team-a}",
+            "namespace: team-a, creationTimestamp: \"2026-01-01T00:00:00Z\"}"
+        ),
+        ROUTE.replace("name: chat,", "name: chat-copy,").replace(
+            "namespace: team-a}",
+            "namespace: team-a, creationTimestamp: \"2026-02-01T00:00:00Z\"}"
+        )
+    );
+    let c = compile_cluster(&yaml, &all_secrets("team-a"));
+    assert_eq!(
+        diags(&c, &route_key("team-a", "chat-copy")),
+        vec![(
+            "spec.model".to_owned(),
+            "model \"chat/default\" is already served by ModelRoute team-a/chat; change spec.model or delete one of them"
+                .to_owned()
+        )]
+    );
+    assert_eq!(
+        diags(&c, &route_key("team-a", "chat")),
+        vec![(
+            "spec.model".to_owned(),
+            "model \"chat/default\" is also claimed by team-a/chat-copy; this route (the oldest) serves it"
+                .to_owned()
+        )]
+    );
+    assert_eq!(c.table.routes.len(), 1);
+    assert_eq!(c.table.routes[0].source.name, "chat");
+    let winner = c.readiness(&route_key("team-a", "chat"));
+    assert!(winner.ready);
+    assert_eq!(
+        winner.conflict.as_ref().map(|c| c.0.as_str()),
+        Some("DuplicateModel")
+    );
+    let loser = c.readiness(&route_key("team-a", "chat-copy"));
+    assert!(!loser.ready);
+    assert_eq!(loser.reason, "DuplicateModel");
+    assert!(loser.conflict.is_some());
+}
+
+const TWO_DEFAULTS: &str = r#"
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: fast, namespace: team-a}
+spec: {default: true, strategy: least-latency}
+---
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: cheap, namespace: team-a}
+spec: {default: true, strategy: lowest-cost}
+"#;
+
+/// Two default policies in one namespace: both get a Conflict, neither is picked, and routes
+/// without policyRef use the built-in defaults and say so.
+#[test]
+fn two_defaults_in_one_scope_conflict_and_neither_is_picked() {
+    let c = compile_cluster(&format!("{ROUTE}---{TWO_DEFAULTS}"), &all_secrets("team-a"));
+    let expected = "RoutingPolicies \"cheap\", \"fast\" are all default for namespace \"team-a\"; set default: \
+                    false on all but one (until then routes without policyRef use the built-in defaults)";
+    for name in ["fast", "cheap"] {
+        assert_eq!(
+            diags(&c, &policy_key("team-a", name)),
+            vec![("spec.default".to_owned(), expected.to_owned())]
+        );
+        let r = c.readiness(&policy_key("team-a", name));
+        assert!(!r.ready);
+        assert_eq!(r.conflict.map(|c| c.0), Some("DefaultConflict".to_owned()));
+    }
+    let route_diags = diags(&c, &route_key("team-a", "chat"));
+    assert_eq!(
+        route_diags,
+        vec![(
+            "spec.policyRef".to_owned(),
+            "namespace \"team-a\" has more than one default RoutingPolicy; using the built-in defaults until only \
+             one is left, or set policyRef"
+                .to_owned()
+        )]
+    );
+    assert_eq!(c.table.route("chat/default").unwrap().policy.source, "builtin");
+}
+
+/// A default policy in the operator's namespace applies cluster-wide; a namespace's own
+/// default takes precedence over it.
+#[test]
+fn namespace_default_beats_cluster_default() {
+    let cluster_default = r#"
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: global, namespace: detour-system}
+spec: {default: true}
+"#;
+    let c = compile_cluster(&format!("{ROUTE}---{cluster_default}"), &all_secrets("team-a"));
+    assert_eq!(
+        c.table.route("chat/default").unwrap().policy.source,
+        "detour-system/global"
+    );
+    let ns_default = cluster_default
+        .replace("namespace: detour-system", "namespace: team-a")
+        .replace("global", "mine");
+    let c = compile_cluster(
+        &format!("{ROUTE}---{cluster_default}---{ns_default}"),
+        &all_secrets("team-a"),
+    );
+    assert_eq!(
+        c.table.route("chat/default").unwrap().policy.source,
+        "team-a/mine"
+    );
+    assert_eq!(
+        c.policies
+            .iter()
+            .find(|p| p.object.name == "mine")
+            .map(|p| p.route_count),
+        Some(1)
+    );
+    assert_eq!(
+        c.policies
+            .iter()
+            .find(|p| p.object.name == "global")
+            .map(|p| p.route_count),
+        Some(0)
+    );
+}
+
+/// A bad duration in a policy is reported on the policy's field; routes using it are left out
+/// rather than served with other timeouts than declared.
+#[test]
+fn bad_duration_invalidates_the_policy_and_its_routes() {
+    let yaml = format!(
+        "{}---\n{}",
+        ROUTE.replace(
+            "  model: chat/default\n",
+            "  model: chat/default\n  policyRef: {name: p}\n"
+        ),
+        "apiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata: {name: p, namespace: team-a}\nspec:\n  timeouts: {perAttempt: 30sec}\n"
+    );
+    let c = compile_cluster(&yaml, &all_secrets("team-a"));
+    assert_eq!(
+        diags(&c, &policy_key("team-a", "p")),
+        vec![(
+            "spec.timeouts.perAttempt".to_owned(),
+            "\"30sec\" is not a duration; write a number and a unit (ms, s, m, h), e.g. \"80ms\", \"30s\", \"2m\""
+                .to_owned()
+        )]
+    );
+    assert_eq!(
+        diags(&c, &route_key("team-a", "chat")),
+        vec![(
+            "spec.policyRef.name".to_owned(),
+            "RoutingPolicy \"p\" is invalid (see its status); fix it or point policyRef at another policy"
+                .to_owned()
+        )]
+    );
+    assert!(c.table.routes.is_empty());
+    assert_eq!(c.readiness(&policy_key("team-a", "p")).reason, "InvalidDuration");
+}
+
+/// A policy rule naming a target the route lacks leaves the route out, reported on both.
+#[test]
+fn policy_rule_naming_an_unknown_target_is_reported_on_route_and_policy() {
+    let policy = r#"
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: eu, namespace: team-a}
+spec:
+  rules:
+    - name: eu-only
+      when: {all: [{tag: region, op: eq, value: eu}]}
+      then: {targets: [claude, mistral]}
+"#;
+    let yaml = format!(
+        "{}---{policy}",
+        ROUTE.replace(
+            "  model: chat/default\n",
+            "  model: chat/default\n  policyRef: {name: eu}\n"
+        )
+    );
+    let c = compile_cluster(&yaml, &all_secrets("team-a"));
+    assert_eq!(
+        diags(&c, &route_key("team-a", "chat")),
+        vec![(
+            "spec.policyRef.name".to_owned(),
+            "RoutingPolicy team-a/eu rule \"eu-only\" names target \"mistral\", which this route does not have \
+             (targets: claude, openai); add the target or change the rule"
+                .to_owned()
+        )]
+    );
+    assert_eq!(
+        diags(&c, &policy_key("team-a", "eu")),
+        vec![(
+            "spec.rules[0].then.targets[1]".to_owned(),
+            "target \"mistral\" is not a target of ModelRoute team-a/chat (targets: claude, openai); that route is \
+             not served until the names agree"
+                .to_owned()
+        )]
+    );
+    assert!(c.table.routes.is_empty());
+    assert_eq!(c.readiness(&route_key("team-a", "chat")).reason, "UnknownTarget");
+}
+
+/// Environment-variable and file credentials are for the standalone sidecar only; in a
+/// cluster they are errors that point at secretName. Standalone, they resolve as written.
+#[test]
+fn standalone_only_credentials_are_rejected_in_a_cluster() {
+    let yaml = ROUTE.replace(
+        "credentials: {secretName: openai}",
+        "credentials: {apiKeyEnv: OPENAI_API_KEY}",
+    );
+    let c = compile_cluster(&yaml, &all_secrets("team-a"));
+    let d: Vec<_> = c.diagnostics_for(&route_key("team-a", "chat")).collect();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].field, "spec.targets[0].credentials.apiKeyEnv");
+    assert_eq!(d[0].reason, Reason::StandaloneOnly);
+    assert_eq!(d[0].severity, Severity::Error);
+
+    let (routes, policies) = objects(&yaml);
+    let c = compile(&Input::standalone(&routes, &policies));
+    assert_eq!(c.diagnostics, vec![]);
+    let creds = c.table.route("chat/default").unwrap().targets[0]
+        .credentials
+        .clone()
+        .unwrap();
+    assert_eq!(
+        creds.api_key,
+        Some(CredentialSource::Env("OPENAI_API_KEY".into()))
+    );
+}
+
+/// A route-local rule naming an unknown target is caught even where no apiserver ran CEL.
+#[test]
+fn route_rule_naming_an_unknown_target_is_caught_standalone() {
+    let yaml = format!(
+        "{ROUTE}  rules:\n    - name: eu\n      when: {{any: [{{tag: region, op: eq, value: eu}}]}}\n      then: {{targets: [gemini]}}\n"
+    );
+    let (routes, policies) = objects(&yaml);
+    let c = compile(&Input::standalone(&routes, &policies));
+    assert_eq!(
+        diags(&c, &route_key("team-a", "chat")),
+        vec![(
+            "spec.rules[0].then.targets[0]".to_owned(),
+            "\"gemini\" is not one of spec.targets[].name (claude, openai); fix the name or add the target"
+                .to_owned()
+        )]
+    );
+    assert!(c.table.routes.is_empty());
+}
+
+/// A route with no problems reports Ready with the policy and target count.
+#[test]
+fn healthy_route_is_ready_with_a_useful_message() {
+    let c = compile_cluster(ROUTE, &all_secrets("team-a"));
+    let r = c.readiness(&route_key("team-a", "chat"));
+    assert!(r.ready);
+    assert_eq!(r.reason, "Compiled");
+    assert_eq!(r.message, "serving 2 target(s) with policy builtin");
+    assert_eq!(r.conflict, None);
+}
+
+/// The demo file compiles standalone with no diagnostics and only mock targets.
+#[test]
+fn demo_compiles_standalone() {
+    let c = detour_api::compile_yaml(&example("demo.yaml")).unwrap();
+    assert_eq!(c.diagnostics, vec![]);
+    assert!(c.table.routes.len() >= 2);
+    for route in &c.table.routes {
+        for t in &route.targets {
+            assert_eq!(t.provider, detour_api::crd::Provider::Mock, "{}", t.name);
+            assert!(t.mock.is_some());
+        }
+    }
+}

@@ -1,0 +1,130 @@
+"""The real `openai` clients, Python and Node, through the real sidecar, with the primary
+failing in each way: 5xx, 429 with Retry-After, a hang past the first-byte timeout, a reset
+connection, and a stream that breaks after it started.
+
+Each failure mode has its own route (primary → a fake stub stuck in that mode, backup → a
+healthy stub), so every request really meets the failure. The clients' own retries are off:
+what succeeds, succeeds because the sidecar failed over before the first byte. A stream that
+breaks after bytes reached the client cannot be failed over; the client must see an error,
+never a silent truncation.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from support import SIDECAR_BIN, sidecar, stop
+
+ROOT = Path(__file__).resolve().parent
+UPSTREAM_BIN = os.environ.get("DETOUR_FAKE_UPSTREAM_BIN", "")
+NODE_MODULES = os.environ.get("DETOUR_NODE_MODULES", "")
+MODES = ["5xx", "429", "hang", "reset"]
+
+ROUTE = """
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: r-{mode}}}
+spec:
+  model: m/{mode}
+  policyRef: {{name: clients}}
+  targets:
+    - {{name: primary, provider: openai-compatible, model: up-primary, endpoint: "{base}/p-{mode}/v1"}}
+    - {{name: backup, provider: openai-compatible, model: up-backup, endpoint: "{base}/ok/v1"}}
+"""
+POLICY = """
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: clients}
+spec:
+  retry: {attempts: 1, on: ["5xx", "429", "timeout", "connect-error"]}
+  timeouts: {perAttempt: 3s, firstByte: 500ms, total: 8s}
+  health: {failureThreshold: 50}
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    if not (SIDECAR_BIN and UPSTREAM_BIN):
+        pytest.skip("needs DETOUR_SIDECAR_BIN and DETOUR_FAKE_UPSTREAM_BIN (run through scripts/test)")
+    tmp = tmp_path_factory.mktemp("clients")
+    with open(tmp / "upstream.log", "wb") as log:
+        upstream = subprocess.Popen([UPSTREAM_BIN], stdout=subprocess.PIPE, stderr=log)
+    try:
+        line = upstream.stdout.readline().decode()
+        assert line.startswith("listening on "), line
+        base = "http://" + line.split()[-1]
+        for mode in MODES + ["broken-stream"]:
+            req = urllib.request.Request(f"{base}/_control/p-{mode}/{mode}", method="PUT")
+            urllib.request.urlopen(req, timeout=2).close()
+        routes = POLICY + "".join(ROUTE.format(mode=m, base=base) for m in MODES + ["broken-stream"])
+        with sidecar(tmp, routes) as sc:
+            yield sc
+    finally:
+        stop(upstream)
+
+
+def python_call(sc, model, stream):
+    client = openai.OpenAI(base_url=f"{sc.base}/v1", api_key="unused", max_retries=0, timeout=15)
+    out = {"content": "", "model": None, "headers": {}, "error": None}
+    try:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "hello"}], stream=stream)
+        out["headers"] = {k: v for k, v in raw.headers.items() if k.startswith("x-detour-")}
+        data = raw.parse()
+        if stream:
+            for chunk in data:
+                out["model"] = chunk.model
+                if chunk.choices:
+                    out["content"] += chunk.choices[0].delta.content or ""
+        else:
+            out["model"] = data.model
+            out["content"] = data.choices[0].message.content
+    except openai.OpenAIError as e:
+        out["error"] = {"name": type(e).__name__, "message": str(e)}
+    return out
+
+
+def node_call(sc, model, stream):
+    node = shutil.which("node")
+    if not node or not NODE_MODULES:
+        pytest.skip("node and DETOUR_NODE_MODULES are needed (run through scripts/test)")
+    arg = json.dumps({"base": f"{sc.base}/v1", "model": model, "stream": stream})
+    done = subprocess.run([node, str(ROOT / "node" / "client.cjs"), arg], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "NODE_PATH": NODE_MODULES})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+CLIENTS = {"python": python_call, "node": node_call}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_client_sees_a_normal_completion_when_the_primary_fails(env, client, mode, stream):
+    """Whatever way the primary fails before its first byte, the client gets the backup's
+    normal completion under the route's model id, and the headers say a fallback happened."""
+    out = CLIENTS[client](env, f"m/{mode}", stream)
+    assert out["error"] is None, out
+    assert out["content"] == "hello from ok", out
+    assert out["model"] == f"m/{mode}", out
+    assert out["headers"].get("x-detour-target") == "backup", out
+    assert out["headers"].get("x-detour-fallback-count") == "1", out
+    assert out["headers"].get("x-detour-provider") == "openai-compatible", out
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_client_sees_an_error_when_a_started_stream_breaks(env, client):
+    """A stream that breaks after its first chunk reached the client ends in an error the
+    client raises, after the text it already received: never a silent truncation."""
+    out = CLIENTS[client](env, "m/broken-stream", True)
+    assert out["content"] == "hello from", out
+    assert out["error"] is not None, out
+    assert out["headers"].get("x-detour-target") == "primary", out
