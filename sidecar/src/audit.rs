@@ -26,6 +26,19 @@ pub struct SkipRecord {
     pub reason: &'static str,
 }
 
+/// How a cost/quality strategy placed the request.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScoreRecord {
+    /// The complexity score; absent when the request could not be scored.
+    pub value: Option<f64>,
+    /// `simple`, `medium`, `complex` or `unscored`.
+    pub class: &'static str,
+    /// The scorer's version.
+    pub scorer: &'static str,
+    /// The decision in words, thresholds included.
+    pub rule: String,
+}
+
 /// The audit line.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditRecord {
@@ -35,6 +48,8 @@ pub struct AuditRecord {
     pub endpoint: &'static str,
     pub route: Option<String>,
     pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreRecord>,
     pub stream: bool,
     pub target: Option<String>,
     pub provider: Option<&'static str>,

@@ -30,11 +30,13 @@ pub struct Metrics {
     pub budget_exhausted: IntCounterVec,
     pub reloads: IntCounterVec,
     pub config_info: IntGaugeVec,
+    pub request_score: HistogramVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+const SCORE_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
 ];
@@ -171,6 +173,13 @@ impl Metrics {
                 "detour_config_info",
                 "1 for the content hash of the route table being served.",
                 &["hash"],
+            )?,
+            request_score: histogram(
+                &r,
+                "detour_request_score",
+                "Complexity scores of requests under the cost/quality strategies, by route and scorer version.",
+                &["route", "scorer"],
+                SCORE_BUCKETS,
             )?,
             registry: r,
         })

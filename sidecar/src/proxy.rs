@@ -47,6 +47,8 @@ pub const H_TIMEOUT: &str = "x-detour-timeout-ms";
 pub const H_REQUEST_ID: &str = "x-detour-request-id";
 pub const H_PROVIDER: &str = "x-detour-provider";
 pub const H_FALLBACK_COUNT: &str = "x-detour-fallback-count";
+/// The complexity score (or `unscored`), under the cost/quality strategies only.
+pub const H_SCORE: &str = "x-detour-score";
 
 /// What every request shares: the table being served, metrics, the audit sink.
 #[derive(Debug)]
@@ -154,6 +156,8 @@ struct Ctx {
     start: Instant,
     route: Option<String>,
     rule: Option<String>,
+    /// How a cost/quality strategy placed the request.
+    score: Option<routing::ScoreDecision>,
     stream: bool,
     attempts: Vec<AttemptRecord>,
     skipped: Vec<SkipRecord>,
@@ -177,6 +181,7 @@ impl Ctx {
             start: Instant::now(),
             route: None,
             rule: None,
+            score: None,
             stream: false,
             attempts: Vec::new(),
             skipped: Vec::new(),
@@ -248,6 +253,14 @@ impl Ctx {
         }
         headers.insert(H_PROVIDER, HeaderValue::from_static(provider));
         headers.insert(H_FALLBACK_COUNT, HeaderValue::from(self.fallback_count));
+        if let Some(d) = &self.score {
+            let v = d
+                .value
+                .map_or_else(|| d.class.as_str().to_owned(), |v| format!("{v:.3}"));
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(H_SCORE, v);
+            }
+        }
     }
 
     /// Writes the request's metrics and audit line.
@@ -282,6 +295,12 @@ impl Ctx {
             endpoint: self.endpoint.path(),
             route: self.route.clone(),
             rule: self.rule.clone(),
+            score: self.score.as_ref().map(|d| crate::audit::ScoreRecord {
+                value: d.value,
+                class: d.class.as_str(),
+                scorer: crate::scoring::SCORER_VERSION,
+                rule: d.rule(),
+            }),
             stream: self.stream,
             target: if served {
                 self.target.as_ref().map(|(t, _)| t.clone())
@@ -425,12 +444,22 @@ async fn serve(
         fallback_off,
     };
     let needs = Needs::of(&map, req.body().len(), stream);
-    let plan = match routing::plan(&route, &tags, &overrides, &needs) {
+    let plan = match routing::plan(&route, &tags, &overrides, &needs, &map) {
         Ok(p) => p,
         Err(e) => return ctx.reject(*e, Outcome::Rejected),
     };
     ctx.rule = plan.rule.clone();
     ctx.skipped = plan.skipped;
+    if let Some(d) = &plan.score {
+        if let Some(v) = d.value {
+            ctx.shared
+                .metrics
+                .request_score
+                .with_label_values(&[route.route.model.as_str(), crate::scoring::SCORER_VERSION])
+                .observe(v);
+        }
+        ctx.score = Some(d.clone());
+    }
     let policy = &route.route.policy;
     let deadline = Deadline::new(ctx.start, policy.timeouts.total_ms, client_ms);
     if let Ok(mut b) = route.budget.lock() {

@@ -6,7 +6,8 @@
 //!    `overrides` allow them; otherwise the request is refused with 403 naming why.
 //! 3. Targets whose declared capabilities or context window cannot serve the request are
 //!    skipped before any call.
-//! 4. The strategy orders the rest; then health reorders: degraded targets go after healthy
+//! 4. The strategy orders the rest (the cost/quality strategies by the request's complexity
+//!    score, see [`decide`] and [`order_by_score`]); then health reorders: degraded targets go after healthy
 //!    ones (open ones stay in place and are skipped by the breaker's admission, so the
 //!    response can say when they come back).
 
@@ -144,15 +145,173 @@ pub struct Plan {
     pub skipped: Vec<SkipRecord>,
     pub rule: Option<String>,
     pub strategy: Strategy,
+    /// How the cost/quality strategies placed the request; `None` for other strategies.
+    pub score: Option<ScoreDecision>,
 }
 
-/// Orders `targets` by `strategy`. `cost-optimized`, `balanced` and `quality-first` need the
-/// complexity scorer of a later issue; until it lands they order like `priority` (the
-/// route's order), and the docs say so.
+/// A request's complexity class under a cost/quality strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Below `simpleBelow`: the cheapest target first.
+    Simple,
+    /// Between the thresholds: conservatively, the least expensive capable target first.
+    Medium,
+    /// Above `complexAbove`: the most capable target first.
+    Complex,
+    /// The scorer is disabled or the request cannot be scored: the most capable first.
+    Unscored,
+}
+
+impl Class {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Simple => "simple",
+            Self::Medium => "medium",
+            Self::Complex => "complex",
+            Self::Unscored => "unscored",
+        }
+    }
+}
+
+/// Why a cost/quality strategy ordered the targets as it did: for the audit line, the
+/// `x-detour-score` header and the score histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreDecision {
+    /// The score, when the request could be scored.
+    pub value: Option<f64>,
+    pub class: Class,
+    /// The thresholds in force, `(simple_below, complex_above)`.
+    pub thresholds: (f64, f64),
+    /// The feature that contributed most, or why there is no score.
+    pub because: &'static str,
+}
+
+impl ScoreDecision {
+    /// The decision in words, e.g. `score 0.82 > complexAbove 0.60 (reasoning_words): most capable first`.
+    pub fn rule(&self) -> String {
+        let (lo, hi) = self.thresholds;
+        match (self.value, self.class) {
+            (Some(v), Class::Simple) => {
+                format!(
+                    "score {v:.2} < simpleBelow {lo:.2} ({}): cheapest first",
+                    self.because
+                )
+            }
+            (Some(v), Class::Complex) => {
+                format!(
+                    "score {v:.2} > complexAbove {hi:.2} ({}): most capable first",
+                    self.because
+                )
+            }
+            (Some(v), _) => format!(
+                "score {v:.2} between {lo:.2} and {hi:.2} ({}): least expensive capable target first",
+                self.because
+            ),
+            (None, _) => format!("{}: most capable first", self.because),
+        }
+    }
+}
+
+/// Scores the request and classifies it against the policy's thresholds for `strategy`.
+pub fn decide(
+    strategy: Strategy,
+    scoring: &detour_api::table::Scoring,
+    body: &Map<String, Value>,
+) -> ScoreDecision {
+    let thresholds = scoring.thresholds(strategy);
+    if scoring.disabled {
+        return ScoreDecision {
+            value: None,
+            class: Class::Unscored,
+            thresholds,
+            because: "scorer disabled",
+        };
+    }
+    match crate::scoring::score_map(body) {
+        Err(_) => ScoreDecision {
+            value: None,
+            class: Class::Unscored,
+            thresholds,
+            because: "no prompt to score",
+        },
+        Ok(score) => {
+            let (lo, hi) = thresholds;
+            let class = if score.value < lo {
+                Class::Simple
+            } else if score.value > hi {
+                Class::Complex
+            } else {
+                Class::Medium
+            };
+            ScoreDecision {
+                value: Some(score.value),
+                class,
+                thresholds,
+                because: score.features.top().unwrap_or("no signal"),
+            }
+        }
+    }
+}
+
+/// Capability of a target for the cost/quality strategies: its `quality` tier, then its
+/// `cost` (pricier taken as more capable), then its place in the route (earlier, more capable).
+fn capability(t: &TargetRt, place: usize) -> (i8, f64, isize) {
+    let tier = t.cfg.quality.map_or(-1, |q| q as i8);
+    let cost = t.cfg.cost.map_or(0.0, |c| c.input + c.output);
+    (tier, cost, -isize::try_from(place).unwrap_or(isize::MAX))
+}
+
+/// Orders targets for a complexity class. The upper half by capability are the capable
+/// targets, the lower half the cheap ones; every target stays in the chain, so failover is
+/// exactly as with `priority`.
+pub fn order_by_score(targets: Vec<Arc<TargetRt>>, class: Class) -> Vec<Arc<TargetRt>> {
+    let mut ranked: Vec<((i8, f64, isize), Arc<TargetRt>)> = targets
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (capability(&t, i), t))
+        .collect();
+    // Most capable first.
+    ranked.sort_by(|a, b| {
+        b.0.0
+            .cmp(&a.0.0)
+            .then(b.0.1.total_cmp(&a.0.1))
+            .then(b.0.2.cmp(&a.0.2))
+    });
+    let mut desc: Vec<Arc<TargetRt>> = ranked.into_iter().map(|(_, t)| t).collect();
+    match class {
+        Class::Complex | Class::Unscored => desc,
+        Class::Simple => {
+            desc.reverse();
+            desc
+        }
+        Class::Medium => {
+            let capable = desc.len().div_ceil(2);
+            let cheap = desc.split_off(capable);
+            desc.reverse();
+            desc.extend(cheap);
+            desc
+        }
+    }
+}
+
+/// Whether a strategy orders by the complexity score.
+pub const fn scores(strategy: Strategy) -> bool {
+    matches!(
+        strategy,
+        Strategy::CostOptimized | Strategy::Balanced | Strategy::QualityFirst
+    )
+}
+
+/// Orders `targets` by a strategy that needs nothing but the targets. The cost/quality
+/// strategies need the request's complexity score and are ordered by [`order_by_score`]; given
+/// none, they put the most capable target first, like an unscorable request.
 pub fn order(strategy: Strategy, mut targets: Vec<Arc<TargetRt>>) -> Vec<Arc<TargetRt>> {
     match strategy {
         Strategy::Single => targets.truncate(1),
-        Strategy::Priority | Strategy::CostOptimized | Strategy::Balanced | Strategy::QualityFirst => {}
+        Strategy::Priority => {}
+        Strategy::CostOptimized | Strategy::Balanced | Strategy::QualityFirst => {
+            targets = order_by_score(targets, Class::Unscored);
+        }
         Strategy::LeastBusy => {
             targets.sort_by_key(|t| t.state.in_flight.load(Ordering::Relaxed));
         }
@@ -194,6 +353,7 @@ pub fn plan(
     tags: &[(String, String)],
     overrides: &Overrides,
     needs: &Needs,
+    body: &Map<String, Value>,
 ) -> Result<Plan, Box<ApiError>> {
     let policy = &route.route.policy;
     let rule = route.route.rules.iter().find(|r| rule_matches(r, tags));
@@ -263,7 +423,12 @@ pub fn plan(
             ),
         )));
     }
-    let mut ordered = order(strategy, candidates);
+    let (mut ordered, score) = if scores(strategy) {
+        let decision = decide(strategy, &policy.scoring, body);
+        (order_by_score(candidates, decision.class), Some(decision))
+    } else {
+        (order(strategy, candidates), None)
+    };
     if overrides.fallback_off {
         ordered.truncate(1);
     }
@@ -274,6 +439,7 @@ pub fn plan(
         skipped,
         rule: rule.map(|r| r.name.clone()),
         strategy,
+        score,
     })
 }
 
@@ -347,5 +513,132 @@ mod tests {
         let plain = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         let n = Needs::of(plain.as_object().unwrap(), 40, false);
         assert!(!n.tools && !n.json_schema && !n.vision && !n.streaming);
+    }
+
+    /// Targets of a one-route table whose targets are `(name, quality, cost)`, in that order.
+    fn targets(spec: &[(&str, Option<&str>, Option<f64>)]) -> Vec<Arc<TargetRt>> {
+        let mut yaml = String::from(
+            "apiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: r}\nspec:\n  model: m\n  targets:\n",
+        );
+        for (name, quality, cost) in spec {
+            yaml.push_str(&format!(
+                "    - name: {name}\n      provider: mock\n      model: x\n"
+            ));
+            if let Some(q) = quality {
+                yaml.push_str(&format!("      quality: {q}\n"));
+            }
+            if let Some(c) = cost {
+                yaml.push_str(&format!("      cost: {{input: {c}, output: {c}}}\n"));
+            }
+        }
+        let table = detour_api::compile_yaml(&yaml).unwrap().table;
+        let http = crate::providers::http_client().unwrap();
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let snapshot = crate::state::Registry::default().build(&table, &http, &metrics);
+        snapshot.routes["m"].targets.clone()
+    }
+
+    fn names(ts: &[Arc<TargetRt>]) -> Vec<&str> {
+        ts.iter().map(|t| t.cfg.name.as_str()).collect()
+    }
+
+    /// Capability ranks by quality tier, then cost, then route order; simple requests take the
+    /// cheapest first, complex and unscored the most capable, medium the least expensive of
+    /// the capable half; every target stays in the chain.
+    #[test]
+    fn order_by_score_per_class() {
+        let ts = targets(&[
+            ("std", Some("standard"), Some(1.0)),
+            ("frontier", Some("frontier"), Some(10.0)),
+            ("basic", Some("basic"), Some(0.1)),
+            ("adv", Some("advanced"), Some(3.0)),
+        ]);
+        assert_eq!(
+            names(&order_by_score(ts.clone(), Class::Complex)),
+            ["frontier", "adv", "std", "basic"]
+        );
+        assert_eq!(
+            names(&order_by_score(ts.clone(), Class::Unscored)),
+            ["frontier", "adv", "std", "basic"]
+        );
+        assert_eq!(
+            names(&order_by_score(ts.clone(), Class::Simple)),
+            ["basic", "std", "adv", "frontier"]
+        );
+        assert_eq!(
+            names(&order_by_score(ts, Class::Medium)),
+            ["adv", "frontier", "std", "basic"]
+        );
+    }
+
+    /// Without declared tiers, cost decides; without cost either, the route's order does
+    /// (earlier is taken as more capable).
+    #[test]
+    fn capability_falls_back_to_cost_then_route_order() {
+        let by_cost = targets(&[
+            ("a", None, Some(1.0)),
+            ("b", None, Some(9.0)),
+            ("c", None, Some(0.5)),
+        ]);
+        assert_eq!(names(&order_by_score(by_cost, Class::Complex)), ["b", "a", "c"]);
+        let by_order = targets(&[
+            ("first", None, None),
+            ("second", None, None),
+            ("third", None, None),
+        ]);
+        assert_eq!(
+            names(&order_by_score(by_order.clone(), Class::Complex)),
+            ["first", "second", "third"]
+        );
+        assert_eq!(
+            names(&order_by_score(by_order.clone(), Class::Simple)),
+            ["third", "second", "first"]
+        );
+        // Three targets: the capable half is two; medium starts at the less capable of them.
+        assert_eq!(
+            names(&order_by_score(by_order, Class::Medium)),
+            ["second", "first", "third"]
+        );
+    }
+
+    /// The class follows the thresholds of the strategy in force; the policy's own
+    /// thresholds replace them; a disabled scorer or a body without a prompt is unscored.
+    #[test]
+    fn decide_classifies_against_thresholds() {
+        let body = |text: &str| serde_json::json!({"messages": [{"role": "user", "content": text}]});
+        let scoring = detour_api::table::Scoring {
+            simple_below: None,
+            complex_above: None,
+            disabled: false,
+        };
+        let simple = body("hi");
+        let hard = body("Analyze, compare and prove the trade-offs step by step; design the algorithm.");
+        let d = decide(Strategy::Balanced, &scoring, simple.as_object().unwrap());
+        assert_eq!((d.class, d.thresholds), (Class::Simple, (0.40, 0.60)));
+        assert_eq!(
+            decide(Strategy::Balanced, &scoring, hard.as_object().unwrap()).class,
+            Class::Complex
+        );
+        let strict = detour_api::table::Scoring {
+            simple_below: Some(0.999),
+            complex_above: Some(1.0),
+            ..scoring.clone()
+        };
+        assert_eq!(
+            decide(Strategy::Balanced, &strict, hard.as_object().unwrap()).class,
+            Class::Simple
+        );
+        let off = detour_api::table::Scoring {
+            disabled: true,
+            ..scoring.clone()
+        };
+        let d = decide(Strategy::QualityFirst, &off, simple.as_object().unwrap());
+        assert_eq!((d.class, d.value), (Class::Unscored, None));
+        assert_eq!(d.rule(), "scorer disabled: most capable first");
+        let embed = serde_json::json!({"input": "x"});
+        assert_eq!(
+            decide(Strategy::CostOptimized, &scoring, embed.as_object().unwrap()).class,
+            Class::Unscored
+        );
     }
 }

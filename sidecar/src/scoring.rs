@@ -111,6 +111,11 @@ pub enum ScoreError {
 
 /// Scores an OpenAI request body (`/v1/chat/completions` or `/v1/completions`).
 pub fn score(body: &Value) -> Result<Score, ScoreError> {
+    body.as_object().map_or(Err(ScoreError::NoPrompt), score_map)
+}
+
+/// [`score`] of a body already parsed as a JSON object.
+pub fn score_map(body: &serde_json::Map<String, Value>) -> Result<Score, ScoreError> {
     let mut acc = Accumulator::default();
     match (body.get("messages").and_then(Value::as_array), body.get("prompt")) {
         (Some(messages), _) if !messages.is_empty() => {

@@ -1,0 +1,181 @@
+//! The cost/quality strategies end to end: over the labelled request set the repository ships,
+//! each strategy sends its documented share to the cheap target; unscorable requests and a
+//! disabled scorer go to the most capable target; the chosen order is the failover chain; and
+//! the score is explained in the `x-detour-score` header, the audit line and a histogram.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
+#[expect(dead_code, reason = "shared test support; this file uses part of it")]
+mod support;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use support::{metric, policy, start};
+
+/// Two mock targets, the capable one listed first, so any cheap-first choice is the strategy's.
+fn routes() -> String {
+    let targets = |cheap_script: &str| {
+        format!(
+            "    - name: capable\n      provider: mock\n      model: big\n      quality: frontier\n      cost: {{input: 5, output: 15}}\n\
+             \x20   - name: cheap\n      provider: mock\n      model: small\n      quality: basic\n      cost: {{input: 0.1, output: 0.4}}\n      mock: {{script: [{cheap_script}]}}\n"
+        )
+    };
+    let mut yaml = String::new();
+    for (name, strategy, extra) in [
+        ("co", "cost-optimized", ""),
+        ("bal", "balanced", ""),
+        ("qf", "quality-first", ""),
+        ("off", "cost-optimized", "  scoring: {disabled: true}\n"),
+        (
+            "custom",
+            "balanced",
+            "  scoring: {simpleBelow: 0.99, complexAbove: 0.995}\n",
+        ),
+    ] {
+        yaml.push_str(
+            &policy(name, &format!("  strategy: {strategy}\n{extra}"))
+                .replace("apiVersion", "---\napiVersion"),
+        );
+        yaml.push_str(&format!(
+            "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {{name: {name}}}\nspec:\n  model: {name}/chat\n  policyRef: {{name: {name}}}\n  targets:\n{}",
+            targets("ok")
+        ));
+    }
+    yaml.push_str(
+        "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: co-fail}\nspec:\n  model: co-fail/chat\n  policyRef: {name: co}\n  targets:\n",
+    );
+    yaml.push_str(&targets("\"5xx\""));
+    yaml
+}
+
+fn dataset() -> Vec<Value> {
+    include_str!("data/complexity-prompts.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["body"].clone())
+        .collect()
+}
+
+async fn served_by(sc: &support::Sidecar, model: &str, mut body: Value) -> (String, String) {
+    body["model"] = json!(model);
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(body.to_string()), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    (
+        r.header("x-detour-target").to_owned(),
+        r.header("x-detour-score").to_owned(),
+    )
+}
+
+/// Over the shipped request set, `cost-optimized` sends about 70 % to the cheap target,
+/// `balanced` each class where it belongs (59 % simple), `quality-first` about 30 %; and the
+/// route's listed order (capable first) does not matter.
+#[tokio::test]
+async fn strategies_split_the_request_set_as_documented() {
+    let sc = start(&routes()).await;
+    let data = dataset();
+    for (model, want) in [("co/chat", 0.70), ("bal/chat", 32.0 / 54.0), ("qf/chat", 0.30)] {
+        let mut cheap = 0;
+        for body in &data {
+            let (target, score) = served_by(&sc, model, body.clone()).await;
+            assert!(
+                score.parse::<f64>().is_ok(),
+                "x-detour-score is a number: {score:?}"
+            );
+            cheap += usize::from(target == "cheap");
+        }
+        let share = cheap as f64 / data.len() as f64;
+        assert!(
+            (share - want).abs() <= 0.10,
+            "{model}: {share:.2} to cheap, want {want:.2}"
+        );
+    }
+    sc.stop().await;
+}
+
+/// A request that cannot be scored (no prompt), and any request when the scorer is disabled,
+/// is served by the most capable target, and the header says `unscored`.
+#[tokio::test]
+async fn unscorable_requests_and_disabled_scorer_go_to_the_most_capable_target() {
+    let sc = start(&routes()).await;
+    let r = sc
+        .send(
+            "POST",
+            "/v1/embeddings",
+            Bytes::from(json!({"model": "co/chat", "input": "hello"}).to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "capable");
+    assert_eq!(r.header("x-detour-score"), "unscored");
+
+    let (target, score) = served_by(
+        &sc,
+        "off/chat",
+        json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!((target.as_str(), score.as_str()), ("capable", "unscored"));
+    sc.stop().await;
+}
+
+/// Thresholds set in the policy replace the strategy's defaults.
+#[tokio::test]
+async fn policy_thresholds_override_the_defaults() {
+    let sc = start(&routes()).await;
+    let hard = json!({"messages": [{"role": "user", "content": "Analyze and compare the trade-offs of these designs, step by step, and prove the bound."}]});
+    assert_eq!(served_by(&sc, "bal/chat", hard.clone()).await.0, "capable");
+    assert_eq!(served_by(&sc, "custom/chat", hard).await.0, "cheap");
+    sc.stop().await;
+}
+
+/// The chosen order is the failover chain: a simple request whose cheap target fails is
+/// served by the capable one, with the fallback counted as usual.
+#[tokio::test]
+async fn chosen_order_is_the_failover_chain() {
+    let sc = start(&routes()).await;
+    let body = json!({"model": "co-fail/chat", "messages": [{"role": "user", "content": "hi"}]});
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(body.to_string()), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "capable");
+    assert_eq!(r.header("x-detour-fallback-count"), "1");
+    sc.stop().await;
+}
+
+/// The score and the rule that decided are in the audit line, and scores feed a histogram
+/// labelled with the scorer version.
+#[tokio::test]
+async fn score_is_explained_in_audit_and_metrics() {
+    let mut sc = start(&routes()).await;
+    let body = json!({"model": "bal/chat", "messages": [{"role": "user", "content": "hello there"}]});
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(body.to_string()), &[])
+        .await;
+    assert_eq!(r.header("x-detour-target"), "cheap");
+    let audit = sc.audit_of(&r).await;
+    let score = audit.score.expect("score in the audit line");
+    assert_eq!(score.class, "simple");
+    assert_eq!(score.scorer, "v1");
+    assert!(score.value.is_some_and(|v| v < 0.4));
+    assert!(
+        score.rule.contains("< simpleBelow 0.40") && score.rule.ends_with("cheapest first"),
+        "{}",
+        score.rule
+    );
+    let metrics = sc.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "detour_request_score_count{route=\"bal/chat\",scorer=\"v1\"}"
+        ),
+        1.0
+    );
+    sc.stop().await;
+}
