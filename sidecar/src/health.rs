@@ -80,8 +80,10 @@ impl State {
 pub enum Admission {
     /// Normal traffic.
     Allowed,
-    /// One of the bounded half-open probes; report its verdict with `probe = true`.
-    Probe,
+    /// One of the bounded half-open probes of half-open period `period`. Its verdict counts
+    /// only in that period: a probe that outlived it (the target tripped again meanwhile)
+    /// must not free a slot of, or close, a later period.
+    Probe { period: u32 },
     /// Skip this target; it may be tried again at `until`.
     Rejected { until: Instant },
 }
@@ -134,6 +136,8 @@ pub struct Breaker {
     origin: Instant,
     buckets: [Bucket; BUCKETS as usize],
     ewma_ms: Option<f64>,
+    /// Counts half-open periods, to tell a probe's verdict from a stale one.
+    period: u32,
 }
 
 impl Breaker {
@@ -147,6 +151,7 @@ impl Breaker {
             origin: now,
             buckets: [Bucket::default(); BUCKETS as usize],
             ewma_ms: None,
+            period: 0,
         }
     }
 
@@ -168,6 +173,7 @@ impl Breaker {
                 issued: 0,
                 succeeded: 0,
             };
+            self.period = self.period.wrapping_add(1);
         }
         self.state
     }
@@ -215,7 +221,7 @@ impl Breaker {
                         issued: issued + 1,
                         succeeded,
                     };
-                    Admission::Probe
+                    Admission::Probe { period: self.period }
                 } else {
                     Admission::Rejected { until: now }
                 }
@@ -232,8 +238,8 @@ impl Breaker {
                 None => ms,
             });
         }
-        if admission == Admission::Probe {
-            self.record_probe(now, verdict);
+        if let Admission::Probe { period } = admission {
+            self.record_probe(now, period, verdict);
             return;
         }
         match verdict {
@@ -268,9 +274,14 @@ impl Breaker {
         }
     }
 
-    fn record_probe(&mut self, now: Instant, verdict: Verdict) {
-        let State::HalfOpen { issued, succeeded } = self.state else {
-            // Another probe already decided; a late failure still honours Retry-After.
+    fn record_probe(&mut self, now: Instant, period: u32, verdict: Verdict) {
+        let current = match self.state {
+            State::HalfOpen { issued, succeeded } if period == self.period => Some((issued, succeeded)),
+            _ => None,
+        };
+        let Some((issued, succeeded)) = current else {
+            // Another probe already decided this probe's period (and a later period may be
+            // running); only a late Retry-After still counts, by keeping the target open.
             if let (
                 Verdict::Failure {
                     retry_after: Some(ra),
@@ -447,7 +458,10 @@ mod tests {
         let now = Instant::now();
         let p1 = b.admit(now);
         let p2 = b.admit(now);
-        assert_eq!((p1, p2), (Admission::Probe, Admission::Probe));
+        assert!(matches!(
+            (p1, p2),
+            (Admission::Probe { .. }, Admission::Probe { .. })
+        ));
         assert!(
             matches!(b.admit(now), Admission::Rejected { .. }),
             "third probe refused"
@@ -455,6 +469,41 @@ mod tests {
         assert_eq!(b.state(now).gauge(), 1);
         b.record(now, p1, ok());
         assert_eq!(b.state(now).gauge(), 1);
+        b.record(now, p2, ok());
+        assert_eq!(b.state(now), State::Closed);
+    }
+
+    /// A probe that outlives its half-open period (another probe failed and the target
+    /// tripped again) is stale: its verdict neither frees a slot of nor closes a later period.
+    #[tokio::test(start_paused = true)]
+    async fn stale_probe_verdicts_do_not_count_in_a_later_period() {
+        let mut b = Breaker::new(params(), Instant::now());
+        for _ in 0..3 {
+            hit(&mut b, fail());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let (stale, failing) = (b.admit(now), b.admit(now));
+        b.record(now, failing, fail());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let now = Instant::now();
+        let (p1, p2) = (b.admit(now), b.admit(now));
+        assert!(matches!(
+            (p1, p2),
+            (Admission::Probe { .. }, Admission::Probe { .. })
+        ));
+        b.record(now, stale, Verdict::Cancelled);
+        assert!(
+            matches!(b.admit(now), Admission::Rejected { .. }),
+            "a stale cancel must not free a slot of this period"
+        );
+        b.record(now, stale, ok());
+        b.record(now, p1, ok());
+        assert_eq!(
+            b.state(now).gauge(),
+            1,
+            "a stale success must not count towards closing"
+        );
         b.record(now, p2, ok());
         assert_eq!(b.state(now), State::Closed);
     }
@@ -469,7 +518,7 @@ mod tests {
         }
         let mut expected = [1u64, 2, 4, 8, 8].into_iter();
         let mut open_for = expected.next().unwrap_or(0);
-        loop {
+        let outstanding = loop {
             let start = Instant::now();
             let State::Open { until } = b.state(start) else {
                 panic!("expected open")
@@ -478,14 +527,16 @@ mod tests {
             tokio::time::advance(until - start).await;
             let now = Instant::now();
             let probe = b.admit(now);
-            assert_eq!(probe, Admission::Probe);
-            let Some(next) = expected.next() else { break };
+            assert!(matches!(probe, Admission::Probe { .. }));
+            let Some(next) = expected.next() else {
+                break probe;
+            };
             b.record(now, probe, fail());
             open_for = next;
-        }
+        };
         // A cancelled probe frees its slot.
         let now = Instant::now();
-        b.record(now, Admission::Probe, Verdict::Cancelled);
+        b.record(now, outstanding, Verdict::Cancelled);
         let p1 = b.admit(now);
         let p2 = b.admit(now);
         b.record(now, p1, ok());

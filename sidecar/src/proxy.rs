@@ -122,13 +122,13 @@ impl Drop for TargetBusy {
 /// attempt is dropped (the client went away) before it was recorded, this reports `Cancelled`.
 #[derive(Debug)]
 struct ProbeGuard {
-    state: Option<Arc<TargetState>>,
+    state: Option<(Arc<TargetState>, Admission)>,
 }
 
 impl ProbeGuard {
     fn new(target: &TargetRt, admission: Admission) -> Self {
         Self {
-            state: (admission == Admission::Probe).then(|| target.state.clone()),
+            state: matches!(admission, Admission::Probe { .. }).then(|| (target.state.clone(), admission)),
         }
     }
 
@@ -139,10 +139,10 @@ impl ProbeGuard {
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
-        if let Some(state) = self.state.take() {
+        if let Some((state, admission)) = self.state.take() {
             state
                 .breaker()
-                .record(Instant::now(), Admission::Probe, Verdict::Cancelled);
+                .record(Instant::now(), admission, Verdict::Cancelled);
         }
     }
 }
