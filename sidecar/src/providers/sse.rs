@@ -68,11 +68,15 @@ where
     struct State<B> {
         body: B,
         buf: BytesMut,
+        /// How much of `buf` is known to hold no separator, so each frame is scanned once
+        /// (a slow upstream sending one byte at a time must not cost quadratic time).
+        scanned: usize,
         done: bool,
     }
     let state = State {
         body,
         buf: BytesMut::new(),
+        scanned: 0,
         done: false,
     };
     let s = stream::unfold(state, |mut st| async move {
@@ -80,9 +84,18 @@ where
             if st.done {
                 return None;
             }
-            if let Some((end, sep)) = event_end(&st.buf) {
+            // A separator may straddle the old end of the buffer: back up 3 bytes.
+            let from = st.scanned.saturating_sub(3);
+            let found = st
+                .buf
+                .get(from..)
+                .and_then(event_end)
+                .map(|(end, sep)| (from + end, sep));
+            st.scanned = st.buf.len();
+            if let Some((end, sep)) = found {
                 let raw = st.buf.split_to(end);
                 st.buf.advance(sep);
+                st.scanned = 0;
                 match parse_event(&raw) {
                     Some(Err(f)) => {
                         st.done = true;
@@ -169,6 +182,33 @@ mod tests {
             got,
             vec![
                 Event::Data(serde_json::json!({"a":1})),
+                Event::Data(serde_json::json!({"b":2})),
+                Event::Done
+            ]
+        );
+    }
+
+    /// Delivered one byte at a time, separators straddling chunks included, events still
+    /// frame correctly; each byte is scanned for a separator once, not once per chunk.
+    #[tokio::test]
+    async fn frames_events_delivered_byte_by_byte() {
+        let big = "x".repeat(64 * 1024);
+        let text = format!("data: {{\"a\":\"{big}\"}}\r\n\r\ndata: {{\"b\":2}}\n\ndata: [DONE]\n\n");
+        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = text
+            .as_bytes()
+            .chunks(1)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let got: Vec<Event> = events(StreamBody::new(stream::iter(chunks)))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Event::Data(serde_json::json!({"a": big})),
                 Event::Data(serde_json::json!({"b":2})),
                 Event::Done
             ]
