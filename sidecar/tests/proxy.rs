@@ -894,3 +894,94 @@ async fn not_ready_until_the_table_appears() {
     assert_eq!(sc.chat("m", &[]).await.status, 200);
     sc.stop().await;
 }
+
+/// `least-latency` moves traffic to the faster target once latencies are measured, and
+/// `least-busy` sends a request to the target with fewer requests in flight.
+#[tokio::test]
+async fn least_latency_and_least_busy() {
+    let fake = Fake::start().await;
+    fake.script("slow", vec![Step::Slow(60)]);
+    fake.script("busy", vec![Step::Slow(300)]);
+    let yaml = policy("lat", "  strategy: least-latency\n")
+        + &policy("busy", "  strategy: least-busy\n").replace("apiVersion", "---\napiVersion")
+        + &route(
+            "lat",
+            "lat",
+            &[("slow", fake.endpoint("slow")), ("fast", fake.endpoint("fast"))],
+        )
+        + &route(
+            "busy",
+            "busy",
+            &[("a", fake.endpoint("busy")), ("b", fake.endpoint("idle"))],
+        );
+    let sc = start(&yaml).await;
+    for _ in 0..5 {
+        assert_eq!(sc.chat("lat", &[]).await.status, 200);
+    }
+    assert_eq!(fake.hits("slow"), 1, "measured once, then the faster target wins");
+    assert_eq!(fake.hits("fast"), 4);
+
+    let (first, second) = tokio::join!(sc.chat("busy", &[]), async {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        sc.chat("busy", &[]).await
+    });
+    assert_eq!(first.header("x-detour-target"), "a");
+    assert_eq!(second.header("x-detour-target"), "b", "a had a request in flight");
+    sc.stop().await;
+}
+
+/// The in-process `mock` provider answers chat, completions and embeddings, streams when
+/// asked, and its `usage` feeds the token and cost metrics.
+#[tokio::test]
+async fn mock_provider_answers_every_endpoint() {
+    let yaml = r#"apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: m}
+spec:
+  model: mock/m
+  targets:
+    - name: t
+      provider: mock
+      model: mock-up
+      cost: {input: 5000, output: 9000}
+      mock: {script: ["ok"], reply: "one two three"}
+"#;
+    let sc = start(yaml).await;
+    let r = sc.chat("mock/m", &[]).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "mock/m");
+    assert_eq!(v["choices"][0]["message"]["content"], "one two three");
+    assert_eq!(r.header("x-detour-provider"), "mock");
+    let completions = json!({"model": "mock/m", "prompt": "hi"});
+    let r = sc
+        .send(
+            "POST",
+            "/v1/completions",
+            Bytes::from(completions.to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.json()["choices"][0]["text"], "one two three");
+    let emb = json!({"model": "mock/m", "input": ["a", "b"]});
+    let r = sc
+        .send("POST", "/v1/embeddings", Bytes::from(emb.to_string()), &[])
+        .await;
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+    let r = sc.chat_stream("mock/m").await;
+    let text = r.text();
+    assert!(
+        text.contains("\"content\":\"one \"") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    let m = sc.metrics().await;
+    let completion = metric(
+        &m,
+        r#"detour_tokens_total{kind="completion",route="mock/m",target="t"}"#,
+    );
+    assert!(completion >= 4.0, "{m}");
+    let cost = metric(&m, r#"detour_cost_usd_total{route="mock/m",target="t"}"#);
+    assert!(cost > 0.0);
+    sc.stop().await;
+}
