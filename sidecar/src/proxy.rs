@@ -208,10 +208,22 @@ impl Ctx {
         let now = Instant::now();
         {
             let mut b = target.state.breaker();
+            let before = b.state(now).gauge();
             b.record(now, admission, Verdict::of(class, elapsed, retry_after));
+            let after = b.state(now).gauge();
+            if before != after {
+                let state = ["closed", "half-open", "open"].get(usize::try_from(after).unwrap_or(0));
+                tracing::warn!(
+                    route = %route,
+                    target = name,
+                    class = class.as_str(),
+                    "circuit {}",
+                    state.copied().unwrap_or("?")
+                );
+            }
             m.breaker_state
                 .with_label_values(&[route.as_str(), name])
-                .set(b.state(now).gauge());
+                .set(after);
             m.degraded
                 .with_label_values(&[route.as_str(), name])
                 .set(i64::from(b.degraded()));
@@ -223,6 +235,15 @@ impl Ctx {
             .with_label_values(&[route.as_str(), name, class.as_str()])
             .observe(elapsed.as_secs_f64());
         self.waited += elapsed;
+        tracing::debug!(
+            request_id = %self.request_id,
+            route = %route,
+            target = name,
+            class = class.as_str(),
+            status,
+            elapsed_ms = ms(elapsed),
+            "attempt"
+        );
         self.target = Some((name.to_owned(), target.cfg.provider.as_str()));
         self.attempts.push(AttemptRecord {
             target: name.to_owned(),
