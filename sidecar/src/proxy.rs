@@ -571,7 +571,6 @@ async fn attempt(
         stream,
         deadline: attempt_deadline,
         first_byte_deadline: (t0 + Duration::from_millis(target.cfg.first_byte_ms)).min(attempt_deadline),
-        total_bounds: deadline.bounds(t0, target.cfg.per_attempt_ms),
     };
     let busy = TargetBusy::new(&target.state);
     let mut probe = ProbeGuard::new(target, admission);
