@@ -985,3 +985,47 @@ spec:
     assert!(cost > 0.0);
     sc.stop().await;
 }
+
+/// A client that goes away mid-stream ends the upstream call: the request is audited as
+/// `cancelled`, and the in-flight gauges return to zero (nothing leaks).
+#[tokio::test]
+async fn client_disconnect_mid_stream_is_cleaned_up() {
+    let fake = Fake::start().await;
+    fake.script("long", vec![Step::Stream(400)]);
+    let yaml = policy("p", "")
+        .replace("perAttempt: 400ms", "perAttempt: 10s")
+        .replace("total: 3s", "total: 10s")
+        + &route("m", "p", &[("t", fake.endpoint("long"))]);
+    let mut sc = start(&yaml).await;
+    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", sc.addr))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let client = support::client();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let id = resp.headers()["x-detour-request-id"].to_str().unwrap().to_owned();
+    let mut body = resp.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::frame(&mut body))
+        .await
+        .unwrap();
+    assert!(frame.is_some());
+    assert_eq!(metric(&sc.metrics().await, "detour_in_flight_requests"), 1.0);
+    drop(body);
+    drop(client);
+    let rec = loop {
+        let rec = tokio::time::timeout(Duration::from_secs(5), sc.audit.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if rec.request_id == id {
+            break rec;
+        }
+    };
+    assert_eq!(rec.outcome, "cancelled");
+    assert_eq!(metric(&sc.metrics().await, "detour_in_flight_requests"), 0.0);
+    sc.stop().await;
+}
