@@ -21,6 +21,8 @@ done
 cargo build -q --release -p detour-sidecar --bins
 BIN="$CARGO_TARGET_DIR/release/detour-sidecar"
 
+# 1,000 concurrent connections need more than the usual 1,024 descriptors.
+ulimit -n 8192 2>/dev/null || true
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -86,6 +88,14 @@ spec:
   targets:
     - {name: dead, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:9/v1"}
     - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP/v1"}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: held}
+spec:
+  model: bench/held
+  targets:
+    - {name: m, provider: mock, model: m, mock: {latency: 4s}}
 YAML
 "$BIN" ${SIDECAR_ARGS:-} --routes "$work/routes.yaml" --listen "127.0.0.1:$SC" --admin-listen "127.0.0.1:$AD" \
   >/dev/null 2>"$work/sidecar.err" & SPID=$!; pids+=($SPID)
@@ -135,9 +145,18 @@ run sidecar-open-primary "http://127.0.0.1:$SC/v1/chat/completions" 1 1 "$SPID" 
   '{"model":"bench/open-primary","messages":[{"role":"user","content":"Say hello."}]}'
 rss_after=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
 
-python3 - "$work/results.tsv" "$rss_idle" "$rss_after" "$RUNS" "$DURATION" <<'PY'
+# 1,000 streaming requests held in flight at once (the mock answers after 4 s).
+BENCH_BODY='{"model":"bench/held","stream":true,"messages":[{"role":"user","content":"Say hello."}]}' \
+  wrk -t2 -c1000 -d6s --timeout 10s -s bench/post.lua "http://127.0.0.1:$SC/v1/chat/completions" >/dev/null 2>&1 &
+WRK=$!
+sleep 3
+held=$(curl -fs "http://127.0.0.1:$AD/metrics" | awk '/^detour_in_flight_requests / {print $2}')
+rss_held=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
+wait "$WRK" || true
+
+python3 - "$work/results.tsv" "$rss_idle" "$rss_after" "$RUNS" "$DURATION" "$held" "$rss_held" <<'PY'
 import statistics, sys, collections
-path, rss_idle, rss_after, runs, dur = sys.argv[1:6]
+path, rss_idle, rss_after, runs, dur, held, rss_held = sys.argv[1:8]
 rows = collections.defaultdict(list)
 for line in open(path):
     label, c, p50, p99, rps, bad, cpu = line.split("\t")
@@ -158,5 +177,6 @@ for c in (1, 32):
 o, s = med.get(("sidecar-open-primary", 1)), med.get(("sidecar", 1))
 if o and s:
     print(f"- open-breaker primary, c=1: p50 {o[0]:.0f} µs vs healthy {s[0]:.0f} µs (+{o[0]-s[0]:.0f} µs)")
-print(f"- sidecar RSS: {int(rss_idle)/1024:.1f} MiB idle, {int(rss_after)/1024:.1f} MiB after the runs")
+print(f"- sidecar RSS: {int(rss_idle)/1024:.1f} MiB idle, {int(rss_after)/1024:.1f} MiB after the runs, "
+      f"{int(rss_held)/1024:.1f} MiB with {held} streaming requests in flight")
 PY

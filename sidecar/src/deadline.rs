@@ -37,11 +37,6 @@ impl Deadline {
     pub fn attempt(&self, now: Instant, per_attempt_ms: u64) -> Instant {
         (now + Duration::from_millis(per_attempt_ms)).min(self.at)
     }
-
-    /// Whether the total deadline, not the attempt's own timeout, bounds an attempt.
-    pub fn bounds(&self, now: Instant, per_attempt_ms: u64) -> bool {
-        self.at <= now + Duration::from_millis(per_attempt_ms)
-    }
 }
 
 #[cfg(test)]
@@ -73,11 +68,9 @@ mod tests {
         let start = Instant::now();
         let d = Deadline::new(start, 1_000, None);
         assert_eq!(d.attempt(start, 300), start + Duration::from_millis(300));
-        assert!(!d.bounds(start, 300));
         tokio::time::advance(Duration::from_millis(800)).await;
         let now = Instant::now();
         assert_eq!(d.attempt(now, 300), d.at);
-        assert!(d.bounds(now, 300));
         assert_eq!(d.remaining(now), Duration::from_millis(200));
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(d.expired(Instant::now()));

@@ -12,9 +12,11 @@
 //!
 //! - The open time is `cooldown × 2^(trips)`, capped at `max_cooldown`; the trip count resets
 //!   once the target stayed closed for `max_cooldown` (a healthy period).
-//! - A 429's `Retry-After` is the provider saying when to come back: the target opens for at
-//!   least that long, at once. Any other single failure never opens it (unless the policy
-//!   sets `failureThreshold: 1`).
+//! - A 429's `Retry-After` is the provider saying when to come back: the target opens at
+//!   once for exactly that long (a pause, not a trip: no cooldown escalation); when the same
+//!   failure also trips the breaker, it opens for the longer of the cooldown and
+//!   `Retry-After`. Any other single failure never opens it (unless the policy sets
+//!   `failureThreshold: 1`).
 //! - Half-open lets at most `half_open_probes` live requests through; a probe that ends
 //!   without a verdict (the client went away) frees its slot.
 //! - Latency is tracked as an EWMA of successful attempts (TTFT for streams); above
@@ -253,11 +255,12 @@ impl Breaker {
                 self.consecutive = self.consecutive.saturating_add(1);
                 match self.state {
                     State::Closed => {
-                        if retry_after.is_some()
-                            || self.consecutive >= self.params.failure_threshold
-                            || self.rate_exceeded(now)
-                        {
+                        if self.consecutive >= self.params.failure_threshold || self.rate_exceeded(now) {
                             self.trip(now, retry_after);
+                        } else if let Some(ra) = retry_after {
+                            // The provider said when to come back: pause for exactly that
+                            // long. Not a trip: no cooldown, no escalation.
+                            self.state = State::Open { until: now + ra };
                         }
                     }
                     // Admitted before the trip; only a longer Retry-After changes anything.
@@ -576,6 +579,46 @@ mod tests {
             }
         );
         assert_eq!(b.available_at(now), now + Duration::from_secs(5));
+    }
+
+    /// A Retry-After shorter than the cooldown pauses the target for exactly that long and
+    /// does not count as a trip (the next real trip still starts from the base cooldown).
+    #[tokio::test(start_paused = true)]
+    async fn short_retry_after_is_a_pause_not_a_trip() {
+        let mut p = params();
+        p.cooldown = Duration::from_secs(30);
+        p.max_cooldown = Duration::from_secs(300);
+        let mut b = Breaker::new(p, Instant::now());
+        let now = Instant::now();
+        hit(
+            &mut b,
+            Verdict::Failure {
+                class: Class::RateLimited,
+                retry_after: Some(Duration::from_secs(2)),
+            },
+        );
+        assert_eq!(
+            b.state(now),
+            State::Open {
+                until: now + Duration::from_secs(2)
+            }
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let now = Instant::now();
+        let (p1, p2) = (b.admit(now), b.admit(now));
+        b.record(now, p1, ok());
+        b.record(now, p2, ok());
+        assert_eq!(b.state(now), State::Closed);
+        for _ in 0..3 {
+            hit(&mut b, fail());
+        }
+        let now = Instant::now();
+        assert_eq!(
+            b.state(now),
+            State::Open {
+                until: now + Duration::from_secs(30)
+            }
+        );
     }
 
     /// Latency above the threshold marks the target degraded; fast answers bring it back.

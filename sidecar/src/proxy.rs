@@ -213,10 +213,22 @@ impl Ctx {
         let now = Instant::now();
         {
             let mut b = target.state.breaker();
+            let before = b.state(now).gauge();
             b.record(now, admission, Verdict::of(class, elapsed, retry_after));
+            let after = b.state(now).gauge();
+            if before != after {
+                let state = ["closed", "half-open", "open"].get(usize::try_from(after).unwrap_or(0));
+                tracing::warn!(
+                    route = %route,
+                    target = name,
+                    class = class.as_str(),
+                    "circuit {}",
+                    state.copied().unwrap_or("?")
+                );
+            }
             m.breaker_state
                 .with_label_values(&[route.as_str(), name])
-                .set(b.state(now).gauge());
+                .set(after);
             m.degraded
                 .with_label_values(&[route.as_str(), name])
                 .set(i64::from(b.degraded()));
@@ -228,6 +240,15 @@ impl Ctx {
             .with_label_values(&[route.as_str(), name, class.as_str()])
             .observe(elapsed.as_secs_f64());
         self.waited += elapsed;
+        tracing::debug!(
+            request_id = %self.request_id,
+            route = %route,
+            target = name,
+            class = class.as_str(),
+            status,
+            elapsed_ms = ms(elapsed),
+            "attempt"
+        );
         self.target = Some((name.to_owned(), target.cfg.provider.as_str()));
         self.attempts.push(AttemptRecord {
             target: name.to_owned(),
@@ -579,7 +600,6 @@ async fn attempt(
         stream,
         deadline: attempt_deadline,
         first_byte_deadline: (t0 + Duration::from_millis(target.cfg.first_byte_ms)).min(attempt_deadline),
-        total_bounds: deadline.bounds(t0, target.cfg.per_attempt_ms),
     };
     let busy = TargetBusy::new(&target.state);
     let mut probe = ProbeGuard::new(target, admission);

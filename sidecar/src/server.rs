@@ -167,6 +167,13 @@ fn install(shared: &Shared, registry: &Registry, http: &HttpClient, loaded: Load
             tracing::warn!("{}", note.message);
         }
     }
+    for e in &loaded.table.excluded {
+        let what = e.target.as_ref().map_or_else(
+            || format!("route {:?}", e.model),
+            |t| format!("target {t} of route {:?}", e.model),
+        );
+        tracing::warn!("{what} ({}) is not served: {}", e.source, e.reason);
+    }
     let snapshot = registry.build(&loaded.table, http, &shared.metrics);
     shared.metrics.config_info.reset();
     shared

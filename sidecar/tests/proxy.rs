@@ -894,3 +894,138 @@ async fn not_ready_until_the_table_appears() {
     assert_eq!(sc.chat("m", &[]).await.status, 200);
     sc.stop().await;
 }
+
+/// `least-latency` moves traffic to the faster target once latencies are measured, and
+/// `least-busy` sends a request to the target with fewer requests in flight.
+#[tokio::test]
+async fn least_latency_and_least_busy() {
+    let fake = Fake::start().await;
+    fake.script("slow", vec![Step::Slow(60)]);
+    fake.script("busy", vec![Step::Slow(300)]);
+    let yaml = policy("lat", "  strategy: least-latency\n")
+        + &policy("busy", "  strategy: least-busy\n").replace("apiVersion", "---\napiVersion")
+        + &route(
+            "lat",
+            "lat",
+            &[("slow", fake.endpoint("slow")), ("fast", fake.endpoint("fast"))],
+        )
+        + &route(
+            "busy",
+            "busy",
+            &[("a", fake.endpoint("busy")), ("b", fake.endpoint("idle"))],
+        );
+    let sc = start(&yaml).await;
+    for _ in 0..5 {
+        assert_eq!(sc.chat("lat", &[]).await.status, 200);
+    }
+    assert_eq!(fake.hits("slow"), 1, "measured once, then the faster target wins");
+    assert_eq!(fake.hits("fast"), 4);
+
+    let (first, second) = tokio::join!(sc.chat("busy", &[]), async {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        sc.chat("busy", &[]).await
+    });
+    assert_eq!(first.header("x-detour-target"), "a");
+    assert_eq!(second.header("x-detour-target"), "b", "a had a request in flight");
+    sc.stop().await;
+}
+
+/// The in-process `mock` provider answers chat, completions and embeddings, streams when
+/// asked, and its `usage` feeds the token and cost metrics.
+#[tokio::test]
+async fn mock_provider_answers_every_endpoint() {
+    let yaml = r#"apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: m}
+spec:
+  model: mock/m
+  targets:
+    - name: t
+      provider: mock
+      model: mock-up
+      cost: {input: 5000, output: 9000}
+      mock: {script: ["ok"], reply: "one two three"}
+"#;
+    let sc = start(yaml).await;
+    let r = sc.chat("mock/m", &[]).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "mock/m");
+    assert_eq!(v["choices"][0]["message"]["content"], "one two three");
+    assert_eq!(r.header("x-detour-provider"), "mock");
+    let completions = json!({"model": "mock/m", "prompt": "hi"});
+    let r = sc
+        .send(
+            "POST",
+            "/v1/completions",
+            Bytes::from(completions.to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.json()["choices"][0]["text"], "one two three");
+    let emb = json!({"model": "mock/m", "input": ["a", "b"]});
+    let r = sc
+        .send("POST", "/v1/embeddings", Bytes::from(emb.to_string()), &[])
+        .await;
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+    let r = sc.chat_stream("mock/m").await;
+    let text = r.text();
+    assert!(
+        text.contains("\"content\":\"one \"") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    let m = sc.metrics().await;
+    let completion = metric(
+        &m,
+        r#"detour_tokens_total{kind="completion",route="mock/m",target="t"}"#,
+    );
+    assert!(completion >= 4.0, "{m}");
+    let cost = metric(&m, r#"detour_cost_usd_total{route="mock/m",target="t"}"#);
+    assert!(cost > 0.0);
+    sc.stop().await;
+}
+
+/// A client that goes away mid-stream ends the upstream call: the request is audited as
+/// `cancelled`, and the in-flight gauges return to zero (nothing leaks).
+#[tokio::test]
+async fn client_disconnect_mid_stream_is_cleaned_up() {
+    let fake = Fake::start().await;
+    fake.script("long", vec![Step::Stream(400)]);
+    let yaml = policy("p", "")
+        .replace("perAttempt: 400ms", "perAttempt: 10s")
+        .replace("total: 3s", "total: 10s")
+        + &route("m", "p", &[("t", fake.endpoint("long"))]);
+    let mut sc = start(&yaml).await;
+    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", sc.addr))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let client = support::client();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let id = resp.headers()["x-detour-request-id"].to_str().unwrap().to_owned();
+    let mut body = resp.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::frame(&mut body))
+        .await
+        .unwrap();
+    assert!(frame.is_some());
+    assert_eq!(metric(&sc.metrics().await, "detour_in_flight_requests"), 1.0);
+    drop(body);
+    drop(client);
+    let rec = loop {
+        let rec = tokio::time::timeout(Duration::from_secs(5), sc.audit.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if rec.request_id == id {
+            break rec;
+        }
+    };
+    assert_eq!(rec.outcome, "cancelled");
+    assert_eq!(metric(&sc.metrics().await, "detour_in_flight_requests"), 0.0);
+    sc.stop().await;
+}

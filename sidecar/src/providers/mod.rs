@@ -85,8 +85,6 @@ pub struct Call<'a> {
     pub deadline: Instant,
     /// Streams only: the first event must arrive by then.
     pub first_byte_deadline: Instant,
-    /// Whether `deadline` is the request's total deadline rather than the attempt's own.
-    pub total_bounds: bool,
 }
 
 impl Call<'_> {

@@ -315,6 +315,9 @@ pub async fn start_limited(yaml: &str, max_body: usize) -> Sidecar {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
     std::fs::write(&path, yaml).unwrap();
+    if let Err(e) = config::load(&Source::Yaml(path.clone())) {
+        panic!("test routes do not compile: {e}");
+    }
     start_with(Source::Yaml(path), dir, max_body).await
 }
 
