@@ -3,11 +3,6 @@
 //! its table always reads back, and nothing is dropped silently: every route is either served
 //! or listed in `excluded` with an error diagnostic saying why.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers: a failed unwrap is a failed test"
-)]
-
 use detour_api::compile::{Kind, Severity};
 use detour_api::crd::{
     CredentialsSpec, HealthSpec, ModelRouteSpec, PolicyRef, Provider, RetrySpec, RoutingPolicySpec, RuleSpec,
