@@ -64,6 +64,8 @@ def env(tmp_path_factory):
             req = urllib.request.Request(f"{base}/_control/p-{mode}/{mode}", method="PUT")
             urllib.request.urlopen(req, timeout=2).close()
         routes = POLICY + "".join(ROUTE.format(mode=m, base=base) for m in MODES + ["broken-stream"])
+        # Every target down: both point at stubs stuck in 5xx.
+        routes += ROUTE.format(mode="all-fail", base=base).replace("/ok/v1", "/p-5xx/v1").replace("/p-all-fail/", "/p-5xx/")
         with sidecar(tmp, routes) as sc:
             yield sc
     finally:
@@ -128,3 +130,25 @@ def test_client_sees_an_error_when_a_started_stream_breaks(env, client):
     assert out["content"] == "hello from", out
     assert out["error"] is not None, out
     assert out["headers"].get("x-detour-target") == "primary", out
+
+
+def test_all_targets_failing_is_a_503_listing_the_attempts(env):
+    """When every target fails, the Python client raises a 503 APIStatusError whose message
+    lists each attempt, with Retry-After set."""
+    client = openai.OpenAI(base_url=f"{env.base}/v1", api_key="unused", max_retries=0, timeout=15)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="m/all-fail", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503
+    assert "primary: 5xx (500)" in str(e.value) and "backup: 5xx (500)" in str(e.value), str(e.value)
+    assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+def test_unknown_model_is_not_found_and_models_lists_the_routes(env):
+    """An unknown model is the client's NotFoundError naming the known ids; `models.list()`
+    returns the route ids."""
+    client = openai.OpenAI(base_url=f"{env.base}/v1", api_key="unused", max_retries=0, timeout=15)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert "m/5xx" in str(e.value)
+    ids = sorted(m.id for m in client.models.list())
+    assert ids == sorted(f"m/{m}" for m in MODES + ["broken-stream", "all-fail"])
