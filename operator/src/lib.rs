@@ -12,9 +12,11 @@
 
 pub mod controller;
 pub mod crdgen;
+pub mod leader;
 pub mod metrics;
 pub mod rbac;
 pub mod status;
+pub mod webhook;
 
 #[cfg(test)]
 pub mod fixtures;
