@@ -10,11 +10,13 @@
 //! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`crdgen`]: the CRDs from the Rust types.
 
+pub mod certs;
 pub mod controller;
 pub mod crdgen;
 pub mod leader;
 pub mod metrics;
 pub mod rbac;
+pub mod server;
 pub mod status;
 pub mod webhook;
 
