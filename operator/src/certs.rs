@@ -605,3 +605,115 @@ mod tests {
         assert!(ca_bundle_patch(&config, "PEM").0.is_empty());
     }
 }
+
+#[cfg(test)]
+mod manager_tests {
+    use super::*;
+    use crate::verifier::mock_client;
+    use serde_json::json;
+
+    const SECRET: &str = "/api/v1/namespaces/detour-system/secrets/detour-webhook-tls";
+    const MWC: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/detour-injector";
+
+    fn manager(client: Client) -> Manager {
+        Manager {
+            client,
+            source: Source::SelfIssued {
+                secret: "detour-webhook-tls".into(),
+                namespace: "detour-system".into(),
+                service: "detour-webhook".into(),
+                webhook_config: "detour-injector".into(),
+            },
+            resolver: Arc::new(Reloadable::default()),
+            validity: Validity::default(),
+            metrics: crate::metrics::Metrics::new().unwrap(),
+        }
+    }
+
+    fn mwc(bundle: Option<&str>) -> serde_json::Value {
+        let mut client_config = json!({"service": {"name": "detour-webhook", "namespace": "detour-system"}});
+        if let Some(b) = bundle {
+            client_config["caBundle"] = serde_json::to_value(ByteString(b.as_bytes().to_vec())).unwrap();
+        }
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+               "metadata": {"name": "detour-injector"},
+               "webhooks": [{"name": "inject.detour.dev", "clientConfig": client_config,
+                             "sideEffects": "None", "admissionReviewVersions": ["v1"]}]})
+    }
+
+    /// First start as leader: no Secret, so a CA and certificate are issued and applied by
+    /// our field manager, the webhook's empty caBundle is set by a JSON patch, and the
+    /// certificate is loaded. The next round changes nothing.
+    #[tokio::test]
+    async fn leader_issues_stores_and_publishes_the_ca() {
+        let (client, mut v) = mock_client();
+        let m = manager(client);
+        let (result, stored) = tokio::join!(m.tick(true), async {
+            v.expect("GET", SECRET).await.fail(404, "NotFound");
+            let apply = v.expect("PATCH", SECRET).await;
+            apply.assert_apply();
+            let stored = apply.body.clone();
+            assert_eq!(stored["type"], "kubernetes.io/tls");
+            assert!(stored["metadata"]["annotations"][CERT_NOT_AFTER].is_string());
+            apply.echo();
+            v.expect("GET", MWC).await.reply(200, &mwc(None));
+            let patch = v.expect("PATCH", MWC).await;
+            assert!(
+                patch.query.is_empty() || !patch.query.contains("force"),
+                "{}",
+                patch.query
+            );
+            let ops = patch.body.as_array().unwrap().clone();
+            assert_eq!(ops[0]["op"], "test");
+            assert_eq!(ops[1]["path"], "/webhooks/0/clientConfig/caBundle");
+            patch.reply(200, &mwc(Some("x")));
+            (stored, v)
+        });
+        result.unwrap();
+        assert!(m.resolver.is_loaded());
+        assert_eq!(m.metrics.certificates_issued.get(), 1);
+
+        let (stored, mut v) = stored;
+        let bundle = String::from_utf8(
+            serde_json::from_value::<ByteString>(stored["data"][CA_BUNDLE].clone())
+                .unwrap()
+                .0,
+        )
+        .unwrap();
+        let (result, ()) = tokio::join!(m.tick(true), async {
+            v.expect("GET", SECRET).await.reply(200, &stored);
+            v.expect("GET", MWC).await.reply(200, &mwc(Some(&bundle)));
+            v.done().await;
+        });
+        result.unwrap();
+        assert_eq!(m.metrics.certificates_issued.get(), 1, "nothing re-issued");
+    }
+
+    /// A follower never writes: it loads what the leader stored, or waits for it.
+    #[tokio::test]
+    async fn follower_only_loads() {
+        let (client, mut v) = mock_client();
+        let m = manager(client);
+        let (result, ()) = tokio::join!(m.tick(false), async {
+            v.expect("GET", SECRET).await.fail(404, "NotFound");
+        });
+        result.unwrap();
+        assert!(!m.resolver.is_loaded());
+        let bundle = issue(
+            Plan::RenewAll,
+            None,
+            &dns_names("detour-webhook", "detour-system"),
+            Timestamp::now(),
+            &Validity::default(),
+        )
+        .unwrap()
+        .unwrap();
+        let secret = serde_json::to_value(to_secret("detour-webhook-tls", "detour-system", &bundle)).unwrap();
+        let (result, ()) = tokio::join!(m.tick(false), async {
+            v.expect("GET", SECRET).await.reply(200, &secret);
+            v.done().await;
+        });
+        result.unwrap();
+        assert!(m.resolver.is_loaded());
+    }
+}

@@ -264,3 +264,64 @@ mod tests {
         assert_eq!(renewed.renew_time, Some(MicroTime(later)));
     }
 }
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+    use crate::verifier::mock_client;
+    use serde_json::json;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/detour-system/leases/detour-operator";
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/detour-system/leases";
+
+    fn config(identity: &str) -> Config {
+        Config {
+            namespace: "detour-system".into(),
+            name: "detour-operator".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }
+    }
+
+    /// No Lease: create it, holding it. Another replica's live Lease: follow, write nothing.
+    /// Losing the race for an expired Lease (409 on the PUT): follow.
+    #[tokio::test]
+    async fn create_follow_and_lose_a_race() {
+        let (client, mut v) = mock_client();
+        let api: Api<Lease> = Api::namespaced(client, "detour-system");
+        let (a, b) = (config("pod-a"), config("pod-b"));
+        let (led, ()) = tokio::join!(try_lead(&api, &a), async {
+            v.expect("GET", LEASE).await.fail(404, "NotFound");
+            let create = v.expect("POST", LEASES).await;
+            assert_eq!(create.body["spec"]["holderIdentity"], "pod-a");
+            assert_eq!(create.body["spec"]["leaseDurationSeconds"], 15);
+            create.echo();
+        });
+        assert!(led.unwrap());
+
+        let live = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "detour-operator", "namespace": "detour-system", "resourceVersion": "7"},
+            "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 15,
+                     "renewTime": Timestamp::now().to_string()}});
+        let (led, ()) = tokio::join!(try_lead(&api, &b), async {
+            v.expect("GET", LEASE).await.reply(200, &live);
+        });
+        assert!(!led.unwrap());
+
+        let mut expired = live.clone();
+        expired["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
+        let (led, ()) = tokio::join!(try_lead(&api, &b), async {
+            v.expect("GET", LEASE).await.reply(200, &expired);
+            let put = v.expect("PUT", LEASE).await;
+            assert_eq!(
+                put.body["metadata"]["resourceVersion"], "7",
+                "optimistic concurrency"
+            );
+            assert_eq!(put.body["spec"]["holderIdentity"], "pod-b");
+            put.fail(409, "Conflict");
+        });
+        assert!(!led.unwrap());
+        v.done().await;
+    }
+}

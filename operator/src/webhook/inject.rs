@@ -152,17 +152,27 @@ pub fn secrets_of(table: &detour_api::RouteTable) -> BTreeSet<String> {
         .collect()
 }
 
-/// Decides and builds the patch for `pod`. `secrets` are the Secrets to mount.
-pub fn inject(pod: &Pod, settings: &Settings, secrets: &BTreeSet<String>) -> Result<Outcome, Deny> {
+/// Why `pod` is left alone, if it is: checked before anything else (and before the
+/// webhook looks the namespace's routes up).
+pub fn skip(pod: &Pod) -> Option<Skip> {
     let labels = pod.metadata.labels.as_ref();
     if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) != Some("true") {
-        return Ok(Outcome::Skip(Skip::NotLabelled));
+        return Some(Skip::NotLabelled);
+    }
+    let spec = pod.spec.as_ref()?;
+    let init = spec.init_containers.iter().flatten();
+    init.chain(&spec.containers)
+        .any(|c| c.name == SIDECAR)
+        .then_some(Skip::AlreadyInjected)
+}
+
+/// Decides and builds the patch for `pod`. `secrets` are the Secrets to mount.
+pub fn inject(pod: &Pod, settings: &Settings, secrets: &BTreeSet<String>) -> Result<Outcome, Deny> {
+    if let Some(skip) = skip(pod) {
+        return Ok(Outcome::Skip(skip));
     }
     let spec = pod.spec.clone().unwrap_or_default();
     let init = spec.init_containers.clone().unwrap_or_default();
-    if init.iter().chain(&spec.containers).any(|c| c.name == SIDECAR) {
-        return Ok(Outcome::Skip(Skip::AlreadyInjected));
-    }
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let settings = overrides(settings, &annotations)?;
     if spec.host_network == Some(true) {

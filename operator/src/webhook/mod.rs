@@ -66,6 +66,9 @@ pub fn respond(
     let Some(pod) = request.object.as_ref() else {
         return (response.into_review(), Verdict::Skipped(Skip::NotLabelled), None);
     };
+    if let Some(skip) = inject::skip(pod) {
+        return (response.into_review(), Verdict::Skipped(skip), None);
+    }
     let namespace = request.namespace.clone().unwrap_or_default();
     let decided = secrets_for(&namespace, routes).and_then(|secrets| inject::inject(pod, settings, &secrets));
     match decided {
@@ -73,9 +76,9 @@ pub fn respond(
         Ok(Outcome::Patch(patch)) => match response.clone().with_patch(patch) {
             Ok(r) => (r.into_review(), Verdict::Injected, None),
             Err(e) => {
-                let message = format!("cannot serialise the patch: {e}");
+                let message = format!("detour-sidecar injection: cannot serialise the patch: {e}");
                 (
-                    response.deny(&message).into_review(),
+                    forbid(response, &message).into_review(),
                     Verdict::Denied(message),
                     Some("internal"),
                 )
@@ -84,12 +87,20 @@ pub fn respond(
         Err(deny) => {
             let message = format!("detour-sidecar injection: {deny}");
             (
-                response.deny(&message).into_review(),
+                forbid(response, &message).into_review(),
                 Verdict::Denied(message),
                 Some(deny.reason()),
             )
         }
     }
+}
+
+/// A denial with the HTTP status the apiserver reports to the client (403, as for RBAC).
+fn forbid(response: AdmissionResponse, message: &str) -> AdmissionResponse {
+    let mut response = response.deny(message);
+    response.result.code = 403;
+    response.result.reason = "Forbidden".to_owned();
+    response
 }
 
 /// The Secrets to mount, from the namespace's table; a pod that is not labelled never
@@ -150,7 +161,7 @@ impl Injector {
                 match routes {
                     Ok(routes) => respond(&request, &self.settings, &routes),
                     Err(message) => {
-                        let response = AdmissionResponse::from(&request).deny(&message);
+                        let response = forbid(AdmissionResponse::from(&request), &message);
                         (response.into_review(), Verdict::Denied(message), Some("lookup"))
                     }
                 }
@@ -185,5 +196,133 @@ impl Injector {
                 defaults::CONFIG_MAP
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verifier::mock_client;
+    use detour_api::{Input, SecretIndex, compile};
+    use serde_json::{Value, json};
+
+    fn review(labelled: bool) -> Vec<u8> {
+        let labels = if labelled {
+            json!({"detour.dev/inject": "true"})
+        } else {
+            json!({})
+        };
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "namespace": "shop", "operation": "CREATE",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "userInfo": {},
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": labels},
+                           "spec": {"containers": [{"name": "web", "image": "web"}]}}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn routes_cm() -> Value {
+        let route: detour_api::ModelRoute = serde_json::from_value(json!({
+            "apiVersion": "detour.dev/v1alpha1", "kind": "ModelRoute",
+            "metadata": {"name": "chat", "namespace": "shop"},
+            "spec": {"model": "m", "targets": [{"name": "a", "provider": "openai", "model": "x",
+                     "credentials": {"secretName": "openai"}}]}
+        }))
+        .unwrap();
+        let mut secrets = SecretIndex::new();
+        secrets.insert("shop", "openai", ["api-key"]);
+        let table = compile(&Input::cluster(&[route], &[], &secrets, "detour-system")).table;
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "detour-routes", "namespace": "shop"},
+               "data": {"routes.json": table.to_json()}})
+    }
+
+    fn injector(client: Client) -> Injector {
+        Injector {
+            client,
+            settings: Settings::default(),
+            metrics: Metrics::new().unwrap(),
+        }
+    }
+
+    const CM: &str = "/api/v1/namespaces/shop/configmaps/detour-routes";
+
+    /// A labelled pod: the webhook reads the namespace's ConfigMap, mounts the Secret its
+    /// routes name, and counts an injection.
+    #[tokio::test]
+    async fn labelled_pod_reads_the_routes_and_is_patched() {
+        let (client, mut v) = mock_client();
+        let inj = injector(client);
+        let body = review(true);
+        let (answer, ()) = tokio::join!(inj.handle(&body), async {
+            v.expect("GET", CM).await.reply(200, &routes_cm());
+        });
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["uid"], "u-1");
+        let patch: Vec<u8> = serde_json::from_value(answer["response"]["patch"].clone()).unwrap();
+        assert!(String::from_utf8(patch).unwrap().contains("detour-cred-openai"));
+        assert!(
+            inj.metrics
+                .render()
+                .contains("detour_operator_injections_total{outcome=\"injected\"} 1")
+        );
+    }
+
+    /// An unlabelled pod costs no apiserver call.
+    #[tokio::test]
+    async fn unlabelled_pod_needs_no_lookup() {
+        let (client, v) = mock_client();
+        let inj = injector(client);
+        let answer: Value = serde_json::from_slice(&inj.handle(&review(false)).await).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none());
+        v.done().await;
+    }
+
+    /// No ConfigMap: denied (403) naming what to create; an apiserver error: denied naming
+    /// the ConfigMap and the error. Both are counted by reason.
+    #[tokio::test]
+    async fn missing_routes_and_lookup_errors_deny() {
+        let (client, mut v) = mock_client();
+        let inj = injector(client);
+        let body = review(true);
+        let (answer, ()) = tokio::join!(inj.handle(&body), async {
+            v.expect("GET", CM).await.fail(404, "NotFound");
+        });
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], false);
+        assert_eq!(answer["response"]["status"]["code"], 403, "{answer}");
+        assert!(
+            answer["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("create a ModelRoute")
+        );
+
+        let (answer, ()) = tokio::join!(inj.handle(&body), async {
+            v.expect("GET", CM).await.fail(500, "InternalError");
+        });
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], false);
+        assert!(
+            answer["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot read ConfigMap shop/detour-routes")
+        );
+        let metrics = inj.metrics.render();
+        assert!(
+            metrics.contains("detour_operator_webhook_denials_total{reason=\"no_routes\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("detour_operator_webhook_denials_total{reason=\"lookup\"} 1"),
+            "{metrics}"
+        );
     }
 }
