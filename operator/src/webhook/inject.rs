@@ -402,7 +402,9 @@ fn secret_volume(secret: &str) -> Volume {
         name: secret_volume_name(secret),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.to_owned()),
-            default_mode: Some(0o440),
+            // World-readable inside the sidecar's own mount: the sidecar runs as 65532, which a
+            // root-owned 0440 file would lock out in pods without an fsGroup.
+            default_mode: Some(0o444),
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()
