@@ -550,3 +550,146 @@ fn event_regarding_uses_the_object_ref() {
     let r = route(NS, "chat", "gpt/fast").build();
     assert_eq!(r.object_ref(&()).kind.as_deref(), Some("ModelRoute"));
 }
+
+/// The whole controller, wired as in production, against a fake apiserver answering by path:
+/// it checks the CRDs, lists and watches namespaces, routes, policies, our ConfigMaps and
+/// Secrets (metadata only where it should be), waits for the caches, reconciles the one
+/// namespace with a route (Secret keys, table, status, Event), and stops on shutdown.
+#[tokio::test]
+async fn run_wires_watches_and_reconciles() {
+    let (client, mut v) = mock_client();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = super::run(
+        client,
+        OPERATOR_NS.to_owned(),
+        Reporter::from("detour-operator"),
+        Metrics::new().unwrap(),
+        async move {
+            let _ = stopped.await;
+        },
+    );
+    let meta_list = |items: Value| {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+               "metadata": {"resourceVersion": "1"}, "items": items})
+    };
+    let route = serde_json::to_value(route(NS, "chat", "gpt/fast").build()).unwrap();
+    let server = async move {
+        let mut held = Vec::new();
+        let mut listed = BTreeSet::new();
+        let mut stop = Some(stop);
+        while let Some(call) = v.next_any().await {
+            if call.is_watch() {
+                held.push(call.hold());
+                continue;
+            }
+            let path = call.path.clone();
+            match (call.method.as_str(), path.as_str()) {
+                ("GET", "/apis/detour.dev/v1alpha1/modelroutes") => {
+                    listed.insert("modelroutes");
+                    let items = if call.query.contains("limit=1") {
+                        json!([])
+                    } else {
+                        json!([route])
+                    };
+                    call.reply(
+                        200,
+                        &json!({"apiVersion": "detour.dev/v1alpha1", "kind": "ModelRouteList",
+                                            "metadata": {"resourceVersion": "1"}, "items": items}),
+                    );
+                }
+                ("GET", "/apis/detour.dev/v1alpha1/routingpolicies") => {
+                    listed.insert("routingpolicies");
+                    call.reply(
+                        200,
+                        &json!({"apiVersion": "detour.dev/v1alpha1", "kind": "RoutingPolicyList",
+                                            "metadata": {"resourceVersion": "1"}, "items": []}),
+                    );
+                }
+                ("GET", "/api/v1/namespaces") => {
+                    assert!(
+                        call.accept.contains("as=PartialObjectMetadataList"),
+                        "{}",
+                        call.accept
+                    );
+                    listed.insert("namespaces");
+                    call.reply(200, &meta_list(json!([{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                                       "metadata": {"name": NS}},
+                                                      {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                                       "metadata": {"name": "empty"}}])));
+                }
+                ("GET", "/api/v1/configmaps") => {
+                    assert!(
+                        call.query
+                            .contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Ddetour-operator"),
+                        "{}",
+                        call.query
+                    );
+                    assert!(
+                        call.query.contains("fieldSelector=metadata.name%3Ddetour-routes"),
+                        "{}",
+                        call.query
+                    );
+                    listed.insert("configmaps");
+                    call.reply(200, &meta_list(json!([])));
+                }
+                ("GET", "/api/v1/secrets") => {
+                    // Secrets are watched as metadata only: values never reach the operator.
+                    assert!(
+                        call.accept.contains("as=PartialObjectMetadataList"),
+                        "{}",
+                        call.accept
+                    );
+                    listed.insert("secrets");
+                    call.reply(
+                        200,
+                        &meta_list(
+                            json!([{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                                       "metadata": {"name": "openai", "namespace": NS}}]),
+                        ),
+                    );
+                }
+                ("GET", "/api/v1/namespaces/team-a/secrets/openai") => call.reply(200, &secret(&["api-key"])),
+                ("PATCH", CM_PATH) => {
+                    call.assert_apply();
+                    assert_eq!(table_of(&call.body).routes.len(), 1);
+                    call.echo();
+                }
+                ("PATCH", "/apis/detour.dev/v1alpha1/namespaces/team-a/modelroutes/chat/status") => {
+                    call.assert_apply();
+                    assert_eq!(ready(&call.body)["status"], "True");
+                    let mut object = route.clone();
+                    object["status"] = call.body["status"].clone();
+                    call.reply(200, &object);
+                }
+                ("POST", EVENTS_PATH) => {
+                    call.echo();
+                    // The reconcile of team-a is complete: stop the controller.
+                    assert_eq!(
+                        listed,
+                        [
+                            "configmaps",
+                            "modelroutes",
+                            "namespaces",
+                            "routingpolicies",
+                            "secrets"
+                        ]
+                        .into_iter()
+                        .collect()
+                    );
+                    if let Some(stop) = stop.take() {
+                        let _ = stop.send(());
+                    }
+                }
+                (m, p) => panic!("unexpected {m} {p}?{}", call.query),
+            }
+        }
+        held.len()
+    };
+    let (result, watches) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(controller, server)
+    })
+    .await
+    .expect("the controller did not reconcile and stop in time");
+    result.unwrap();
+    assert!(watches >= 5, "{watches} watches");
+}

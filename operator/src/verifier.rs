@@ -35,6 +35,8 @@ pub struct Call {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// The `Accept` header: metadata-only requests ask for `PartialObjectMetadata(List)`.
+    pub accept: String,
     pub body: Value,
     respond: tower_test::mock::SendResponse<Response<Body>>,
 }
@@ -49,6 +51,7 @@ impl ApiServerVerifier {
         let method_seen = request.method().to_string();
         let path_seen = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
+        let accept = accept_of(&request);
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body = if bytes.is_empty() {
             Value::Null
@@ -70,9 +73,36 @@ impl ApiServerVerifier {
             method: method_seen,
             path: path_seen,
             query,
+            accept,
             body,
             respond,
         }
+    }
+
+    /// The next request, whatever it is (for tests that answer by path, in any order),
+    /// still checked against the RBAC rules. `None` when the client is gone.
+    pub async fn next_any(&mut self) -> Option<Call> {
+        let (request, respond) = self.handle.next_request().await?;
+        let method = request.method().to_string();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let accept = accept_of(&request);
+        let bytes = request.into_body().collect_bytes().await.ok()?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (verb, group, resource) = rbac::classify(&method, &path, &query).unwrap();
+        assert!(
+            rbac::allows(rbac::CLUSTER, &group, &resource, &verb)
+                || rbac::allows(rbac::NAMESPACED, &group, &resource, &verb),
+            "{verb} {group}/{resource} is not in rbac::CLUSTER or rbac::NAMESPACED"
+        );
+        Some(Call {
+            method,
+            path,
+            query,
+            accept,
+            body,
+            respond,
+        })
     }
 
     /// Asserts that the code made no further request.
@@ -85,7 +115,27 @@ impl ApiServerVerifier {
     }
 }
 
+fn accept_of(request: &Request<Body>) -> String {
+    request
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 impl Call {
+    /// Whether this is a watch.
+    pub fn is_watch(&self) -> bool {
+        self.query.split('&').any(|kv| kv == "watch=true")
+    }
+
+    /// Keeps the request open without answering (a watch with no news): the handle is
+    /// returned so the caller decides when to drop it.
+    pub fn hold(self) -> tower_test::mock::SendResponse<Response<Body>> {
+        self.respond
+    }
+
     /// The `fieldManager` query parameter.
     pub fn field_manager(&self) -> Option<&str> {
         self.query
