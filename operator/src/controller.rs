@@ -541,6 +541,35 @@ pub async fn check_crds(client: &Client) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The namespaces a change to `policy` affects: its own, and when it lives in the operator's
+/// namespace (a possible cluster default), every namespace that has routes.
+pub fn namespaces_for_policy(
+    policy: &RoutingPolicy,
+    operator_namespace: &str,
+    routes: &[Arc<ModelRoute>],
+) -> BTreeSet<String> {
+    let ns = policy.namespace().unwrap_or_default();
+    let mut out = BTreeSet::from([ns.clone()]);
+    if ns == operator_namespace {
+        out.extend(routes.iter().filter_map(|r| r.namespace()));
+    }
+    out
+}
+
+/// The namespace a Secret change affects: its own, only when a route there names it; every
+/// other Secret in the cluster is ignored.
+pub fn namespace_for_secret(
+    secret: &PartialObjectMeta<Secret>,
+    routes: &[Arc<ModelRoute>],
+) -> Option<String> {
+    let ns = secret.namespace()?;
+    let name = secret.name_any();
+    routes
+        .iter()
+        .any(|r| r.namespace().as_deref() == Some(ns.as_str()) && referenced_secrets(r).any(|n| n == name))
+        .then_some(ns)
+}
+
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     client: Client,
@@ -612,13 +641,7 @@ pub async fn run(
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .watches_stream(route_events, move |r: ModelRoute| in_ns(r.namespace()))
         .watches_stream(policy_events, move |p: RoutingPolicy| {
-            let ns = p.namespace().unwrap_or_default();
-            let mut targets: BTreeSet<String> = BTreeSet::from([ns.clone()]);
-            if ns == operator_namespace {
-                // A cluster default changes every namespace that has routes.
-                targets.extend(routes_for_policies.state().iter().filter_map(|r| r.namespace()));
-            }
-            targets
+            namespaces_for_policy(&p, &operator_namespace, &routes_for_policies.state())
                 .into_iter()
                 .map(|n| ObjectRef::<PartialObjectMeta<Namespace>>::new(&n))
                 .collect::<Vec<_>>()
@@ -627,13 +650,8 @@ pub async fn run(
             in_ns(cm.namespace())
         })
         .watches_stream(secret_events, move |s: PartialObjectMeta<Secret>| {
-            // Only Secrets a route names matter; every other Secret change is ignored here.
-            let ns = s.namespace()?;
-            let name = s.name_any();
-            let referenced = routes_for_secrets.state().iter().any(|r| {
-                r.namespace().as_deref() == Some(ns.as_str()) && referenced_secrets(r).any(|n| n == name)
-            });
-            referenced.then(|| ObjectRef::<PartialObjectMeta<Namespace>>::new(&ns))
+            namespace_for_secret(&s, &routes_for_secrets.state())
+                .map(|n| ObjectRef::<PartialObjectMeta<Namespace>>::new(&n))
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -693,3 +693,73 @@ async fn run_wires_watches_and_reconciles() {
     result.unwrap();
     assert!(watches >= 5, "{watches} watches");
 }
+
+/// A default policy in the operator's namespace serves routes of other namespaces that name
+/// no policy, and the route's status names it.
+#[tokio::test]
+async fn cluster_default_policy_applies_to_other_namespaces() {
+    let r = route(NS, "chat", "gpt/fast").build();
+    let cluster_default = policy(OPERATOR_NS, "house-rules").default_policy().build();
+    let result = run(
+        world(vec![r], vec![cluster_default]),
+        Arc::default(),
+        |mut v| async move {
+            secret_get(&mut v, Some(&["api-key"])).await;
+            let cm = config_map_apply(&mut v).await;
+            assert_eq!(table_of(&cm).routes[0].policy.source, "detour-system/house-rules");
+            let status = status_apply(&mut v, "modelroutes", "chat").await;
+            assert_eq!(status["status"]["policy"], "detour-system/house-rules");
+            event(&mut v).await;
+            // The policy's own status is written by the operator namespace's reconcile, not here.
+            v.done().await;
+        },
+    )
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// Watch mapping: a policy in the operator's namespace wakes every namespace with routes;
+/// elsewhere only its own. A Secret wakes its namespace only when a route there names it.
+#[test]
+fn watch_mappers() {
+    let routes: Vec<Arc<ModelRoute>> = vec![
+        Arc::new(route("team-a", "chat", "m").build()),
+        Arc::new(
+            route("team-b", "chat", "m")
+                .targets(vec![target("p", "anthropic")])
+                .build(),
+        ),
+    ];
+    let cluster = policy(OPERATOR_NS, "p").default_policy().build();
+    assert_eq!(
+        namespaces_for_policy(&cluster, OPERATOR_NS, &routes),
+        ["detour-system", "team-a", "team-b"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+    let local = policy("team-a", "p").build();
+    assert_eq!(
+        namespaces_for_policy(&local, OPERATOR_NS, &routes),
+        ["team-a".to_owned()].into_iter().collect()
+    );
+
+    let secret = |ns: &str, name: &str| -> PartialObjectMeta<Secret> {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial()
+    };
+    assert_eq!(
+        namespace_for_secret(&secret("team-a", "openai"), &routes).as_deref(),
+        Some("team-a")
+    );
+    assert_eq!(namespace_for_secret(&secret("team-b", "openai"), &routes), None);
+    assert_eq!(
+        namespace_for_secret(&secret("team-b", "anthropic"), &routes).as_deref(),
+        Some("team-b")
+    );
+    assert_eq!(namespace_for_secret(&secret("team-c", "openai"), &routes), None);
+}
