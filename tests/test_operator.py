@@ -3,7 +3,8 @@ elects itself leader on a Lease, issues the webhook certificate into a Secret by
 apply, publishes the CA in the MutatingWebhookConfiguration's caBundle, becomes ready,
 serves the webhook over TLS (verifiable with that CA under the Service's DNS name), answers a
 labelled pod in a namespace without routes with a denial that says why, counts it in
-/metrics, logs JSON, and exits 0 on SIGTERM.
+/metrics, logs JSON, and on SIGTERM fails /readyz while draining, releases the Lease and
+exits 0.
 """
 
 from __future__ import annotations
@@ -244,7 +245,13 @@ def test_operator_binary_end_to_end(operator_bin, tmp_path) -> None:
             assert "detour_operator_certificates_issued_total 1" in metrics
 
             proc.send_signal(signal.SIGTERM)
+            # Draining: not ready (endpoints drop the pod) while still serving.
+            wait_for("/readyz to fail while draining", lambda: get(admin, "/readyz")[0] == 503, timeout=4)
+            assert get(admin, "/healthz")[0] == 200
             assert proc.wait(timeout=25) == 0
+            # The Lease was handed over on the way out, not left to expire.
+            released = api.seen("PUT", "/leases/detour-operator")[-1]["body"]
+            assert "holderIdentity" not in released["spec"], released
         finally:
             if proc.poll() is None:
                 proc.kill()

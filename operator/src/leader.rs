@@ -148,6 +148,25 @@ pub async fn try_lead(api: &Api<Lease>, config: &Config) -> Result<bool, kube::E
     }
 }
 
+/// Gives the Lease up, if we hold it, so another replica takes over at once instead of
+/// after the lease duration. Call only once this replica stopped reconciling.
+pub async fn release(client: Client, config: &Config) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let Some(mut lease) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    api.replace(&config.name, &PostParams::default(), &lease).await?;
+    info!(lease = %config.name, "released the leader Lease");
+    Ok(())
+}
+
 /// Campaigns for and holds the Lease until `shutdown` fires, publishing whether we lead on
 /// `leading`. Returns `Err(Lost)` when leadership was held and then lost.
 pub async fn run(
@@ -322,6 +341,31 @@ mod api_tests {
             put.fail(409, "Conflict");
         });
         assert!(!led.unwrap());
+        v.done().await;
+    }
+
+    /// On the way out, a leader clears its holder so a follower takes over at once; a Lease
+    /// held by someone else is left alone.
+    #[tokio::test]
+    async fn release_hands_over_only_our_lease() {
+        let (client, mut v) = mock_client();
+        let ours = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "detour-operator", "namespace": "detour-system", "resourceVersion": "9"},
+            "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 15}});
+        let a = config("pod-a");
+        let (released, ()) = tokio::join!(release(client.clone(), &a), async {
+            v.expect("GET", LEASE).await.reply(200, &ours);
+            let put = v.expect("PUT", LEASE).await;
+            assert!(put.body["spec"].get("holderIdentity").is_none(), "{}", put.body);
+            assert_eq!(put.body["metadata"]["resourceVersion"], "9");
+            put.echo();
+        });
+        released.unwrap();
+        let b = config("pod-b");
+        let (released, ()) = tokio::join!(release(client, &b), async {
+            v.expect("GET", LEASE).await.reply(200, &ours);
+        });
+        released.unwrap();
         v.done().await;
     }
 }

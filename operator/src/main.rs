@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -82,6 +83,10 @@ struct Args {
     /// The sidecar's loopback port (annotation `detour.dev/proxy-port` overrides).
     #[arg(long, default_value_t = 4000)]
     proxy_port: u16,
+    /// On SIGTERM, how long to keep serving with `/readyz` failing, so endpoints drop this
+    /// pod before its listeners close.
+    #[arg(long, default_value_t = 5)]
+    shutdown_delay_seconds: u64,
     /// `json` (default) or `text`.
     #[arg(long, default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -152,6 +157,7 @@ async fn run(args: Args) -> Result<(), String> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (leading_tx, mut leading) = watch::channel(!args.leader_election);
     let resolver = Arc::new(Reloadable::default());
+    let draining = Arc::new(AtomicBool::new(false));
     let mut tasks: JoinSet<Ended> = JoinSet::new();
 
     let admin = server::bind(args.admin_addr).await.map_err(|e| e.to_string())?;
@@ -164,6 +170,7 @@ async fn run(args: Args) -> Result<(), String> {
             App::Admin {
                 metrics: metrics.clone(),
                 tls: resolver.clone(),
+                draining: draining.clone(),
             },
             shutdown.clone(),
         ),
@@ -234,14 +241,16 @@ async fn run(args: Args) -> Result<(), String> {
         });
     }
 
+    let lease = leader::Config {
+        namespace: args.namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: args.pod_name.clone(),
+        lease_duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    };
+    let led = leading.clone();
     if args.leader_election {
-        let config = leader::Config {
-            namespace: args.namespace.clone(),
-            name: args.lease_name.clone(),
-            identity: args.pod_name.clone(),
-            lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
-        };
+        let config = lease.clone();
         let client = client.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -280,7 +289,11 @@ async fn run(args: Args) -> Result<(), String> {
     info!(namespace = %args.namespace, identity = %args.pod_name, "detour-operator started");
     let mut failure = None;
     tokio::select! {
-        () = signal() => info!("shutting down"),
+        () = signal() => {
+            info!(delay_s = args.shutdown_delay_seconds, "shutting down: not ready, draining");
+            draining.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(args.shutdown_delay_seconds)).await;
+        }
         Some(ended) = tasks.join_next() => {
             failure = Some(match ended {
                 Ok(Ended::Failed(e)) => e,
@@ -302,6 +315,14 @@ async fn run(args: Args) -> Result<(), String> {
         .is_err()
     {
         warn!("tasks did not stop within 20s; exiting anyway");
+    }
+    // The controller has stopped: hand the Lease over now rather than after it expires.
+    if args.leader_election && *led.borrow() {
+        match tokio::time::timeout(Duration::from_secs(5), leader::release(client, &lease)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot release the leader Lease; it expires on its own"),
+            Err(_) => warn!("releasing the leader Lease timed out; it expires on its own"),
+        }
     }
     failure.map_or(Ok(()), Err)
 }

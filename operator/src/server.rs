@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,8 +47,16 @@ pub enum Error {
 /// What a server answers.
 #[derive(Clone, Debug)]
 pub enum App {
-    Admin { metrics: Metrics, tls: Arc<Reloadable> },
-    Webhook { injector: Arc<Injector> },
+    Admin {
+        metrics: Metrics,
+        tls: Arc<Reloadable>,
+        /// Set on SIGTERM: `/readyz` fails so the Service stops sending reviews before the
+        /// listeners close.
+        draining: Arc<AtomicBool>,
+    },
+    Webhook {
+        injector: Arc<Injector>,
+    },
 }
 
 type Body = Full<Bytes>;
@@ -71,6 +80,9 @@ impl App {
                 r
             }
             (App::Admin { .. }, Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (App::Admin { draining, .. }, Method::GET, "/readyz") if draining.load(Ordering::Relaxed) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            }
             (App::Admin { tls, .. }, Method::GET, "/readyz") => {
                 if tls.is_loaded() {
                     text(StatusCode::OK, "ok\n")
@@ -202,6 +214,7 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls = Arc::new(Reloadable::default());
+        let draining = Arc::new(AtomicBool::new(false));
         let metrics = Metrics::new().unwrap();
         metrics.reconciles.inc();
         let (stop, shutdown) = watch::channel(false);
@@ -212,6 +225,7 @@ mod tests {
             App::Admin {
                 metrics,
                 tls: tls.clone(),
+                draining: draining.clone(),
             },
             shutdown,
         ));
