@@ -545,6 +545,7 @@ async fn missing_crds_name_the_install_command() {
     assert!(message.contains("helm install detour charts/detour"), "{message}");
 }
 
+/// Events point at the route itself (kind, name), so `kubectl describe` shows them.
 #[test]
 fn event_regarding_uses_the_object_ref() {
     let r = route(NS, "chat", "gpt/fast").build();

@@ -117,8 +117,8 @@ fn condition(
     }
 }
 
-/// A change of `Ready` worth an Event: `(ready, reason, message)` of the new verdict, when
-/// its status or reason differs from the previous one (or there was none).
+/// A change of `Ready` worth an Event: the new `Ready` condition, when its status or reason
+/// differs from the previous one (or there was none).
 pub fn transition<'a>(previous: &[Condition], next: &'a [Condition]) -> Option<&'a Condition> {
     let next_ready = next.iter().find(|c| c.type_ == READY)?;
     match previous.iter().find(|c| c.type_ == READY) {
