@@ -1,7 +1,26 @@
 //! `detour-operator`: reconciles ModelRoutes and RoutingPolicies into the per-namespace
 //! `detour-routes` ConfigMap, and injects the sidecar into pods that opt in.
 //!
-//! This crate currently provides the CRD generator; the controllers land with the control
-//! plane.
+//! - [`controller`]: the route controller (dereference → compile → apply → status);
+//! - [`status`]: the pure status rules;
+//! - [`leader`]: leader election on a `coordination.k8s.io` Lease;
+//! - [`webhook`]: the injection webhook (pure patch building and its TLS server);
+//! - [`certs`]: the webhook's self-issued CA and serving certificate;
+//! - [`rbac`]: every API call the operator makes, the source of the chart's ClusterRole test;
+//! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`crdgen`]: the CRDs from the Rust types.
 
+pub mod certs;
+pub mod controller;
 pub mod crdgen;
+pub mod leader;
+pub mod metrics;
+pub mod rbac;
+pub mod server;
+pub mod status;
+pub mod webhook;
+
+#[cfg(test)]
+pub mod fixtures;
+#[cfg(test)]
+pub mod verifier;

@@ -1,0 +1,447 @@
+//! The injection itself, pure: a Pod, the injector's settings and the Secrets the namespace's
+//! routes read → skip, a JSON patch, or a denial that says why (linkerd's proxy-injector
+//! shape: skip reasons → patch from small helpers → respond).
+//!
+//! What a patch adds (DESIGN.md, "Injection"):
+//! - the sidecar as a *native* sidecar: the first init container, `restartPolicy: Always`,
+//!   so it starts before the app and stops after it, and Jobs still complete;
+//! - volume `detour-routes` (the ConfigMap) mounted at `/etc/detour`;
+//! - one read-only Secret volume per referenced Secret, at
+//!   `/var/run/detour/credentials/<secret>` in the sidecar only;
+//! - `OPENAI_BASE_URL=http://127.0.0.1:<port>/v1` on every app container that does not set
+//!   it already, unless `detour.dev/inject-env: "false"`;
+//! - annotation `detour.dev/injected` naming the image, for people and for idempotence.
+//!
+//! Idempotent: a pod that already has the sidecar gets no patch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use detour_api::defaults;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde_json::Value;
+use thiserror::Error;
+
+/// The label that opts a pod in (the webhook's object selector matches it too).
+pub const INJECT_LABEL: &str = "detour.dev/inject";
+/// Annotation overrides.
+pub const IMAGE_ANNOTATION: &str = "detour.dev/sidecar-image";
+pub const CPU_ANNOTATION: &str = "detour.dev/sidecar-cpu";
+pub const MEMORY_ANNOTATION: &str = "detour.dev/sidecar-memory";
+pub const PORT_ANNOTATION: &str = "detour.dev/proxy-port";
+pub const ENV_ANNOTATION: &str = "detour.dev/inject-env";
+/// Set on injected pods, to the sidecar image.
+pub const INJECTED_ANNOTATION: &str = "detour.dev/injected";
+/// The sidecar container's name.
+pub const SIDECAR: &str = "detour-sidecar";
+/// The route table volume.
+pub const ROUTES_VOLUME: &str = "detour-routes";
+/// Where the route table is mounted.
+pub const ROUTES_DIR: &str = "/etc/detour";
+/// The sidecar's metrics port and its name (the PodMonitor selects it by name).
+pub const METRICS_PORT: u16 = 9090;
+pub const METRICS_PORT_NAME: &str = "detour-metrics";
+/// The env var that points OpenAI clients at the sidecar.
+pub const BASE_URL_ENV: &str = "OPENAI_BASE_URL";
+
+/// The injector's settings (operator flags); annotations override per pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub image: String,
+    pub image_pull_policy: String,
+    pub proxy_port: u16,
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub cpu_limit: Option<String>,
+    pub memory_limit: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/detour-dev/detour-sidecar:0.1.0".to_owned(),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            proxy_port: 4000,
+            cpu_request: "50m".to_owned(),
+            memory_request: "32Mi".to_owned(),
+            cpu_limit: None,
+            memory_limit: "128Mi".to_owned(),
+        }
+    }
+}
+
+/// Why a pod is left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    NotLabelled,
+    AlreadyInjected,
+}
+
+impl Skip {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotLabelled => "not labelled detour.dev/inject=true",
+            Self::AlreadyInjected => "already injected",
+        }
+    }
+}
+
+/// A pod that cannot be injected, and why. The message is what `kubectl` shows the user.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Deny {
+    #[error(
+        "namespace {namespace:?} has no ConfigMap {cm}: create a ModelRoute in this namespace (kubectl get modelroutes -n {namespace}) before labelling pods {INJECT_LABEL}=true",
+        cm = defaults::CONFIG_MAP
+    )]
+    NoRoutes { namespace: String },
+    #[error("ConfigMap {namespace}/{cm} is not a valid route table ({reason}); check the operator's logs", cm = defaults::CONFIG_MAP)]
+    BadRoutes { namespace: String, reason: String },
+    #[error("annotation {annotation}: {value:?} is not valid: {expected}")]
+    BadAnnotation {
+        annotation: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error(
+        "hostNetwork pods share the node's loopback, so the sidecar's 127.0.0.1:{port} would clash between pods; remove the {INJECT_LABEL} label or hostNetwork"
+    )]
+    HostNetwork { port: u16 },
+    #[error(
+        "container {container:?} already uses port {port}, which the sidecar needs; set annotation {PORT_ANNOTATION} to a free port"
+    )]
+    PortInUse { container: String, port: u16 },
+    #[error("the pod already has a volume named {name:?}, which the injector needs; rename it")]
+    VolumeInUse { name: String },
+}
+
+impl Deny {
+    /// A bounded label value for `detour_operator_webhook_denials_total{reason}`.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoutes { .. } => "no_routes",
+            Self::BadRoutes { .. } => "bad_routes",
+            Self::BadAnnotation { .. } => "bad_annotation",
+            Self::HostNetwork { .. } => "host_network",
+            Self::PortInUse { .. } => "port_in_use",
+            Self::VolumeInUse { .. } => "volume_in_use",
+        }
+    }
+}
+
+/// What to do with a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Skip(Skip),
+    Patch(Patch),
+}
+
+/// The Secret names the route table's targets read (`targets[].credentials.secret`).
+pub fn secrets_of(table: &detour_api::RouteTable) -> BTreeSet<String> {
+    table
+        .routes
+        .iter()
+        .flat_map(|r| &r.targets)
+        .filter_map(|t| t.credentials.as_ref()?.secret.clone())
+        .collect()
+}
+
+/// Why `pod` is left alone, if it is: checked before anything else (and before the
+/// webhook looks the namespace's routes up).
+pub fn skip(pod: &Pod) -> Option<Skip> {
+    let labels = pod.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) != Some("true") {
+        return Some(Skip::NotLabelled);
+    }
+    let spec = pod.spec.as_ref()?;
+    let init = spec.init_containers.iter().flatten();
+    init.chain(&spec.containers)
+        .any(|c| c.name == SIDECAR)
+        .then_some(Skip::AlreadyInjected)
+}
+
+/// Decides and builds the patch for `pod`. `secrets` are the Secrets to mount.
+pub fn inject(pod: &Pod, settings: &Settings, secrets: &BTreeSet<String>) -> Result<Outcome, Deny> {
+    if let Some(skip) = skip(pod) {
+        return Ok(Outcome::Skip(skip));
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    let init = spec.init_containers.clone().unwrap_or_default();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let settings = overrides(settings, &annotations)?;
+    if spec.host_network == Some(true) {
+        return Err(Deny::HostNetwork {
+            port: settings.proxy_port,
+        });
+    }
+    for c in init.iter().chain(&spec.containers) {
+        for p in c.ports.iter().flatten() {
+            let port = u16::try_from(p.container_port).unwrap_or_default();
+            if port == settings.proxy_port || port == METRICS_PORT {
+                return Err(Deny::PortInUse {
+                    container: c.name.clone(),
+                    port,
+                });
+            }
+        }
+    }
+    let volumes = spec.volumes.clone().unwrap_or_default();
+    let wanted: Vec<Volume> = std::iter::once(routes_volume())
+        .chain(secrets.iter().map(|s| secret_volume(s)))
+        .collect();
+    if let Some(v) = volumes.iter().find(|v| wanted.iter().any(|w| w.name == v.name)) {
+        return Err(Deny::VolumeInUse { name: v.name.clone() });
+    }
+
+    let mut ops = Vec::new();
+    if annotations.is_empty() && pod.metadata.annotations.is_none() {
+        ops.push(add("/metadata/annotations", serde_json::json!({})));
+    }
+    ops.push(add(
+        &format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)),
+        Value::String(settings.image.clone()),
+    ));
+    let sidecar = sidecar(&settings, secrets);
+    if spec.init_containers.is_none() {
+        ops.push(add("/spec/initContainers", to_value(&[sidecar])));
+    } else {
+        ops.push(add("/spec/initContainers/0", to_value(&sidecar)));
+    }
+    if spec.volumes.is_none() {
+        ops.push(add("/spec/volumes", to_value(&wanted)));
+    } else {
+        ops.extend(wanted.iter().map(|v| add("/spec/volumes/-", to_value(v))));
+    }
+    if annotations.get(ENV_ANNOTATION).map(String::as_str) != Some("false") {
+        let env = EnvVar {
+            name: BASE_URL_ENV.to_owned(),
+            value: Some(format!("http://127.0.0.1:{}/v1", settings.proxy_port)),
+            value_from: None,
+        };
+        for (i, c) in spec.containers.iter().enumerate() {
+            match &c.env {
+                None => ops.push(add(&format!("/spec/containers/{i}/env"), to_value(&[&env]))),
+                Some(vars) if vars.iter().any(|v| v.name == BASE_URL_ENV) => {}
+                Some(_) => ops.push(add(&format!("/spec/containers/{i}/env/-"), to_value(&env))),
+            }
+        }
+    }
+    Ok(Outcome::Patch(Patch(ops)))
+}
+
+/// The settings after the pod's annotations, each validated.
+fn overrides(settings: &Settings, annotations: &BTreeMap<String, String>) -> Result<Settings, Deny> {
+    let mut s = settings.clone();
+    if let Some(image) = annotations.get(IMAGE_ANNOTATION) {
+        if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(Deny::BadAnnotation {
+                annotation: IMAGE_ANNOTATION,
+                value: image.clone(),
+                expected: "an image reference such as ghcr.io/detour-dev/detour-sidecar:0.1.0",
+            });
+        }
+        s.image.clone_from(image);
+    }
+    if let Some(cpu) = annotations.get(CPU_ANNOTATION) {
+        check_quantity(CPU_ANNOTATION, cpu, "a CPU quantity such as 100m or 0.5")?;
+        s.cpu_request.clone_from(cpu);
+    }
+    if let Some(memory) = annotations.get(MEMORY_ANNOTATION) {
+        check_quantity(MEMORY_ANNOTATION, memory, "a memory quantity such as 64Mi or 1Gi")?;
+        s.memory_request.clone_from(memory);
+        s.memory_limit.clone_from(memory);
+    }
+    if let Some(port) = annotations.get(PORT_ANNOTATION) {
+        s.proxy_port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p >= 1 && *p != METRICS_PORT)
+            .ok_or_else(|| Deny::BadAnnotation {
+                annotation: PORT_ANNOTATION,
+                value: port.clone(),
+                expected: "a port number 1-65535 other than 9090 (the metrics port)",
+            })?;
+    }
+    if let Some(env) = annotations.get(ENV_ANNOTATION)
+        && env != "true"
+        && env != "false"
+    {
+        return Err(Deny::BadAnnotation {
+            annotation: ENV_ANNOTATION,
+            value: env.clone(),
+            expected: "\"true\" or \"false\"",
+        });
+    }
+    Ok(s)
+}
+
+/// A Kubernetes quantity: digits, an optional fraction, an optional suffix.
+fn check_quantity(annotation: &'static str, value: &str, expected: &'static str) -> Result<(), Deny> {
+    const SUFFIXES: &[&str] = &["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"];
+    let digits_end = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(digits_end);
+    let valid =
+        !number.is_empty() && number.parse::<f64>().is_ok_and(|n| n > 0.0) && SUFFIXES.contains(&suffix);
+    if valid {
+        Ok(())
+    } else {
+        Err(Deny::BadAnnotation {
+            annotation,
+            value: value.to_owned(),
+            expected,
+        })
+    }
+}
+
+/// The sidecar container.
+pub fn sidecar(settings: &Settings, secrets: &BTreeSet<String>) -> Container {
+    let mut limits = BTreeMap::from([("memory".to_owned(), Quantity(settings.memory_limit.clone()))]);
+    if let Some(cpu) = &settings.cpu_limit {
+        limits.insert("cpu".to_owned(), Quantity(cpu.clone()));
+    }
+    let mounts = std::iter::once(VolumeMount {
+        name: ROUTES_VOLUME.to_owned(),
+        mount_path: ROUTES_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    })
+    .chain(secrets.iter().map(|s| VolumeMount {
+        name: secret_volume_name(s),
+        mount_path: format!("{}/{s}", defaults::CREDENTIALS_ROOT),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }))
+    .collect();
+    Container {
+        name: SIDECAR.to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        restart_policy: Some("Always".to_owned()),
+        args: Some(vec![
+            "--config".to_owned(),
+            format!("{ROUTES_DIR}/{}", defaults::CONFIG_MAP_KEY),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{}", settings.proxy_port),
+            "--admin-listen".to_owned(),
+            format!("0.0.0.0:{METRICS_PORT}"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some(METRICS_PORT_NAME.to_owned()),
+            container_port: i32::from(METRICS_PORT),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 2)),
+        startup_probe: Some(Probe {
+            failure_threshold: Some(30),
+            ..probe("/healthz", 1)
+        }),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity(settings.cpu_request.clone())),
+                ("memory".to_owned(), Quantity(settings.memory_request.clone())),
+            ])),
+            limits: Some(limits),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(METRICS_PORT_NAME.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}
+
+fn routes_volume() -> Volume {
+    Volume {
+        name: ROUTES_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: defaults::CONFIG_MAP.to_owned(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn secret_volume(secret: &str) -> Volume {
+    Volume {
+        name: secret_volume_name(secret),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            // World-readable inside the sidecar's own mount: the sidecar runs as 65532, which a
+            // root-owned 0440 file would lock out in pods without an fsGroup.
+            default_mode: Some(0o444),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// A volume name (a DNS label, at most 63 characters) unique per Secret name (which may be
+/// 253 characters with dots): `detour-cred-<name>`, shortened with a hash when needed.
+pub fn secret_volume_name(secret: &str) -> String {
+    let plain = format!("detour-cred-{secret}");
+    if plain.len() <= 63 && !secret.contains('.') {
+        return plain;
+    }
+    // FNV-1a: stable across releases (unlike std's hasher), enough to tell names apart.
+    let hash = secret.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let head: String = secret
+        .chars()
+        .take(40)
+        .map(|c| if c == '.' { '-' } else { c })
+        .collect();
+    format!("detour-cred-{}-{:08x}", head.trim_end_matches('-'), hash as u32)
+}
+
+fn add(path: &str, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::parse(path).unwrap_or_default(),
+        value,
+    })
+}
+
+/// JSON-pointer escaping of one path segment.
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+fn to_value<T: Serialize + ?Sized>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}

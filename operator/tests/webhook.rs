@@ -1,0 +1,310 @@
+//! Injection webhook golden tests (linkerd proxy-injector `fake/data` style): each
+//! `tests/data/webhook/<case>.request.json` is answered, and the answer must equal
+//! `<case>.response.json` (with the patch decoded in place, so a diff reads as a change of
+//! the injected pod).
+//! Regenerate after an intended change with `DETOUR_UPDATE_GOLDEN=1 cargo test -p detour-operator --test webhook`
+//! and review the diff.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] fns: a failed unwrap is a failed assertion"
+)]
+
+use std::path::PathBuf;
+
+use detour_api::{Input, SecretIndex, compile, parse_yaml};
+use detour_operator::webhook::{self, Routes, Settings, Verdict};
+use k8s_openapi::api::core::v1::Pod;
+use pretty_assertions::assert_eq;
+use serde_json::Value;
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/webhook")
+        .join(name)
+}
+
+/// The namespace's compiled `routes.json`, from `routes.yaml`, both Secrets present.
+fn routes_json() -> String {
+    let objects = parse_yaml(&std::fs::read_to_string(data("routes.yaml")).unwrap()).unwrap();
+    let mut secrets = SecretIndex::new();
+    secrets.insert("shop", "openai", ["api-key"]);
+    secrets.insert("shop", "anthropic", ["api-key"]);
+    let compiled = compile(&Input::cluster(
+        &objects.routes,
+        &objects.policies,
+        &secrets,
+        "detour-system",
+    ));
+    assert!(compiled.diagnostics.is_empty(), "{:?}", compiled.diagnostics);
+    compiled.table.to_json()
+}
+
+fn answer(body: &[u8], routes: &Routes) -> (Value, Option<Verdict>) {
+    match webhook::parse(body) {
+        Err(message) => (serde_json::to_value(webhook::malformed(&message)).unwrap(), None),
+        Ok(request) => {
+            let (review, verdict, _) = webhook::respond(&request, &Settings::default(), routes);
+            (serde_json::to_value(review).unwrap(), Some(verdict))
+        }
+    }
+}
+
+/// The patch of a response, decoded. kube serialises `patch` as a JSON array of bytes
+/// (which the apiserver's Go decoder accepts for `[]byte`, as it does base64).
+fn patch_of(response: &Value) -> Option<json_patch::Patch> {
+    let bytes: Vec<u8> = serde_json::from_value(response["response"].get("patch")?.clone()).unwrap();
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+/// The response as a person reads it: the patch decoded in place.
+fn readable(response: &Value) -> Value {
+    let mut out = response.clone();
+    if let Some(patch) = patch_of(response) {
+        out["response"]["patch"] = serde_json::to_value(patch).unwrap();
+    }
+    out
+}
+
+/// Compares with (or, with DETOUR_UPDATE_GOLDEN=1, writes) a golden file.
+fn golden(name: &str, actual: &Value) {
+    let path = data(name);
+    let text = format!("{}\n", serde_json::to_string_pretty(actual).unwrap());
+    if std::env::var_os("DETOUR_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with DETOUR_UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(expected, text, "{} differs", path.display());
+}
+
+/// Runs one case against its golden files; returns the response.
+fn case(name: &str, routes: &Routes) -> Value {
+    let body = std::fs::read(data(&format!("{name}.request.json"))).unwrap();
+    let (response, _) = answer(&body, routes);
+    golden(&format!("{name}.response.json"), &readable(&response));
+    response
+}
+
+/// Applies a response's patch to the request's pod and parses the result as a `Pod`.
+fn patched(name: &str, response: &Value) -> (Value, Pod) {
+    let request: Value =
+        serde_json::from_slice(&std::fs::read(data(&format!("{name}.request.json"))).unwrap()).unwrap();
+    let mut pod = request["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch_of(response).expect("a patch")).unwrap();
+    let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+    let mut review = request;
+    review["request"]["object"] = pod;
+    (review, typed)
+}
+
+/// A second pass over an injected pod patches nothing.
+fn assert_idempotent(review: &Value, routes: &Routes) {
+    let (response, verdict) = answer(&serde_json::to_vec(review).unwrap(), routes);
+    assert_eq!(response["response"]["allowed"], true);
+    assert!(
+        response["response"].get("patch").is_none(),
+        "second pass patched: {response}"
+    );
+    assert_eq!(verdict, Some(Verdict::Skipped(webhook::Skip::AlreadyInjected)));
+}
+
+fn found() -> Routes {
+    Routes::Found(routes_json())
+}
+
+/// A labelled pod gets one native sidecar (first init container, restartPolicy Always) with
+/// the routes ConfigMap and both Secrets mounted read-only, a named metrics port, a readiness
+/// probe, a hardened securityContext, and OPENAI_BASE_URL on the app container.
+#[test]
+fn inject_basic() {
+    let routes = found();
+    let response = case("inject-basic", &routes);
+    assert_eq!(response["response"]["allowed"], true);
+    assert_eq!(response["response"]["patchType"], "JSONPatch");
+    let (review, pod) = patched("inject-basic", &response);
+    let spec = pod.spec.unwrap();
+    let init = spec.init_containers.unwrap();
+    assert_eq!(init.len(), 1);
+    let sidecar = &init[0];
+    assert_eq!(sidecar.name, "detour-sidecar");
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("ghcr.io/detour-dev/detour-sidecar:0.1.0")
+    );
+    assert_eq!(
+        sidecar.args.as_ref().unwrap()[..2],
+        ["--config".to_owned(), "/etc/detour/routes.json".to_owned()]
+    );
+    let ports = sidecar.ports.as_ref().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].name.as_deref(), Some("detour-metrics"));
+    assert_eq!(ports[0].container_port, 9090);
+    let readiness = sidecar
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+    let sc = sidecar.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    let mounts: Vec<(String, String, Option<bool>)> = sidecar
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| (m.name.clone(), m.mount_path.clone(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        vec![
+            ("detour-routes".into(), "/etc/detour".into(), Some(true)),
+            (
+                "detour-cred-anthropic".into(),
+                "/var/run/detour/credentials/anthropic".into(),
+                Some(true)
+            ),
+            (
+                "detour-cred-openai".into(),
+                "/var/run/detour/credentials/openai".into(),
+                Some(true)
+            ),
+        ]
+    );
+    let volumes = spec.volumes.unwrap();
+    assert_eq!(volumes.len(), 3);
+    assert_eq!(volumes[0].config_map.as_ref().unwrap().name, "detour-routes");
+    assert_eq!(
+        volumes[2].secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("openai")
+    );
+    let env = spec.containers[0].env.as_ref().unwrap();
+    assert_eq!(env.len(), 1);
+    assert_eq!(env[0].name, "OPENAI_BASE_URL");
+    assert_eq!(env[0].value.as_deref(), Some("http://127.0.0.1:4000/v1"));
+    assert_eq!(
+        pod.metadata.annotations.unwrap()["detour.dev/injected"],
+        "ghcr.io/detour-dev/detour-sidecar:0.1.0"
+    );
+    assert_idempotent(&review, &routes);
+}
+
+/// Annotations override image, resources and port; existing init containers, volumes and
+/// env are kept; a container that sets OPENAI_BASE_URL itself keeps its value.
+#[test]
+fn inject_overrides() {
+    let routes = found();
+    let response = case("inject-overrides", &routes);
+    let (review, pod) = patched("inject-overrides", &response);
+    let spec = pod.spec.unwrap();
+    let init = spec.init_containers.unwrap();
+    assert_eq!(
+        init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["detour-sidecar", "migrate"]
+    );
+    let sidecar = &init[0];
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("registry.local/detour-sidecar:dev")
+    );
+    let resources = sidecar.resources.as_ref().unwrap();
+    assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "200m");
+    assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "256Mi");
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "256Mi");
+    assert!(
+        sidecar
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&"127.0.0.1:4100".to_owned())
+    );
+    assert_eq!(spec.volumes.unwrap().len(), 4);
+    let web_env = spec.containers[0].env.as_ref().unwrap();
+    assert_eq!(web_env.len(), 2);
+    assert_eq!(web_env[1].value.as_deref(), Some("http://127.0.0.1:4100/v1"));
+    let worker_env = spec.containers[1].env.as_ref().unwrap();
+    assert_eq!(worker_env.len(), 1);
+    assert_eq!(worker_env[0].value.as_deref(), Some("https://proxy.internal/v1"));
+    assert_idempotent(&review, &routes);
+}
+
+/// `detour.dev/inject-env: "false"` injects the sidecar but leaves the app's env alone.
+#[test]
+fn inject_env_off() {
+    let routes = found();
+    let response = case("inject-env-off", &routes);
+    let (review, pod) = patched("inject-env-off", &response);
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.init_containers.unwrap().len(), 1);
+    assert!(spec.containers[0].env.is_none());
+    assert_idempotent(&review, &routes);
+}
+
+/// A pod without the label is allowed untouched.
+#[test]
+fn skip_not_labelled() {
+    let response = case("skip-not-labelled", &found());
+    assert_eq!(response["response"]["allowed"], true);
+    assert!(response["response"].get("patch").is_none());
+}
+
+fn assert_denied(response: &Value, needle: &str) {
+    assert_eq!(response["response"]["allowed"], false);
+    let message = response["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{message:?} does not say {needle:?}");
+}
+
+/// A labelled pod in a namespace without routes is denied, naming what to create.
+#[test]
+fn deny_no_routes() {
+    let response = case("deny-no-routes", &Routes::Missing);
+    assert_denied(&response, "create a ModelRoute in this namespace");
+}
+
+/// hostNetwork pods are denied with the reason.
+#[test]
+fn deny_host_network() {
+    assert_denied(&case("deny-host-network", &found()), "hostNetwork");
+}
+
+/// An invalid annotation is denied, naming it and what is expected.
+#[test]
+fn deny_bad_port() {
+    assert_denied(&case("deny-bad-port", &found()), "detour.dev/proxy-port");
+}
+
+/// A container already on the metrics port is denied, naming container and port.
+#[test]
+fn deny_port_in_use() {
+    assert_denied(
+        &case("deny-port-in-use", &found()),
+        "\"web\" already uses port 9090",
+    );
+}
+
+/// A malformed review gets a clear denial, not a 500.
+#[test]
+fn malformed_review() {
+    let response = case("malformed", &found());
+    assert_denied(&response, "malformed AdmissionReview");
+}
+
+/// A ConfigMap that is not a route table denies with the parse error.
+#[test]
+fn deny_bad_routes() {
+    let body = std::fs::read(data("inject-basic.request.json")).unwrap();
+    let (response, _) = answer(&body, &Routes::Found("{\"version\": 99}".into()));
+    assert_denied(&response, "not a valid route table");
+}
