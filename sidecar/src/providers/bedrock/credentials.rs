@@ -1,0 +1,285 @@
+//! AWS credentials for SigV4: static keys from mounted files / env (re-read when the files
+//! change, through [`KeySource`]), or web identity (IRSA) exchanged at STS.
+//!
+//! Web identity: the projected service-account token (re-read on every exchange, since
+//! kubelet rotates it) goes to `AssumeRoleWithWebIdentity` — an unsigned form POST to
+//! `https://sts.{region}.amazonaws.com/` (or `AWS_ENDPOINT_URL_STS`, the variable the AWS
+//! SDKs honour, for tests and private endpoints). The temporary credentials are cached until
+//! [`REFRESH_BEFORE`] ahead of their `Expiration`; one refresh runs at a time. Nothing here
+//! logs or formats a key, a token or a secret: errors name the file or the STS status only.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::Full;
+use tokio::sync::Mutex;
+use tokio::time::timeout;
+
+use super::super::upstream::{self, collect};
+use super::super::{HttpClient, KeySource, Secret};
+
+/// How long before expiry cached web-identity credentials are refreshed.
+pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// Lifetime asked of STS.
+const SESSION_SECONDS: u64 = 3600;
+/// Bound on one STS exchange.
+const STS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Credentials for one request.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+    pub expires: Option<SystemTime>,
+}
+
+/// Where a target's credentials come from.
+#[derive(Debug)]
+pub enum Source {
+    Static {
+        access_key_id: KeySource,
+        secret_access_key: KeySource,
+        session_token: KeySource,
+    },
+    WebIdentity {
+        role_arn: String,
+        token: KeySource,
+        sts_url: String,
+        cache: Mutex<Option<Keys>>,
+    },
+}
+
+impl Source {
+    pub fn from_config(c: Option<&detour_api::table::Credentials>, region: &str) -> Self {
+        let c = c.cloned().unwrap_or_default();
+        if let Some(w) = &c.web_identity {
+            let sts_url = std::env::var("AWS_ENDPOINT_URL_STS")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com/"));
+            return Self::WebIdentity {
+                role_arn: w.role_arn.clone(),
+                token: KeySource::from_config(Some(&detour_api::table::CredentialSource::File(
+                    w.token_file.clone(),
+                ))),
+                sts_url,
+                cache: Mutex::new(None),
+            };
+        }
+        Self::Static {
+            access_key_id: KeySource::from_config(c.access_key_id.as_ref()),
+            secret_access_key: KeySource::from_config(c.secret_access_key.as_ref()),
+            session_token: KeySource::from_config(c.session_token.as_ref()),
+        }
+    }
+
+    /// The credentials to sign with now.
+    pub async fn current(&self, client: &HttpClient) -> Result<Keys, Cow<'static, str>> {
+        match self {
+            Self::Static {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                let id = access_key_id.current()?.ok_or(
+                    "bedrock needs credentials: an access key id and secret access key, or webIdentity",
+                )?;
+                let secret = secret_access_key
+                    .current()?
+                    .ok_or("bedrock needs a secret access key")?;
+                Ok(Keys {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                    session_token: session_token.current()?,
+                    expires: None,
+                })
+            }
+            Self::WebIdentity {
+                role_arn,
+                token,
+                sts_url,
+                cache,
+            } => {
+                let mut cached = cache.lock().await;
+                if let Some(k) = cached.as_ref()
+                    && k.expires.is_some_and(|e| e > SystemTime::now() + REFRESH_BEFORE)
+                {
+                    return Ok(k.clone());
+                }
+                let token = token
+                    .current()?
+                    .ok_or("the web identity token file is not configured")?;
+                let keys = assume_role(client, sts_url, role_arn, &token).await?;
+                *cached = Some(keys.clone());
+                Ok(keys)
+            }
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded` escaping.
+fn form_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn assume_role(
+    client: &HttpClient,
+    sts_url: &str,
+    role_arn: &str,
+    token: &Secret,
+) -> Result<Keys, Cow<'static, str>> {
+    let session = format!("detour-sidecar-{}", upstream::now_unix());
+    let form = format!(
+        "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn={}&RoleSessionName={}&DurationSeconds={SESSION_SECONDS}&WebIdentityToken={}",
+        form_escape(role_arn),
+        form_escape(&session),
+        form_escape(token.expose()),
+    );
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(sts_url)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/xml")
+        .header(header::USER_AGENT, upstream::USER_AGENT)
+        .body(Full::new(Bytes::from(form)))
+        .map_err(|_| "the STS endpoint is not a valid URL")?;
+    let resp = match timeout(STS_TIMEOUT, client.request(req)).await {
+        Err(_) => return Err("STS did not answer in time".into()),
+        Ok(Err(_)) => return Err("could not reach STS".into()),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let deadline = tokio::time::Instant::now() + STS_TIMEOUT;
+    let body = collect(resp.into_body(), deadline, 64 * 1024)
+        .await
+        .map_err(|_| "STS answer could not be read")?;
+    let text = String::from_utf8_lossy(&body);
+    if !status.is_success() {
+        // The error code is AWS's own (`InvalidIdentityToken`, `AccessDenied`, ...), never a secret.
+        let code = xml_text(&text, "Code").unwrap_or("unknown");
+        return Err(format!(
+            "STS AssumeRoleWithWebIdentity for {role_arn} answered {}: {code}",
+            status.as_u16()
+        )
+        .into());
+    }
+    parse_credentials(&text).ok_or_else(|| "STS answer has no credentials".into())
+}
+
+/// The text of the first `<tag>…</tag>` (STS answers are flat enough for this; values are
+/// XML-unescaped for the five predefined entities).
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    Some(xml[start..end].trim())
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The `<Credentials>` of an `AssumeRoleWithWebIdentityResponse`.
+fn parse_credentials(xml: &str) -> Option<Keys> {
+    let creds = xml_text(xml, "Credentials")?;
+    Some(Keys {
+        access_key_id: Secret::new(&unescape(xml_text(creds, "AccessKeyId")?)),
+        secret_access_key: Secret::new(&unescape(xml_text(creds, "SecretAccessKey")?)),
+        session_token: Some(Secret::new(&unescape(xml_text(creds, "SessionToken")?))),
+        expires: Some(parse_rfc3339(xml_text(creds, "Expiration")?)?),
+    })
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2026-11-26T08:00:00Z` (fractional seconds ignored) or `…+00:00`.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|v| v.parse::<i64>().ok());
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if s.get(4..5) != Some("-") || s.get(10..11).is_none_or(|t| t != "T" && t != "t") {
+        return None;
+    }
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An STS answer yields the three values and the expiry; nothing of them prints.
+    #[test]
+    fn parses_sts_answer() {
+        let xml = r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <Credentials>
+      <AccessKeyId>ASIAEXAMPLE</AccessKeyId>
+      <SecretAccessKey>wJalr/secret+key</SecretAccessKey>
+      <SessionToken>FwoG&amp;token</SessionToken>
+      <Expiration>2026-11-26T08:00:00Z</Expiration>
+    </Credentials>
+  </AssumeRoleWithWebIdentityResult>
+</AssumeRoleWithWebIdentityResponse>"#;
+        let k = parse_credentials(xml).unwrap();
+        assert_eq!(k.access_key_id.expose(), "ASIAEXAMPLE");
+        assert_eq!(k.secret_access_key.expose(), "wJalr/secret+key");
+        assert_eq!(k.session_token.as_ref().unwrap().expose(), "FwoG&token");
+        assert_eq!(
+            k.expires.unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_795_680_000
+        );
+        let dbg = format!("{k:?}");
+        assert!(
+            !dbg.contains("wJalr") && !dbg.contains("ASIA") && !dbg.contains("FwoG"),
+            "{dbg}"
+        );
+    }
+
+    /// Dates parse to the right instant, including leap years.
+    #[test]
+    fn parses_dates() {
+        let t = |s: &str| {
+            parse_rfc3339(s)
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(t("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(t("2024-02-29T12:00:00.123Z"), 1_709_208_000);
+        assert!(parse_rfc3339("nonsense").is_none());
+    }
+}
