@@ -282,4 +282,135 @@ mod tests {
         assert_eq!(t("2024-02-29T12:00:00.123Z"), 1_709_208_000);
         assert!(parse_rfc3339("nonsense").is_none());
     }
+
+    /// A loopback STS that answers `AssumeRoleWithWebIdentity` for one token, with
+    /// credentials expiring `ttl` from now; counts its hits.
+    async fn fake_sts(
+        ttl: Duration,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        tokio::task::JoinSet<()>,
+    ) {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            loop {
+                let Ok((io, _)) = listener.accept().await else { return };
+                let h = h.clone();
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let h = h.clone();
+                    async move {
+                        use http_body_util::BodyExt as _;
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let body = String::from_utf8_lossy(&body).into_owned();
+                        let exp = UNIX_EPOCH.elapsed().unwrap() + ttl;
+                        let secs = exp.as_secs();
+                        let (days, rem) = (secs / 86_400, secs % 86_400);
+                        // Only dates in 2026+ matter here; format via the inverse of the parser.
+                        let date = civil(i64::try_from(days).unwrap());
+                        let text = if body.contains("WebIdentityToken=projected-token")
+                            && body.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fr")
+                        {
+                            format!(
+                                "<R><Credentials><AccessKeyId>ASIATEMP</AccessKeyId><SecretAccessKey>tmp/secret</SecretAccessKey><SessionToken>tok</SessionToken><Expiration>{date}T{:02}:{:02}:{:02}Z</Expiration></Credentials></R>",
+                                rem / 3600,
+                                rem % 3600 / 60,
+                                rem % 60
+                            )
+                        } else {
+                            "<ErrorResponse><Error><Code>InvalidIdentityToken</Code></Error></ErrorResponse>".to_owned()
+                        };
+                        let status = if text.starts_with("<R>") { 200 } else { 400 };
+                        let mut resp = http::Response::new(Full::new(Bytes::from(text)));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                    .await;
+            }
+        });
+        (format!("http://{addr}/"), hits, tasks)
+    }
+
+    fn civil(days: i64) -> String {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+
+    fn web_identity(sts_url: String, token_file: &std::path::Path) -> Source {
+        Source::WebIdentity {
+            role_arn: "arn:aws:iam::123456789012:role/r".to_owned(),
+            token: KeySource::from_config(Some(&detour_api::table::CredentialSource::File(
+                token_file.display().to_string(),
+            ))),
+            sts_url,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// Web identity: the token is exchanged once and the credentials (with their session
+    /// token) are reused while far from expiry; credentials close to expiry are refreshed.
+    #[tokio::test]
+    async fn web_identity_exchanges_and_caches() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "projected-token\n").unwrap();
+        let client = super::super::super::http_client().unwrap();
+
+        let (url, hits, _tasks) = fake_sts(Duration::from_secs(3600)).await;
+        let src = web_identity(url, &token);
+        let k = src.current(&client).await.unwrap();
+        assert_eq!(k.access_key_id.expose(), "ASIATEMP");
+        assert_eq!(k.session_token.as_ref().unwrap().expose(), "tok");
+        let _ = src.current(&client).await.unwrap();
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "cached until shortly before expiry"
+        );
+
+        let (url, hits, _tasks2) = fake_sts(Duration::from_secs(60)).await;
+        let src = web_identity(url, &token);
+        let _ = src.current(&client).await.unwrap();
+        let _ = src.current(&client).await.unwrap();
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "within REFRESH_BEFORE of expiry: refreshed"
+        );
+    }
+
+    /// A rejected token is an error naming the role and AWS's code, never the token.
+    #[tokio::test]
+    async fn web_identity_error_names_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "wrong-token").unwrap();
+        let client = super::super::super::http_client().unwrap();
+        let (url, _hits, _tasks) = fake_sts(Duration::from_secs(3600)).await;
+        let err = web_identity(url, &token).current(&client).await.unwrap_err();
+        assert!(
+            err.contains("InvalidIdentityToken") && err.contains("role/r"),
+            "{err}"
+        );
+        assert!(!err.contains("wrong-token"), "{err}");
+    }
 }
