@@ -980,12 +980,12 @@ struct Env {
 }
 
 /// A route `model` over `targets` (stub, kind), with its credentials as files in `dir`.
-fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Path) -> String {
+fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Path, policy: &str) -> String {
     let key_file = dir.join("api-key");
     std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
     std::fs::write(dir.join("aws-access-key-id"), AKID).unwrap();
     std::fs::write(dir.join("aws-secret-access-key"), SECRET).unwrap();
-    let mut yaml = support::policy("p", "");
+    let mut yaml = support::policy("p", policy);
     yaml.push_str(&format!(
         "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: r\nspec:\n  model: {model}\n  policyRef: {{name: p}}\n  targets:\n"
     ));
@@ -1026,9 +1026,14 @@ fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Pa
 }
 
 async fn env(model: &str, targets: &[(&str, Kind)]) -> Env {
+    env_with(model, targets, "").await
+}
+
+/// As [`env`], with extra policy spec lines.
+async fn env_with(model: &str, targets: &[(&str, Kind)], policy: &str) -> Env {
     let fake = Fake::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let json = table(&fake, model, targets, dir.path());
+    let json = table(&fake, model, targets, dir.path(), policy);
     let path = dir.path().join("routes.json");
     std::fs::write(&path, json).unwrap();
     let sidecar = support::start_with(Source::Json(path), dir, 10 * 1024 * 1024).await;
@@ -1420,6 +1425,29 @@ async fn bedrock_wrong_signature_is_rejected() {
     assert!(!r.text().contains(SECRET));
     e.fake.assert_clean();
     e.sidecar.stop().await;
+}
+
+/// With `exposeUpstreamModel`, the translated answer carries the upstream's model (Anthropic's
+/// from its response, Bedrock's the target's model id), in JSON and in every chunk.
+#[tokio::test]
+async fn expose_upstream_model() {
+    for (kind, want) in [
+        (Kind::Anthropic, "claude-up-20250101"),
+        (Kind::Bedrock, Kind::Bedrock.model()),
+    ] {
+        let mut e = env_with(ROUTE, &[("primary", kind)], "  exposeUpstreamModel: true").await;
+        let r = post(&e.sidecar, &text_request()).await;
+        assert_eq!(r.json()["model"], want);
+        let req = json!({"model": ROUTE, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let r = post(&e.sidecar, &req).await;
+        let events = sse_events(&r.text());
+        assert!(
+            events[..events.len() - 1].iter().all(|v| v["model"] == want),
+            "{events:?}"
+        );
+        e.fake.assert_clean();
+        e.sidecar.stop().await;
+    }
 }
 
 /// Anthropic: a rotated key file is picked up without a reload.
