@@ -139,7 +139,8 @@ enum Step {
     Throttled,
     /// 400 `invalid_request_error` / `ValidationException`.
     Invalid,
-    /// A stream whose first event is an error (Bedrock: an exception message).
+    /// A stream that opens (`message_start` / `messageStart`) and then errors before any
+    /// content (Bedrock: a `throttlingException` message).
     StreamErrorFirst,
     /// A stream that breaks after a few events.
     StreamBreak,
@@ -354,8 +355,13 @@ fn anthropic_answer(step: Step, body: &Value) -> Response<FakeBody> {
         "model": "claude-up-20250101", "content": [], "stop_reason": null, "stop_sequence": null,
         "usage": {"input_tokens": 7, "output_tokens": 1}}});
     if step == Step::StreamErrorFirst {
+        // As Anthropic does when overloaded mid-request: the stream opens, then errors.
         let e = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
-        return streamed("text/event-stream", anthropic_sse(&[e]), false);
+        return streamed(
+            "text/event-stream",
+            anthropic_sse(&[start, json!({"type": "ping"}), e]),
+            false,
+        );
     }
     let mut events = vec![
         start,
@@ -574,9 +580,10 @@ fn bedrock_answer(step: Step, body: &Value, stream: bool) -> Response<FakeBody> 
                 ],
                 br#"{"message":"Too many requests"}"#,
             );
+            let start = bedrock_event("messageStart", &json!({"role": "assistant"}));
             streamed(
                 "application/vnd.amazon.eventstream",
-                vec![Bytes::from(frame)],
+                vec![start, Bytes::from(frame)],
                 false,
             )
         }
@@ -1285,8 +1292,9 @@ async fn case_invalid(kind: Kind) {
     e.sidecar.stop().await;
 }
 
-/// A stream whose first event is an error fails over (nothing was committed); a stream that
-/// breaks after its first event ends with an error event, not a silent truncation.
+/// A stream that errors before its first content fails over (nothing was committed, even
+/// though the upstream had opened the message); a stream that breaks after its first content
+/// ends with an error event, not a silent truncation.
 async fn case_stream_errors(kind: Kind) {
     if !kind.caps().streaming {
         return;

@@ -13,14 +13,13 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Map, Value, json};
 
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{Adapter, Call, Endpoint, Event, Failure, HttpClient, KeySource, Reply, sse};
+use super::{Adapter, Call, Endpoint, Event, Failure, HttpClient, KeySource, Reply};
 use crate::class::Class;
 
 /// Anthropic's public API base.
@@ -291,7 +290,27 @@ struct Translator {
     completion: u64,
     /// Content-block index → OpenAI tool-call index.
     tools: HashMap<u64, u64>,
+    /// Whether the role chunk went out.
+    started: bool,
     done: bool,
+}
+
+impl Translator {
+    /// The role chunk, sent with the first content rather than at `message_start`: the proxy
+    /// commits on the first chunk, so an error right after `message_start` (Anthropic sends
+    /// `overloaded_error` that way) still fails over.
+    fn start(&mut self, out: &mut VecDeque<Event>) {
+        if !self.started {
+            self.started = true;
+            out.push_back(Event::Data(upstream::chunk(
+                &self.id,
+                self.created,
+                &self.model,
+                json!({"role": "assistant", "content": ""}),
+                None,
+            )));
+        }
+    }
 }
 
 impl Translate for Translator {
@@ -313,13 +332,13 @@ impl Translate for Translator {
                     .clone_into(&mut self.model);
                 self.prompt = prompt_tokens(m.get("usage"));
                 self.completion = tokens(m.get("usage"), "output_tokens");
-                out.push_back(chunk(self, json!({"role": "assistant", "content": ""}), None));
             }
             "content_block_start" => {
                 let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let block = v.get("content_block").unwrap_or(&Value::Null);
                 match block.get("type").and_then(Value::as_str) {
                     Some("tool_use") => {
+                        self.start(out);
                         let n = u64::try_from(self.tools.len()).unwrap_or(u64::MAX);
                         self.tools.insert(index, n);
                         out.push_back(chunk(
@@ -346,10 +365,12 @@ impl Translate for Translator {
                 let d = v.get("delta").unwrap_or(&Value::Null);
                 match d.get("type").and_then(Value::as_str) {
                     Some("text_delta") => {
+                        self.start(out);
                         let t = d.get("text").and_then(Value::as_str).unwrap_or("");
                         out.push_back(chunk(self, json!({"content": t}), None));
                     }
                     Some("input_json_delta") => {
+                        self.start(out);
                         let n = self.tools.get(&index).copied().unwrap_or(0);
                         let p = d.get("partial_json").and_then(Value::as_str).unwrap_or("");
                         out.push_back(chunk(
@@ -363,6 +384,7 @@ impl Translate for Translator {
                 }
             }
             "message_delta" => {
+                self.start(out);
                 if let Some(o) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
                     self.completion = o;
                 }
@@ -370,6 +392,7 @@ impl Translate for Translator {
                 out.push_back(chunk(self, json!({}), Some(reason.unwrap_or("stop"))));
             }
             "message_stop" => {
+                self.start(out);
                 if self.include_usage {
                     out.push_back(Event::Data(upstream::usage_chunk(
                         &self.id,
@@ -447,19 +470,13 @@ impl Adapter for Anthropic {
                         .status(status),
                 );
             }
-            let events = sse::events(resp.into_body()).filter_map(|e| async move {
-                match e {
-                    Ok(Event::Data(v)) => Some(Ok(v)),
-                    Ok(Event::Done) => None,
-                    Err(f) => Some(Err(f)),
-                }
-            });
+            let events = upstream::sse_json(resp.into_body());
             let translator = Translator {
                 created: upstream::now_unix(),
                 include_usage: upstream::include_usage(call.body),
                 ..Translator::default()
             };
-            return Ok(Reply::Stream(upstream::translated(Box::pin(events), translator)));
+            return Ok(Reply::Stream(upstream::translated(events, translator)));
         }
         let v = upstream::json_body(resp, call).await?;
         from_response(&v, upstream::now_unix()).map(Reply::Json)

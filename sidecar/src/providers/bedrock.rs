@@ -346,6 +346,9 @@ impl Translator {
         ))
     }
 
+    /// The role chunk, sent with the first content rather than at `messageStart`: the proxy
+    /// commits on the first chunk, so an exception right after `messageStart` still fails
+    /// over.
     fn start(&mut self, out: &mut VecDeque<Event>) {
         if !self.started {
             self.started = true;
@@ -358,7 +361,8 @@ impl Translate for Translator {
     fn event(&mut self, v: Value, out: &mut VecDeque<Event>) -> Result<(), Failure> {
         let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
         match kind {
-            "messageStart" => self.start(out),
+            // The role chunk waits for the first content (see `start`).
+            "messageStart" => {}
             "contentBlockStart" => {
                 self.start(out);
                 if let Some(u) = v.pointer("/start/toolUse") {
