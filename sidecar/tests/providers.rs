@@ -1025,6 +1025,10 @@ fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Pa
             t.credentials = Some(Credentials {
                 access_key_id: file("aws-access-key-id"),
                 secret_access_key: file("aws-secret-access-key"),
+                session_token: dir
+                    .join("aws-session-token")
+                    .exists()
+                    .then(|| CredentialSource::File(dir.join("aws-session-token").display().to_string())),
                 ..Credentials::default()
             });
         }
@@ -1038,8 +1042,12 @@ async fn env(model: &str, targets: &[(&str, Kind)]) -> Env {
 
 /// As [`env`], with extra policy spec lines.
 async fn env_with(model: &str, targets: &[(&str, Kind)], policy: &str) -> Env {
+    env_in(tempfile::tempdir().unwrap(), model, targets, policy).await
+}
+
+/// As [`env_with`], in a directory the test prepared (e.g. with an `aws-session-token`).
+async fn env_in(dir: tempfile::TempDir, model: &str, targets: &[(&str, Kind)], policy: &str) -> Env {
     let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let json = table(&fake, model, targets, dir.path(), policy);
     let path = dir.path().join("routes.json");
     std::fs::write(&path, json).unwrap();
@@ -1288,6 +1296,7 @@ async fn case_invalid(kind: Kind) {
     assert!(v["error"]["message"].as_str().unwrap().contains("scripted"));
     assert_eq!(e.fake.hits("backup"), 0);
     assert!(!r.text().contains(API_KEY) && !r.text().contains(SECRET));
+    golden(&format!("{}.invalid.response", kind.slug()), v);
     e.fake.assert_clean();
     e.sidecar.stop().await;
 }
@@ -1456,6 +1465,24 @@ async fn expose_upstream_model() {
         e.fake.assert_clean();
         e.sidecar.stop().await;
     }
+}
+
+/// Bedrock with static temporary keys: the mounted session token is sent as
+/// `x-amz-security-token` and signed; the fake checks both.
+#[tokio::test]
+async fn bedrock_static_session_token() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("aws-session-token"), "static-session-token\n").unwrap();
+    let mut e = env_in(dir, ROUTE, &[("primary", Kind::Bedrock)], "").await;
+    e.fake.state.lock().unwrap().aws = Some((
+        AKID.to_owned(),
+        SECRET.to_owned(),
+        Some("static-session-token".to_owned()),
+    ));
+    let r = post(&e.sidecar, &text_request()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    e.fake.assert_clean();
+    e.sidecar.stop().await;
 }
 
 /// Anthropic: a rotated key file is picked up without a reload.
