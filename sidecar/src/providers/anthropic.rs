@@ -257,7 +257,13 @@ fn from_response(v: &Value, created: u64) -> Result<Value, Failure> {
             _ => {}
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
+    // OpenAI sends `content: null` for an answer that is only tool calls.
+    let content = if text.is_empty() && !tool_calls.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text)
+    };
+    let mut message = json!({"role": "assistant", "content": content, "refusal": null});
     if !tool_calls.is_empty()
         && let Some(m) = message.as_object_mut()
     {
@@ -354,6 +360,7 @@ impl Translate for Translator {
                             .and_then(Value::as_str)
                             .filter(|t| !t.is_empty())
                         {
+                            self.start(out);
                             out.push_back(chunk(self, json!({"content": t}), None));
                         }
                     }
@@ -522,5 +529,60 @@ mod tests {
             v["tools"][0]["input_schema"],
             json!({"type": "object", "properties": {}})
         );
+    }
+
+    fn run(events: &[Value]) -> (Vec<Event>, Option<Failure>) {
+        let mut t = Translator::default();
+        let mut out = VecDeque::new();
+        for e in events {
+            if let Err(f) = t.event(e.clone(), &mut out) {
+                return (out.into_iter().collect(), Some(f));
+            }
+        }
+        (out.into_iter().collect(), None)
+    }
+
+    /// Nothing is sent for `message_start` alone (the proxy has not committed), a text block
+    /// that starts with text sends the role chunk first, and an empty answer still ends with
+    /// the role chunk, a finish reason and `[DONE]`.
+    #[test]
+    fn role_chunk_waits_for_content() {
+        let start = json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": {"input_tokens": 1}}});
+        let (out, _) = run(&[start.clone(), json!({"type": "ping"})]);
+        assert!(out.is_empty());
+        let (out, _) = run(&[
+            start.clone(),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "Hi"}}),
+        ]);
+        assert_eq!(out.len(), 2);
+        let Event::Data(first) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        let (out, _) = run(&[
+            start,
+            json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 0}}),
+            json!({"type": "message_stop"}),
+        ]);
+        assert_eq!(out.len(), 3);
+        let Event::Data(fin) = &out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(fin["choices"][0]["finish_reason"], "length");
+        assert_eq!(out[2], Event::Done);
+    }
+
+    /// A mid-stream error event is classified by its type: rate limits are 429s.
+    #[test]
+    fn stream_error_events_are_classified() {
+        let e = |kind: &str| {
+            run(&[json!({"type": "error", "error": {"type": kind, "message": "x"}})])
+                .1
+                .unwrap()
+                .class
+        };
+        assert_eq!(e("rate_limit_error"), Class::RateLimited);
+        assert_eq!(e("overloaded_error"), Class::ServerError);
+        assert_eq!(e("api_error"), Class::ServerError);
     }
 }

@@ -297,7 +297,13 @@ fn from_response(v: &Value, id: &str, model: &str, created: u64) -> Result<Value
             }));
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
+    // OpenAI sends `content: null` for an answer that is only tool calls.
+    let content = if text.is_empty() && !tool_calls.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text)
+    };
+    let mut message = json!({"role": "assistant", "content": content, "refusal": null});
     if !tool_calls.is_empty()
         && let Some(m) = message.as_object_mut()
     {
