@@ -533,11 +533,19 @@ impl Adapter for Bedrock {
         }
         let chat = chat::read(NAME, call.body)?;
         let body = Bytes::from(to_request(&chat)?.to_string());
-        let keys = self
-            .credentials
-            .current(&self.client)
-            .await
-            .map_err(|m| Failure::new(Class::ConnectError, m))?;
+        // A web-identity exchange counts against the attempt's deadline like the call itself.
+        let keys =
+            match tokio::time::timeout_at(call.headers_deadline(), self.credentials.current(&self.client))
+                .await
+            {
+                Err(_) => {
+                    return Err(Failure::new(
+                        call.first_byte_class(),
+                        "the STS credential exchange did not finish in time",
+                    ));
+                }
+                Ok(r) => r.map_err(|m| Failure::new(Class::ConnectError, m))?,
+            };
         let uri = format!(
             "{}/model/{}/{}",
             self.base,
