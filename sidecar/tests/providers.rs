@@ -1262,7 +1262,8 @@ async fn case_stream(kind: Kind) {
     e.sidecar.stop().await;
 }
 
-/// Overloaded and throttled answers fail over to the next provider; the backup serves.
+/// Overloaded and throttled answers fail over to the next provider; the backup serves, and the
+/// throttled answer's `Retry-After` keeps the primary out of rotation.
 async fn case_failover(kind: Kind) {
     let backup = backup_kind(kind);
     let mut e = env(ROUTE, &[("primary", kind), ("backup", backup)]).await;
@@ -1280,6 +1281,12 @@ async fn case_failover(kind: Kind) {
         let want = if step == Step::Overloaded { "5xx" } else { "429" };
         assert_eq!(json["attempts"][0]["class"], want, "{json}");
     }
+    // The 429's `Retry-After: 7` opened the primary: the next request goes straight to the
+    // backup without touching it.
+    let r = post(&e.sidecar, &text_request()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-detour-provider"), backup.name());
+    assert_eq!(e.fake.hits("primary"), 1, "Retry-After honoured");
     e.fake.assert_clean();
     e.sidecar.stop().await;
 }
