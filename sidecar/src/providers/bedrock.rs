@@ -651,4 +651,65 @@ mod tests {
         );
         assert_eq!(path_escape("arn:aws:x/y"), "arn%3Aaws%3Ax%2Fy");
     }
+
+    fn run(events: &[Value]) -> Vec<Event> {
+        let mut t = Translator {
+            include_usage: true,
+            ..Translator::default()
+        };
+        let mut out = VecDeque::new();
+        for e in events {
+            t.event(e.clone(), &mut out).unwrap();
+        }
+        if !t.finished() {
+            t.end(&mut out).unwrap();
+        }
+        out.into_iter().collect()
+    }
+
+    /// `messageStart` alone sends nothing; the usage chunk comes from `metadata` after
+    /// `messageStop`; a body that ends after `messageStop` without metadata still ends cleanly.
+    #[test]
+    fn translator_orders_finish_usage_done() {
+        let out = run(&[
+            json!({"type": "messageStart", "role": "assistant"}),
+            json!({"type": "contentBlockDelta", "contentBlockIndex": 0, "delta": {"text": "hi"}}),
+            json!({"type": "messageStop", "stopReason": "max_tokens"}),
+            json!({"type": "metadata", "usage": {"inputTokens": 2, "outputTokens": 1}}),
+        ]);
+        assert_eq!(out.len(), 5, "{out:?}");
+        let Event::Data(fin) = &out[2] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(fin["choices"][0]["finish_reason"], "length");
+        let Event::Data(usage) = &out[3] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(usage["usage"]["total_tokens"], 3);
+        assert_eq!(out[4], Event::Done);
+        let out = run(&[json!({"type": "messageStop", "stopReason": "end_turn"})]);
+        assert_eq!(out.last(), Some(&Event::Done));
+    }
+
+    /// An exception message is the failure its type names; a body ending mid-message is a
+    /// broken stream.
+    #[test]
+    fn exceptions_and_truncation() {
+        let m = eventstream::Message {
+            headers: [
+                (":message-type".to_owned(), "exception".to_owned()),
+                (
+                    ":exception-type".to_owned(),
+                    "modelStreamErrorException".to_owned(),
+                ),
+            ]
+            .into(),
+            payload: Bytes::from_static(br#"{"message":"boom"}"#),
+        };
+        assert_eq!(message_value(&m).unwrap_err().class, Class::ServerError);
+        let mut t = Translator::default();
+        let mut out = VecDeque::new();
+        t.event(json!({"type": "messageStart"}), &mut out).unwrap();
+        assert_eq!(t.end(&mut out).unwrap_err().class, Class::Reset);
+    }
 }

@@ -267,4 +267,30 @@ mod tests {
         prelude_bad[9] ^= 1;
         assert!(decode(&mut BytesMut::from(&prelude_bad[..])).is_err());
     }
+
+    /// Arbitrary bytes — random, and valid messages with random corruption — never panic the
+    /// decoder: each is a message, "need more", or a classified failure.
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let valid = event("contentBlockDelta", r#"{"delta":{"text":"x"}}"#);
+        for _ in 0..5000 {
+            let mut bytes: Vec<u8> = if rng.bool() {
+                (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect()
+            } else {
+                let mut v = valid.clone();
+                let i = rng.usize(0..v.len());
+                v[i] = rng.u8(..);
+                v.truncate(rng.usize(0..=v.len()));
+                v
+            };
+            if rng.bool() && bytes.len() >= 12 {
+                // Make the prelude CRC right so the headers parser sees the garbage.
+                let crc = crc32fast::hash(&bytes[..8]).to_be_bytes();
+                bytes[8..12].copy_from_slice(&crc);
+            }
+            let _ = decode(&mut BytesMut::from(&bytes[..]));
+            let _ = parse_headers(&bytes);
+        }
+    }
 }
