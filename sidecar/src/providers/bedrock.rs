@@ -544,7 +544,7 @@ impl Adapter for Bedrock {
                         "the STS credential exchange did not finish in time",
                     ));
                 }
-                Ok(r) => r.map_err(|m| Failure::new(Class::ConnectError, m))?,
+                Ok(r) => r.map_err(|e| Failure::new(Class::ConnectError, e.to_string()))?,
             };
         let uri = format!(
             "{}/model/{}/{}",

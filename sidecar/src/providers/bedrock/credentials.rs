@@ -27,6 +27,37 @@ const SESSION_SECONDS: u64 = 3600;
 /// Bound on one STS exchange.
 const STS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why no credentials could be had. Facts only: a file, a role, a status, AWS's error code —
+/// never a key, a secret or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// A key file or variable could not be read (the message names it).
+    #[error("{0}")]
+    Source(Cow<'static, str>),
+    #[error("bedrock needs credentials: an access key id and a secret access key, or webIdentity")]
+    Missing,
+    #[error("the STS endpoint {url} is not a valid URL")]
+    StsUrl { url: String },
+    #[error("STS at {url} did not answer within {timeout:?}")]
+    StsTimeout { url: String, timeout: Duration },
+    #[error("could not reach STS at {url}")]
+    StsUnreachable { url: String },
+    #[error("STS AssumeRoleWithWebIdentity for {role_arn} answered {status}: {code}")]
+    StsRejected {
+        role_arn: String,
+        status: u16,
+        code: String,
+    },
+    #[error("the STS answer for {role_arn} has no usable credentials")]
+    StsAnswer { role_arn: String },
+}
+
+impl From<Cow<'static, str>> for CredentialError {
+    fn from(m: Cow<'static, str>) -> Self {
+        Self::Source(m)
+    }
+}
+
 /// Credentials for one request.
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -77,19 +108,15 @@ impl Source {
     }
 
     /// The credentials to sign with now.
-    pub async fn current(&self, client: &HttpClient) -> Result<Keys, Cow<'static, str>> {
+    pub async fn current(&self, client: &HttpClient) -> Result<Keys, CredentialError> {
         match self {
             Self::Static {
                 access_key_id,
                 secret_access_key,
                 session_token,
             } => {
-                let id = access_key_id.current()?.ok_or(
-                    "bedrock needs credentials: an access key id and secret access key, or webIdentity",
-                )?;
-                let secret = secret_access_key
-                    .current()?
-                    .ok_or("bedrock needs a secret access key")?;
+                let id = access_key_id.current()?.ok_or(CredentialError::Missing)?;
+                let secret = secret_access_key.current()?.ok_or(CredentialError::Missing)?;
                 Ok(Keys {
                     access_key_id: id,
                     secret_access_key: secret,
@@ -109,9 +136,7 @@ impl Source {
                 {
                     return Ok(k.clone());
                 }
-                let token = token
-                    .current()?
-                    .ok_or("the web identity token file is not configured")?;
+                let token = token.current()?.ok_or(CredentialError::Missing)?;
                 let keys = assume_role(client, sts_url, role_arn, &token).await?;
                 *cached = Some(keys.clone());
                 Ok(keys)
@@ -138,7 +163,8 @@ async fn assume_role(
     sts_url: &str,
     role_arn: &str,
     token: &Secret,
-) -> Result<Keys, Cow<'static, str>> {
+) -> Result<Keys, CredentialError> {
+    let url = || sts_url.to_owned();
     let session = format!("detour-sidecar-{}", upstream::now_unix());
     let form = format!(
         "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn={}&RoleSessionName={}&DurationSeconds={SESSION_SECONDS}&WebIdentityToken={}",
@@ -153,28 +179,39 @@ async fn assume_role(
         .header(header::ACCEPT, "application/xml")
         .header(header::USER_AGENT, upstream::USER_AGENT)
         .body(Full::new(Bytes::from(form)))
-        .map_err(|_| "the STS endpoint is not a valid URL")?;
+        .map_err(|_| CredentialError::StsUrl { url: url() })?;
+    let timed_out = || CredentialError::StsTimeout {
+        url: url(),
+        timeout: STS_TIMEOUT,
+    };
     let resp = match timeout(STS_TIMEOUT, client.request(req)).await {
-        Err(_) => return Err("STS did not answer in time".into()),
-        Ok(Err(_)) => return Err("could not reach STS".into()),
+        Err(_) => return Err(timed_out()),
+        Ok(Err(_)) => return Err(CredentialError::StsUnreachable { url: url() }),
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
     let deadline = tokio::time::Instant::now() + STS_TIMEOUT;
     let body = collect(resp.into_body(), deadline, 64 * 1024)
         .await
-        .map_err(|_| "STS answer could not be read")?;
+        .map_err(|f| {
+            if f.class == crate::class::Class::Timeout {
+                timed_out()
+            } else {
+                CredentialError::StsUnreachable { url: url() }
+            }
+        })?;
     let text = String::from_utf8_lossy(&body);
     if !status.is_success() {
         // The error code is AWS's own (`InvalidIdentityToken`, `AccessDenied`, ...), never a secret.
-        let code = xml_text(&text, "Code").unwrap_or("unknown");
-        return Err(format!(
-            "STS AssumeRoleWithWebIdentity for {role_arn} answered {}: {code}",
-            status.as_u16()
-        )
-        .into());
+        return Err(CredentialError::StsRejected {
+            role_arn: role_arn.to_owned(),
+            status: status.as_u16(),
+            code: xml_text(&text, "Code").unwrap_or("unknown").to_owned(),
+        });
     }
-    parse_credentials(&text).ok_or_else(|| "STS answer has no credentials".into())
+    parse_credentials(&text).ok_or_else(|| CredentialError::StsAnswer {
+        role_arn: role_arn.to_owned(),
+    })
 }
 
 /// The text of the first `<tag>…</tag>` (STS answers are flat enough for this; values are
@@ -406,7 +443,11 @@ mod tests {
         std::fs::write(&token, "wrong-token").unwrap();
         let client = super::super::super::http_client().unwrap();
         let (url, _hits, _tasks) = fake_sts(Duration::from_secs(3600)).await;
-        let err = web_identity(url, &token).current(&client).await.unwrap_err();
+        let err = web_identity(url, &token)
+            .current(&client)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("InvalidIdentityToken") && err.contains("role/r"),
             "{err}"
