@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::health::{Breaker, Params};
 use crate::metrics::Metrics;
-use crate::providers::{HttpClient, KeySource, Provider, mock::Mock, openai::OpenAi};
+use crate::providers::{HttpClient, Provider, mock::Mock};
 use crate::retry::Budget;
 
 /// What identifies a target's health across reloads.
@@ -148,14 +148,7 @@ impl Registry {
                 new_targets.insert(key, state.clone());
                 let provider = match t.provider {
                     ProviderKind::Mock => Provider::Mock(Mock::new(t, state.mock_cursor.clone())),
-                    // Anthropic, Bedrock and Azure OpenAI get their own modules in the providers
-                    // issue; until then the compiler accepts them and the sidecar speaks OpenAI's
-                    // wire format to them, which fails loudly (client error) rather than silently.
-                    _ => Provider::OpenAi(Box::new(OpenAi::new(
-                        t.endpoint.as_deref(),
-                        KeySource::from_config(t.credentials.as_ref().and_then(|c| c.api_key.as_ref())),
-                        http.clone(),
-                    ))),
+                    _ => Provider::for_target(t, http),
                 };
                 targets.push(Arc::new(TargetRt {
                     cfg: t.clone(),

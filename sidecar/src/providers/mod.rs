@@ -10,9 +10,14 @@
 //! Deadlines are passed in ([`Call::deadline`], [`Call::first_byte_deadline`]); a provider
 //! turns running out of either into [`Class::Timeout`] / [`Class::FirstByteTimeout`].
 
+pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
+mod chat;
 pub mod mock;
 pub mod openai;
 pub mod sse;
+mod upstream;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -203,13 +208,44 @@ pub trait Adapter {
 pub enum Provider {
     // Boxed: the HTTP client makes it much larger than the others.
     OpenAi(Box<openai::OpenAi>),
+    Anthropic(Box<anthropic::Anthropic>),
+    Bedrock(Box<bedrock::Bedrock>),
+    Azure(Box<azure::Azure>),
     Mock(mock::Mock),
 }
 
 impl Provider {
+    /// The adapter for a non-mock target (the mock needs the target's shared script cursor).
+    pub fn for_target(t: &detour_api::table::Target, http: &HttpClient) -> Self {
+        use detour_api::table::Provider as Kind;
+        let api_key = || KeySource::from_config(t.credentials.as_ref().and_then(|c| c.api_key.as_ref()));
+        match t.provider {
+            Kind::Anthropic => Self::Anthropic(Box::new(anthropic::Anthropic::new(
+                t.endpoint.as_deref(),
+                t.api_version.as_deref(),
+                api_key(),
+                http.clone(),
+            ))),
+            Kind::Bedrock => Self::Bedrock(Box::new(bedrock::Bedrock::new(t, http.clone()))),
+            Kind::AzureOpenai => Self::Azure(Box::new(azure::Azure::new(
+                t.endpoint.as_deref(),
+                &t.model,
+                t.api_version.as_deref(),
+                api_key(),
+                http.clone(),
+            ))),
+            Kind::Openai | Kind::OpenaiCompatible | Kind::Mock => Self::OpenAi(Box::new(
+                openai::OpenAi::new(t.endpoint.as_deref(), api_key(), http.clone()),
+            )),
+        }
+    }
+
     pub async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
         match self {
             Self::OpenAi(p) => p.send(call).await,
+            Self::Anthropic(p) => p.send(call).await,
+            Self::Bedrock(p) => p.send(call).await,
+            Self::Azure(p) => p.send(call).await,
             Self::Mock(p) => p.send(call).await,
         }
     }

@@ -42,7 +42,7 @@ impl OpenAi {
 }
 
 /// The one error mapper of this provider: status and error body to a class.
-fn map_error(status: StatusCode, retry_after: Option<Duration>, body: Bytes) -> Failure {
+pub(super) fn map_error(status: StatusCode, retry_after: Option<Duration>, body: Bytes) -> Failure {
     let class = match status.as_u16() {
         429 => Class::RateLimited,
         408 => Class::Timeout,

@@ -1,0 +1,165 @@
+//! `azure-openai`: OpenAI's wire format at Azure's deployment URLs.
+//!
+//! `POST {endpoint}/openai/deployments/{deployment}/{chat/completions|completions|embeddings}
+//! ?api-version={apiVersion or 2024-10-21}`, where the deployment is the target's `model`.
+//! Bodies and streams pass through as for `openai` (same error mapper, same SSE reader).
+//!
+//! Authentication, one documented rule: the credential (`apiKey`, file or env) is sent as
+//! `api-key: …` unless it is a Microsoft Entra ID access token — a value starting with
+//! `Bearer ` or shaped like a JWT (`eyJ…` with two dots) — which is sent as
+//! `Authorization: Bearer …`. Azure keys are hex and never look like a JWT, so a token
+//! refresher that rewrites the mounted file switches the scheme without a config change.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, header};
+use http_body_util::Full;
+
+use super::upstream;
+use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, Secret, WithModel, openai, sse};
+use crate::class::Class;
+
+/// The `api-version` used when the target sets none (the GA version current at writing).
+pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+
+/// An Azure OpenAI deployment.
+#[derive(Debug)]
+pub struct Azure {
+    /// `{endpoint}/openai/deployments/{deployment}`.
+    base: String,
+    api_version: String,
+    key: KeySource,
+    client: HttpClient,
+}
+
+impl Azure {
+    pub fn new(
+        endpoint: Option<&str>,
+        deployment: &str,
+        api_version: Option<&str>,
+        key: KeySource,
+        client: HttpClient,
+    ) -> Self {
+        let endpoint = endpoint.unwrap_or("").trim_end_matches('/');
+        let endpoint = endpoint.strip_suffix("/openai").unwrap_or(endpoint);
+        Self {
+            base: format!("{endpoint}/openai/deployments/{deployment}"),
+            api_version: api_version.unwrap_or(DEFAULT_API_VERSION).to_owned(),
+            key,
+            client,
+        }
+    }
+}
+
+/// The header a credential goes in (see the module docs for the rule).
+fn auth_header(key: &Secret) -> Result<(HeaderName, HeaderValue), Failure> {
+    let raw = key.expose();
+    let token = raw.strip_prefix("Bearer ").map(str::trim);
+    let is_jwt = raw.starts_with("eyJ") && raw.matches('.').count() == 2;
+    let (name, value) = match token {
+        Some(t) => (header::AUTHORIZATION, format!("Bearer {t}")),
+        None if is_jwt => (header::AUTHORIZATION, format!("Bearer {raw}")),
+        None => (HeaderName::from_static("api-key"), raw.to_owned()),
+    };
+    let mut value = HeaderValue::try_from(value)
+        .map_err(|_| Failure::new(Class::ConnectError, "the API key is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+impl Adapter for Azure {
+    async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
+        let key = self
+            .key
+            .current()
+            .map_err(|m| Failure::new(Class::ConnectError, m))?;
+        let bytes = serde_json::to_vec(&WithModel {
+            body: call.body,
+            model: call.model,
+        })
+        .map_err(|_| Failure::new(Class::ClientError, "request body could not be serialised"))?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(format!(
+                "{}/{}?api-version={}",
+                self.base,
+                call.endpoint.path(),
+                self.api_version
+            ))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, upstream::USER_AGENT)
+            .header(
+                header::ACCEPT,
+                if call.stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|_| Failure::new(Class::ConnectError, "endpoint is not a valid URL"))?;
+        if let Some(key) = key {
+            let (name, value) = auth_header(&key)?;
+            req.headers_mut().insert(name, value);
+        }
+        let resp = upstream::send(&self.client, call, req).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let ra = upstream::retry_after(resp.headers());
+            let body = upstream::collect(resp.into_body(), call.deadline, upstream::MAX_ERROR_BODY)
+                .await
+                .unwrap_or_default();
+            return Err(openai::map_error(status, ra, body));
+        }
+        if call.stream {
+            if !upstream::content_type_is(&resp, "text/event-stream") {
+                return Err(
+                    Failure::new(Class::BadResponse, "upstream did not answer a stream with SSE")
+                        .status(status),
+                );
+            }
+            return Ok(Reply::Stream(sse::events(resp.into_body())));
+        }
+        upstream::json_body(resp, call).await.map(Reply::Json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys go in `api-key`; Entra tokens (JWT-shaped or `Bearer …`) in `Authorization`.
+    #[test]
+    fn picks_the_auth_header() {
+        let (n, v) = auth_header(&Secret::new("0123456789abcdef0123456789abcdef")).unwrap();
+        assert_eq!(
+            (n.as_str(), v.to_str().unwrap()),
+            ("api-key", "0123456789abcdef0123456789abcdef")
+        );
+        assert!(v.is_sensitive());
+        let (n, v) = auth_header(&Secret::new("eyJhbGciOi.eyJzdWIiOi.c2ln\n")).unwrap();
+        assert_eq!(
+            (n.as_str(), v.to_str().unwrap()),
+            ("authorization", "Bearer eyJhbGciOi.eyJzdWIiOi.c2ln")
+        );
+        let (n, v) = auth_header(&Secret::new("Bearer opaque")).unwrap();
+        assert_eq!(
+            (n.as_str(), v.to_str().unwrap()),
+            ("authorization", "Bearer opaque")
+        );
+    }
+
+    /// The URL is the deployment URL; a trailing `/openai` on the endpoint is tolerated.
+    #[test]
+    fn builds_the_deployment_url() {
+        let client = super::super::http_client().unwrap();
+        let a = Azure::new(
+            Some("https://x.openai.azure.com/openai/"),
+            "gpt4o",
+            None,
+            KeySource::None,
+            client,
+        );
+        assert_eq!(a.base, "https://x.openai.azure.com/openai/deployments/gpt4o");
+        assert_eq!(a.api_version, DEFAULT_API_VERSION);
+    }
+}

@@ -1,0 +1,355 @@
+//! What the translating providers (`anthropic`, `bedrock`, `azure-openai`) share: one POST with
+//! the attempt's deadlines turned into classes, bounded body reads, the OpenAI error shape for
+//! client errors, and the stream adapter that runs a provider's event translator.
+//!
+//! Contract: nothing here knows a provider's wire format. Each provider keeps its own error
+//! mapper and its own event translator ([`Translate`]); this module only moves bytes and turns
+//! running out of time or a broken connection into the same classes `openai` uses.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, stream};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::time::{Instant, timeout_at};
+
+use super::{Call, Event, EventStream, Failure, HttpClient};
+use crate::class::Class;
+
+/// Largest upstream JSON body accepted.
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// Largest upstream error body kept.
+pub const MAX_ERROR_BODY: usize = 256 * 1024;
+
+/// The `User-Agent` every provider sends.
+pub const USER_AGENT: &str = concat!("detour-sidecar/", env!("CARGO_PKG_VERSION"));
+
+/// Sends `req` and waits for the response head within the call's header deadline.
+pub async fn send(
+    client: &HttpClient,
+    call: &Call<'_>,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, Failure> {
+    match timeout_at(call.headers_deadline(), client.request(req)).await {
+        Err(_) => Err(Failure::new(
+            call.first_byte_class(),
+            "no response from upstream in time",
+        )),
+        Ok(Err(e)) if e.is_connect() => {
+            Err(Failure::new(Class::ConnectError, "could not connect to upstream"))
+        }
+        Ok(Err(_)) => Err(Failure::new(Class::Reset, "upstream closed the connection")),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+/// Reads a whole body within `deadline` and `limit`.
+pub async fn collect(body: Incoming, deadline: Instant, limit: usize) -> Result<Bytes, Failure> {
+    match timeout_at(deadline, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(Failure::new(
+            Class::Timeout,
+            "upstream body did not finish in time",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Failure::new(Class::BadResponse, "upstream body too large"))
+        }
+        Ok(Err(_)) => Err(Failure::new(
+            Class::Reset,
+            "upstream connection broke while reading the body",
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// Reads a 2xx JSON body.
+pub async fn json_body(resp: Response<Incoming>, call: &Call<'_>) -> Result<Value, Failure> {
+    let status = resp.status();
+    let bytes = collect(resp.into_body(), call.deadline, MAX_RESPONSE).await?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) if v.is_object() => Ok(v),
+        _ => Err(Failure::new(
+            Class::BadResponse,
+            "upstream answered 2xx with a body that is not JSON",
+        )
+        .status(status)),
+    }
+}
+
+/// Whether the response's content type starts with `prefix`.
+pub fn content_type_is(resp: &Response<Incoming>, prefix: &str) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(prefix))
+}
+
+/// OpenAI's error body, for client errors a translating provider returns.
+pub fn openai_error(message: &str, kind: &str, param: Option<&str>) -> Bytes {
+    let v = json!({"error": {"message": message, "type": kind, "param": param, "code": null}});
+    Bytes::from(v.to_string())
+}
+
+/// A request this provider cannot express: a 400 in OpenAI's shape naming the field, never
+/// sent upstream (another provider would be no different for a malformed request, and the
+/// message tells the client what to change).
+pub fn unsupported(provider: &'static str, param: &str, what: &str) -> Failure {
+    let message = format!("{param}: {what} (provider {provider})");
+    let mut f = Failure::new(
+        Class::ClientError,
+        format!("request not expressible for {provider}"),
+    )
+    .status(StatusCode::BAD_REQUEST);
+    f.body = Some(openai_error(&message, "invalid_request_error", Some(param)));
+    f
+}
+
+/// Seconds since the epoch, for `created`.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `Retry-After` (seconds), as `openai` reads it.
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    super::openai::retry_after(headers)
+}
+
+/// A provider's stream translator: one upstream event in, zero or more OpenAI events out.
+pub trait Translate: Send + 'static {
+    /// Translates one upstream event, pushing OpenAI events (the last one `Event::Done`).
+    fn event(&mut self, upstream: Value, out: &mut VecDeque<Event>) -> Result<(), Failure>;
+    /// Whether the upstream signalled the end of the message (so the stream may end).
+    fn finished(&self) -> bool;
+    /// The upstream body ended before [`Translate::finished`]: push the last events if that
+    /// is a clean end for this provider, else fail (by default: a broken stream).
+    fn end(&mut self, _out: &mut VecDeque<Event>) -> Result<(), Failure> {
+        Err(Failure::new(
+            Class::Reset,
+            "upstream stream ended before the end of the message",
+        ))
+    }
+}
+
+/// Runs `translator` over upstream events; an upstream that ends before the end of the
+/// message is a broken stream ([`Class::Reset`], unless [`Translate::end`] says otherwise),
+/// never a silent truncation.
+pub fn translated<S, T>(upstream: S, translator: T) -> EventStream
+where
+    S: Stream<Item = Result<Value, Failure>> + Send + Unpin + 'static,
+    T: Translate,
+{
+    struct St<S, T> {
+        upstream: S,
+        translator: T,
+        out: VecDeque<Event>,
+        done: bool,
+    }
+    let st = St {
+        upstream,
+        translator,
+        out: VecDeque::new(),
+        done: false,
+    };
+    Box::pin(stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(ev) = st.out.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.upstream.next().await {
+                Some(Ok(v)) => {
+                    if let Err(f) = st.translator.event(v, &mut st.out) {
+                        st.done = true;
+                        st.out.clear();
+                        return Some((Err(f), st));
+                    }
+                    if st.translator.finished() {
+                        st.done = true;
+                    }
+                }
+                Some(Err(f)) => {
+                    st.done = true;
+                    return Some((Err(f), st));
+                }
+                None => {
+                    st.done = true;
+                    if let Err(f) = st.translator.end(&mut st.out) {
+                        return Some((Err(f), st));
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// Largest single SSE event accepted from an upstream.
+const MAX_SSE_EVENT: usize = 4 * 1024 * 1024;
+
+/// The end of the first complete SSE event in `buf`: (end of event, length of separator).
+fn sse_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The JSON of one SSE event's `data:` lines; `None` for comments and events without data.
+fn sse_data(raw: &[u8]) -> Option<Result<Value, Failure>> {
+    let text = String::from_utf8_lossy(raw);
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    Some(
+        serde_json::from_str::<Value>(&data)
+            .map_err(|_| Failure::new(Class::BadResponse, "upstream sent an SSE event that is not JSON")),
+    )
+}
+
+/// Frames a non-OpenAI SSE body (Anthropic's) into the JSON of each event's data, leaving
+/// the meaning of each event — errors included — to the provider's translator. (The OpenAI
+/// reader, `sse::events`, interprets `{"error": …}` itself, which would classify every
+/// provider's error event alike.)
+pub fn sse_json<B>(body: B) -> impl Stream<Item = Result<Value, Failure>> + Send + Unpin + 'static
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    use bytes::{Buf as _, BytesMut};
+    struct St<B> {
+        body: B,
+        buf: BytesMut,
+        done: bool,
+    }
+    let st = St {
+        body,
+        buf: BytesMut::new(),
+        done: false,
+    };
+    Box::pin(stream::unfold(st, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            if let Some((end, sep)) = sse_event_end(&st.buf) {
+                let raw = st.buf.split_to(end);
+                st.buf.advance(sep);
+                match sse_data(&raw) {
+                    Some(Err(f)) => {
+                        st.done = true;
+                        return Some((Err(f), st));
+                    }
+                    Some(Ok(v)) => return Some((Ok(v), st)),
+                    None => continue,
+                }
+            }
+            if st.buf.len() > MAX_SSE_EVENT {
+                st.done = true;
+                return Some((
+                    Err(Failure::new(Class::BadResponse, "upstream SSE event too large")),
+                    st,
+                ));
+            }
+            match st.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        st.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    tracing::debug!(error = %e, "upstream stream broke");
+                    return Some((Err(Failure::new(Class::Reset, "upstream stream broke")), st));
+                }
+                None => {
+                    st.done = true;
+                    let rest = std::mem::take(&mut st.buf);
+                    return sse_data(&rest).map(|ev| (ev, st));
+                }
+            }
+        }
+    }))
+}
+
+/// A `chat.completion.chunk` with one choice.
+pub fn chunk(id: &str, created: u64, model: &str, delta: Value, finish_reason: Option<&str>) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+    })
+}
+
+/// The usage-only chunk OpenAI sends last when `stream_options.include_usage` is set.
+pub fn usage_chunk(id: &str, created: u64, model: &str, prompt: u64, completion: u64) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage(prompt, completion),
+    })
+}
+
+/// OpenAI's `usage` object.
+pub fn usage(prompt: u64, completion: u64) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt.saturating_add(completion),
+    })
+}
+
+/// Whether the client asked for the usage chunk.
+pub fn include_usage(body: &serde_json::Map<String, Value>) -> bool {
+    body.get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    /// Events split at any byte are reassembled, comments and `event:` lines are skipped, and
+    /// an error event is handed on as data for the provider to classify.
+    #[tokio::test]
+    async fn sse_json_frames_events() {
+        let text = b": c\n\nevent: ping\ndata: {\"type\":\"ping\"}\n\nevent: error\r\ndata: {\"type\":\"error\",\"error\":{}}\r\n\r\n";
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = text
+            .chunks(2)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let got: Vec<Value> = sse_json(StreamBody::new(stream::iter(frames)))
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        assert_eq!(
+            got,
+            vec![json!({"type": "ping"}), json!({"type": "error", "error": {}})]
+        );
+    }
+}

@@ -1,0 +1,401 @@
+"""The real Python `openai` client through the common production chain
+openai (failing) → anthropic → bedrock, against the real `detour-sidecar` binary.
+
+The fakes on 127.0.0.1 (one threaded HTTP server, this module's own) speak each provider's
+documented wire format: OpenAI's chat API (answering 503), Anthropic's Messages API (JSON and
+SSE), Bedrock's Converse and ConverseStream (JSON and the binary event-stream framing), and
+STS `AssumeRoleWithWebIdentity` (XML). Bedrock's fake recomputes the SigV4 signature here,
+independently of the Rust crate, with the credentials its STS handed out, and rejects a wrong
+one. The client's own retries are off, so every failover seen is the sidecar's.
+"""
+
+import binascii
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from datetime import datetime, timedelta, timezone
+
+import openai
+import pytest
+
+BIN = os.environ.get("DETOUR_SIDECAR_BIN", "")
+API_KEY = "sk-ant-test-key"
+REGION = "us-west-2"
+BEDROCK_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+ROLE = "arn:aws:iam::123456789012:role/detour-bedrock"
+TOKEN = "projected.service-account.token"
+TEMP = ("ASIATEMPKEY", "temp/secret+key", "temp-session-token")
+
+
+class Fakes(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.lock = threading.Lock()
+        self.hits = {}
+        self.errors = []  # request-shape violations; each test asserts none
+
+    def hit(self, stub):
+        with self.lock:
+            self.hits[stub] = self.hits.get(stub, 0) + 1
+
+    def violation(self, what):
+        with self.lock:
+            self.errors.append(what)
+
+
+def _hmac(key, msg):
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def sigv4_ok(method, path, headers, body):
+    """Recomputes the SigV4 signature of a Bedrock request (service `bedrock`)."""
+    auth = headers.get("authorization", "")
+    if not auth.startswith("AWS4-HMAC-SHA256 "):
+        return "no AWS4-HMAC-SHA256 Authorization"
+    parts = dict(p.split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(", "))
+    amz_date = headers.get("x-amz-date", "")
+    scope = f"{amz_date[:8]}/{REGION}/bedrock/aws4_request"
+    if parts.get("Credential") != f"{TEMP[0]}/{scope}":
+        return f"credential {parts.get('Credential')}"
+    if headers.get("x-amz-security-token") != TEMP[2]:
+        return "session token missing or wrong"
+    signed = parts["SignedHeaders"].split(";")
+    for must in ("host", "x-amz-date", "x-amz-security-token", "content-type"):
+        if must not in signed:
+            return f"{must} not signed"
+    # Non-S3 services encode the (already encoded) path once more.
+    canonical_uri = urllib.parse.quote(path, safe="/-_.~")
+    canonical_headers = "".join(f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed)
+    canonical = "\n".join([method, canonical_uri, "", canonical_headers, ";".join(signed),
+                           hashlib.sha256(body).hexdigest()])
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = _hmac(("AWS4" + TEMP[1]).encode(), amz_date[:8])
+    for part in (REGION, "bedrock", "aws4_request"):
+        key = _hmac(key, part)
+    want = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return None if hmac.compare_digest(want, parts.get("Signature", "")) else "signature does not match"
+
+
+def es_frame(headers, payload):
+    """One event-stream message: prelude (lengths + CRC), string headers, payload, CRC."""
+    hb = b""
+    for name, value in headers.items():
+        n, v = name.encode(), value.encode()
+        hb += struct.pack(">B", len(n)) + n + b"\x07" + struct.pack(">H", len(v)) + v
+    total = 12 + len(hb) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(hb))
+    msg = prelude + struct.pack(">I", binascii.crc32(prelude)) + hb + payload
+    return msg + struct.pack(">I", binascii.crc32(msg))
+
+
+def es_event(kind, obj):
+    return es_frame({":message-type": "event", ":event-type": kind, ":content-type": "application/json"},
+                    json.dumps(obj).encode())
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        path = urllib.parse.urlsplit(self.path).path
+        stub = path.strip("/").split("/")[0]
+        self.server.hit(stub)
+        if stub == "sts":
+            return self.sts(raw)
+        body = json.loads(raw or b"{}")
+        if stub.startswith("oai"):
+            return self.reply(503, {"error": {"message": "down", "type": "server_error"}})
+        if stub.startswith("ant"):
+            return self.anthropic(stub, path, headers, body)
+        if stub.startswith("bed"):
+            return self.bedrock(path, headers, raw, body)
+        return self.reply(404, {})
+
+    # --- STS ---
+    def sts(self, raw):
+        form = urllib.parse.parse_qs(raw.decode())
+        ok = (form.get("Action") == ["AssumeRoleWithWebIdentity"] and form.get("RoleArn") == [ROLE]
+              and form.get("WebIdentityToken") == [TOKEN])
+        if not ok:
+            self.server.violation(f"sts: bad form {sorted(form)}")
+            return self.raw(400, "text/xml", b"<ErrorResponse><Error><Code>InvalidIdentityToken</Code></Error></ErrorResponse>")
+        exp = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        xml = ("<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>"
+               f"<AccessKeyId>{TEMP[0]}</AccessKeyId><SecretAccessKey>{TEMP[1]}</SecretAccessKey>"
+               f"<SessionToken>{TEMP[2]}</SessionToken><Expiration>{exp}</Expiration>"
+               "</Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>")
+        return self.raw(200, "text/xml", xml.encode())
+
+    # --- Anthropic Messages ---
+    def anthropic(self, stub, path, headers, body):
+        if path != f"/{stub}/v1/messages":
+            self.server.violation(f"anthropic: path {path}")
+        if headers.get("x-api-key") != API_KEY or headers.get("anthropic-version") != "2023-06-01":
+            self.server.violation("anthropic: x-api-key or anthropic-version")
+        if "authorization" in headers:
+            self.server.violation("anthropic: Authorization forwarded")
+        if not isinstance(body.get("max_tokens"), int) or body.get("messages", [{}])[0].get("role") != "user":
+            self.server.violation(f"anthropic: body {body}")
+        if stub == "ant-overloaded":
+            return self.reply(529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        if not body.get("stream"):
+            return self.reply(200, {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": [{"type": "text", "text": "Hello from anthropic"}],
+                "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": 5, "output_tokens": 3}})
+        events = [
+            {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                  "model": "claude-x", "content": [], "stop_reason": None,
+                                                  "usage": {"input_tokens": 5, "output_tokens": 1}}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "ping"},
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from anthropic"}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
+            {"type": "message_stop"},
+        ]
+        self.start_chunked("text/event-stream")
+        for e in events:
+            self.chunk(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode())
+        self.chunk(b"")
+
+    # --- Bedrock Converse / ConverseStream ---
+    def bedrock(self, path, headers, raw, body):
+        model = urllib.parse.quote(BEDROCK_MODEL, safe="")
+        stream = path.endswith("/converse-stream")
+        if path not in (f"/bed/model/{model}/converse", f"/bed/model/{model}/converse-stream"):
+            self.server.violation(f"bedrock: path {path}")
+        problem = sigv4_ok("POST", path, headers, raw)
+        if problem:
+            self.server.violation(f"bedrock: SigV4: {problem}")
+            return self.reply(403, {"message": "signature"}, {"x-amzn-errortype": "InvalidSignatureException"})
+        if "model" in body or "maxTokens" not in body.get("inferenceConfig", {}):
+            self.server.violation(f"bedrock: body {body}")
+        if not stream:
+            return self.reply(200, {
+                "output": {"message": {"role": "assistant", "content": [{"text": "Hello from bedrock"}]}},
+                "stopReason": "end_turn", "usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8},
+                "metrics": {"latencyMs": 10}}, {"x-amzn-requestid": "req-1"})
+        self.start_chunked("application/vnd.amazon.eventstream")
+        for kind, obj in [
+            ("messageStart", {"role": "assistant"}),
+            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello"}}),
+            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": " from bedrock"}}),
+            ("contentBlockStop", {"contentBlockIndex": 0}),
+            ("messageStop", {"stopReason": "end_turn"}),
+            ("metadata", {"usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8}, "metrics": {"latencyMs": 9}}),
+        ]:
+            self.chunk(es_event(kind, obj))
+        self.chunk(b"")
+
+    # --- plumbing ---
+    def start_chunked(self, content_type):
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+
+    def chunk(self, data):
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def reply(self, status, obj, headers=None):
+        self.raw(status, "application/json", json.dumps(obj).encode(), headers)
+
+    def raw(self, status, content_type, data, headers=None):
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ROUTES = """
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {{name: p}}
+spec:
+  retry: {{attempts: 1, on: ["5xx", "429", "timeout", "connect-error"]}}
+  timeouts: {{perAttempt: 3s, firstByte: 2s, total: 8s}}
+  health: {{failureThreshold: 100}}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: to-anthropic}}
+spec:
+  model: chain/anthropic
+  policyRef: {{name: p}}
+  targets:
+    - {{name: openai, provider: openai, model: gpt-4o, endpoint: "{base}/oai/v1", credentials: {{apiKeyFile: "{key}"}}}}
+    - {{name: anthropic, provider: anthropic, model: claude-x, endpoint: "{base}/ant", credentials: {{apiKeyFile: "{key}"}}}}
+    - name: bedrock
+      provider: bedrock
+      model: "{bedrock_model}"
+      region: {region}
+      endpoint: "{base}/bed"
+      credentials: {{webIdentity: {{roleArn: "{role}", tokenFile: "{token}"}}}}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: to-bedrock}}
+spec:
+  model: chain/bedrock
+  policyRef: {{name: p}}
+  targets:
+    - {{name: openai, provider: openai, model: gpt-4o, endpoint: "{base}/oai2/v1", credentials: {{apiKeyFile: "{key}"}}}}
+    - {{name: anthropic, provider: anthropic, model: claude-x, endpoint: "{base}/ant-overloaded", credentials: {{apiKeyFile: "{key}"}}}}
+    - name: bedrock
+      provider: bedrock
+      model: "{bedrock_model}"
+      region: {region}
+      endpoint: "{base}/bed"
+      credentials: {{webIdentity: {{roleArn: "{role}", tokenFile: "{token}"}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    if not BIN or not os.path.exists(BIN):
+        pytest.skip("DETOUR_SIDECAR_BIN is not set (run through scripts/test)")
+    fakes = Fakes()
+    thread = threading.Thread(target=fakes.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{fakes.server_address[1]}"
+    tmp = tmp_path_factory.mktemp("chain")
+    key, token = tmp / "api-key", tmp / "token"
+    key.write_text(API_KEY + "\n")
+    token.write_text(TOKEN)
+    routes = tmp / "routes.yaml"
+    routes.write_text(ROUTES.format(base=base, key=key, token=token, role=ROLE, region=REGION,
+                                    bedrock_model=BEDROCK_MODEL))
+    port, admin = free_port(), free_port()
+    out, err = open(tmp / "stdout", "wb"), open(tmp / "stderr", "wb")
+    env = dict(os.environ, AWS_ENDPOINT_URL_STS=f"{base}/sts/")
+    proc = subprocess.Popen(
+        [BIN, "--routes", str(routes), "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
+        stdout=out, stderr=err, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"sidecar not ready: {(tmp / 'stderr').read_text()}")
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="app-dummy", max_retries=0, timeout=10)
+        yield client, fakes, tmp
+    finally:
+        # Stop only the process this fixture started, by its PID.
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        out.close()
+        err.close()
+        fakes.shutdown()
+        fakes.server_close()
+        logs = (tmp / "stdout").read_bytes() + (tmp / "stderr").read_bytes()
+        for secret in (API_KEY, TOKEN, TEMP[1], TEMP[2]):
+            assert secret.encode() not in logs, "a credential reached the sidecar's output"
+
+
+def assert_clean(fakes):
+    with fakes.lock:
+        errors, fakes.errors = fakes.errors, []
+    assert not errors, errors
+
+
+def test_openai_down_anthropic_serves(chain):
+    """openai answers 503; anthropic's answer reaches the openai client as a normal
+    chat.completion under the route's model, with the provider named in the headers."""
+    client, fakes, _ = chain
+    raw = client.chat.completions.with_raw_response.create(
+        model="chain/anthropic", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    c = raw.parse()
+    assert c.choices[0].message.content == "Hello from anthropic"
+    assert c.choices[0].finish_reason == "stop"
+    assert c.model == "chain/anthropic"
+    assert c.usage.total_tokens == 8
+    assert raw.headers["x-detour-provider"] == "anthropic"
+    assert raw.headers["x-detour-fallback-count"] == "1"
+    assert_clean(fakes)
+
+
+def test_openai_down_anthropic_streams(chain):
+    """The same chain, streaming: Anthropic's SSE events arrive as chat.completion.chunks with a
+    usage chunk and a clean end."""
+    client, fakes, _ = chain
+    stream = client.chat.completions.create(
+        model="chain/anthropic", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from anthropic"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == 8
+    assert all(c.model == "chain/anthropic" for c in chunks)
+    assert_clean(fakes)
+
+
+def test_openai_and_anthropic_down_bedrock_serves(chain):
+    """openai 503 and anthropic 529 (overloaded): Bedrock, signed with credentials from STS web
+    identity, answers; the client sees a normal chat.completion."""
+    client, fakes, _ = chain
+    raw = client.chat.completions.with_raw_response.create(
+        model="chain/bedrock", messages=[{"role": "user", "content": "hi"}], max_tokens=50)
+    c = raw.parse()
+    assert c.choices[0].message.content == "Hello from bedrock"
+    assert c.model == "chain/bedrock"
+    assert c.usage.prompt_tokens == 5 and c.usage.completion_tokens == 3
+    assert raw.headers["x-detour-provider"] == "bedrock"
+    assert raw.headers["x-detour-fallback-count"] == "2"
+    assert fakes.hits.get("sts", 0) >= 1
+    assert_clean(fakes)
+
+
+def test_openai_and_anthropic_down_bedrock_streams(chain):
+    """The same chain, streaming: ConverseStream's binary event stream arrives as
+    chat.completion.chunks; the STS credentials are reused, not fetched per request."""
+    client, fakes, _ = chain
+    sts_before = fakes.hits.get("sts", 0)
+    stream = client.chat.completions.create(
+        model="chain/bedrock", messages=[{"role": "user", "content": "hi"}], stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from bedrock"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert fakes.hits.get("sts", 0) == sts_before
+    assert_clean(fakes)
