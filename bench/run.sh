@@ -56,7 +56,20 @@ http {
 CONF
 }
 
-nginx_conf upstream "$UP" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$reply'; } }"
+# A canned stream: one chunk, the finish chunk and [DONE] (real newlines: nginx does not
+# unescape \n in strings).
+chunk='{"id":"c","object":"chat.completion.chunk","created":0,"model":"up","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello!"},"finish_reason":null}]}'
+last='{"id":"c","object":"chat.completion.chunk","created":0,"model":"up","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
+sse="data: $chunk
+
+data: $last
+
+data: [DONE]
+
+"
+nginx_conf upstream "$UP" "server { listen 127.0.0.1:$UP;
+    location /s/ { default_type text/event-stream; return 200 '$sse'; }
+    location / { default_type application/json; return 200 '$reply'; } }"
 nginx_conf proxy "$NG" "upstream up { server 127.0.0.1:$UP; keepalive 64; }
   server { listen 127.0.0.1:$NG; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 nginx -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" & UPID=$!; pids+=($UPID)
@@ -88,6 +101,15 @@ spec:
   targets:
     - {name: dead, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:9/v1"}
     - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP/v1"}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: stream}
+spec:
+  model: bench/stream
+  policyRef: {name: bench}
+  targets:
+    - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP/s/v1"}
 ---
 apiVersion: detour.dev/v1alpha1
 kind: ModelRoute
@@ -135,11 +157,17 @@ PY
   done
 }
 
-for c in 1 32; do
+stream_body='{"model":"bench/stream","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
+for c in ${CONCURRENCY:-1 32 256}; do
   t=$([ "$c" = 1 ] && echo 1 || echo 2)
   run direct "http://127.0.0.1:$UP/v1/chat/completions" "$c" "$t" "$UPID"
   run nginx "http://127.0.0.1:$NG/v1/chat/completions" "$c" "$t" "$NPID"
   run sidecar "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t" "$SPID"
+  # Streaming: the whole canned stream is three small events, so wrk's latency (to the
+  # last byte) is the time to first byte plus a few microseconds.
+  run direct-stream "http://127.0.0.1:$UP/s/v1/chat/completions" "$c" "$t" "$UPID" "$stream_body"
+  run nginx-stream "http://127.0.0.1:$NG/s/v1/chat/completions" "$c" "$t" "$NPID" "$stream_body"
+  run sidecar-stream "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t" "$SPID" "$stream_body"
 done
 run sidecar-open-primary "http://127.0.0.1:$SC/v1/chat/completions" 1 1 "$SPID" \
   '{"model":"bench/open-primary","messages":[{"role":"user","content":"Say hello."}]}'
@@ -169,11 +197,15 @@ print("|---|---|---|---|---|---|---|")
 for (label, c), (p50, p99, rps, bad, cpu) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     print(f"| {label} | {c} | {p50:.0f} | {p99:.0f} | {rps:.0f} | {bad} | {cpu:.1f} |")
 print()
-for c in (1, 32):
-    d, n, s = med.get(("direct", c)), med.get(("nginx", c)), med.get(("sidecar", c))
-    if d and n and s:
-        print(f"- c={c}: added p50 sidecar {s[0]-d[0]:.0f} µs vs nginx {n[0]-d[0]:.0f} µs; "
-              f"added p99 sidecar {s[1]-d[1]:.0f} µs; throughput sidecar/direct {s[2]/d[2]:.2f}, sidecar/nginx {s[2]/n[2]:.2f}")
+for suffix in ("", "-stream"):
+    for c in sorted({k[1] for k in med}):
+        d, n, s = (med.get((x + suffix, c)) for x in ("direct", "nginx", "sidecar"))
+        if d and n and s:
+            kind = "streaming (≈ time to first byte)" if suffix else "plain"
+            print(f"- {kind}, c={c}: added p50 sidecar {s[0]-d[0]:.0f} µs vs nginx {n[0]-d[0]:.0f} µs; "
+                  f"added p99 sidecar {s[1]-d[1]:.0f} µs vs nginx {n[1]-d[1]:.0f} µs; "
+                  f"throughput sidecar/direct {s[2]/d[2]:.2f}, sidecar/nginx {s[2]/n[2]:.2f}; "
+                  f"CPU µs/req sidecar {s[4]:.1f} vs nginx {n[4]:.1f}")
 o, s = med.get(("sidecar-open-primary", 1)), med.get(("sidecar", 1))
 if o and s:
     print(f"- open-breaker primary, c=1: p50 {o[0]:.0f} µs vs healthy {s[0]:.0f} µs (+{o[0]-s[0]:.0f} µs)")
