@@ -16,6 +16,8 @@ pub mod config;
 pub mod deadline;
 pub mod demo;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod health;
 pub mod layers;
 pub mod metrics;

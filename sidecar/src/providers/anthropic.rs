@@ -124,7 +124,7 @@ fn image_block(image: &Image) -> Value {
 }
 
 /// The OpenAI request as a Messages API body.
-fn to_request(c: &Chat, model: &str, stream: bool) -> Value {
+pub(crate) fn to_request(c: &Chat, model: &str, stream: bool) -> Value {
     let messages: Vec<Value> = c
         .turns
         .iter()
@@ -235,7 +235,7 @@ fn prompt_tokens(usage: Option<&Value>) -> u64 {
 }
 
 /// A Messages API response as a `chat.completion`.
-fn from_response(v: &Value, created: u64) -> Result<Value, Failure> {
+pub(crate) fn from_response(v: &Value, created: u64) -> Result<Value, Failure> {
     let blocks = v
         .get("content")
         .and_then(Value::as_array)

@@ -161,7 +161,7 @@ fn image_format(media_type: &str) -> Option<&'static str> {
 }
 
 /// The OpenAI request as a Converse body (the model id is in the path).
-fn to_request(c: &Chat) -> Result<Value, Failure> {
+pub(crate) fn to_request(c: &Chat) -> Result<Value, Failure> {
     let mut messages = Vec::with_capacity(c.turns.len());
     let mut has_tool_parts = false;
     for (i, t) in c.turns.iter().enumerate() {
@@ -276,7 +276,7 @@ fn tokens(usage: Option<&Value>, field: &str) -> u64 {
 
 /// A Converse response as a `chat.completion`. Converse returns no id and no model: the id is
 /// the request id AWS assigned, the model the target's.
-fn from_response(v: &Value, id: &str, model: &str, created: u64) -> Result<Value, Failure> {
+pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> Result<Value, Failure> {
     let blocks = v
         .pointer("/output/message/content")
         .and_then(Value::as_array)

@@ -13,7 +13,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
-mod chat;
+pub(crate) mod chat;
 pub mod mock;
 pub mod openai;
 pub mod sse;
