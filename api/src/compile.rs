@@ -381,9 +381,30 @@ struct PolicyBase {
 pub fn compile(input: &Input<'_>) -> Compiled {
     let mut diags = Diags(Vec::new());
 
+    // Objects in a fixed order, so the input's order never shows in the output. Names are
+    // unique in a namespace (the apiserver and the loader guarantee it); should a caller pass
+    // two versions of one object anyway, the order still decides nothing, their content does.
+    let by_identity = |ns: String, name: String, spec: String| (ns, name, spec);
+    let mut route_order: Vec<&ModelRoute> = input.routes.iter().collect();
+    route_order.sort_by_cached_key(|r| {
+        by_identity(
+            namespace_of(*r),
+            r.name_any(),
+            serde_json::to_string(&r.spec).unwrap_or_default(),
+        )
+    });
+    let mut policy_order: Vec<&RoutingPolicy> = input.policies.iter().collect();
+    policy_order.sort_by_cached_key(|p| {
+        by_identity(
+            namespace_of(*p),
+            p.name_any(),
+            serde_json::to_string(&p.spec).unwrap_or_default(),
+        )
+    });
+
     // 1. Every policy on its own.
     let mut policies: BTreeMap<(String, String), (ObjectKey, Option<PolicyBase>)> = BTreeMap::new();
-    for p in input.policies {
+    for p in policy_order.iter().copied() {
         let key = key_of_policy(p);
         let base = resolve_policy(&p.spec, &key.to_source(), &key, &mut diags);
         policies.insert((key.namespace.clone(), key.name.clone()), (key, base));
@@ -391,7 +412,7 @@ pub fn compile(input: &Input<'_>) -> Compiled {
 
     // 2. Default policies per scope (namespace); more than one in a scope is a conflict.
     let mut defaults_by_ns: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
-    for p in input.policies {
+    for p in policy_order.iter().copied() {
         if p.spec.default == Some(true)
             && let Some((key, _)) = policies.get(&(namespace_of(p), p.name_any()))
         {
@@ -425,7 +446,7 @@ pub fn compile(input: &Input<'_>) -> Compiled {
     let mut compiled: Vec<(ObjectKey, Route, Option<String>)> = Vec::new();
     let mut excluded: Vec<Excluded> = Vec::new();
     let mut outcomes: BTreeMap<ObjectKey, RouteOutcome> = BTreeMap::new();
-    for r in input.routes {
+    for r in route_order.iter().copied() {
         let key = key_of_route(r);
         let source = ObjectRef {
             namespace: key.namespace.clone(),

@@ -153,7 +153,12 @@ fn secrets() -> SecretIndex {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    // A fixed seed keeps the suite deterministic; raise PROPTEST_CASES to explore further.
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x0de7_0002),
+        ..ProptestConfig::default()
+    })]
 
     /// compile never panics, is deterministic under reordering, round-trips through JSON, and
     /// accounts for every route: served, or excluded with an error that says why.

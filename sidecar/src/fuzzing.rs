@@ -57,24 +57,24 @@ pub fn response_body(bytes: &[u8]) {
     let _ = bedrock::from_response(&v, "id", "m", 0);
 }
 
-/// An upstream SSE stream, delivered in the chunks `cuts` splits it into.
+/// An upstream SSE stream, delivered in the chunks `cuts` splits it into, read both as
+/// OpenAI events and as the raw JSON events other providers' translators get.
 pub fn sse_stream(bytes: &[u8], cuts: &[usize]) {
-    let chunks = split(bytes, cuts);
-    let body = http_body_util::StreamBody::new(futures_util::stream::iter(
-        chunks
-            .into_iter()
-            .map(|c| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(c))),
-    ));
+    let body = || {
+        http_body_util::StreamBody::new(futures_util::stream::iter(
+            split(bytes, cuts)
+                .into_iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(c))),
+        ))
+    };
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
     };
     rt.block_on(async {
-        let mut events = sse::events(body);
-        while let Some(e) = events.next().await {
-            if e.is_err() {
-                break;
-            }
-        }
+        let mut events = sse::events(body());
+        while let Some(Ok(_)) = events.next().await {}
+        let mut raw = sse::frames(body(), sse::parse_json);
+        while let Some(Ok(_)) = raw.next().await {}
     });
 }
 

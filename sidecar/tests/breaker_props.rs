@@ -64,7 +64,12 @@ fn params() -> impl Strategy<Value = Params> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+    // A fixed seed keeps the suite deterministic; raise PROPTEST_CASES to explore further.
+    #![proptest_config(ProptestConfig {
+        cases: 500,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x0de7_0001),
+        ..ProptestConfig::default()
+    })]
 
     /// Half-open lets at most the configured probes through per half-open period (cancelled
     /// probes excepted: they free their slot); open lets nothing through; normal admissions

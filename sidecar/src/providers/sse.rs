@@ -29,8 +29,8 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Parses one event's text into an [`Event`]; `None` for comments and events without data.
-pub fn parse_event(raw: &[u8]) -> Option<Result<Event, Failure>> {
+/// The joined `data:` lines of one raw event; `None` for comments and events without data.
+fn data_of(raw: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(raw);
     let mut data = String::new();
     for line in text.lines() {
@@ -41,9 +41,17 @@ pub fn parse_event(raw: &[u8]) -> Option<Result<Event, Failure>> {
             data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
         }
     }
-    if data.is_empty() {
-        return None;
-    }
+    (!data.is_empty()).then_some(data)
+}
+
+fn not_json() -> Failure {
+    Failure::new(Class::BadResponse, "upstream sent an SSE event that is not JSON")
+}
+
+/// Parses one OpenAI-shaped event into an [`Event`]; `None` for comments and events without
+/// data.
+pub fn parse_event(raw: &[u8]) -> Option<Result<Event, Failure>> {
+    let data = data_of(raw)?;
     if data.trim() == "[DONE]" {
         return Some(Ok(Event::Done));
     }
@@ -52,18 +60,35 @@ pub fn parse_event(raw: &[u8]) -> Option<Result<Event, Failure>> {
             Err(Failure::new(Class::ServerError, "upstream sent an error event"))
         }
         Ok(v) => Ok(Event::Data(v)),
-        Err(_) => Err(Failure::new(
-            Class::BadResponse,
-            "upstream sent an SSE event that is not JSON",
-        )),
+        Err(_) => Err(not_json()),
     })
 }
 
-/// Turns a streaming upstream body into events.
+/// Parses one event's data as JSON without interpreting it, for providers whose events mean
+/// something else than OpenAI's (Anthropic's `error` events, say).
+pub fn parse_json(raw: &[u8]) -> Option<Result<Value, Failure>> {
+    data_of(raw).map(|data| serde_json::from_str::<Value>(&data).map_err(|_| not_json()))
+}
+
+/// Turns a streaming upstream body into OpenAI events.
 pub fn events<B>(body: B) -> EventStream
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
+{
+    Box::pin(frames(body, parse_event))
+}
+
+/// The one SSE framer: splits a streaming body into events (blank-line separated, `\n\n` or
+/// `\r\n\r\n`) and hands each to `parse`, which says what it is (`None`: skip it). Never
+/// buffers more than one event ([`MAX_EVENT`]), scans each byte for a separator once, and
+/// ends after the first failure.
+pub fn frames<B, T, P>(body: B, parse: P) -> impl Stream<Item = Result<T, Failure>> + Send + Unpin + 'static
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+    T: Send + 'static,
+    P: Fn(&[u8]) -> Option<Result<T, Failure>> + Send + Copy + 'static,
 {
     struct State<B> {
         body: B,
@@ -79,7 +104,7 @@ where
         scanned: 0,
         done: false,
     };
-    let s = stream::unfold(state, |mut st| async move {
+    let s = stream::unfold(state, move |mut st| async move {
         loop {
             if st.done {
                 return None;
@@ -96,7 +121,7 @@ where
                 let raw = st.buf.split_to(end);
                 st.buf.advance(sep);
                 st.scanned = 0;
-                match parse_event(&raw) {
+                match parse(&raw) {
                     Some(Err(f)) => {
                         st.done = true;
                         return Some((Err(f), st));
@@ -127,7 +152,7 @@ where
                     st.done = true;
                     // A last event without its blank line still counts.
                     let rest = std::mem::take(&mut st.buf);
-                    return parse_event(&rest).map(|ev| (ev, st));
+                    return parse(&rest).map(|ev| (ev, st));
                 }
             }
         }

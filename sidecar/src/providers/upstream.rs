@@ -189,103 +189,16 @@ where
     }))
 }
 
-/// Largest single SSE event accepted from an upstream.
-const MAX_SSE_EVENT: usize = 4 * 1024 * 1024;
-
-/// The end of the first complete SSE event in `buf`: (end of event, length of separator).
-fn sse_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The JSON of one SSE event's `data:` lines; `None` for comments and events without data.
-fn sse_data(raw: &[u8]) -> Option<Result<Value, Failure>> {
-    let text = String::from_utf8_lossy(raw);
-    let mut data = String::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
-        }
-    }
-    if data.is_empty() {
-        return None;
-    }
-    Some(
-        serde_json::from_str::<Value>(&data)
-            .map_err(|_| Failure::new(Class::BadResponse, "upstream sent an SSE event that is not JSON")),
-    )
-}
-
 /// Frames a non-OpenAI SSE body (Anthropic's) into the JSON of each event's data, leaving
 /// the meaning of each event — errors included — to the provider's translator. (The OpenAI
 /// reader, `sse::events`, interprets `{"error": …}` itself, which would classify every
-/// provider's error event alike.)
+/// provider's error event alike.) Same framer as `sse::events`.
 pub fn sse_json<B>(body: B) -> impl Stream<Item = Result<Value, Failure>> + Send + Unpin + 'static
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
-    use bytes::{Buf as _, BytesMut};
-    struct St<B> {
-        body: B,
-        buf: BytesMut,
-        done: bool,
-    }
-    let st = St {
-        body,
-        buf: BytesMut::new(),
-        done: false,
-    };
-    Box::pin(stream::unfold(st, |mut st| async move {
-        loop {
-            if st.done {
-                return None;
-            }
-            if let Some((end, sep)) = sse_event_end(&st.buf) {
-                let raw = st.buf.split_to(end);
-                st.buf.advance(sep);
-                match sse_data(&raw) {
-                    Some(Err(f)) => {
-                        st.done = true;
-                        return Some((Err(f), st));
-                    }
-                    Some(Ok(v)) => return Some((Ok(v), st)),
-                    None => continue,
-                }
-            }
-            if st.buf.len() > MAX_SSE_EVENT {
-                st.done = true;
-                return Some((
-                    Err(Failure::new(Class::BadResponse, "upstream SSE event too large")),
-                    st,
-                ));
-            }
-            match st.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        st.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => {
-                    st.done = true;
-                    tracing::debug!(error = %e, "upstream stream broke");
-                    return Some((Err(Failure::new(Class::Reset, "upstream stream broke")), st));
-                }
-                None => {
-                    st.done = true;
-                    let rest = std::mem::take(&mut st.buf);
-                    return sse_data(&rest).map(|ev| (ev, st));
-                }
-            }
-        }
-    }))
+    super::sse::frames(body, super::sse::parse_json)
 }
 
 /// A `chat.completion.chunk` with one choice.
