@@ -7,7 +7,8 @@
 #   RUNS=5 DURATION=10 bash bench/run.sh
 #   SIDECAR_ARGS="--worker-threads 2" bash bench/run.sh   # extra flags for the sidecar
 #
-# Needs: wrk, nginx-light (Debian), python3. Everything listens on 127.0.0.1 only, and
+# Needs wrk and nginx-light (Debian; installed if missing) and python3. Everything listens
+# on 127.0.0.1 only, and
 # every process this script starts is stopped by its PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,17 @@ root=$(pwd)
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/detour/target}"
-for tool in wrk nginx python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx-light)"; exit 1; }
-done
+# Installs wrk and nginx-light (Debian) when missing, like the test command does.
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v python3 >/dev/null || { echo "missing python3"; exit 1; }
 cargo build -q --release -p detour-sidecar --bins
 BIN="$CARGO_TARGET_DIR/release/detour-sidecar"
 
