@@ -8,8 +8,7 @@
 #   SIDECAR_ARGS="--worker-threads 2" bash bench/run.sh   # extra flags for the sidecar
 #
 # Needs wrk and nginx-light (Debian; installed if missing) and python3. Everything listens
-# on 127.0.0.1 only, and
-# every process this script starts is stopped by its PID on exit.
+# on 127.0.0.1 only, and every process this script starts is stopped by its PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
