@@ -86,18 +86,15 @@ fn map_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> 
         "rate_limit_error" => "rate_limit_error",
         _ => "server_error",
     };
-    Failure {
+    upstream::translated_failure(
+        "anthropic",
         class,
-        status: Some(status.as_u16()),
+        status,
         retry_after,
-        body: Some(upstream::openai_error(message, openai_type, None)),
-        detail: format!(
-            "anthropic answered {} {}",
-            status.as_u16(),
-            if kind.is_empty() { "(no error type)" } else { kind }
-        )
-        .into(),
-    }
+        message,
+        openai_type,
+        kind,
+    )
 }
 
 /// An `error` event inside a stream, classified like the same error as a status.

@@ -105,18 +105,7 @@ fn classify(status: StatusCode, error_type: &str, message: &str, retry_after: Op
         Class::ClientError => "invalid_request_error",
         _ => "server_error",
     };
-    Failure {
-        class,
-        status: Some(status.as_u16()),
-        retry_after,
-        body: Some(upstream::openai_error(message, openai_type, None)),
-        detail: format!(
-            "bedrock answered {} {}",
-            status.as_u16(),
-            if kind.is_empty() { "(no error type)" } else { kind }
-        )
-        .into(),
-    }
+    upstream::translated_failure("bedrock", class, status, retry_after, message, openai_type, kind)
 }
 
 fn map_error(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Failure {

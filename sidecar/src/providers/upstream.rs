@@ -93,6 +93,32 @@ pub fn openai_error(message: &str, kind: &str, param: Option<&str>) -> Bytes {
     Bytes::from(v.to_string())
 }
 
+/// The failure for a translating provider's error answer: the class its mapper chose, the
+/// upstream message in OpenAI's error shape for the client, and the provider's own error type
+/// in the detail for logs.
+pub fn translated_failure(
+    provider: &str,
+    class: Class,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    message: &str,
+    openai_type: &str,
+    kind: &str,
+) -> Failure {
+    Failure {
+        class,
+        status: Some(status.as_u16()),
+        retry_after,
+        body: Some(openai_error(message, openai_type, None)),
+        detail: format!(
+            "{provider} answered {} {}",
+            status.as_u16(),
+            if kind.is_empty() { "(no error type)" } else { kind }
+        )
+        .into(),
+    }
+}
+
 /// A request this provider cannot express: a 400 in OpenAI's shape naming the field, never
 /// sent upstream (another provider would be no different for a malformed request, and the
 /// message tells the client what to change).
