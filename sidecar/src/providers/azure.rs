@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue, Method, Request, header};
 use http_body_util::Full;
 
 use super::upstream;
-use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, Secret, WithModel, openai, sse};
+use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, Secret, openai, sse};
 use crate::class::Class;
 
 /// The `api-version` used when the target sets none (the GA version current at writing).
@@ -72,11 +72,7 @@ impl Adapter for Azure {
             .key
             .current()
             .map_err(|m| Failure::new(Class::ConnectError, m))?;
-        let bytes = serde_json::to_vec(&WithModel {
-            body: call.body,
-            model: call.model,
-        })
-        .map_err(|_| Failure::new(Class::ClientError, "request body could not be serialised"))?;
+        let bytes = call.body_with_model()?;
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(format!(

@@ -121,6 +121,18 @@ pub struct WithModel<'a> {
     pub model: &'a str,
 }
 
+impl Call<'_> {
+    /// The client's body as bytes for an OpenAI-shaped upstream, `model` replaced by the
+    /// target's upstream model.
+    pub fn body_with_model(&self) -> Result<Vec<u8>, Failure> {
+        serde_json::to_vec(&WithModel {
+            body: self.body,
+            model: self.model,
+        })
+        .map_err(|_| Failure::new(Class::ClientError, "request body could not be serialised"))
+    }
+}
+
 impl serde::Serialize for WithModel<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::timeout_at;
 
-use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, WithModel, sse};
+use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, sse};
 use crate::class::Class;
 
 /// OpenAI's public API base.
@@ -105,11 +105,7 @@ impl Adapter for OpenAi {
             .key
             .current()
             .map_err(|m| Failure::new(Class::ConnectError, m))?;
-        let bytes = serde_json::to_vec(&WithModel {
-            body: call.body,
-            model: call.model,
-        })
-        .map_err(|_| Failure::new(Class::ClientError, "request body could not be serialised"))?;
+        let bytes = call.body_with_model()?;
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(format!("{}/{}", self.base, call.endpoint.path()))
