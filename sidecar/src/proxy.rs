@@ -22,7 +22,7 @@ use futures_util::{StreamExt, stream};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::time::{Instant, sleep, timeout_at};
 
 use crate::audit::{AttemptRecord, Audit, AuditRecord, SkipRecord};
@@ -33,7 +33,8 @@ use crate::error::ApiError;
 use crate::health::{Admission, Verdict};
 use crate::layers::request_id::RequestId;
 use crate::metrics::Metrics;
-use crate::providers::{Call, Endpoint, Event, EventStream, Failure, Reply, sse};
+use crate::providers::answer::{RequestBody, RequestError, Usage};
+use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, Reply, sse};
 use crate::retry::backoff;
 use crate::routing::{self, Needs, Overrides};
 use crate::state::{RouteRt, Snapshot, TargetRt, TargetState};
@@ -380,15 +381,15 @@ pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, req: Request<Bytes>
         e.retry_after = Some(1);
         return ctx.reject(e, Outcome::Rejected);
     };
-    let map = match serde_json::from_slice::<Value>(req.body()) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => {
+    let body = match RequestBody::parse(req.body()) {
+        Ok(body) => body,
+        Err(RequestError::NotAnObject) => {
             return ctx.reject(
                 ApiError::invalid("invalid_json", "the request body must be a JSON object"),
                 Outcome::Rejected,
             );
         }
-        Err(e) => {
+        Err(RequestError::Json(e)) => {
             // serde_json's message names line and column, never the content.
             return ctx.reject(
                 ApiError::invalid("invalid_json", format!("the request body is not valid JSON: {e}")),
@@ -396,6 +397,7 @@ pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, req: Request<Bytes>
             );
         }
     };
+    let map = &body.map;
     let known = || snapshot.models.join(", ");
     let Some(model) = map.get("model").and_then(Value::as_str) else {
         let e = ApiError::new(
@@ -421,7 +423,7 @@ pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, req: Request<Bytes>
         return ctx.reject(e, Outcome::Rejected);
     };
     drop(snapshot);
-    serve(ctx, route, endpoint, &req, map).await
+    serve(ctx, route, endpoint, &req, &body).await
 }
 
 async fn serve(
@@ -429,8 +431,9 @@ async fn serve(
     route: Arc<RouteRt>,
     endpoint: Endpoint,
     req: &Request<Bytes>,
-    map: Map<String, Value>,
+    body: &RequestBody,
 ) -> Response {
+    let map = &body.map;
     ctx.route = Some(route.route.model.clone());
     let stream = endpoint != Endpoint::Embeddings && map.get("stream").and_then(Value::as_bool) == Some(true);
     ctx.stream = stream;
@@ -464,8 +467,8 @@ async fn serve(
         target: header_str(req, H_TARGET).map(|s| s.trim().to_owned()),
         fallback_off,
     };
-    let needs = Needs::of(&map, req.body().len(), stream);
-    let plan = match routing::plan(&route, &tags, &overrides, &needs, &map) {
+    let needs = Needs::of(map, req.body().len(), stream);
+    let plan = match routing::plan(&route, &tags, &overrides, &needs, map) {
         Ok(p) => p,
         Err(e) => return ctx.reject(*e, Outcome::Rejected),
     };
@@ -552,7 +555,13 @@ async fn serve(
                     a => admission = a,
                 }
             }
-            match attempt(&mut ctx, target, endpoint, &map, stream, &deadline, admission).await {
+            let ask = Ask {
+                endpoint,
+                body,
+                raw: req.body(),
+                stream,
+            };
+            match attempt(&mut ctx, target, &ask, &deadline, admission).await {
                 Ok(ok) => return respond(ctx, &route, target, ok),
                 Err(f) => {
                     last_class = f.class;
@@ -581,23 +590,31 @@ fn book_fallback(metrics: &Metrics, route: &str, from: &str, to: &str, reason: &
         .inc();
 }
 
+/// What every attempt of a request sends.
+struct Ask<'a> {
+    endpoint: Endpoint,
+    body: &'a RequestBody,
+    raw: &'a Bytes,
+    stream: bool,
+}
+
 /// One attempt at one target: send, peek the first event of a stream, classify, record.
 async fn attempt(
     ctx: &mut Ctx,
     target: &Arc<TargetRt>,
-    endpoint: Endpoint,
-    map: &Map<String, Value>,
-    stream: bool,
+    ask: &Ask<'_>,
     deadline: &Deadline,
     admission: Admission,
 ) -> Result<Success, Failure> {
     let t0 = Instant::now();
     let attempt_deadline = deadline.attempt(t0, target.cfg.per_attempt_ms);
     let call = Call {
-        endpoint,
-        body: map,
+        endpoint: ask.endpoint,
+        body: &ask.body.map,
+        raw: ask.raw,
+        model_span: ask.body.model.as_ref(),
         model: &target.cfg.model,
-        stream,
+        stream: ask.stream,
         deadline: attempt_deadline,
         first_byte_deadline: (t0 + Duration::from_millis(target.cfg.first_byte_ms)).min(attempt_deadline),
     };
@@ -611,16 +628,17 @@ async fn attempt(
                 "the stream ended before its first event",
             )),
             Ok(Some(Err(f))) => Err(f),
-            Ok(Some(Ok(Event::Data(first)))) => Ok(Peeked::Stream(first, s)),
+            Ok(Some(Ok(Event::Data(first)))) => Ok(Peeked::Stream(Answer::from_value(&first), s)),
+            Ok(Some(Ok(Event::Raw(first)))) => Ok(Peeked::Stream(first, s)),
         },
-        Ok(Reply::Json(v)) => {
-            if is_content_filtered(&v) {
+        Ok(Reply::Json(answer)) => {
+            if answer.content_filtered() {
                 let mut f = Failure::new(Class::ContentFilter, "every choice was content-filtered")
                     .status(StatusCode::OK);
-                f.body = serde_json::to_vec(&v).ok().map(Bytes::from);
+                f.body = Some(answer.bytes().clone());
                 Err(f)
             } else {
-                Ok(Peeked::Json(v))
+                Ok(Peeked::Json(answer))
             }
         }
         Err(f) => Err(f),
@@ -653,13 +671,10 @@ fn respond(mut ctx: Ctx, route: &RouteRt, target: &Arc<TargetRt>, ok: Success) -
     let route_label = route.route.model.as_str();
     let expose = route.route.policy.expose_upstream_model;
     match ok.peeked {
-        Peeked::Json(mut v) => {
+        Peeked::Json(answer) => {
             drop(ok.busy);
-            if !expose {
-                rewrite_model(&mut v, route_label);
-            }
-            record_usage(&ctx.shared.metrics, route_label, target, &v);
-            let bytes = serde_json::to_vec(&v).unwrap_or_default();
+            let bytes = answer.with_model((!expose).then_some(route_label));
+            record_usage(&ctx.shared.metrics, route_label, target, answer.usage());
             ctx.commit();
             let mut resp = http::Response::new(body::full(bytes));
             resp.headers_mut()
@@ -702,34 +717,14 @@ fn respond(mut ctx: Ctx, route: &RouteRt, target: &Arc<TargetRt>, ok: Success) -
 }
 
 enum Peeked {
-    Json(Value),
-    Stream(Value, EventStream),
+    Json(Answer),
+    Stream(Answer, EventStream),
 }
 
-fn is_content_filtered(v: &Value) -> bool {
-    v.get("choices").and_then(Value::as_array).is_some_and(|choices| {
-        !choices.is_empty()
-            && choices
-                .iter()
-                .all(|c| c.get("finish_reason").and_then(Value::as_str) == Some("content_filter"))
-    })
-}
-
-fn rewrite_model(v: &mut Value, model: &str) {
-    if let Some(m) = v.get_mut("model") {
-        *m = Value::String(model.to_owned());
-    }
-}
-
-fn record_usage(metrics: &Metrics, route: &str, target: &TargetRt, v: &Value) {
-    let Some(usage) = v.get("usage").filter(|u| u.is_object()) else {
+fn record_usage(metrics: &Metrics, route: &str, target: &TargetRt, usage: Option<Usage>) {
+    let Some(Usage { prompt, completion }) = usage else {
         return;
     };
-    let prompt = usage.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-    let completion = usage
-        .get("completion_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
     let name = target.cfg.name.as_str();
     metrics
         .tokens
@@ -892,13 +887,28 @@ impl Drop for StreamGuard {
 
 struct StreamState {
     guard: StreamGuard,
-    first: Option<Value>,
+    first: Option<Answer>,
     rest: EventStream,
     deadline: Instant,
     model: Option<String>,
     /// Events still to send before ending (the error event and `[DONE]`).
     tail: Vec<Bytes>,
     ended: bool,
+}
+
+impl StreamState {
+    /// One chunk for the client: the route's model in, usage counted.
+    fn chunk(&self, a: &Answer) -> Bytes {
+        if let Some(ctx) = &self.guard.ctx {
+            record_usage(
+                &ctx.shared.metrics,
+                &self.guard.route,
+                &self.guard.target,
+                a.usage(),
+            );
+        }
+        sse::encode_data(&a.with_model(self.model.as_deref()))
+    }
 }
 
 fn error_event(target: &str, class: Class) -> Bytes {
@@ -913,7 +923,7 @@ fn error_event(target: &str, class: Class) -> Bytes {
 
 fn stream_body(
     guard: StreamGuard,
-    first: Value,
+    first: Answer,
     rest: EventStream,
     deadline: Instant,
     model: Option<String>,
@@ -935,7 +945,7 @@ fn stream_body(
             return None;
         }
         let next = match st.first.take() {
-            Some(v) => Ok(Some(Ok(Event::Data(v)))),
+            Some(a) => Ok(Some(Ok(Event::Raw(a)))),
             None => timeout_at(st.deadline, st.rest.next()).await,
         };
         let name = st.guard.target.cfg.name.clone();
@@ -947,15 +957,8 @@ fn stream_body(
             error_event(&name, class)
         };
         let out = match next {
-            Ok(Some(Ok(Event::Data(mut v)))) => {
-                if let Some(m) = &st.model {
-                    rewrite_model(&mut v, m);
-                }
-                if let Some(ctx) = &st.guard.ctx {
-                    record_usage(&ctx.shared.metrics, &st.guard.route, &st.guard.target, &v);
-                }
-                sse::encode(&Event::Data(v))
-            }
+            Ok(Some(Ok(Event::Data(v)))) => st.chunk(&Answer::from_value(&v)),
+            Ok(Some(Ok(Event::Raw(a)))) => st.chunk(&a),
             Ok(Some(Ok(Event::Done))) => {
                 st.ended = true;
                 st.guard.end(Outcome::Ok, None);

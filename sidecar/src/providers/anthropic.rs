@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{Adapter, Call, Endpoint, Event, Failure, HttpClient, KeySource, Reply};
+use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, KeySource, Reply};
 use crate::class::Class;
 
 /// Anthropic's public API base.
@@ -483,7 +483,7 @@ impl Adapter for Anthropic {
             return Ok(Reply::Stream(upstream::translated(events, translator)));
         }
         let v = upstream::json_body(resp, call).await?;
-        from_response(&v, upstream::now_unix()).map(Reply::Json)
+        from_response(&v, upstream::now_unix()).map(|v| Reply::Json(Answer::from_value(&v)))
     }
 }
 

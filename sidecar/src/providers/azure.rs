@@ -10,12 +10,10 @@
 //! `Authorization: Bearer …`. Azure keys are hex and never look like a JWT, so a token
 //! refresher that rewrites the mounted file switches the scheme without a config change.
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, header};
-use http_body_util::Full;
+use http::{HeaderName, HeaderValue, header};
 
 use super::upstream;
-use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, Secret, openai, sse};
+use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, Secret};
 use crate::class::Class;
 
 /// The `api-version` used when the target sets none (the GA version current at writing).
@@ -24,9 +22,8 @@ pub const DEFAULT_API_VERSION: &str = "2024-10-21";
 /// An Azure OpenAI deployment.
 #[derive(Debug)]
 pub struct Azure {
-    /// `{endpoint}/openai/deployments/{deployment}`.
-    base: String,
-    api_version: String,
+    /// `{endpoint}/openai/deployments/{deployment}/{path}?api-version={version}`.
+    uris: upstream::Uris,
     key: KeySource,
     client: HttpClient,
 }
@@ -41,9 +38,14 @@ impl Azure {
     ) -> Self {
         let endpoint = endpoint.unwrap_or("").trim_end_matches('/');
         let endpoint = endpoint.strip_suffix("/openai").unwrap_or(endpoint);
+        let version = api_version.unwrap_or(DEFAULT_API_VERSION);
         Self {
-            base: format!("{endpoint}/openai/deployments/{deployment}"),
-            api_version: api_version.unwrap_or(DEFAULT_API_VERSION).to_owned(),
+            uris: upstream::Uris::new(|e| {
+                format!(
+                    "{endpoint}/openai/deployments/{deployment}/{}?api-version={version}",
+                    e.path()
+                )
+            }),
             key,
             client,
         }
@@ -72,50 +74,12 @@ impl Adapter for Azure {
             .key
             .current()
             .map_err(|m| Failure::new(Class::ConnectError, m))?;
-        let bytes = call.body_with_model()?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(format!(
-                "{}/{}?api-version={}",
-                self.base,
-                call.endpoint.path(),
-                self.api_version
-            ))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, upstream::USER_AGENT)
-            .header(
-                header::ACCEPT,
-                if call.stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            )
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|_| Failure::new(Class::ConnectError, "endpoint is not a valid URL"))?;
+        let mut req = upstream::post(self.uris.get(call.endpoint)?, call)?;
         if let Some(key) = key {
             let (name, value) = auth_header(&key)?;
             req.headers_mut().insert(name, value);
         }
-        let resp = upstream::send(&self.client, call, req).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let ra = upstream::retry_after(resp.headers());
-            let body = upstream::collect(resp.into_body(), call.deadline, upstream::MAX_ERROR_BODY)
-                .await
-                .unwrap_or_default();
-            return Err(openai::map_error(status, ra, body));
-        }
-        if call.stream {
-            if !upstream::content_type_is(&resp, "text/event-stream") {
-                return Err(
-                    Failure::new(Class::BadResponse, "upstream did not answer a stream with SSE")
-                        .status(status),
-                );
-            }
-            return Ok(Reply::Stream(sse::events(resp.into_body())));
-        }
-        upstream::json_body(resp, call).await.map(Reply::Json)
+        upstream::openai_shaped(&self.client, call, req).await
     }
 }
 
@@ -155,7 +119,11 @@ mod tests {
             KeySource::None,
             client,
         );
-        assert_eq!(a.base, "https://x.openai.azure.com/openai/deployments/gpt4o");
-        assert_eq!(a.api_version, DEFAULT_API_VERSION);
+        assert_eq!(
+            a.uris.get(super::super::Endpoint::Chat).unwrap().to_string(),
+            format!(
+                "https://x.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version={DEFAULT_API_VERSION}"
+            )
+        );
     }
 }

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{Adapter, Call, Endpoint, Event, Failure, HttpClient, Reply};
+use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, Reply};
 use crate::class::Class;
 
 const NAME: &str = "bedrock";
@@ -603,7 +603,8 @@ impl Adapter for Bedrock {
             return Ok(Reply::Stream(upstream::translated(events, translator)));
         }
         let v = upstream::json_body(resp, call).await?;
-        from_response(&v, &request_id, call.model, upstream::now_unix()).map(Reply::Json)
+        from_response(&v, &request_id, call.model, upstream::now_unix())
+            .map(|v| Reply::Json(Answer::from_value(&v)))
     }
 }
 

@@ -14,7 +14,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::{sleep, timeout_at};
 
-use super::{Adapter, Call, Endpoint, Event, Failure, Reply, sse};
+use super::{Adapter, Answer, Call, Endpoint, Event, Failure, Reply, sse};
 use crate::class::Class;
 
 /// A scripted in-process provider.
@@ -99,6 +99,10 @@ impl Adapter for Mock {
     }
 }
 
+fn answer(v: &Value) -> Answer {
+    Answer::from_value(v)
+}
+
 impl Mock {
     fn answer(&self, call: &Call<'_>) -> Reply {
         let prompt_tokens = tokens(&serde_json::to_string(call.body).unwrap_or_default());
@@ -121,22 +125,22 @@ impl Mock {
                         json!({"object": "embedding", "index": i, "embedding": v})
                     })
                     .collect();
-                Reply::Json(json!({
+                Reply::Json(answer(&json!({
                     "object": "list", "data": data, "model": call.model,
                     "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-                }))
+                })))
             }
-            Endpoint::Chat if !call.stream => Reply::Json(json!({
+            Endpoint::Chat if !call.stream => Reply::Json(answer(&json!({
                 "id": id, "object": "chat.completion", "created": 0, "model": call.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply},
                              "finish_reason": "stop"}],
                 "usage": usage,
-            })),
-            Endpoint::Completions if !call.stream => Reply::Json(json!({
+            }))),
+            Endpoint::Completions if !call.stream => Reply::Json(answer(&json!({
                 "id": id, "object": "text_completion", "created": 0, "model": call.model,
                 "choices": [{"index": 0, "text": self.reply, "finish_reason": "stop", "logprobs": null}],
                 "usage": usage,
-            })),
+            }))),
             endpoint => {
                 let chat = endpoint == Endpoint::Chat;
                 let model = call.model.to_owned();

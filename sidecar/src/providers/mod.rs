@@ -10,6 +10,7 @@
 //! Deadlines are passed in ([`Call::deadline`], [`Call::first_byte_deadline`]); a provider
 //! turns running out of either into [`Class::Timeout`] / [`Class::FirstByteTimeout`].
 
+pub mod answer;
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
@@ -36,6 +37,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::class::Class;
+pub use answer::Answer;
 
 /// The shared upstream HTTP client (HTTP/1.1 keep-alive pool, HTTPS via rustls).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -83,6 +85,10 @@ pub struct Call<'a> {
     pub endpoint: Endpoint,
     /// The client's body, `model` still the route's id.
     pub body: &'a Map<String, Value>,
+    /// The same body as the client sent it, and where its `model` value is (`None`: serialise
+    /// `body` instead).
+    pub raw: &'a Bytes,
+    pub model_span: Option<&'a std::ops::Range<usize>>,
     /// The target's upstream model.
     pub model: &'a str,
     pub stream: bool,
@@ -123,12 +129,20 @@ pub struct WithModel<'a> {
 
 impl Call<'_> {
     /// The client's body as bytes for an OpenAI-shaped upstream, `model` replaced by the
-    /// target's upstream model.
-    pub fn body_with_model(&self) -> Result<Vec<u8>, Failure> {
+    /// target's upstream model: the client's own bytes with the model spliced in, or (when
+    /// they cannot be used as they are) the body serialised again.
+    pub fn body_with_model(&self) -> Result<Bytes, Failure> {
+        if let Some(b) = self
+            .model_span
+            .and_then(|span| answer::splice(self.raw, span, self.model))
+        {
+            return Ok(b);
+        }
         serde_json::to_vec(&WithModel {
             body: self.body,
             model: self.model,
         })
+        .map(Bytes::from)
         .map_err(|_| Failure::new(Class::ClientError, "request body could not be serialised"))
     }
 }
@@ -155,10 +169,24 @@ impl serde::Serialize for WithModel<'_> {
 /// One event of an OpenAI-shaped stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A `data: {json}` event (a `chat.completion.chunk` or `text_completion`).
+    /// A `data: {json}` event built by a translating provider (a `chat.completion.chunk` or
+    /// `text_completion`).
     Data(Value),
+    /// A `data: {json}` event of an OpenAI-shaped upstream, passed on as it came.
+    Raw(Answer),
     /// `data: [DONE]`.
     Done,
+}
+
+impl Event {
+    /// The event's JSON, however it was built (tests and diagnostics).
+    pub fn json(&self) -> Option<Value> {
+        match self {
+            Self::Data(v) => Some(v.clone()),
+            Self::Raw(a) => a.to_value(),
+            Self::Done => None,
+        }
+    }
 }
 
 /// A stream of OpenAI-shaped events.
@@ -166,7 +194,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Failure>> + Send>
 
 /// What an upstream answered, already OpenAI-shaped.
 pub enum Reply {
-    Json(Value),
+    Json(Answer),
     Stream(EventStream),
 }
 

@@ -7,34 +7,27 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http::{HeaderValue, StatusCode, header};
 use serde_json::Value;
-use tokio::time::timeout_at;
 
-use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, sse};
+use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, upstream};
 use crate::class::Class;
 
 /// OpenAI's public API base.
 pub const DEFAULT_BASE: &str = "https://api.openai.com/v1";
-/// Largest upstream JSON body accepted.
-const MAX_RESPONSE: usize = 64 * 1024 * 1024;
-/// Largest upstream error body kept (it is returned to the client for client errors).
-const MAX_ERROR_BODY: usize = 256 * 1024;
-
 /// An OpenAI-compatible upstream.
 #[derive(Debug)]
 pub struct OpenAi {
-    base: String,
+    uris: upstream::Uris,
     key: KeySource,
     client: HttpClient,
 }
 
 impl OpenAi {
     pub fn new(endpoint: Option<&str>, key: KeySource, client: HttpClient) -> Self {
+        let base = endpoint.unwrap_or(DEFAULT_BASE).trim_end_matches('/');
         Self {
-            base: endpoint.unwrap_or(DEFAULT_BASE).trim_end_matches('/').to_owned(),
+            uris: upstream::Uris::new(|e| format!("{base}/{}", e.path())),
             key,
             client,
         }
@@ -81,99 +74,20 @@ pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
 }
 
-/// Reads a whole body within `deadline` and `limit`.
-async fn collect(body: Incoming, deadline: tokio::time::Instant, limit: usize) -> Result<Bytes, Failure> {
-    match timeout_at(deadline, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(Failure::new(
-            Class::Timeout,
-            "upstream body did not finish in time",
-        )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Failure::new(Class::BadResponse, "upstream body too large"))
-        }
-        Ok(Err(_)) => Err(Failure::new(
-            Class::Reset,
-            "upstream connection broke while reading the body",
-        )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-    }
-}
-
 impl Adapter for OpenAi {
     async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
         let key = self
             .key
             .current()
             .map_err(|m| Failure::new(Class::ConnectError, m))?;
-        let bytes = call.body_with_model()?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}/{}", self.base, call.endpoint.path()))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("detour-sidecar/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(
-                header::ACCEPT,
-                if call.stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            )
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|_| Failure::new(Class::ConnectError, "endpoint is not a valid URL"))?;
+        let mut req = upstream::post(self.uris.get(call.endpoint)?, call)?;
         if let Some(key) = key {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
                 .map_err(|_| Failure::new(Class::ConnectError, "the API key is not a valid header value"))?;
             value.set_sensitive(true);
             req.headers_mut().insert(header::AUTHORIZATION, value);
         }
-        let resp = match timeout_at(call.headers_deadline(), self.client.request(req)).await {
-            Err(_) => {
-                return Err(Failure::new(
-                    call.first_byte_class(),
-                    "no response from upstream in time",
-                ));
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(Failure::new(Class::ConnectError, "could not connect to upstream"));
-            }
-            Ok(Err(_)) => return Err(Failure::new(Class::Reset, "upstream closed the connection")),
-            Ok(Ok(r)) => r,
-        };
-        let status = resp.status();
-        if !status.is_success() {
-            let ra = retry_after(resp.headers());
-            let body = collect(resp.into_body(), call.deadline, MAX_ERROR_BODY)
-                .await
-                .unwrap_or_default();
-            return Err(map_error(status, ra, body));
-        }
-        if call.stream {
-            let is_sse = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
-            if !is_sse {
-                return Err(
-                    Failure::new(Class::BadResponse, "upstream did not answer a stream with SSE")
-                        .status(status),
-                );
-            }
-            return Ok(Reply::Stream(sse::events(resp.into_body())));
-        }
-        let bytes = collect(resp.into_body(), call.deadline, MAX_RESPONSE).await?;
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v) if v.is_object() => Ok(Reply::Json(v)),
-            _ => Err(Failure::new(
-                Class::BadResponse,
-                "upstream answered 2xx with a body that is not JSON",
-            )
-            .status(status)),
-        }
+        upstream::openai_shaped(&self.client, call, req).await
     }
 }
 

@@ -10,7 +10,7 @@ use futures_util::{Stream, StreamExt, stream};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use super::{Event, EventStream, Failure};
+use super::{Answer, Event, EventStream, Failure};
 use crate::class::Class;
 
 /// Largest single event accepted from an upstream.
@@ -55,12 +55,19 @@ pub fn parse_event(raw: &[u8]) -> Option<Result<Event, Failure>> {
     if data.trim() == "[DONE]" {
         return Some(Ok(Event::Done));
     }
-    Some(match serde_json::from_str::<Value>(&data) {
-        Ok(v) if v.get("error").is_some() => {
-            Err(Failure::new(Class::ServerError, "upstream sent an error event"))
-        }
-        Ok(v) => Ok(Event::Data(v)),
-        Err(_) => Err(not_json()),
+    // Data split over several `data:` lines holds newlines; the client gets it on one line.
+    let answer = if data.contains(['\n', '\r']) {
+        serde_json::from_str::<Value>(&data)
+            .ok()
+            .filter(Value::is_object)
+            .map(|v| Answer::from_value(&v))
+    } else {
+        Answer::parse(Bytes::from(data))
+    };
+    Some(match answer {
+        Some(a) if a.is_error() => Err(Failure::new(Class::ServerError, "upstream sent an error event")),
+        Some(a) => Ok(Event::Raw(a)),
+        None => Err(not_json()),
     })
 }
 
@@ -160,10 +167,20 @@ where
     Box::pin(s)
 }
 
+/// One `data:` event holding `json` (one line: serialised JSON has no raw newlines).
+pub fn encode_data(json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(json.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 /// Serialises an event for the client.
 pub fn encode(event: &Event) -> Bytes {
     match event {
         Event::Done => Bytes::from_static(b"data: [DONE]\n\n"),
+        Event::Raw(a) => encode_data(a.bytes()),
         Event::Data(v) => {
             let mut out = Vec::with_capacity(256);
             out.extend_from_slice(b"data: ");
@@ -202,13 +219,13 @@ mod tests {
             .collect();
         let body = StreamBody::new(stream::iter(chunks));
         let got: Vec<_> = events(body).collect().await;
-        let got: Vec<Event> = got.into_iter().map(|e| e.unwrap()).collect();
+        let got: Vec<Option<Value>> = got.into_iter().map(|e| e.unwrap().json()).collect();
         assert_eq!(
             got,
             vec![
-                Event::Data(serde_json::json!({"a":1})),
-                Event::Data(serde_json::json!({"b":2})),
-                Event::Done
+                Some(serde_json::json!({"a":1})),
+                Some(serde_json::json!({"b":2})),
+                None
             ]
         );
     }
@@ -224,20 +241,34 @@ mod tests {
             .chunks(1)
             .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
             .collect();
-        let got: Vec<Event> = events(StreamBody::new(stream::iter(chunks)))
+        let got: Vec<Option<Value>> = events(StreamBody::new(stream::iter(chunks)))
             .collect::<Vec<_>>()
             .await
             .into_iter()
-            .map(|e| e.unwrap())
+            .map(|e| e.unwrap().json())
             .collect();
         assert_eq!(
             got,
             vec![
-                Event::Data(serde_json::json!({"a": big})),
-                Event::Data(serde_json::json!({"b":2})),
-                Event::Done
+                Some(serde_json::json!({"a": big})),
+                Some(serde_json::json!({"b":2})),
+                None
             ]
         );
+    }
+
+    /// Data split over several `data:` lines reaches the client as one line (a raw newline
+    /// inside a `data:` line would end the event early).
+    #[test]
+    fn multi_line_data_is_sent_on_one_line() {
+        let Some(Ok(ev)) = parse_event(b"data: {\"a\":\ndata: 1}") else {
+            panic!("not parsed");
+        };
+        assert_eq!(&encode(&ev)[..], b"data: {\"a\":1}\n\n");
+        let Some(Ok(ev)) = parse_event(b"data: {\"a\": 1}") else {
+            panic!("not parsed");
+        };
+        assert_eq!(&encode(&ev)[..], b"data: {\"a\": 1}\n\n");
     }
 
     /// An upstream error event is a failure, not data to pass on.

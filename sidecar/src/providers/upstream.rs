@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
-use super::{Call, Event, EventStream, Failure, HttpClient};
+use super::{Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, sse};
 use crate::class::Class;
 
 /// Largest upstream JSON body accepted.
@@ -47,6 +47,74 @@ pub async fn send(
     }
 }
 
+/// The upstream URL of each OpenAI endpoint, parsed once when the target is loaded (an
+/// endpoint that is not a valid URL fails each attempt with a message saying so).
+#[derive(Debug)]
+pub struct Uris([Option<Uri>; 3]);
+
+impl Uris {
+    pub fn new(url: impl Fn(Endpoint) -> String) -> Self {
+        Self(
+            [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings].map(|e| url(e).parse::<Uri>().ok()),
+        )
+    }
+
+    pub fn get(&self, endpoint: Endpoint) -> Result<&Uri, Failure> {
+        self.0
+            .get(endpoint as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Failure::new(Class::ConnectError, "endpoint is not a valid URL"))
+    }
+}
+
+/// The POST of an OpenAI-shaped attempt: the client's body with the target's model, JSON,
+/// the `Accept` the answer is expected in. The caller adds its credentials.
+pub fn post(uri: &Uri, call: &Call<'_>) -> Result<Request<Full<Bytes>>, Failure> {
+    let body = call.body_with_model()?;
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri.clone();
+    let h = req.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static(if call.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    Ok(req)
+}
+
+/// Sends an OpenAI-shaped attempt and reads its answer: errors through `openai`'s mapper, a
+/// stream as SSE, a JSON body kept as received.
+pub async fn openai_shaped(
+    client: &HttpClient,
+    call: &Call<'_>,
+    req: Request<Full<Bytes>>,
+) -> Result<Reply, Failure> {
+    let resp = send(client, call, req).await?;
+    let status = resp.status();
+    if !status.is_success() {
+        let ra = retry_after(resp.headers());
+        let body = collect(resp.into_body(), call.deadline, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        return Err(super::openai::map_error(status, ra, body));
+    }
+    if call.stream {
+        if !content_type_is(&resp, "text/event-stream") {
+            return Err(
+                Failure::new(Class::BadResponse, "upstream did not answer a stream with SSE").status(status),
+            );
+        }
+        return Ok(Reply::Stream(sse::events(resp.into_body())));
+    }
+    answer_body(resp, call).await.map(Reply::Json)
+}
+
 /// Reads a whole body within `deadline` and `limit`.
 pub async fn collect(body: Incoming, deadline: Instant, limit: usize) -> Result<Bytes, Failure> {
     match timeout_at(deadline, Limited::new(body, limit).collect()).await {
@@ -71,12 +139,23 @@ pub async fn json_body(resp: Response<Incoming>, call: &Call<'_>) -> Result<Valu
     let bytes = collect(resp.into_body(), call.deadline, MAX_RESPONSE).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(v) if v.is_object() => Ok(v),
-        _ => Err(Failure::new(
-            Class::BadResponse,
-            "upstream answered 2xx with a body that is not JSON",
-        )
-        .status(status)),
+        _ => Err(not_json(status)),
     }
+}
+
+/// Reads a 2xx OpenAI-shaped JSON body, kept as received ([`Answer`]).
+pub async fn answer_body(resp: Response<Incoming>, call: &Call<'_>) -> Result<Answer, Failure> {
+    let status = resp.status();
+    let bytes = collect(resp.into_body(), call.deadline, MAX_RESPONSE).await?;
+    Answer::parse(bytes).ok_or_else(|| not_json(status))
+}
+
+fn not_json(status: StatusCode) -> Failure {
+    Failure::new(
+        Class::BadResponse,
+        "upstream answered 2xx with a body that is not JSON",
+    )
+    .status(status)
 }
 
 /// Whether the response's content type starts with `prefix`.
@@ -224,7 +303,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
-    super::sse::frames(body, super::sse::parse_json)
+    sse::frames(body, sse::parse_json)
 }
 
 /// A `chat.completion.chunk` with one choice.
