@@ -38,6 +38,14 @@ pub enum Class {
 }
 
 impl Class {
+    /// How many classes there are.
+    pub const COUNT: usize = 10;
+
+    /// A dense index (`0..COUNT`), for per-class tables.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label value used in metrics, headers and the audit line.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -80,5 +88,31 @@ impl Class {
 impl std::fmt::Display for Class {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `index` is dense and below `COUNT` for every class.
+    #[test]
+    fn index_is_dense() {
+        let all = [
+            Class::Ok,
+            Class::ServerError,
+            Class::RateLimited,
+            Class::Timeout,
+            Class::FirstByteTimeout,
+            Class::ConnectError,
+            Class::Reset,
+            Class::ContentFilter,
+            Class::ClientError,
+            Class::BadResponse,
+        ];
+        assert_eq!(all.len(), Class::COUNT);
+        for (i, c) in all.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
     }
 }

@@ -5,10 +5,14 @@
 //! The fallback rate is
 //! `sum(rate(detour_requests_total{fallback="true"}[5m])) / sum(rate(detour_requests_total[5m]))`.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::class::Class;
 
 /// Every metric the sidecar exports.
 #[derive(Debug, Clone)]
@@ -192,5 +196,252 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// Outcome label of `detour_requests_total` (a closed set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served by a target.
+    Ok,
+    /// An upstream client error, returned as-is.
+    ClientError,
+    /// An upstream failure the policy does not fail over on, returned.
+    UpstreamError,
+    /// Every target failed or was unavailable: 503.
+    Exhausted,
+    /// Refused by the sidecar before any attempt (bad request, unknown model, 403).
+    Rejected,
+    /// A stream that broke after its first byte.
+    StreamError,
+    /// The client went away before the end.
+    Cancelled,
+}
+
+impl Outcome {
+    const COUNT: usize = 7;
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ClientError => "client_error",
+            Self::UpstreamError => "upstream_error",
+            Self::Exhausted => "exhausted",
+            Self::Rejected => "rejected",
+            Self::StreamError => "stream_error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One labelled child of a metric family, looked up on first use and kept: the request path
+/// then costs an atomic add instead of hashing label values under a lock. Created lazily so a
+/// series appears in `/metrics` only once something happened, as with `with_label_values`.
+type Cell<T> = OnceLock<T>;
+
+/// `detour_requests_total` children of one (route, target) pair, by outcome and fallback.
+#[derive(Debug, Default)]
+struct RequestCells([[Cell<IntCounter>; 2]; Outcome::COUNT]);
+
+impl RequestCells {
+    fn get(
+        &self,
+        m: &Metrics,
+        route: &str,
+        target: &str,
+        outcome: Outcome,
+        fallback: bool,
+    ) -> Option<&IntCounter> {
+        let cell = self.0.get(outcome as usize)?.get(usize::from(fallback))?;
+        Some(cell.get_or_init(|| {
+            m.requests.with_label_values(&[
+                route,
+                target,
+                outcome.as_str(),
+                if fallback { "true" } else { "false" },
+            ])
+        }))
+    }
+}
+
+/// The metric children of one route, resolved once per route table load.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    m: Metrics,
+    route: String,
+    request_duration: Cell<Histogram>,
+    overhead: Cell<Histogram>,
+    score: Cell<Histogram>,
+    budget_exhausted: Cell<IntCounter>,
+    /// Requests no target took part in (`target="none"`).
+    untargeted: RequestCells,
+}
+
+impl RouteMetrics {
+    pub fn new(m: &Metrics, route: &str) -> Self {
+        Self {
+            m: m.clone(),
+            route: route.to_owned(),
+            request_duration: Cell::new(),
+            overhead: Cell::new(),
+            score: Cell::new(),
+            budget_exhausted: Cell::new(),
+            untargeted: RequestCells::default(),
+        }
+    }
+
+    pub fn request_duration(&self) -> &Histogram {
+        self.request_duration
+            .get_or_init(|| self.m.request_duration.with_label_values(&[self.route.as_str()]))
+    }
+
+    pub fn overhead(&self) -> &Histogram {
+        self.overhead
+            .get_or_init(|| self.m.overhead.with_label_values(&[self.route.as_str()]))
+    }
+
+    pub fn score(&self, scorer: &'static str) -> &Histogram {
+        self.score.get_or_init(|| {
+            self.m
+                .request_score
+                .with_label_values(&[self.route.as_str(), scorer])
+        })
+    }
+
+    pub fn budget_exhausted(&self) -> &IntCounter {
+        self.budget_exhausted
+            .get_or_init(|| self.m.budget_exhausted.with_label_values(&[self.route.as_str()]))
+    }
+
+    /// `detour_requests_total{target="none"}`.
+    pub fn untargeted(&self, outcome: Outcome, fallback: bool) {
+        if let Some(c) = self
+            .untargeted
+            .get(&self.m, &self.route, "none", outcome, fallback)
+        {
+            c.inc();
+        }
+    }
+}
+
+/// The metric children of one target of one route, resolved once per route table load.
+#[derive(Debug)]
+pub struct TargetMetrics {
+    m: Metrics,
+    route: String,
+    target: String,
+    attempts: [Cell<IntCounter>; Class::COUNT],
+    attempt_duration: [Cell<Histogram>; Class::COUNT],
+    requests: RequestCells,
+    breaker_state: Cell<IntGauge>,
+    degraded: Cell<IntGauge>,
+    first_byte: Cell<Histogram>,
+    tokens: [Cell<IntCounter>; 2],
+    cost: Cell<Gauge>,
+    stream_errors: Cell<IntCounter>,
+}
+
+impl TargetMetrics {
+    pub fn new(m: &Metrics, route: &str, target: &str) -> Self {
+        Self {
+            m: m.clone(),
+            route: route.to_owned(),
+            target: target.to_owned(),
+            attempts: Default::default(),
+            attempt_duration: Default::default(),
+            requests: RequestCells::default(),
+            breaker_state: Cell::new(),
+            degraded: Cell::new(),
+            first_byte: Cell::new(),
+            tokens: Default::default(),
+            cost: Cell::new(),
+            stream_errors: Cell::new(),
+        }
+    }
+
+    fn labels3<'a>(&'a self, third: &'a str) -> [&'a str; 3] {
+        [self.route.as_str(), self.target.as_str(), third]
+    }
+
+    /// Counts one attempt of class `class` that took `secs`.
+    pub fn attempt(&self, class: Class, secs: f64) {
+        if let Some(c) = self.attempts.get(class.index()) {
+            c.get_or_init(|| self.m.attempts.with_label_values(&self.labels3(class.as_str())))
+                .inc();
+        }
+        if let Some(h) = self.attempt_duration.get(class.index()) {
+            h.get_or_init(|| {
+                self.m
+                    .attempt_duration
+                    .with_label_values(&self.labels3(class.as_str()))
+            })
+            .observe(secs);
+        }
+    }
+
+    /// `detour_requests_total` for a request this target served or failed last.
+    pub fn request(&self, outcome: Outcome, fallback: bool) {
+        if let Some(c) = self
+            .requests
+            .get(&self.m, &self.route, &self.target, outcome, fallback)
+        {
+            c.inc();
+        }
+    }
+
+    pub fn breaker_state(&self) -> &IntGauge {
+        self.breaker_state.get_or_init(|| {
+            self.m
+                .breaker_state
+                .with_label_values(&[self.route.as_str(), self.target.as_str()])
+        })
+    }
+
+    pub fn degraded(&self) -> &IntGauge {
+        self.degraded.get_or_init(|| {
+            self.m
+                .degraded
+                .with_label_values(&[self.route.as_str(), self.target.as_str()])
+        })
+    }
+
+    pub fn first_byte(&self) -> &Histogram {
+        self.first_byte.get_or_init(|| {
+            self.m
+                .first_byte
+                .with_label_values(&[self.route.as_str(), self.target.as_str()])
+        })
+    }
+
+    /// Adds reported token counts (and their cost, when the target has one).
+    pub fn usage(&self, prompt: u64, completion: u64, cost_usd: Option<f64>) {
+        for (i, (kind, n)) in [("prompt", prompt), ("completion", completion)]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(c) = self.tokens.get(i) {
+                c.get_or_init(|| self.m.tokens.with_label_values(&self.labels3(kind)))
+                    .inc_by(n);
+            }
+        }
+        if let Some(usd) = cost_usd {
+            self.cost
+                .get_or_init(|| {
+                    self.m
+                        .cost
+                        .with_label_values(&[self.route.as_str(), self.target.as_str()])
+                })
+                .add(usd);
+        }
+    }
+
+    pub fn stream_error(&self) {
+        self.stream_errors
+            .get_or_init(|| {
+                self.m
+                    .stream_errors
+                    .with_label_values(&[self.route.as_str(), self.target.as_str()])
+            })
+            .inc();
     }
 }

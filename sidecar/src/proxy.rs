@@ -19,7 +19,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
@@ -32,24 +32,24 @@ use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::health::{Admission, Verdict};
 use crate::layers::request_id::RequestId;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use crate::providers::answer::{RequestBody, RequestError, Usage};
 use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, Reply, sse};
 use crate::retry::backoff;
 use crate::routing::{self, Needs, Overrides};
 use crate::state::{RouteRt, Snapshot, TargetRt, TargetState};
 
-/// Request headers of the Detour API.
-pub const H_TAGS: &str = "x-detour-tags";
-pub const H_TARGET: &str = "x-detour-target";
-pub const H_FALLBACK: &str = "x-detour-fallback";
-pub const H_TIMEOUT: &str = "x-detour-timeout-ms";
+/// Request headers of the Detour API (names built at compile time: no parsing per request).
+pub const H_TAGS: HeaderName = HeaderName::from_static("x-detour-tags");
+pub const H_TARGET: HeaderName = HeaderName::from_static("x-detour-target");
+pub const H_FALLBACK: HeaderName = HeaderName::from_static("x-detour-fallback");
+pub const H_TIMEOUT: HeaderName = HeaderName::from_static("x-detour-timeout-ms");
 /// Response headers.
-pub const H_REQUEST_ID: &str = "x-detour-request-id";
-pub const H_PROVIDER: &str = "x-detour-provider";
-pub const H_FALLBACK_COUNT: &str = "x-detour-fallback-count";
+pub const H_REQUEST_ID: HeaderName = HeaderName::from_static("x-detour-request-id");
+pub const H_PROVIDER: HeaderName = HeaderName::from_static("x-detour-provider");
+pub const H_FALLBACK_COUNT: HeaderName = HeaderName::from_static("x-detour-fallback-count");
 /// The complexity score (or `unscored`), under the cost/quality strategies only.
-pub const H_SCORE: &str = "x-detour-score";
+pub const H_SCORE: HeaderName = HeaderName::from_static("x-detour-score");
 
 /// What every request shares: the table being served, metrics, the audit sink.
 #[derive(Debug)]
@@ -57,39 +57,6 @@ pub struct Shared {
     pub table: ArcSwapOption<Snapshot>,
     pub metrics: Metrics,
     pub audit: Audit,
-}
-
-/// Outcome label of `detour_requests_total` (a closed set).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    /// Served by a target.
-    Ok,
-    /// An upstream client error, returned as-is.
-    ClientError,
-    /// An upstream failure the policy does not fail over on, returned.
-    UpstreamError,
-    /// Every target failed or was unavailable: 503.
-    Exhausted,
-    /// Refused by the sidecar before any attempt (bad request, unknown model, 403).
-    Rejected,
-    /// A stream that broke after its first byte.
-    StreamError,
-    /// The client went away before the end.
-    Cancelled,
-}
-
-impl Outcome {
-    const fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::ClientError => "client_error",
-            Self::UpstreamError => "upstream_error",
-            Self::Exhausted => "exhausted",
-            Self::Rejected => "rejected",
-            Self::StreamError => "stream_error",
-            Self::Cancelled => "cancelled",
-        }
-    }
 }
 
 /// Keeps `detour_in_flight_requests` right whatever way a request ends.
@@ -155,15 +122,15 @@ struct Ctx {
     request_id: String,
     endpoint: Endpoint,
     start: Instant,
-    route: Option<String>,
+    route: Option<Arc<RouteRt>>,
     rule: Option<String>,
     /// How a cost/quality strategy placed the request.
     score: Option<routing::ScoreDecision>,
     stream: bool,
     attempts: Vec<AttemptRecord>,
     skipped: Vec<SkipRecord>,
-    /// (target, provider) that served, or the last one tried.
-    target: Option<(String, &'static str)>,
+    /// The target that served, or the last one tried.
+    target: Option<Arc<TargetRt>>,
     fallback_count: u32,
     /// Time spent waiting on upstreams and backoff: not the sidecar's overhead.
     waited: Duration,
@@ -195,22 +162,20 @@ impl Ctx {
     }
 
     fn route_label(&self) -> &str {
-        self.route.as_deref().unwrap_or("none")
+        self.route.as_ref().map_or("none", |r| r.route.model.as_str())
     }
 
     /// Records one classified attempt: breaker, metrics, audit. The only place that does.
     fn record(
         &mut self,
-        target: &TargetRt,
+        target: &Arc<TargetRt>,
         admission: Admission,
         class: Class,
         status: Option<u16>,
         retry_after: Option<Duration>,
         elapsed: Duration,
     ) {
-        let route = self.route_label().to_owned();
         let name = target.cfg.name.as_str();
-        let m = &self.shared.metrics;
         let now = Instant::now();
         {
             let mut b = target.state.breaker();
@@ -220,37 +185,28 @@ impl Ctx {
             if before != after {
                 let state = ["closed", "half-open", "open"].get(usize::try_from(after).unwrap_or(0));
                 tracing::warn!(
-                    route = %route,
+                    route = self.route_label(),
                     target = name,
                     class = class.as_str(),
                     "circuit {}",
                     state.copied().unwrap_or("?")
                 );
             }
-            m.breaker_state
-                .with_label_values(&[route.as_str(), name])
-                .set(after);
-            m.degraded
-                .with_label_values(&[route.as_str(), name])
-                .set(i64::from(b.degraded()));
+            target.metrics.breaker_state().set(after);
+            target.metrics.degraded().set(i64::from(b.degraded()));
         }
-        m.attempts
-            .with_label_values(&[route.as_str(), name, class.as_str()])
-            .inc();
-        m.attempt_duration
-            .with_label_values(&[route.as_str(), name, class.as_str()])
-            .observe(elapsed.as_secs_f64());
+        target.metrics.attempt(class, elapsed.as_secs_f64());
         self.waited += elapsed;
         tracing::debug!(
             request_id = %self.request_id,
-            route = %route,
+            route = self.route_label(),
             target = name,
             class = class.as_str(),
             status,
             elapsed_ms = ms(elapsed),
             "attempt"
         );
-        self.target = Some((name.to_owned(), target.cfg.provider.as_str()));
+        self.target = Some(target.clone());
         self.attempts.push(AttemptRecord {
             target: name.to_owned(),
             class,
@@ -266,14 +222,18 @@ impl Ctx {
     }
 
     fn stamp(&self, headers: &mut HeaderMap) {
-        let (target, provider) = self
-            .target
-            .as_ref()
-            .map_or(("none", "none"), |(t, p)| (t.as_str(), *p));
-        if let Ok(v) = HeaderValue::from_str(target) {
-            headers.insert(H_TARGET, v);
+        match &self.target {
+            Some(t) => {
+                if let Some(v) = &t.name_header {
+                    headers.insert(H_TARGET, v.clone());
+                }
+                headers.insert(H_PROVIDER, HeaderValue::from_static(t.provider_name()));
+            }
+            None => {
+                headers.insert(H_TARGET, HeaderValue::from_static("none"));
+                headers.insert(H_PROVIDER, HeaderValue::from_static("none"));
+            }
         }
-        headers.insert(H_PROVIDER, HeaderValue::from_static(provider));
         headers.insert(H_FALLBACK_COUNT, HeaderValue::from(self.fallback_count));
         if let Some(d) = &self.score {
             let v = d
@@ -291,32 +251,39 @@ impl Ctx {
         let overhead = self
             .overhead
             .unwrap_or_else(|| latency.saturating_sub(self.waited));
-        let m = &self.shared.metrics;
-        let route = self.route_label();
-        let target = self.target.as_ref().map_or("none", |(t, _)| t.as_str());
-        // A request whose route was never resolved was never routed: keep it out of the
-        // fallback-rate denominator's target label but count it.
-        m.requests
-            .with_label_values(&[
-                route,
-                target,
-                outcome.as_str(),
-                if self.fallback_count > 0 { "true" } else { "false" },
-            ])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(latency.as_secs_f64());
-        m.overhead
-            .with_label_values(&[route])
-            .observe(overhead.as_secs_f64());
+        let fallback = self.fallback_count > 0;
+        match (&self.route, &self.target) {
+            (Some(route), target) => {
+                match target {
+                    Some(t) => t.metrics.request(outcome, fallback),
+                    None => route.metrics.untargeted(outcome, fallback),
+                }
+                route.metrics.request_duration().observe(latency.as_secs_f64());
+                route.metrics.overhead().observe(overhead.as_secs_f64());
+            }
+            // A request whose route was never resolved was never routed: counted under
+            // route and target `none`.
+            (None, _) => {
+                let m = &self.shared.metrics;
+                m.requests
+                    .with_label_values(&["none", "none", outcome.as_str(), "false"])
+                    .inc();
+                m.request_duration
+                    .with_label_values(&["none"])
+                    .observe(latency.as_secs_f64());
+                m.overhead
+                    .with_label_values(&["none"])
+                    .observe(overhead.as_secs_f64());
+            }
+        }
         let served = matches!(outcome, Outcome::Ok | Outcome::StreamError | Outcome::Cancelled);
+        let served_by = self.target.as_ref().filter(|_| served);
         self.shared.audit.write(AuditRecord {
             ts_ms: crate::audit::now_ms(),
-            request_id: self.request_id.clone(),
+            request_id: self.request_id,
             endpoint: self.endpoint.path(),
-            route: self.route.clone(),
-            rule: self.rule.clone(),
+            route: self.route.as_ref().map(|r| r.route.model.clone()),
+            rule: self.rule,
             score: self.score.as_ref().map(|d| crate::audit::ScoreRecord {
                 value: d.value,
                 class: d.class.as_str(),
@@ -324,19 +291,11 @@ impl Ctx {
                 rule: d.rule(),
             }),
             stream: self.stream,
-            target: if served {
-                self.target.as_ref().map(|(t, _)| t.clone())
-            } else {
-                None
-            },
-            provider: if served {
-                self.target.as_ref().map(|(_, p)| *p)
-            } else {
-                None
-            },
+            target: served_by.map(|t| t.cfg.name.clone()),
+            provider: served_by.map(|t| t.provider_name()),
             fallback_count: self.fallback_count,
-            attempts: self.attempts.clone(),
-            skipped: self.skipped.clone(),
+            attempts: self.attempts,
+            skipped: self.skipped,
             status,
             outcome: outcome.as_str(),
             latency_ms: ms(latency),
@@ -360,7 +319,7 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1_000.0
 }
 
-fn header_str<'a>(req: &'a Request<Bytes>, name: &str) -> Option<&'a str> {
+fn header_str(req: &Request<Bytes>, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -434,7 +393,7 @@ async fn serve(
     body: &RequestBody,
 ) -> Response {
     let map = &body.map;
-    ctx.route = Some(route.route.model.clone());
+    ctx.route = Some(route.clone());
     let stream = endpoint != Endpoint::Embeddings && map.get("stream").and_then(Value::as_bool) == Some(true);
     ctx.stream = stream;
     let tags = header_str(req, H_TAGS)
@@ -476,11 +435,7 @@ async fn serve(
     ctx.skipped = plan.skipped;
     if let Some(d) = &plan.score {
         if let Some(v) = d.value {
-            ctx.shared
-                .metrics
-                .request_score
-                .with_label_values(&[route.route.model.as_str(), crate::scoring::SCORER_VERSION])
-                .observe(v);
+            route.metrics.score(crate::scoring::SCORER_VERSION).observe(v);
         }
         ctx.score = Some(d.clone());
     }
@@ -489,10 +444,11 @@ async fn serve(
     if let Ok(mut b) = route.budget.lock() {
         b.deposit(Instant::now());
     }
-    let route_label = route.route.model.clone();
-    let metrics = ctx.shared.metrics.clone();
+    let route_label = route.route.model.as_str();
+    let shared = ctx.shared.clone();
+    let metrics = &shared.metrics;
     // The previous target passed over and why, to book `detour_fallbacks_total` on the move.
-    let mut prev: Option<(String, &'static str)> = None;
+    let mut prev: Option<(&str, &'static str)> = None;
 
     for target in &plan.targets {
         let now = Instant::now();
@@ -502,10 +458,7 @@ async fn serve(
         let admission = {
             let mut b = target.state.breaker();
             let a = b.admit(now);
-            metrics
-                .breaker_state
-                .with_label_values(&[route_label.as_str(), target.cfg.name.as_str()])
-                .set(b.state(now).gauge());
+            target.metrics.breaker_state().set(b.state(now).gauge());
             a
         };
         let mut admission = match admission {
@@ -515,16 +468,16 @@ async fn serve(
                     reason: "circuit-open",
                 });
                 if let Some((from, reason)) = prev.take() {
-                    book_fallback(&metrics, &route_label, &from, &target.cfg.name, reason);
+                    book_fallback(metrics, route_label, from, &target.cfg.name, reason);
                 }
-                prev = Some((target.cfg.name.clone(), "circuit-open"));
+                prev = Some((&target.cfg.name, "circuit-open"));
                 ctx.fallback_count += 1;
                 continue;
             }
             a => a,
         };
         if let Some((from, reason)) = prev.take() {
-            book_fallback(&metrics, &route_label, &from, &target.cfg.name, reason);
+            book_fallback(metrics, route_label, from, &target.cfg.name, reason);
         }
         let mut last_class = Class::Ok;
         for n in 1..=policy.retry.attempts.max(1) {
@@ -536,10 +489,7 @@ async fn serve(
                     .map(|mut b| b.try_withdraw(now))
                     .unwrap_or(false);
                 if !granted {
-                    metrics
-                        .budget_exhausted
-                        .with_label_values(&[route_label.as_str()])
-                        .inc();
+                    route.metrics.budget_exhausted().inc();
                     break;
                 }
                 let delay = backoff(&policy.retry, n - 1, fastrand::f64());
@@ -575,7 +525,7 @@ async fn serve(
                 break;
             }
         }
-        prev = Some((target.cfg.name.clone(), last_class.as_str()));
+        prev = Some((&target.cfg.name, last_class.as_str()));
         ctx.fallback_count += 1;
     }
     // Nothing served: the last move did not happen, so it is not a fallback.
@@ -667,14 +617,14 @@ struct Success {
 }
 
 /// Answers with a successful attempt: the JSON body, or the stream from its first event.
-fn respond(mut ctx: Ctx, route: &RouteRt, target: &Arc<TargetRt>, ok: Success) -> Response {
+fn respond(mut ctx: Ctx, route: &Arc<RouteRt>, target: &Arc<TargetRt>, ok: Success) -> Response {
     let route_label = route.route.model.as_str();
     let expose = route.route.policy.expose_upstream_model;
     match ok.peeked {
         Peeked::Json(answer) => {
             drop(ok.busy);
             let bytes = answer.with_model((!expose).then_some(route_label));
-            record_usage(&ctx.shared.metrics, route_label, target, answer.usage());
+            record_usage(target, answer.usage());
             ctx.commit();
             let mut resp = http::Response::new(body::full(bytes));
             resp.headers_mut()
@@ -684,11 +634,7 @@ fn respond(mut ctx: Ctx, route: &RouteRt, target: &Arc<TargetRt>, ok: Success) -
             resp
         }
         Peeked::Stream(first, rest) => {
-            ctx.shared
-                .metrics
-                .first_byte
-                .with_label_values(&[route_label, target.cfg.name.as_str()])
-                .observe(ok.elapsed.as_secs_f64());
+            target.metrics.first_byte().observe(ok.elapsed.as_secs_f64());
             ctx.commit();
             let mut resp = http::Response::new(body::full(Bytes::new()));
             resp.headers_mut().insert(
@@ -701,16 +647,9 @@ fn respond(mut ctx: Ctx, route: &RouteRt, target: &Arc<TargetRt>, ok: Success) -
             let guard = StreamGuard {
                 ctx: Some(ctx),
                 target: target.clone(),
-                route: route_label.to_owned(),
                 _busy: ok.busy,
             };
-            *resp.body_mut() = stream_body(
-                guard,
-                first,
-                rest,
-                ok.deadline,
-                (!expose).then(|| route_label.to_owned()),
-            );
+            *resp.body_mut() = stream_body(guard, first, rest, ok.deadline, (!expose).then(|| route.clone()));
             resp
         }
     }
@@ -721,24 +660,16 @@ enum Peeked {
     Stream(Answer, EventStream),
 }
 
-fn record_usage(metrics: &Metrics, route: &str, target: &TargetRt, usage: Option<Usage>) {
+fn record_usage(target: &TargetRt, usage: Option<Usage>) {
     let Some(Usage { prompt, completion }) = usage else {
         return;
     };
-    let name = target.cfg.name.as_str();
-    metrics
-        .tokens
-        .with_label_values(&[route, name, "prompt"])
-        .inc_by(prompt);
-    metrics
-        .tokens
-        .with_label_values(&[route, name, "completion"])
-        .inc_by(completion);
-    if let Some(cost) = target.cfg.cost {
-        #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
-        let usd = (prompt as f64 * cost.input + completion as f64 * cost.output) / 1_000_000.0;
-        metrics.cost.with_label_values(&[route, name]).add(usd);
-    }
+    #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+    let usd = target
+        .cfg
+        .cost
+        .map(|cost| (prompt as f64 * cost.input + completion as f64 * cost.output) / 1_000_000.0);
+    target.metrics.usage(prompt, completion, usd);
 }
 
 /// Returns a failure the policy does not fail over on, as the upstream sent it when there is
@@ -850,7 +781,6 @@ fn exhausted(mut ctx: Ctx, route: &RouteRt, targets: &[Arc<TargetRt>], deadline:
 struct StreamGuard {
     ctx: Option<Ctx>,
     target: Arc<TargetRt>,
-    route: String,
     _busy: TargetBusy,
 }
 
@@ -858,11 +788,7 @@ impl StreamGuard {
     fn end(&mut self, outcome: Outcome, error: Option<Class>) {
         if let Some(ctx) = self.ctx.take() {
             if let Some(class) = error {
-                ctx.shared
-                    .metrics
-                    .stream_errors
-                    .with_label_values(&[self.route.as_str(), self.target.cfg.name.as_str()])
-                    .inc();
+                self.target.metrics.stream_error();
                 if class.is_health_failure() {
                     self.target.state.breaker().record(
                         Instant::now(),
@@ -890,7 +816,8 @@ struct StreamState {
     first: Option<Answer>,
     rest: EventStream,
     deadline: Instant,
-    model: Option<String>,
+    /// The route whose id goes in each chunk's `model` (`None`: the upstream's is kept).
+    model: Option<Arc<RouteRt>>,
     /// Events still to send before ending (the error event and `[DONE]`).
     tail: Vec<Bytes>,
     ended: bool,
@@ -899,15 +826,10 @@ struct StreamState {
 impl StreamState {
     /// One chunk for the client: the route's model in, usage counted.
     fn chunk(&self, a: &Answer) -> Bytes {
-        if let Some(ctx) = &self.guard.ctx {
-            record_usage(
-                &ctx.shared.metrics,
-                &self.guard.route,
-                &self.guard.target,
-                a.usage(),
-            );
+        if self.guard.ctx.is_some() {
+            record_usage(&self.guard.target, a.usage());
         }
-        sse::encode_data(&a.with_model(self.model.as_deref()))
+        sse::encode_data(&a.with_model(self.model.as_ref().map(|r| r.route.model.as_str())))
     }
 }
 
@@ -926,7 +848,7 @@ fn stream_body(
     first: Answer,
     rest: EventStream,
     deadline: Instant,
-    model: Option<String>,
+    model: Option<Arc<RouteRt>>,
 ) -> body::Body {
     let state = StreamState {
         guard,
@@ -948,13 +870,12 @@ fn stream_body(
             Some(a) => Ok(Some(Ok(Event::Raw(a)))),
             None => timeout_at(st.deadline, st.rest.next()).await,
         };
-        let name = st.guard.target.cfg.name.clone();
         let failed = |st: &mut StreamState, class: Class| {
             st.ended = true;
             st.guard.end(Outcome::StreamError, Some(class));
             // `tail` pops from the end: `[DONE]` goes last.
             st.tail.push(sse::encode(&Event::Done));
-            error_event(&name, class)
+            error_event(&st.guard.target.cfg.name, class)
         };
         let out = match next {
             Ok(Some(Ok(Event::Data(v)))) => st.chunk(&Answer::from_value(&v)),

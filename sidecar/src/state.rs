@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use detour_api::RouteTable;
 use detour_api::table::{Provider as ProviderKind, Route, Target};
+use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::health::{Breaker, Params};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics, TargetMetrics};
 use crate::providers::{HttpClient, Provider, mock::Mock};
 use crate::retry::Budget;
 
@@ -56,6 +57,16 @@ pub struct TargetRt {
     pub cfg: Target,
     pub provider: Provider,
     pub state: Arc<TargetState>,
+    pub metrics: TargetMetrics,
+    /// `x-detour-target` for answers it served (`None` if the name is no header value).
+    pub name_header: Option<HeaderValue>,
+}
+
+impl TargetRt {
+    /// `x-detour-provider` and the audit line's `provider`.
+    pub const fn provider_name(&self) -> &'static str {
+        self.cfg.provider.as_str()
+    }
 }
 
 /// One route of the table being served.
@@ -64,6 +75,7 @@ pub struct RouteRt {
     pub route: Route,
     pub targets: Vec<Arc<TargetRt>>,
     pub budget: Arc<Mutex<Budget>>,
+    pub metrics: RouteMetrics,
 }
 
 impl RouteRt {
@@ -105,6 +117,7 @@ impl Registry {
         let mut new_targets = HashMap::new();
         let mut new_budgets = HashMap::new();
         let mut routes = HashMap::new();
+        let mut gauges = Vec::new();
         for route in &table.routes {
             let params = Params::from_policy(&route.policy.health);
             let retry = &route.policy.retry;
@@ -141,20 +154,20 @@ impl Registry {
                 } else {
                     0
                 };
-                metrics
-                    .breaker_state
-                    .with_label_values(&[route.model.as_str(), t.name.as_str()])
-                    .set(gauge);
                 new_targets.insert(key, state.clone());
                 let provider = match t.provider {
                     ProviderKind::Mock => Provider::Mock(Mock::new(t, state.mock_cursor.clone())),
                     _ => Provider::for_target(t, http),
                 };
-                targets.push(Arc::new(TargetRt {
+                let target = Arc::new(TargetRt {
                     cfg: t.clone(),
                     provider,
                     state,
-                }));
+                    metrics: TargetMetrics::new(metrics, &route.model, &t.name),
+                    name_header: HeaderValue::from_str(&t.name).ok(),
+                });
+                gauges.push((target.clone(), gauge));
+                targets.push(target);
             }
             routes.insert(
                 route.model.clone(),
@@ -162,14 +175,20 @@ impl Registry {
                     route: route.clone(),
                     targets,
                     budget,
+                    metrics: RouteMetrics::new(metrics, &route.model),
                 }),
             );
         }
-        // Targets that left the table stop being exported.
+        // Targets that left the table stop being exported; then the breaker state of those
+        // that are in it (in this order: a target whose endpoint changed left under the same
+        // labels).
         for key in old_targets.keys() {
             let _ = metrics
                 .breaker_state
                 .remove_label_values(&[key.route.as_str(), key.name.as_str()]);
+        }
+        for (target, gauge) in gauges {
+            target.metrics.breaker_state().set(gauge);
         }
         if let Ok(mut g) = self.targets.lock() {
             *g = new_targets;

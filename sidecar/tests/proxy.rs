@@ -533,6 +533,12 @@ async fn health_survives_reload_for_unchanged_targets() {
     .await;
     assert_eq!(sc.chat("m", &[]).await.status, 200);
     assert_eq!(fake.hits("dead"), 3, "fresh breaker lets traffic through");
+    // The new primary has the old one's labels: its breaker state is still exported.
+    let m = sc.metrics().await;
+    assert!(
+        m.contains(r#"detour_breaker_state{route="m",target="primary"} 0"#),
+        "breaker state of the replaced target missing:\n{m}"
+    );
     sc.stop().await;
 }
 

@@ -17,8 +17,15 @@ use crate::proxy::{H_FALLBACK_COUNT, H_PROVIDER, H_REQUEST_ID, H_TARGET};
 pub struct RequestId(pub String);
 
 impl RequestId {
+    /// 128 random bits as 32 lowercase hex digits.
     fn generate() -> Self {
-        Self(format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let bits = fastrand::u128(..);
+        let id: String = (0..32)
+            .rev()
+            .map(|i| char::from(HEX[usize::try_from((bits >> (i * 4)) & 0xf).unwrap_or(0)]))
+            .collect();
+        Self(id)
     }
 }
 
@@ -73,5 +80,24 @@ where
             }
             Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids are 32 lowercase hex digits (128 random bits) and do not repeat.
+    #[test]
+    fn ids_are_128_bit_hex() {
+        let a = RequestId::generate().0;
+        let b = RequestId::generate().0;
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{a}"
+        );
+        assert_ne!(a, b);
     }
 }
