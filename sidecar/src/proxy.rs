@@ -22,7 +22,7 @@ use futures_util::{StreamExt, stream};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::{Instant, sleep, timeout_at};
 
 use crate::audit::{AttemptRecord, Audit, AuditRecord, SkipRecord};
@@ -36,7 +36,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::providers::answer::{RequestBody, RequestError, Usage};
 use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, Reply, sse};
 use crate::retry::backoff;
-use crate::routing::{self, Needs, Overrides};
+use crate::routing::{self, Overrides};
 use crate::state::{RouteRt, Snapshot, TargetRt, TargetState};
 
 /// Request headers of the Detour API (names built at compile time: no parsing per request).
@@ -340,7 +340,7 @@ pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, req: Request<Bytes>
         e.retry_after = Some(1);
         return ctx.reject(e, Outcome::Rejected);
     };
-    let body = match RequestBody::parse(req.body()) {
+    let body = match RequestBody::parse(req.body().clone()) {
         Ok(body) => body,
         Err(RequestError::NotAnObject) => {
             return ctx.reject(
@@ -356,9 +356,8 @@ pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, req: Request<Bytes>
             );
         }
     };
-    let map = &body.map;
     let known = || snapshot.models.join(", ");
-    let Some(model) = map.get("model").and_then(Value::as_str) else {
+    let Some(model) = body.model() else {
         let e = ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -392,9 +391,8 @@ async fn serve(
     req: &Request<Bytes>,
     body: &RequestBody,
 ) -> Response {
-    let map = &body.map;
     ctx.route = Some(route.clone());
-    let stream = endpoint != Endpoint::Embeddings && map.get("stream").and_then(Value::as_bool) == Some(true);
+    let stream = endpoint != Endpoint::Embeddings && body.stream();
     ctx.stream = stream;
     let tags = header_str(req, H_TAGS)
         .map(routing::parse_tags)
@@ -426,8 +424,7 @@ async fn serve(
         target: header_str(req, H_TARGET).map(|s| s.trim().to_owned()),
         fallback_off,
     };
-    let needs = Needs::of(map, req.body().len(), stream);
-    let plan = match routing::plan(&route, &tags, &overrides, &needs, map) {
+    let plan = match routing::plan(&route, &tags, &overrides, body, stream) {
         Ok(p) => p,
         Err(e) => return ctx.reject(*e, Outcome::Rejected),
     };
@@ -508,7 +505,6 @@ async fn serve(
             let ask = Ask {
                 endpoint,
                 body,
-                raw: req.body(),
                 stream,
             };
             match attempt(&mut ctx, target, &ask, &deadline, admission).await {
@@ -544,7 +540,6 @@ fn book_fallback(metrics: &Metrics, route: &str, from: &str, to: &str, reason: &
 struct Ask<'a> {
     endpoint: Endpoint,
     body: &'a RequestBody,
-    raw: &'a Bytes,
     stream: bool,
 }
 
@@ -560,9 +555,7 @@ async fn attempt(
     let attempt_deadline = deadline.attempt(t0, target.cfg.per_attempt_ms);
     let call = Call {
         endpoint: ask.endpoint,
-        body: &ask.body.map,
-        raw: ask.raw,
-        model_span: ask.body.model.as_ref(),
+        request: ask.body,
         model: &target.cfg.model,
         stream: ask.stream,
         deadline: attempt_deadline,

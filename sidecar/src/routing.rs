@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::audit::SkipRecord;
 use crate::error::ApiError;
+use crate::providers::answer::RequestBody;
 use crate::state::{RouteRt, TargetRt};
 
 /// What the request needs from a target.
@@ -347,13 +348,22 @@ pub fn order(strategy: Strategy, mut targets: Vec<Arc<TargetRt>>) -> Vec<Arc<Tar
     targets
 }
 
-/// Builds the plan for one request.
+/// The request's JSON tree, for the parts of routing that read the body; a body only the
+/// tree refuses is a 400.
+fn tree(request: &RequestBody) -> Result<&Map<String, Value>, Box<ApiError>> {
+    request
+        .map()
+        .map_err(|message| Box::new(ApiError::invalid("invalid_json", message.to_owned())))
+}
+
+/// Builds the plan for one request. The body's tree is read only when a candidate declares
+/// capabilities or a context window, or the strategy scores the request.
 pub fn plan(
     route: &RouteRt,
     tags: &[(String, String)],
     overrides: &Overrides,
-    needs: &Needs,
-    body: &Map<String, Value>,
+    request: &RequestBody,
+    stream: bool,
 ) -> Result<Plan, Box<ApiError>> {
     let policy = &route.route.policy;
     let rule = route.route.rules.iter().find(|r| rule_matches(r, tags));
@@ -403,6 +413,12 @@ pub fn plan(
         )));
     }
     let mut skipped = Vec::new();
+    let checks = |t: &Arc<TargetRt>| t.cfg.capabilities.is_some() || t.cfg.context_window.is_some();
+    let needs = if candidates.iter().any(checks) {
+        Needs::of(tree(request)?, request.raw().len(), stream)
+    } else {
+        Needs::default()
+    };
     candidates.retain(|t| match needs.unmet(t) {
         Some(reason) => {
             skipped.push(SkipRecord {
@@ -419,12 +435,12 @@ pub fn plan(
             format!(
                 "no target of model {:?} can serve this request (needs {}); check the targets' capabilities and contextWindow",
                 route.route.model,
-                describe(needs)
+                describe(&needs)
             ),
         )));
     }
     let (mut ordered, score) = if scores(strategy) {
-        let decision = decide(strategy, &policy.scoring, body);
+        let decision = decide(strategy, &policy.scoring, tree(request)?);
         (order_by_score(candidates, decision.class), Some(decision))
     } else {
         (order(strategy, candidates), None)

@@ -367,6 +367,51 @@ async fn request_errors() {
     sc.stop().await;
 }
 
+/// The client's body reaches an OpenAI-compatible upstream byte for byte — key order,
+/// spacing, number spelling — with only `model` replaced. A body only a full JSON parse
+/// refuses (an unpaired surrogate escape) is passed on where nothing reads it, and refused
+/// with 400 where routing must read it (a target declares capabilities).
+#[tokio::test]
+async fn request_body_passes_through_with_only_model_replaced() {
+    let fake = Fake::start().await;
+    let mut yaml = policy("p", "") + &route("plain", "p", &[("t", fake.endpoint("t"))]);
+    yaml.push_str(&route_yaml(
+        "caps",
+        "p",
+        &target_yaml("c", &fake.endpoint("c"), "      capabilities: [tools]\n"),
+        "",
+    ));
+    let sc = start(&yaml).await;
+    let body = r#"{ "zeta": 1.0e2, "messages":[{"role":"user","content":"hi \u00e9"}],"model" : "plain", "alpha":{"b":2,"a":1} }"#;
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(body), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["model"], "plain");
+    let got = fake.last_raw("t").unwrap();
+    assert_eq!(
+        std::str::from_utf8(&got).unwrap(),
+        body.replace(r#""model" : "plain""#, r#""model" : "up-t""#)
+    );
+
+    let lone =
+        |model: &str| format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"\ud800"}}]}}"#);
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(lone("plain")), &[])
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "nothing in the sidecar reads the prompt: the upstream decides"
+    );
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(lone("caps")), &[])
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_json");
+    assert_eq!(fake.hits("c"), 0);
+    sc.stop().await;
+}
+
 /// `x-detour-target` and `x-detour-fallback: off` are refused with 403 unless the policy
 /// allows them, and honoured when it does.
 #[tokio::test]

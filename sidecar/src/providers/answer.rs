@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -123,34 +124,82 @@ pub fn splice(bytes: &Bytes, span: &Range<usize>, model: &str) -> Option<Bytes> 
     Some(Bytes::from(out))
 }
 
-/// A client's request body: the JSON object routing reads, and where its top-level `model`
-/// value sits in the bytes, so an OpenAI-shaped upstream gets the client's own bytes with
-/// only the model replaced. Read in one pass.
+/// A client's request body, read in one pass that builds no tree: the top-level `model` (and
+/// where its value sits in the bytes, so an OpenAI-shaped upstream gets the client's own
+/// bytes with only the model replaced) and `stream`. The JSON tree that routing rules on
+/// capabilities, the cost/quality scorer and translating providers read is built only when
+/// one of them asks for it ([`RequestBody::map`]), once.
 #[derive(Debug)]
 pub struct RequestBody {
-    pub map: Map<String, Value>,
-    /// `None` when there is no `model`, or when a key repeats (the bytes then say something
-    /// the map does not, so the body is serialised from the map instead).
-    pub model: Option<Range<usize>>,
+    raw: Bytes,
+    model: Option<String>,
+    /// `None` when there is no `model` or it repeats (the body is then serialised from the
+    /// tree instead).
+    model_span: Option<Range<usize>>,
+    stream: bool,
+    tree: OnceLock<Result<Map<String, Value>, String>>,
 }
 
 impl RequestBody {
-    /// Parses `bytes`; the error is serde_json's (line and column, never content), or
+    /// Reads `raw`; the error is serde_json's (line and column, never content), or
     /// [`RequestError::NotAnObject`] for JSON that is not an object.
-    pub fn parse(bytes: &[u8]) -> Result<Self, RequestError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        match de
-            .deserialize_map(RequestVisitor { base: bytes })
-            .and_then(|b| de.end().map(|()| b))
-        {
-            Ok(b) => Ok(b),
-            // Tell "not JSON" from "JSON but not an object" the way a tree parse does (error
-            // path only).
-            Err(e) => match serde_json::from_slice::<Value>(bytes) {
+    pub fn parse(raw: Bytes) -> Result<Self, RequestError> {
+        let head = {
+            let mut de = serde_json::Deserializer::from_slice(&raw);
+            std::str::from_utf8(&raw).map_err(|_| ()).and_then(|_| {
+                de.deserialize_map(HeadVisitor { base: &raw })
+                    .and_then(|h| de.end().map(|()| h))
+                    .map_err(|_| ())
+            })
+        };
+        match head {
+            Ok(h) => Ok(Self {
+                model_span: h.model_span.filter(|_| h.models == 1),
+                model: h.model,
+                stream: h.stream,
+                raw,
+                tree: OnceLock::new(),
+            }),
+            // Tell "not JSON" from "JSON but not an object" with serde_json's own message
+            // (error path only).
+            Err(()) => match serde_json::from_slice::<Value>(&raw) {
                 Ok(_) => Err(RequestError::NotAnObject),
-                Err(_) => Err(RequestError::Json(e)),
+                Err(e) => Err(RequestError::Json(e)),
             },
         }
+    }
+
+    /// The body as received.
+    pub const fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The top-level `model`, when it is a string.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// Where the `model` value is in [`RequestBody::raw`].
+    pub const fn model_span(&self) -> Option<&Range<usize>> {
+        self.model_span.as_ref()
+    }
+
+    /// Whether `stream` is `true`.
+    pub const fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// The JSON tree, built on first use. The error is the message for the client (a body
+    /// can pass the first reading and still fail here, e.g. on an unpaired surrogate escape).
+    pub fn map(&self) -> Result<&Map<String, Value>, &str> {
+        self.tree
+            .get_or_init(|| match serde_json::from_slice::<Value>(&self.raw) {
+                Ok(Value::Object(m)) => Ok(m),
+                Ok(_) => Err("the request body must be a JSON object".to_owned()),
+                Err(e) => Err(format!("the request body is not valid JSON: {e}")),
+            })
+            .as_ref()
+            .map_err(String::as_str)
     }
 }
 
@@ -163,38 +212,119 @@ pub enum RequestError {
     NotAnObject,
 }
 
-struct RequestVisitor<'b> {
+#[derive(Default)]
+struct Head {
+    model: Option<String>,
+    model_span: Option<Range<usize>>,
+    /// How many times `model` appears.
+    models: usize,
+    stream: bool,
+}
+
+struct HeadVisitor<'b> {
     base: &'b [u8],
 }
 
-impl<'de> Visitor<'de> for RequestVisitor<'_> {
-    type Value = RequestBody;
+/// The top-level keys of a request the first reading looks at.
+enum HeadKey {
+    Model,
+    Stream,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for HeadKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HeadKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HeadKey, E> {
+                Ok(match v {
+                    "model" => HeadKey::Model,
+                    "stream" => HeadKey::Stream,
+                    _ => HeadKey::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Visitor<'de> for HeadVisitor<'_> {
+    type Value = Head;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RequestBody, A::Error> {
-        let mut map = Map::new();
-        let mut model = None;
-        let mut repeated = false;
-        while let Some(key) = access.next_key::<String>()? {
-            let value = if key == "model" {
-                let raw = access.next_value::<&RawValue>()?;
-                model = Some(
-                    span_of(self.base, raw.get().as_bytes())
-                        .ok_or_else(|| de::Error::custom("model value outside the document"))?,
-                );
-                serde_json::from_str::<Value>(raw.get()).map_err(de::Error::custom)?
-            } else {
-                access.next_value::<Value>()?
-            };
-            repeated |= map.insert(key, value).is_some();
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Head, A::Error> {
+        let mut h = Head::default();
+        while let Some(key) = access.next_key::<HeadKey>()? {
+            match key {
+                HeadKey::Model => {
+                    let raw = access.next_value::<&RawValue>()?;
+                    h.models += 1;
+                    h.model_span = Some(
+                        span_of(self.base, raw.get().as_bytes())
+                            .ok_or_else(|| de::Error::custom("model value outside the document"))?,
+                    );
+                    // Last one wins, as in a tree; a non-string model is no model.
+                    h.model = serde_json::from_str::<Value>(raw.get())
+                        .map_err(de::Error::custom)?
+                        .as_str()
+                        .map(str::to_owned);
+                }
+                HeadKey::Stream => {
+                    h.stream = access.next_value::<LenientBool>()?.0 == Some(true);
+                }
+                HeadKey::Other => {
+                    access.next_value::<IgnoredAny>()?;
+                }
+            }
         }
-        Ok(RequestBody {
-            map,
-            model: model.filter(|_| !repeated),
-        })
+        Ok(h)
+    }
+}
+
+/// `Some(b)` only for a JSON boolean, the way `Value::as_bool` reads it.
+struct LenientBool(Option<bool>);
+
+impl<'de> de::Deserialize<'de> for LenientBool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<bool>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<bool>, E> {
+                Ok(Some(v))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<bool>, E> {
+                Ok(None)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<bool>, E> {
+                Ok(None)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<bool>, E> {
+                Ok(None)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Option<bool>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Option<bool>, E> {
+                Ok(None)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<bool>, A::Error> {
+                Lenient(|_: Scalar<'_>| None::<bool>).visit_seq(seq)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<bool>, A::Error> {
+                Lenient(|_: Scalar<'_>| None::<bool>).visit_map(map)
+            }
+        }
+        d.deserialize_any(V).map(LenientBool)
     }
 }
 
@@ -681,34 +811,60 @@ mod tests {
         assert_eq!(&none.with_model(Some("x"))[..], br#"{"id":1}"#);
     }
 
-    /// A request body parses into the same map a tree parse gives, with the span of its
-    /// `model`; a repeated key drops the span (the bytes would disagree with the map).
+    /// A request body's first reading finds `model` (its value and where it is) and
+    /// `stream` as a tree would (last repeated key wins); its tree is the one a tree parse
+    /// gives; a repeated `model` drops the span (the bytes would disagree with the tree).
     #[test]
-    fn request_body_map_and_model_span() {
-        let text = br#"{"messages":[{"role":"user","content":"hi"}], "model" : "smart/x","n":1}"#;
-        let b = RequestBody::parse(text).unwrap();
+    fn request_body_reads_model_stream_and_tree() {
+        let text: &[u8] =
+            br#"{"messages":[{"role":"user","content":"hi"}], "model" : "smart/x","stream":true}"#;
+        let b = RequestBody::parse(Bytes::from_static(text)).unwrap();
+        assert_eq!(b.model(), Some("smart/x"));
+        assert!(b.stream());
         assert_eq!(
-            Value::Object(b.map.clone()),
+            Value::Object(b.map().unwrap().clone()),
             serde_json::from_slice::<Value>(text).unwrap()
         );
-        let span = b.model.clone().unwrap();
+        let span = b.model_span().unwrap().clone();
         assert_eq!(&text[span.clone()], br#""smart/x""#);
-        let out = splice(&Bytes::from_static(text), &span, "gpt-4o").unwrap();
+        let out = splice(b.raw(), &span, "gpt-4o").unwrap();
         assert_eq!(
             &out[..],
-            br#"{"messages":[{"role":"user","content":"hi"}], "model" : "gpt-4o","n":1}"#
+            br#"{"messages":[{"role":"user","content":"hi"}], "model" : "gpt-4o","stream":true}"#
         );
-        let twice = RequestBody::parse(br#"{"model":"a","n":1,"n":2}"#).unwrap();
-        assert_eq!(twice.model, None);
-        assert_eq!(twice.map.get("n"), Some(&json!(2)));
+        let twice = RequestBody::parse(Bytes::from_static(
+            br#"{"model":"a","stream":true,"model":"b","stream":1}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (twice.model(), twice.model_span(), twice.stream()),
+            (Some("b"), None, false)
+        );
+        let escaped = RequestBody::parse(Bytes::from_static(br#"{"mod\u0065l":"a\/b"}"#)).unwrap();
+        assert_eq!(escaped.model(), Some("a/b"));
+        let not_string = RequestBody::parse(Bytes::from_static(br#"{"model":5}"#)).unwrap();
+        assert_eq!(not_string.model(), None);
+    }
+
+    /// Bad bodies are refused with serde_json's message (line and column) or as not an
+    /// object; a body only the tree can refuse is refused when the tree is asked for.
+    #[test]
+    fn request_body_errors() {
         assert!(matches!(
-            RequestBody::parse(b"[1]"),
+            RequestBody::parse(Bytes::from_static(b"[1]")),
             Err(RequestError::NotAnObject)
         ));
-        let err = RequestBody::parse(b"{\"model\": }").unwrap_err();
+        let err = RequestBody::parse(Bytes::from_static(b"{\"model\": }")).unwrap_err();
         assert!(
             matches!(err, RequestError::Json(_)) && err.to_string().contains("column"),
             "{err}"
+        );
+        assert!(RequestBody::parse(Bytes::from_static(b"{\"a\":\"\xff\"}")).is_err());
+        let lone = RequestBody::parse(Bytes::from_static(br#"{"model":"m","x":"\ud800"}"#)).unwrap();
+        assert!(
+            lone.map().unwrap_err().contains("not valid JSON"),
+            "{:?}",
+            lone.map()
         );
     }
 

@@ -430,7 +430,7 @@ impl Adapter for Anthropic {
                 &format!("/v1/{} is not served by this provider", call.endpoint.path()),
             ));
         }
-        let chat = chat::read(NAME, call.body)?;
+        let chat = chat::read(NAME, call.body()?)?;
         let body = to_request(&chat, call.model, call.stream);
         let key = self
             .key
@@ -477,7 +477,7 @@ impl Adapter for Anthropic {
             let events = upstream::sse_json(resp.into_body());
             let translator = Translator {
                 created: upstream::now_unix(),
-                include_usage: upstream::include_usage(call.body),
+                include_usage: upstream::include_usage(call.body()?),
                 ..Translator::default()
             };
             return Ok(Reply::Stream(upstream::translated(events, translator)));

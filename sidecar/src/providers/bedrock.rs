@@ -520,7 +520,7 @@ impl Adapter for Bedrock {
                 &format!("/v1/{} is not served by this provider", call.endpoint.path()),
             ));
         }
-        let chat = chat::read(NAME, call.body)?;
+        let chat = chat::read(NAME, call.body()?)?;
         let body = Bytes::from(to_request(&chat)?.to_string());
         // A web-identity exchange counts against the attempt's deadline like the call itself.
         let keys =
@@ -597,7 +597,7 @@ impl Adapter for Bedrock {
                 id: format!("chatcmpl-{request_id}"),
                 model: call.model.to_owned(),
                 created: upstream::now_unix(),
-                include_usage: upstream::include_usage(call.body),
+                include_usage: upstream::include_usage(call.body()?),
                 ..Translator::default()
             };
             return Ok(Reply::Stream(upstream::translated(events, translator)));

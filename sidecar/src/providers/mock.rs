@@ -94,7 +94,7 @@ impl Adapter for Mock {
                 f.body = Some(error_body("mock: scripted rate limit"));
                 Err(f)
             }
-            MockBehavior::Ok | MockBehavior::Slow | MockBehavior::Hang => Ok(self.answer(call)),
+            MockBehavior::Ok | MockBehavior::Slow | MockBehavior::Hang => self.answer(call),
         }
     }
 }
@@ -104,8 +104,8 @@ fn answer(v: &Value) -> Answer {
 }
 
 impl Mock {
-    fn answer(&self, call: &Call<'_>) -> Reply {
-        let prompt_tokens = tokens(&serde_json::to_string(call.body).unwrap_or_default());
+    fn answer(&self, call: &Call<'_>) -> Result<Reply, Failure> {
+        let prompt_tokens = tokens(&serde_json::to_string(call.body()?).unwrap_or_default());
         let completion_tokens = tokens(&self.reply);
         let usage = json!({
             "prompt_tokens": prompt_tokens,
@@ -113,9 +113,9 @@ impl Mock {
             "total_tokens": prompt_tokens + completion_tokens,
         });
         let id = format!("mock-{:016x}", fastrand::u64(..));
-        match call.endpoint {
+        Ok(match call.endpoint {
             Endpoint::Embeddings => {
-                let inputs = match call.body.get("input") {
+                let inputs = match call.body()?.get("input") {
                     Some(Value::Array(a)) => a.len().max(1),
                     _ => 1,
                 };
@@ -174,6 +174,6 @@ impl Mock {
                 events.push(Ok(Event::Done));
                 Reply::Stream(sse::from_events(stream::iter(events)))
             }
-        }
+        })
     }
 }

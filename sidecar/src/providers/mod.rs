@@ -84,11 +84,7 @@ impl Endpoint {
 pub struct Call<'a> {
     pub endpoint: Endpoint,
     /// The client's body, `model` still the route's id.
-    pub body: &'a Map<String, Value>,
-    /// The same body as the client sent it, and where its `model` value is (`None`: serialise
-    /// `body` instead).
-    pub raw: &'a Bytes,
-    pub model_span: Option<&'a std::ops::Range<usize>>,
+    pub request: &'a answer::RequestBody,
     /// The target's upstream model.
     pub model: &'a str,
     pub stream: bool,
@@ -128,18 +124,30 @@ pub struct WithModel<'a> {
 }
 
 impl Call<'_> {
+    /// The client's body as a JSON tree (built on first use); a body only the tree refuses
+    /// is a 400 naming why.
+    pub fn body(&self) -> Result<&Map<String, Value>, Failure> {
+        self.request.map().map_err(|message| {
+            let mut f = Failure::new(Class::ClientError, "request body is not valid JSON")
+                .status(StatusCode::BAD_REQUEST);
+            f.body = Some(upstream::openai_error(message, "invalid_request_error", None));
+            f
+        })
+    }
+
     /// The client's body as bytes for an OpenAI-shaped upstream, `model` replaced by the
     /// target's upstream model: the client's own bytes with the model spliced in, or (when
     /// they cannot be used as they are) the body serialised again.
     pub fn body_with_model(&self) -> Result<Bytes, Failure> {
         if let Some(b) = self
-            .model_span
-            .and_then(|span| answer::splice(self.raw, span, self.model))
+            .request
+            .model_span()
+            .and_then(|span| answer::splice(self.request.raw(), span, self.model))
         {
             return Ok(b);
         }
         serde_json::to_vec(&WithModel {
-            body: self.body,
+            body: self.body()?,
             model: self.model,
         })
         .map(Bytes::from)

@@ -62,6 +62,7 @@ struct Stub {
     hits: usize,
     last_headers: Option<HeaderMap>,
     last_body: Option<Value>,
+    last_raw: Option<Bytes>,
 }
 
 type Stubs = Arc<Mutex<HashMap<String, Stub>>>;
@@ -129,6 +130,7 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    let raw = body.clone();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = body
         .get("model")
@@ -146,6 +148,7 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
         stub.hits += 1;
         stub.last_headers = Some(headers);
         stub.last_body = Some(body.clone());
+        stub.last_raw = Some(raw);
         step
     };
     let ok = |model: &str| {
@@ -241,6 +244,15 @@ impl Fake {
             .unwrap()
             .get(stub)
             .and_then(|s| s.last_body.clone())
+    }
+
+    /// The last request body as the stub received it, byte for byte.
+    pub fn last_raw(&self, stub: &str) -> Option<Bytes> {
+        self.stubs
+            .lock()
+            .unwrap()
+            .get(stub)
+            .and_then(|s| s.last_raw.clone())
     }
 
     pub fn endpoint(&self, stub: &str) -> String {
