@@ -8,13 +8,15 @@ use detour_api::table::{Scoring, Strategy};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::providers::{anthropic, bedrock, chat, sse};
+use crate::providers::answer::{RequestBody, Usage, splice};
+use crate::providers::{Answer, anthropic, bedrock, chat, sse};
 use crate::routing::{Needs, decide};
 
 /// A client's request body, through everything that reads it before a provider is called:
 /// JSON parsing, capability needs, the complexity score and the cost/quality decision, and the
 /// OpenAI → Anthropic and OpenAI → Bedrock translations.
 pub fn request_body(bytes: &[u8]) {
+    request_reading_agrees(bytes);
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
         return;
     };
@@ -48,8 +50,70 @@ pub fn request_body(bytes: &[u8]) {
     }
 }
 
-/// An upstream's non-streaming answer, translated back to a `chat.completion`.
+/// The one-pass request reading agrees with a tree parse: it accepts every object the tree
+/// accepts, finds the same `model` and `stream`, builds the same tree, and splicing a model
+/// into the bytes gives the tree with only `model` replaced.
+fn request_reading_agrees(bytes: &[u8]) {
+    let tree = serde_json::from_slice::<Value>(bytes);
+    let read = RequestBody::parse(Bytes::copy_from_slice(bytes));
+    let (Ok(Value::Object(map)), Ok(read)) = (&tree, &read) else {
+        assert!(
+            !matches!(tree, Ok(Value::Object(_))),
+            "an object the tree accepts was refused"
+        );
+        return;
+    };
+    assert_eq!(read.model(), map.get("model").and_then(Value::as_str));
+    assert_eq!(
+        read.stream(),
+        map.get("stream").and_then(Value::as_bool) == Some(true)
+    );
+    assert_eq!(read.map().ok(), Some(map));
+    if let Some(span) = read.model_span() {
+        let spliced = splice(read.raw(), span, "spliced/\"m\"");
+        let spliced = spliced.and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        let mut want = map.clone();
+        want.insert("model".to_owned(), Value::from("spliced/\"m\""));
+        assert_eq!(spliced, Some(Value::Object(want)));
+    }
+}
+
+/// The one-pass answer reading agrees with a tree parse: same objects accepted, same usage,
+/// content-filter and error verdicts, and the model rewrite equals the tree's.
+fn answer_reading_agrees(bytes: &[u8]) {
+    let tree = serde_json::from_slice::<Value>(bytes);
+    let read = Answer::parse(Bytes::copy_from_slice(bytes));
+    let (Ok(Value::Object(map)), Some(read)) = (&tree, &read) else {
+        assert!(
+            !matches!(tree, Ok(Value::Object(_))),
+            "an object the tree accepts was refused"
+        );
+        return;
+    };
+    let usage = map.get("usage").filter(|u| u.is_object()).map(|u| Usage {
+        prompt: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+        completion: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+    });
+    assert_eq!(read.usage(), usage);
+    let filtered = map.get("choices").and_then(Value::as_array).is_some_and(|c| {
+        !c.is_empty()
+            && c.iter()
+                .all(|c| c.get("finish_reason").and_then(Value::as_str) == Some("content_filter"))
+    });
+    assert_eq!(read.content_filtered(), filtered);
+    assert_eq!(read.is_error(), map.contains_key("error"));
+    let mut want = map.clone();
+    if let Some(m) = want.get_mut("model") {
+        *m = Value::from("route/x");
+    }
+    let got = serde_json::from_slice::<Value>(&read.with_model(Some("route/x"))).ok();
+    assert_eq!(got, Some(Value::Object(want)));
+}
+
+/// An upstream's non-streaming answer: read as an OpenAI-shaped answer, and translated back
+/// to a `chat.completion` from Anthropic's and Bedrock's shapes.
 pub fn response_body(bytes: &[u8]) {
+    answer_reading_agrees(bytes);
     let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
         return;
     };

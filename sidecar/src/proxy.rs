@@ -822,7 +822,7 @@ impl StreamState {
         if self.guard.ctx.is_some() {
             record_usage(&self.guard.target, a.usage());
         }
-        sse::encode_data(&a.with_model(self.model.as_ref().map(|r| r.route.model.as_str())))
+        sse::encode_answer(a, self.model.as_ref().map(|r| r.route.model.as_str()))
     }
 }
 

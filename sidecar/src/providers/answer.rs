@@ -86,6 +86,18 @@ impl Answer {
         }
     }
 
+    /// Appends [`Answer::with_model`]'s bytes to `out` (one SSE event is built in one buffer).
+    pub fn write_with_model(&self, model: Option<&str>, out: &mut Vec<u8>) {
+        let at = out.len();
+        if let (Some(model), Some(span)) = (model, &self.model)
+            && splice_into(out, &self.bytes, span, model)
+        {
+            return;
+        }
+        out.truncate(at);
+        out.extend_from_slice(&self.bytes);
+    }
+
     /// `usage`, when the answer has one (an object).
     pub const fn usage(&self) -> Option<Usage> {
         self.usage
@@ -110,18 +122,28 @@ impl Answer {
 /// `bytes` with the JSON value at `span` replaced by the string `model`: the same bytes when
 /// it already is that string, `None` when `span` is not inside `bytes`.
 pub fn splice(bytes: &Bytes, span: &Range<usize>, model: &str) -> Option<Bytes> {
-    let head = bytes.get(..span.start)?;
     let old = bytes.get(span.clone())?;
-    let tail = bytes.get(span.end..)?;
-    let mut out = Vec::with_capacity(bytes.len() + model.len() + 8);
-    out.extend_from_slice(head);
-    let at = out.len();
-    serde_json::to_writer(&mut out, model).ok()?;
-    if out.get(at..) == Some(old) {
+    let plain = !model.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+    if plain && old.len() == model.len() + 2 && old.get(1..=model.len()) == Some(model.as_bytes()) {
         return Some(bytes.clone());
     }
+    let mut out = Vec::with_capacity(bytes.len() + model.len() + 8);
+    splice_into(&mut out, bytes, span, model).then(|| Bytes::from(out))
+}
+
+/// Appends `bytes` with the value at `span` replaced by the JSON string `model`; `false`
+/// (with `out` partly written) when `span` is not inside `bytes`.
+fn splice_into(out: &mut Vec<u8>, bytes: &[u8], span: &Range<usize>, model: &str) -> bool {
+    let (Some(head), Some(tail)) = (bytes.get(..span.start), bytes.get(span.end..)) else {
+        return false;
+    };
+    out.reserve(bytes.len() + model.len() + 8);
+    out.extend_from_slice(head);
+    if serde_json::to_writer(&mut *out, model).is_err() {
+        return false;
+    }
     out.extend_from_slice(tail);
-    Some(Bytes::from(out))
+    true
 }
 
 /// A client's request body, read in one pass that builds no tree: the top-level `model` (and

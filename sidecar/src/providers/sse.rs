@@ -167,11 +167,12 @@ where
     Box::pin(s)
 }
 
-/// One `data:` event holding `json` (one line: serialised JSON has no raw newlines).
-pub fn encode_data(json: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(json.len() + 8);
+/// One `data:` event holding `answer` with its `model` replaced (see
+/// [`Answer::with_model`]), built in one buffer.
+pub fn encode_answer(answer: &Answer, model: Option<&str>) -> Bytes {
+    let mut out = Vec::with_capacity(answer.bytes().len() + 64);
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(json);
+    answer.write_with_model(model, &mut out);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
@@ -180,7 +181,7 @@ pub fn encode_data(json: &[u8]) -> Bytes {
 pub fn encode(event: &Event) -> Bytes {
     match event {
         Event::Done => Bytes::from_static(b"data: [DONE]\n\n"),
-        Event::Raw(a) => encode_data(a.bytes()),
+        Event::Raw(a) => encode_answer(a, None),
         Event::Data(v) => {
             let mut out = Vec::with_capacity(256);
             out.extend_from_slice(b"data: ");
