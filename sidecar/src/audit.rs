@@ -64,6 +64,122 @@ pub struct AuditRecord {
     pub stream_error: Option<Class>,
 }
 
+impl AuditRecord {
+    /// The line (without its newline), byte for byte what `serde_json` makes of the record,
+    /// written directly: keys and closed-set values (`&'static str`) as they are, only text
+    /// from the configuration and the request id escaped. This is the writer thread's work
+    /// per request, so it is kept cheap.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts_ms\":");
+        number(out, self.ts_ms);
+        out.extend_from_slice(b",\"request_id\":");
+        text(out, &self.request_id);
+        out.extend_from_slice(b",\"endpoint\":");
+        word(out, self.endpoint);
+        out.extend_from_slice(b",\"route\":");
+        opt_text(out, self.route.as_deref());
+        out.extend_from_slice(b",\"rule\":");
+        opt_text(out, self.rule.as_deref());
+        if let Some(score) = &self.score {
+            out.extend_from_slice(b",\"score\":{\"value\":");
+            match score.value {
+                Some(v) => float(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"class\":");
+            word(out, score.class);
+            out.extend_from_slice(b",\"scorer\":");
+            word(out, score.scorer);
+            out.extend_from_slice(b",\"rule\":");
+            text(out, &score.rule);
+            out.push(b'}');
+        }
+        out.extend_from_slice(if self.stream {
+            b",\"stream\":true,\"target\":"
+        } else {
+            b",\"stream\":false,\"target\":"
+        });
+        opt_text(out, self.target.as_deref());
+        out.extend_from_slice(b",\"provider\":");
+        match self.provider {
+            Some(p) => word(out, p),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"fallback_count\":");
+        number(out, self.fallback_count);
+        out.extend_from_slice(b",\"attempts\":[");
+        for (i, a) in self.attempts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"target\":");
+            text(out, &a.target);
+            out.extend_from_slice(b",\"class\":");
+            word(out, a.class.as_str());
+            out.extend_from_slice(b",\"status\":");
+            match a.status {
+                Some(s) => number(out, s),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"latency_ms\":");
+            float(out, a.latency_ms);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"skipped\":[");
+        for (i, k) in self.skipped.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"target\":");
+            text(out, &k.target);
+            out.extend_from_slice(b",\"reason\":");
+            word(out, k.reason);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"status\":");
+        number(out, self.status);
+        out.extend_from_slice(b",\"outcome\":");
+        word(out, self.outcome);
+        out.extend_from_slice(b",\"latency_ms\":");
+        float(out, self.latency_ms);
+        out.extend_from_slice(b",\"overhead_us\":");
+        number(out, self.overhead_us);
+        if let Some(c) = self.stream_error {
+            out.extend_from_slice(b",\"stream_error\":");
+            word(out, c.as_str());
+        }
+        out.push(b'}');
+    }
+}
+
+/// A closed-set value: a `&'static str` of this crate with nothing to escape.
+fn word(out: &mut Vec<u8>, s: &'static str) {
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+/// Text that may need escaping (configuration names, rule descriptions).
+fn text(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn opt_text(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => text(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn number(out: &mut Vec<u8>, n: impl Into<u128>) {
+    let _ = std::io::Write::write_fmt(out, format_args!("{}", n.into()));
+}
+
+fn float(out: &mut Vec<u8>, v: f64) {
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
 /// Audit lines waiting for the writer thread; past this the request path writes its own
 /// line (back-pressure instead of unbounded memory or lost lines).
 const QUEUE: usize = 8192;
@@ -91,13 +207,10 @@ pub struct Audit {
 }
 
 fn write_line(out: &mut impl std::io::Write, record: &AuditRecord) {
-    match serde_json::to_vec(record) {
-        Ok(mut line) => {
-            line.push(b'\n');
-            let _ = out.write_all(&line);
-        }
-        Err(e) => tracing::warn!(error = %e, "audit line not serialisable"),
-    }
+    let mut line = Vec::with_capacity(512);
+    record.write_json(&mut line);
+    line.push(b'\n');
+    let _ = out.write_all(&line);
 }
 
 impl Audit {
@@ -190,4 +303,88 @@ pub fn now_ms() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(full: bool) -> AuditRecord {
+        AuditRecord {
+            ts_ms: 1_790_000_000_123,
+            request_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            endpoint: "chat/completions",
+            route: full.then(|| "smart/\"odd\"\\name\u{1}é".to_owned()),
+            rule: full.then(|| "free-tier".to_owned()),
+            score: full.then(|| ScoreRecord {
+                value: Some(0.8125),
+                class: "complex",
+                scorer: "v1",
+                rule: "score 0.81 > complexAbove 0.60 (reasoning_words): most capable first".to_owned(),
+            }),
+            stream: full,
+            target: full.then(|| "backup".to_owned()),
+            provider: full.then_some("anthropic"),
+            fallback_count: u32::from(full),
+            attempts: if full {
+                vec![
+                    AttemptRecord {
+                        target: "primary".to_owned(),
+                        class: Class::RateLimited,
+                        status: Some(429),
+                        latency_ms: 12.0,
+                    },
+                    AttemptRecord {
+                        target: "backup".to_owned(),
+                        class: Class::Ok,
+                        status: None,
+                        latency_ms: 0.001,
+                    },
+                ]
+            } else {
+                Vec::new()
+            },
+            skipped: if full {
+                vec![SkipRecord {
+                    target: "cheap".to_owned(),
+                    reason: "circuit-open",
+                }]
+            } else {
+                Vec::new()
+            },
+            status: 200,
+            outcome: "ok",
+            latency_ms: 1234.5,
+            overhead_us: 37,
+            stream_error: full.then_some(Class::Reset),
+        }
+    }
+
+    /// The hand-written line is byte for byte serde_json's, with and without every optional
+    /// part, escapes included.
+    #[test]
+    fn line_is_serde_json_byte_for_byte() {
+        for full in [false, true] {
+            let r = record(full);
+            let mut mine = Vec::new();
+            r.write_json(&mut mine);
+            assert_eq!(
+                String::from_utf8(mine).unwrap(),
+                serde_json::to_string(&r).unwrap()
+            );
+        }
+        let mut r = record(true);
+        r.score = Some(ScoreRecord {
+            value: None,
+            class: "unscored",
+            scorer: "v1",
+            rule: String::new(),
+        });
+        let mut mine = Vec::new();
+        r.write_json(&mut mine);
+        assert_eq!(
+            String::from_utf8(mine).unwrap(),
+            serde_json::to_string(&r).unwrap()
+        );
+    }
 }

@@ -41,10 +41,11 @@ impl Answer {
     /// Reads `bytes`; `None` when they are not one JSON object.
     pub fn parse(bytes: Bytes) -> Option<Self> {
         // The reader skips the fields it does not look at without decoding them; the bytes
-        // are passed on, so they must be text.
-        std::str::from_utf8(&bytes).ok()?;
+        // are passed on, so they must be text. Checked once here, so the reader need not check
+        // each string again.
+        let text = std::str::from_utf8(&bytes).ok()?;
         let summary = {
-            let mut de = serde_json::Deserializer::from_slice(&bytes);
+            let mut de = serde_json::Deserializer::from_str(text);
             let s = de.deserialize_map(SummaryVisitor { base: &bytes }).ok()?;
             de.end().ok()?;
             s
@@ -166,14 +167,13 @@ impl RequestBody {
     /// Reads `raw`; the error is serde_json's (line and column, never content), or
     /// [`RequestError::NotAnObject`] for JSON that is not an object.
     pub fn parse(raw: Bytes) -> Result<Self, RequestError> {
-        let head = {
-            let mut de = serde_json::Deserializer::from_slice(&raw);
-            std::str::from_utf8(&raw).map_err(|_| ()).and_then(|_| {
-                de.deserialize_map(HeadVisitor { base: &raw })
-                    .and_then(|h| de.end().map(|()| h))
-                    .map_err(|_| ())
-            })
-        };
+        // UTF-8 checked once for the whole body, so the reader need not check each string.
+        let head = std::str::from_utf8(&raw).map_err(|_| ()).and_then(|text| {
+            let mut de = serde_json::Deserializer::from_str(text);
+            de.deserialize_map(HeadVisitor { base: &raw })
+                .and_then(|h| de.end().map(|()| h))
+                .map_err(|_| ())
+        });
         match head {
             Ok(h) => Ok(Self {
                 model_span: h.model_span.filter(|_| h.models == 1),
