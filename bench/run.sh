@@ -136,18 +136,30 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
+# 1,000 streaming requests held in flight at once (the mock answers after 4 s): sets $held
+# (what the sidecar counts in flight) and $rss_held.
+held_streams() {
+  BENCH_BODY='{"model":"bench/held","stream":true,"messages":[{"role":"user","content":"Say hello."}]}' \
+    wrk -t2 -c1000 -d6s --timeout 10s -s bench/post.lua "http://127.0.0.1:$SC/v1/chat/completions" >/dev/null 2>&1 &
+  local w=$!
+  sleep 3
+  held=$(curl -fs "http://127.0.0.1:$AD/metrics" | awk '/^detour_in_flight_requests / {print $2}')
+  rss_held=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
+  wait "$w" || true
+}
+held_streams # on the fresh process, before any other load
+held_fresh=$held rss_held_fresh=$rss_held
 # Open the dead primary's breaker (one connect error with failureThreshold 1).
 curl -fs "http://127.0.0.1:$SC/v1/chat/completions" -H 'content-type: application/json' \
   -d '{"model":"bench/open-primary","messages":[{"role":"user","content":"x"}]}' >/dev/null
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-run() { # label url conns threads pid-under-test [body]
+run() { # label url conns threads pid-under-test [body] — one run of one case
   local label=$1 url=$2 c=$3 t=$4 pid=$5 body=${6:-}
-  for i in $(seq "$RUNS"); do
-    local t0; t0=$(ticks "$pid")
-    BENCH_BODY="$body" wrk -t"$t" -c"$c" -d"${DURATION}s" --latency -s bench/post.lua "$url" > "$work/wrk.out" || true
-    local t1; t1=$(ticks "$pid")
-    python3 - "$label" "$c" "$work/wrk.out" "$((t1 - t0))" "$(getconf CLK_TCK)" >> "$work/results.tsv" <<'PY'
+  local t0; t0=$(ticks "$pid")
+  BENCH_BODY="$body" wrk -t"$t" -c"$c" -d"${DURATION}s" --latency -s bench/post.lua "$url" > "$work/wrk.out" || true
+  local t1; t1=$(ticks "$pid")
+  python3 - "$label" "$c" "$work/wrk.out" "$((t1 - t0))" "$(getconf CLK_TCK)" >> "$work/results.tsv" <<'PY'
 import re, sys
 label, c, path, ticks, hz = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 text = open(path).read()
@@ -162,37 +174,37 @@ n = int(re.search(r"(\d+) requests in", text).group(1))
 cpu = ticks / hz * 1e6 / max(n, 1)
 print(f"{label}\t{c}\t{p50:.0f}\t{p99:.0f}\t{rps:.0f}\t{non2xx.group(1) if non2xx else 0}\t{cpu:.1f}")
 PY
-  done
 }
 
 stream_body='{"model":"bench/stream","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
+# The cases of one concurrency take turns run by run (direct, nginx, sidecar, direct, ...),
+# so a slow spell of the machine falls on all three instead of on one case's runs.
 for c in ${CONCURRENCY:-1 32 256}; do
   t=$([ "$c" = 1 ] && echo 1 || echo 2)
-  run direct "http://127.0.0.1:$UP/v1/chat/completions" "$c" "$t" "$UPID"
-  run nginx "http://127.0.0.1:$NG/v1/chat/completions" "$c" "$t" "$NPID"
-  run sidecar "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t" "$SPID"
-  # Streaming: the whole canned stream is three small events, so wrk's latency (to the
-  # last byte) is the time to first byte plus a few microseconds.
-  run direct-stream "http://127.0.0.1:$UP/s/v1/chat/completions" "$c" "$t" "$UPID" "$stream_body"
-  run nginx-stream "http://127.0.0.1:$NG/s/v1/chat/completions" "$c" "$t" "$NPID" "$stream_body"
-  run sidecar-stream "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t" "$SPID" "$stream_body"
+  for _ in $(seq "$RUNS"); do
+    run direct "http://127.0.0.1:$UP/v1/chat/completions" "$c" "$t" "$UPID"
+    run nginx "http://127.0.0.1:$NG/v1/chat/completions" "$c" "$t" "$NPID"
+    run sidecar "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t" "$SPID"
+    # Streaming: the whole canned stream is three small events, so wrk's latency (to the
+    # last byte) is the time to first byte plus a few microseconds.
+    run direct-stream "http://127.0.0.1:$UP/s/v1/chat/completions" "$c" "$t" "$UPID" "$stream_body"
+    run nginx-stream "http://127.0.0.1:$NG/s/v1/chat/completions" "$c" "$t" "$NPID" "$stream_body"
+    run sidecar-stream "http://127.0.0.1:$SC/v1/chat/completions" "$c" "$t" "$SPID" "$stream_body"
+    if [ "$c" = 1 ]; then
+      run sidecar-open-primary "http://127.0.0.1:$SC/v1/chat/completions" 1 1 "$SPID" \
+        '{"model":"bench/open-primary","messages":[{"role":"user","content":"Say hello."}]}'
+    fi
+  done
 done
-run sidecar-open-primary "http://127.0.0.1:$SC/v1/chat/completions" 1 1 "$SPID" \
-  '{"model":"bench/open-primary","messages":[{"role":"user","content":"Say hello."}]}'
 rss_after=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
 
-# 1,000 streaming requests held in flight at once (the mock answers after 4 s).
-BENCH_BODY='{"model":"bench/held","stream":true,"messages":[{"role":"user","content":"Say hello."}]}' \
-  wrk -t2 -c1000 -d6s --timeout 10s -s bench/post.lua "http://127.0.0.1:$SC/v1/chat/completions" >/dev/null 2>&1 &
-WRK=$!
-sleep 3
-held=$(curl -fs "http://127.0.0.1:$AD/metrics" | awk '/^detour_in_flight_requests / {print $2}')
-rss_held=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
-wait "$WRK" || true
+held_streams # 1,000 streaming requests held in flight again, after all the load
+held_after=$held rss_held_after=$rss_held
 
-python3 - "$work/results.tsv" "$rss_idle" "$rss_after" "$RUNS" "$DURATION" "$held" "$rss_held" <<'PY'
+python3 - "$work/results.tsv" "$rss_idle" "$rss_after" "$RUNS" "$DURATION" "$held_fresh" "$rss_held_fresh" \
+  "$held_after" "$rss_held_after" <<'PY'
 import statistics, sys, collections
-path, rss_idle, rss_after, runs, dur, held, rss_held = sys.argv[1:8]
+path, rss_idle, rss_after, runs, dur, held, rss_held, held_after, rss_held_after = sys.argv[1:10]
 rows = collections.defaultdict(list)
 for line in open(path):
     label, c, p50, p99, rps, bad, cpu = line.split("\t")
@@ -217,6 +229,7 @@ for suffix in ("", "-stream"):
 o, s = med.get(("sidecar-open-primary", 1)), med.get(("sidecar", 1))
 if o and s:
     print(f"- open-breaker primary, c=1: p50 {o[0]:.0f} µs vs healthy {s[0]:.0f} µs (+{o[0]-s[0]:.0f} µs)")
-print(f"- sidecar RSS: {int(rss_idle)/1024:.1f} MiB idle, {int(rss_after)/1024:.1f} MiB after the runs, "
-      f"{int(rss_held)/1024:.1f} MiB with {held} streaming requests in flight")
+print(f"- sidecar RSS: {int(rss_idle)/1024:.1f} MiB idle; {int(rss_held)/1024:.1f} MiB with {held} streaming "
+      f"requests in flight on the fresh process; {int(rss_after)/1024:.1f} MiB after the load runs, "
+      f"{int(rss_held_after)/1024:.1f} MiB with {held_after} streaming requests in flight then")
 PY

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Instructions the sidecar executes per proxied request, counted by callgrind: a
+# deterministic figure (unlike wall time or CPU time on a shared box) for comparing two
+# builds of the request path. Runs the release binary under valgrind against a canned
+# loopback upstream (nginx), sends N1 and then N2 requests with `hey` in two separate runs,
+# and reports (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up and shutdown cancel out.
+#
+#   bash bench/instructions.sh                        # 70-byte chat request
+#   BODY_BYTES=4096 bash bench/instructions.sh        # a ~4 KB prompt
+#   BIN=/path/to/detour-sidecar bash bench/instructions.sh
+#
+# Needs valgrind, hey and nginx-light (Debian; installed if missing) and python3. Listens on
+# 127.0.0.1 only; stops every process it starts by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N1=${N1:-500}
+N2=${N2:-2500}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/detour/target}"
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v hey >/dev/null || missing+=(hey)
+command -v nginx >/dev/null || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ -z "${BIN:-}" ]; then
+  cargo build -q --release -p detour-sidecar --bins
+  BIN="$CARGO_TARGET_DIR/release/detour-sidecar"
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); SC=$(free_port); AD=$(free_port)
+
+reply='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"up","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}'
+mkdir -p "$work/up"
+cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/up/nginx.pid;
+error_log $work/up/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/up/body;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$reply'; } }
+}
+CONF
+nginx -c "$work/up/nginx.conf" -e "$work/up/error.log" & pids+=($!)
+
+cat > "$work/routes.yaml" <<YAML
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: bench}
+spec:
+  retry: {attempts: 1}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: fast}
+spec:
+  model: bench/fast
+  policyRef: {name: bench}
+  targets:
+    - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP/v1"}
+YAML
+python3 - "${BODY_BYTES:-0}" > "$work/body.json" <<'PY'
+import json, sys
+size = int(sys.argv[1])
+text = "Say hello."
+if size > 0:
+    text = ("Explain the trade-offs of consistent hashing in distributed caches. " * (size // 68 + 1))[:size]
+print(json.dumps({"model": "bench/fast", "messages": [{"role": "user", "content": text}]}))
+PY
+
+count() { # requests -> total instructions of one sidecar run
+  local n=$1
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$BIN" --routes "$work/routes.yaml" \
+    --listen "127.0.0.1:$SC" --admin-listen "127.0.0.1:$AD" >/dev/null 2>"$work/vg.$n" &
+  local vg=$!
+  for _ in $(seq 150); do
+    curl -fs "http://127.0.0.1:$AD/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  hey -n "$n" -c 8 -m POST -T application/json -D "$work/body.json" \
+    "http://127.0.0.1:$SC/v1/chat/completions" > "$work/hey.$n"
+  grep -q '\[200\]' "$work/hey.$n" || { echo "requests failed:"; cat "$work/hey.$n"; exit 1; }
+  kill -TERM "$vg"
+  wait "$vg" 2>/dev/null || true
+  callgrind_annotate "$work/cg.$n" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}
+a=$(count "$N1")
+b=$(count "$N2")
+python3 -c "print(f'instructions per request: {($b - $a) / ($N2 - $N1):,.0f}  (body: $(wc -c < "$work/body.json") bytes; callgrind, {$N2} - {$N1} requests)')"
