@@ -16,16 +16,9 @@ cd "$(dirname "$0")/.."
 N1=${N1:-500}
 N2=${N2:-2500}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/detour/target}"
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v hey >/dev/null || missing+=(hey)
-command -v nginx >/dev/null || missing+=(nginx-light)
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo_cmd=""
-  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+command -v python3 >/dev/null || { echo "missing python3"; exit 1; }
+. bench/lib.sh
+need valgrind:valgrind hey:hey nginx:nginx-light
 if [ -z "${BIN:-}" ]; then
   cargo build -q --release -p detour-sidecar --bins
   BIN="$CARGO_TARGET_DIR/release/detour-sidecar"
@@ -39,10 +32,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); SC=$(free_port); AD=$(free_port)
 
-reply='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"up","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}'
+reply=$BENCH_REPLY
 mkdir -p "$work/up"
 cat > "$work/up/nginx.conf" <<CONF
 worker_processes 1;

@@ -15,17 +15,9 @@ root=$(pwd)
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/detour/target}"
-# Installs wrk and nginx-light (Debian) when missing, like the test command does.
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || missing+=(nginx-light)
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo_cmd=""
-  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
 command -v python3 >/dev/null || { echo "missing python3"; exit 1; }
+. bench/lib.sh
+need wrk:wrk nginx:nginx-light
 cargo build -q --release -p detour-sidecar --bins
 BIN="$CARGO_TARGET_DIR/release/detour-sidecar"
 
@@ -40,10 +32,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NG=$(free_port); SC=$(free_port); AD=$(free_port)
 
-reply='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"up","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}'
+reply=$BENCH_REPLY
 
 nginx_conf() { # name port body
   mkdir -p "$work/$1"

@@ -50,19 +50,34 @@ pub fn request_body(bytes: &[u8]) {
     }
 }
 
+/// `bytes` read as a tree and by `read`, when both accept them; a one-pass reader that
+/// refuses an object the tree accepts is a finding.
+fn both<T>(
+    bytes: &[u8],
+    read: impl FnOnce(Bytes) -> Option<T>,
+) -> Option<(serde_json::Map<String, Value>, T)> {
+    let tree = serde_json::from_slice::<Value>(bytes);
+    let read = read(Bytes::copy_from_slice(bytes));
+    match (tree, read) {
+        (Ok(Value::Object(map)), Some(read)) => Some((map, read)),
+        (tree, _) => {
+            assert!(
+                !matches!(tree, Ok(Value::Object(_))),
+                "an object the tree accepts was refused"
+            );
+            None
+        }
+    }
+}
+
 /// The one-pass request reading agrees with a tree parse: it accepts every object the tree
 /// accepts, finds the same `model` and `stream`, builds the same tree, and splicing a model
 /// into the bytes gives the tree with only `model` replaced.
 fn request_reading_agrees(bytes: &[u8]) {
-    let tree = serde_json::from_slice::<Value>(bytes);
-    let read = RequestBody::parse(Bytes::copy_from_slice(bytes));
-    let (Ok(Value::Object(map)), Ok(read)) = (&tree, &read) else {
-        assert!(
-            !matches!(tree, Ok(Value::Object(_))),
-            "an object the tree accepts was refused"
-        );
+    let Some((map, read)) = both(bytes, |b| RequestBody::parse(b).ok()) else {
         return;
     };
+    let map = &map;
     assert_eq!(read.model(), map.get("model").and_then(Value::as_str));
     assert_eq!(
         read.stream(),
@@ -81,15 +96,10 @@ fn request_reading_agrees(bytes: &[u8]) {
 /// The one-pass answer reading agrees with a tree parse: same objects accepted, same usage,
 /// content-filter and error verdicts, and the model rewrite equals the tree's.
 fn answer_reading_agrees(bytes: &[u8]) {
-    let tree = serde_json::from_slice::<Value>(bytes);
-    let read = Answer::parse(Bytes::copy_from_slice(bytes));
-    let (Ok(Value::Object(map)), Some(read)) = (&tree, &read) else {
-        assert!(
-            !matches!(tree, Ok(Value::Object(_))),
-            "an object the tree accepts was refused"
-        );
+    let Some((map, read)) = both(bytes, Answer::parse) else {
         return;
     };
+    let map = &map;
     let usage = map.get("usage").filter(|u| u.is_object()).map(|u| Usage {
         prompt: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
         completion: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),

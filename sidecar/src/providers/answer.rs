@@ -11,6 +11,7 @@
 //! `Value` accessors did), and a repeated key counts by its last occurrence, as in a `Value`.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -54,7 +55,7 @@ impl Answer {
             bytes,
             model: summary.model,
             usage: summary.usage,
-            content_filtered: summary.choices > 0 && summary.filtered == summary.choices,
+            content_filtered: summary.choices.total > 0 && summary.choices.filtered == summary.choices.total,
             error: summary.error,
         })
     }
@@ -248,31 +249,7 @@ struct HeadVisitor<'b> {
 }
 
 /// The top-level keys of a request the first reading looks at.
-enum HeadKey {
-    Model,
-    Stream,
-    Other,
-}
-
-impl<'de> de::Deserialize<'de> for HeadKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HeadKey;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<HeadKey, E> {
-                Ok(match v {
-                    "model" => HeadKey::Model,
-                    "stream" => HeadKey::Stream,
-                    _ => HeadKey::Other,
-                })
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
+const HEAD_KEYS: &[&str] = &["model", "stream"];
 
 impl<'de> Visitor<'de> for HeadVisitor<'_> {
     type Value = Head;
@@ -283,25 +260,21 @@ impl<'de> Visitor<'de> for HeadVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Head, A::Error> {
         let mut h = Head::default();
-        while let Some(key) = access.next_key::<HeadKey>()? {
+        while let Some(key) = access.next_key_seed(KeyIn(HEAD_KEYS))? {
             match key {
-                HeadKey::Model => {
-                    let raw = access.next_value::<&RawValue>()?;
+                Some(0) => {
+                    let (span, raw) = raw_value(&mut access, self.base)?;
                     h.models += 1;
-                    h.model_span = Some(
-                        span_of(self.base, raw.get().as_bytes())
-                            .ok_or_else(|| de::Error::custom("model value outside the document"))?,
-                    );
+                    h.model_span = Some(span);
                     // Last one wins, as in a tree; a non-string model is no model.
-                    h.model = serde_json::from_str::<Value>(raw.get())
+                    h.model = serde_json::from_str::<Value>(raw)
                         .map_err(de::Error::custom)?
                         .as_str()
                         .map(str::to_owned);
                 }
-                HeadKey::Stream => {
-                    h.stream = access.next_value::<LenientBool>()?.0 == Some(true);
-                }
-                HeadKey::Other => {
+                // "stream"
+                Some(_) => h.stream = access.next_value::<Read<Flag>>()?.0.0 == Some(true),
+                None => {
                     access.next_value::<IgnoredAny>()?;
                 }
             }
@@ -310,52 +283,11 @@ impl<'de> Visitor<'de> for HeadVisitor<'_> {
     }
 }
 
-/// `Some(b)` only for a JSON boolean, the way `Value::as_bool` reads it.
-struct LenientBool(Option<bool>);
-
-impl<'de> de::Deserialize<'de> for LenientBool {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Option<bool>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<bool>, E> {
-                Ok(Some(v))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<bool>, E> {
-                Ok(None)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<bool>, E> {
-                Ok(None)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<bool>, E> {
-                Ok(None)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Option<bool>, E> {
-                Ok(None)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Option<bool>, E> {
-                Ok(None)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<bool>, A::Error> {
-                Lenient(|_: Scalar<'_>| None::<bool>).visit_seq(seq)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<bool>, A::Error> {
-                Lenient(|_: Scalar<'_>| None::<bool>).visit_map(map)
-            }
-        }
-        d.deserialize_any(V).map(LenientBool)
-    }
-}
-
 #[derive(Default)]
 struct Summary {
     model: Option<Range<usize>>,
     usage: Option<Usage>,
-    choices: usize,
-    filtered: usize,
+    choices: Choices,
     error: bool,
 }
 
@@ -364,35 +296,7 @@ struct SummaryVisitor<'b> {
 }
 
 /// The top-level keys the summary reads.
-enum Key {
-    Model,
-    Usage,
-    Choices,
-    Error,
-    Other,
-}
-
-impl<'de> de::Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(match v {
-                    "model" => Key::Model,
-                    "usage" => Key::Usage,
-                    "choices" => Key::Choices,
-                    "error" => Key::Error,
-                    _ => Key::Other,
-                })
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
+const SUMMARY_KEYS: &[&str] = &["model", "usage", "choices", "error"];
 
 impl<'de> Visitor<'de> for SummaryVisitor<'_> {
     type Value = Summary;
@@ -403,31 +307,31 @@ impl<'de> Visitor<'de> for SummaryVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Summary, A::Error> {
         let mut s = Summary::default();
-        while let Some(key) = map.next_key::<Key>()? {
+        while let Some(key) = map.next_key_seed(KeyIn(SUMMARY_KEYS))? {
             match key {
-                Key::Model => {
-                    let raw = map.next_value::<&RawValue>()?;
-                    let span = span_of(self.base, raw.get().as_bytes())
-                        .ok_or_else(|| de::Error::custom("model value outside the document"))?;
-                    s.model = Some(span);
-                }
-                Key::Usage => s.usage = map.next_value::<LenientUsage>()?.0,
-                Key::Choices => {
-                    let c = map.next_value::<Choices>()?;
-                    s.choices = c.total;
-                    s.filtered = c.filtered;
-                }
-                Key::Error => {
+                Some(0) => s.model = Some(raw_value(&mut map, self.base)?.0),
+                Some(1) => s.usage = map.next_value::<Read<UsageField>>()?.0.0,
+                Some(2) => s.choices = map.next_value::<Read<Choices>>()?.0,
+                // "error"
+                Some(_) => {
                     map.next_value::<IgnoredAny>()?;
                     s.error = true;
                 }
-                Key::Other => {
+                None => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
         Ok(s)
     }
+}
+
+/// The next value as it is in the document, and where it sits in `base`.
+fn raw_value<'de, A: MapAccess<'de>>(map: &mut A, base: &[u8]) -> Result<(Range<usize>, &'de str), A::Error> {
+    let raw = map.next_value::<&RawValue>()?.get();
+    let span =
+        span_of(base, raw.as_bytes()).ok_or_else(|| de::Error::custom("value outside the document"))?;
+    Ok((span, raw))
 }
 
 /// Where `part` (a sub-slice of `base`) sits in `base`.
@@ -437,305 +341,180 @@ fn span_of(base: &[u8], part: &[u8]) -> Option<Range<usize>> {
     (base.get(start..end).map(<[u8]>::as_ptr) == Some(part.as_ptr())).then_some(start..end)
 }
 
-/// Drains whatever value `d` holds; `Some(u64)` only for a non-negative integer, the way
-/// `Value::as_u64` reads it.
-struct LenientU64(Option<u64>);
+/// A map key, read as its position in a list of names (`None`: a key not in the list).
+struct KeyIn(&'static [&'static str]);
 
-impl<'de> de::Deserialize<'de> for LenientU64 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Lenient(|v: Scalar<'_>| match v {
-            Scalar::U64(n) => Some(n),
-            _ => None,
-        }))
-        .map(LenientU64)
+impl<'de> DeserializeSeed<'de> for KeyIn {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
     }
 }
 
-/// `Some(true)` when the value is the string `content_filter`.
-struct IsContentFilter(bool);
+impl Visitor<'_> for KeyIn {
+    type Value = Option<usize>;
 
-impl<'de> de::Deserialize<'de> for IsContentFilter {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Lenient(|v: Scalar<'_>| match v {
-            Scalar::Str(s) => Some(s == "content_filter"),
-            _ => None,
-        }))
-        .map(|v| Self(v == Some(true)))
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|k| *k == v))
     }
 }
 
-/// A scalar a lenient reader may keep.
-enum Scalar<'a> {
-    U64(u64),
-    Str(&'a str),
-    Other,
+/// A value read leniently: any JSON value is accepted, and a shape the type does not read is
+/// drained and read as `Self::default()` — the way `Value`'s accessors treat a field of an
+/// unexpected type as absent.
+trait Lenient<'de>: Default {
+    fn boolean(_: bool) -> Self {
+        Self::default()
+    }
+    fn unsigned(_: u64) -> Self {
+        Self::default()
+    }
+    fn text(_: &str) -> Self {
+        Self::default()
+    }
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::default())
+    }
+    fn array<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self::default())
+    }
 }
 
-/// Accepts any JSON value, keeps what `F` makes of a scalar, drains arrays and objects.
-struct Lenient<F>(F);
+/// Deserialises a [`Lenient`] type.
+struct Read<T>(T);
 
-impl<'de, T, F: FnOnce(Scalar<'_>) -> Option<T>> Visitor<'de> for Lenient<F> {
-    type Value = Option<T>;
+impl<'de, T: Lenient<'de>> de::Deserialize<'de> for Read<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientVisitor(PhantomData)).map(Read)
+    }
+}
+
+struct LenientVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Lenient<'de>> Visitor<'de> for LenientVisitor<T> {
+    type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<T>, E> {
-        Ok((self.0)(Scalar::Other))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        Ok(T::boolean(v))
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<T>, E> {
-        Ok((self.0)(u64::try_from(v).map_or(Scalar::Other, Scalar::U64)))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        Ok(u64::try_from(v).map_or_else(|_| T::default(), T::unsigned))
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<T>, E> {
-        Ok((self.0)(Scalar::U64(v)))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        Ok(T::unsigned(v))
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<T>, E> {
-        Ok((self.0)(Scalar::Other))
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+        Ok(T::default())
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<T>, E> {
-        Ok((self.0)(Scalar::Str(v)))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        Ok(T::text(v))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Option<T>, E> {
-        Ok((self.0)(Scalar::Other))
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Ok(T::default())
     }
-    fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {
-        Ok((self.0)(Scalar::Other))
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        T::array(seq)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<T>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok((self.0)(Scalar::Other))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok((self.0)(Scalar::Other))
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::object(map)
     }
 }
 
-/// `usage` when it is an object (its counts read leniently), else `None`.
-struct LenientUsage(Option<Usage>);
+/// `Some(n)` only for a non-negative integer, as `Value::as_u64` reads it.
+#[derive(Default)]
+struct Count(Option<u64>);
 
-impl<'de> de::Deserialize<'de> for LenientUsage {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Option<Usage>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Usage>, A::Error> {
-                let mut u = Usage::default();
-                while let Some(key) = map.next_key::<UsageKey>()? {
-                    match key {
-                        UsageKey::Prompt => u.prompt = map.next_value::<LenientU64>()?.0.unwrap_or(0),
-                        UsageKey::Completion => {
-                            u.completion = map.next_value::<LenientU64>()?.0.unwrap_or(0);
-                        }
-                        UsageKey::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
+impl Lenient<'_> for Count {
+    fn unsigned(n: u64) -> Self {
+        Self(Some(n))
+    }
+}
+
+/// `Some(b)` only for a boolean, as `Value::as_bool` reads it.
+#[derive(Default)]
+struct Flag(Option<bool>);
+
+impl Lenient<'_> for Flag {
+    fn boolean(b: bool) -> Self {
+        Self(Some(b))
+    }
+}
+
+/// Whether the value is the string `content_filter`.
+#[derive(Default)]
+struct IsContentFilter(bool);
+
+impl Lenient<'_> for IsContentFilter {
+    fn text(s: &str) -> Self {
+        Self(s == "content_filter")
+    }
+}
+
+/// `usage` when it is an object (its counts read leniently; the last repeated key wins).
+#[derive(Default)]
+struct UsageField(Option<Usage>);
+
+impl<'de> Lenient<'de> for UsageField {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut u = Usage::default();
+        while let Some(key) = map.next_key_seed(KeyIn(&["prompt_tokens", "completion_tokens"]))? {
+            match key {
+                Some(0) => u.prompt = map.next_value::<Read<Count>>()?.0.0.unwrap_or(0),
+                // "completion_tokens"
+                Some(_) => u.completion = map.next_value::<Read<Count>>()?.0.0.unwrap_or(0),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
                 }
-                Ok(Some(u))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<Usage>, A::Error> {
-                Lenient(|_: Scalar<'_>| None::<Usage>).visit_seq(seq)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<Usage>, E> {
-                Ok(None)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<Usage>, E> {
-                Ok(None)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<Usage>, E> {
-                Ok(None)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<Usage>, E> {
-                Ok(None)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Option<Usage>, E> {
-                Ok(None)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Option<Usage>, E> {
-                Ok(None)
             }
         }
-        d.deserialize_any(V).map(LenientUsage)
+        Ok(Self(Some(u)))
     }
 }
 
-enum UsageKey {
-    Prompt,
-    Completion,
-    Other,
-}
-
-impl<'de> de::Deserialize<'de> for UsageKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = UsageKey;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<UsageKey, E> {
-                Ok(match v {
-                    "prompt_tokens" => UsageKey::Prompt,
-                    "completion_tokens" => UsageKey::Completion,
-                    _ => UsageKey::Other,
-                })
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// `choices`: how many, and how many finished with `content_filter` (0 and 0 when it is not
-/// an array; a choice that is not an object is not filtered).
+/// `choices`: how many, and how many finished with `content_filter` (none when it is not an
+/// array; a choice that is not an object is not filtered).
+#[derive(Default)]
 struct Choices {
     total: usize,
     filtered: usize,
 }
 
-impl<'de> de::Deserialize<'de> for Choices {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Choices;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
-                let mut c = Choices {
-                    total: 0,
-                    filtered: 0,
-                };
-                while let Some(filtered) = seq.next_element_seed(ChoiceSeed)? {
-                    c.total += 1;
-                    c.filtered += usize::from(filtered);
-                }
-                Ok(c)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Choices, A::Error> {
-                Lenient(|_: Scalar<'_>| None::<()>).visit_map(map)?;
-                Ok(Choices {
-                    total: 0,
-                    filtered: 0,
-                })
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Choices, E> {
-                Ok(Choices {
-                    total: 0,
-                    filtered: 0,
-                })
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Choices, E> {
-                Ok(Choices {
-                    total: 0,
-                    filtered: 0,
-                })
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Choices, E> {
-                Ok(Choices {
-                    total: 0,
-                    filtered: 0,
-                })
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Choices, E> {
-                Ok(Choices {
-                    total: 0,
-                    filtered: 0,
-                })
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Choices, E> {
-                Ok(Choices {
-                    total: 0,
-                    filtered: 0,
-                })
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Choices, E> {
-                Ok(Choices {
-                    total: 0,
-                    filtered: 0,
-                })
-            }
+impl<'de> Lenient<'de> for Choices {
+    fn array<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        let mut c = Self::default();
+        while let Some(Read(Choice(filtered))) = seq.next_element::<Read<Choice>>()? {
+            c.total += 1;
+            c.filtered += usize::from(filtered);
         }
-        d.deserialize_any(V)
+        Ok(c)
     }
 }
 
 /// One choice: whether its `finish_reason` is `content_filter`.
-struct ChoiceSeed;
+#[derive(Default)]
+struct Choice(bool);
 
-impl<'de> DeserializeSeed<'de> for ChoiceSeed {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = bool;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-                let mut filtered = false;
-                while let Some(key) = map.next_key::<ChoiceKey>()? {
-                    if matches!(key, ChoiceKey::FinishReason) {
-                        filtered = map.next_value::<IsContentFilter>()?.0;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(filtered)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
-                Lenient(|_: Scalar<'_>| None::<()>).visit_seq(seq)?;
-                Ok(false)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
-                Ok(false)
+impl<'de> Lenient<'de> for Choice {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut filtered = false;
+        while let Some(key) = map.next_key_seed(KeyIn(&["finish_reason"]))? {
+            if key.is_some() {
+                filtered = map.next_value::<Read<IsContentFilter>>()?.0.0;
+            } else {
+                map.next_value::<IgnoredAny>()?;
             }
         }
-        d.deserialize_any(V)
-    }
-}
-
-enum ChoiceKey {
-    FinishReason,
-    Other,
-}
-
-impl<'de> de::Deserialize<'de> for ChoiceKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ChoiceKey;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ChoiceKey, E> {
-                Ok(if v == "finish_reason" {
-                    ChoiceKey::FinishReason
-                } else {
-                    ChoiceKey::Other
-                })
-            }
-        }
-        d.deserialize_str(V)
+        Ok(Self(filtered))
     }
 }
 
