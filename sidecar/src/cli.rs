@@ -45,6 +45,11 @@ pub struct Cli {
     #[arg(long, env = "DETOUR_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
+    /// A PEM file of CA certificates to trust for HTTPS upstreams in addition to the
+    /// Mozilla roots compiled in: an in-cluster model server behind a private CA.
+    #[arg(long, env = "DETOUR_UPSTREAM_CA_FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
     /// Log format on stderr: `text` or `json`.
     #[arg(long, env = "DETOUR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -814,6 +814,25 @@ struct StreamState {
     /// Events still to send before ending (the error event and `[DONE]`).
     tail: Vec<Bytes>,
     ended: bool,
+    /// After `[DONE]`: read the upstream's body to its end before ending, so its connection
+    /// is kept.
+    drain: bool,
+}
+
+/// How long the end of an upstream's body may take after its `[DONE]` (normally it is in the
+/// same read); an upstream slower than that loses its connection, not the client's time.
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(50);
+
+/// Reads what an upstream sends after `[DONE]` — normally only the end of its body — so that
+/// its keep-alive connection goes back to the pool instead of being closed.
+async fn drain(rest: &mut EventStream) {
+    let until = Instant::now() + DRAIN_AFTER_DONE;
+    for _ in 0..16 {
+        match timeout_at(until, rest.next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
 }
 
 impl StreamState {
@@ -851,12 +870,16 @@ fn stream_body(
         model,
         tail: Vec::new(),
         ended: false,
+        drain: false,
     };
     let s = stream::unfold(state, |mut st| async move {
         if let Some(b) = st.tail.pop() {
             return Some((b, st));
         }
         if st.ended {
+            if std::mem::take(&mut st.drain) {
+                drain(&mut st.rest).await;
+            }
             return None;
         }
         let next = match st.first.take() {
@@ -875,6 +898,7 @@ fn stream_body(
             Ok(Some(Ok(Event::Raw(a)))) => st.chunk(&a),
             Ok(Some(Ok(Event::Done))) => {
                 st.ended = true;
+                st.drain = true;
                 st.guard.end(Outcome::Ok, None);
                 sse::encode(&Event::Done)
             }

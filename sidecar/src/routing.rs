@@ -548,7 +548,7 @@ mod tests {
             }
         }
         let table = detour_api::compile_yaml(&yaml).unwrap().table;
-        let http = crate::providers::http_client().unwrap();
+        let http = crate::providers::HttpClient::new(None).unwrap();
         let metrics = crate::metrics::Metrics::new().unwrap();
         let snapshot = crate::state::Registry::default().build(&table, &http, &metrics);
         snapshot.routes["m"].targets.clone()

@@ -26,7 +26,7 @@ use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::router::Router;
 use crate::metrics::Metrics;
-use crate::providers::{HttpClient, http_client};
+use crate::providers::HttpClient;
 use crate::proxy::Shared;
 use crate::state::Registry;
 
@@ -39,6 +39,8 @@ pub struct Options {
     pub source: Source,
     pub reload_interval: Duration,
     pub drain_timeout: Duration,
+    /// PEM file of CA certificates trusted for HTTPS upstreams besides the compiled-in roots.
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 /// Why the sidecar could not start.
@@ -51,8 +53,8 @@ pub enum StartError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error("upstream client: {0}")]
+    Client(#[from] crate::providers::client::BuildError),
 }
 
 /// A running sidecar.
@@ -99,7 +101,7 @@ pub fn stack(
 /// Binds both listeners and starts serving. `initial` is the table loaded at start, if any.
 pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Result<Running, StartError> {
     let metrics = Metrics::new()?;
-    let http = http_client()?;
+    let http = HttpClient::new(opts.upstream_ca.as_deref())?;
     let registry = Arc::new(Registry::default());
     let shared = Arc::new(Shared {
         table: ArcSwapOption::empty(),

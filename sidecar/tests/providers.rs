@@ -163,6 +163,8 @@ struct FakeState {
     /// Credentials the Bedrock fake expects: (key id, secret, session token).
     aws: Option<(String, String, Option<String>)>,
     sts_hits: usize,
+    /// Connections accepted.
+    connections: usize,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -907,6 +909,7 @@ impl Fake {
             let mut conns = JoinSet::new();
             loop {
                 let (io, _) = listener.accept().await.unwrap();
+                s.lock().unwrap().connections += 1;
                 let s = s.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
@@ -942,6 +945,11 @@ impl Fake {
 
     fn hits(&self, stub: &str) -> usize {
         self.state.lock().unwrap().stubs.get(stub).map_or(0, |s| s.hits)
+    }
+
+    /// Connections the fake has accepted.
+    fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     fn last_body(&self, stub: &str) -> Value {
@@ -1258,6 +1266,14 @@ async fn case_stream(kind: Kind) {
         e.fake.last_body("primary"),
     );
     golden(&format!("{slug}.stream.chunks"), Value::Array(events));
+    // The stream's upstream connection was kept: a second stream goes out on it.
+    let again = post(&e.sidecar, &tools_request(true)).await;
+    assert!(again.text().ends_with("data: [DONE]\n\n"), "{}", again.text());
+    assert_eq!(
+        e.fake.connections(),
+        1,
+        "{slug}: one upstream connection for both streams"
+    );
     e.fake.assert_clean();
     e.sidecar.stop().await;
 }

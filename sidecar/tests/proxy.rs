@@ -239,6 +239,26 @@ async fn streams_pass_through() {
     sc.stop().await;
 }
 
+/// Upstream keep-alive connections are reused across requests, streams included: a stream's
+/// connection goes back to the pool once its body has ended after `[DONE]`.
+#[tokio::test]
+async fn upstream_connections_are_reused_for_answers_and_streams() {
+    let fake = Fake::start().await;
+    fake.script("primary", vec![Step::Ok, Step::Stream(2)]);
+    let yaml = policy("p", "") + &route("m", "p", &[("primary", fake.endpoint("primary"))]);
+    let sc = start(&yaml).await;
+    for _ in 0..3 {
+        let r = sc.chat("m", &[]).await;
+        assert_eq!(r.status, 200);
+        let r = sc.chat_stream("m").await;
+        assert_eq!(r.status, 200);
+        assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+    }
+    assert_eq!(fake.hits("primary"), 6);
+    assert_eq!(fake.connections(), 1, "one upstream connection served all six");
+    sc.stop().await;
+}
+
 /// A stream that breaks after bytes reached the client ends with an OpenAI-style error event
 /// and `[DONE]`, and `detour_stream_errors_total` counts it. One that breaks before its first
 /// event still fails over.

@@ -25,7 +25,6 @@ pub struct Azure {
     /// `{endpoint}/openai/deployments/{deployment}/{path}?api-version={version}`.
     uris: upstream::Uris,
     key: KeySource,
-    client: HttpClient,
 }
 
 impl Azure {
@@ -34,20 +33,19 @@ impl Azure {
         deployment: &str,
         api_version: Option<&str>,
         key: KeySource,
-        client: HttpClient,
+        client: &HttpClient,
     ) -> Self {
         let endpoint = endpoint.unwrap_or("").trim_end_matches('/');
         let endpoint = endpoint.strip_suffix("/openai").unwrap_or(endpoint);
         let version = api_version.unwrap_or(DEFAULT_API_VERSION);
         Self {
-            uris: upstream::Uris::new(|e| {
+            uris: upstream::Uris::new(client, |e| {
                 format!(
                     "{endpoint}/openai/deployments/{deployment}/{}?api-version={version}",
                     e.path()
                 )
             }),
             key,
-            client,
         }
     }
 }
@@ -74,12 +72,13 @@ impl Adapter for Azure {
             .key
             .current()
             .map_err(|m| Failure::new(Class::ConnectError, m))?;
-        let mut req = upstream::post(self.uris.get(call.endpoint)?, call)?;
+        let dest = self.uris.get(call.endpoint)?;
+        let mut req = upstream::post(dest, call)?;
         if let Some(key) = key {
             let (name, value) = auth_header(&key)?;
             req.headers_mut().insert(name, value);
         }
-        upstream::openai_shaped(&self.client, call, req).await
+        upstream::openai_shaped(dest, call, req).await
     }
 }
 
@@ -111,13 +110,13 @@ mod tests {
     /// The URL is the deployment URL; a trailing `/openai` on the endpoint is tolerated.
     #[test]
     fn builds_the_deployment_url() {
-        let client = super::super::http_client().unwrap();
+        let client = HttpClient::new(None).unwrap();
         let a = Azure::new(
             Some("https://x.openai.azure.com/openai/"),
             "gpt4o",
             None,
             KeySource::None,
-            client,
+            &client,
         );
         assert_eq!(
             a.uris.get(super::super::Endpoint::Chat).unwrap().to_string(),

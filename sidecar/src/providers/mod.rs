@@ -15,6 +15,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub(crate) mod chat;
+pub mod client;
 pub mod mock;
 pub mod openai;
 pub mod sse;
@@ -29,36 +30,13 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::Stream;
 use http::StatusCode;
-use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::class::Class;
 pub use answer::Answer;
 
-/// The shared upstream HTTP client (HTTP/1.1 keep-alive pool, HTTPS via rustls).
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Builds the upstream client: rustls on ring with the webpki roots; plain http allowed for
-/// loopback and in-cluster endpoints.
-pub fn http_client() -> Result<HttpClient, rustls::Error> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https))
-}
+pub use client::HttpClient;
 
 /// The OpenAI endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,10 +258,10 @@ impl Provider {
                 &t.model,
                 t.api_version.as_deref(),
                 api_key(),
-                http.clone(),
+                http,
             ))),
             Kind::Openai | Kind::OpenaiCompatible | Kind::Mock => Self::OpenAi(Box::new(
-                openai::OpenAi::new(t.endpoint.as_deref(), api_key(), http.clone()),
+                openai::OpenAi::new(t.endpoint.as_deref(), api_key(), http),
             )),
         }
     }

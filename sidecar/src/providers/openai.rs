@@ -20,16 +20,14 @@ pub const DEFAULT_BASE: &str = "https://api.openai.com/v1";
 pub struct OpenAi {
     uris: upstream::Uris,
     key: KeySource,
-    client: HttpClient,
 }
 
 impl OpenAi {
-    pub fn new(endpoint: Option<&str>, key: KeySource, client: HttpClient) -> Self {
+    pub fn new(endpoint: Option<&str>, key: KeySource, client: &HttpClient) -> Self {
         let base = endpoint.unwrap_or(DEFAULT_BASE).trim_end_matches('/');
         Self {
-            uris: upstream::Uris::new(|e| format!("{base}/{}", e.path())),
+            uris: upstream::Uris::new(client, |e| format!("{base}/{}", e.path())),
             key,
-            client,
         }
     }
 }
@@ -80,14 +78,15 @@ impl Adapter for OpenAi {
             .key
             .current()
             .map_err(|m| Failure::new(Class::ConnectError, m))?;
-        let mut req = upstream::post(self.uris.get(call.endpoint)?, call)?;
+        let dest = self.uris.get(call.endpoint)?;
+        let mut req = upstream::post(dest, call)?;
         if let Some(key) = key {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
                 .map_err(|_| Failure::new(Class::ConnectError, "the API key is not a valid header value"))?;
             value.set_sensitive(true);
             req.headers_mut().insert(header::AUTHORIZATION, value);
         }
-        upstream::openai_shaped(&self.client, call, req).await
+        upstream::openai_shaped(dest, call, req).await
     }
 }
 

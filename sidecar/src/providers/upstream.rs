@@ -13,10 +13,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
+use super::client::{self, Body, Dest};
 use super::{Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, sse};
 use crate::class::Class;
 
@@ -28,13 +28,31 @@ pub const MAX_ERROR_BODY: usize = 256 * 1024;
 /// The `User-Agent` every provider sends.
 pub const USER_AGENT: &str = concat!("detour-sidecar/", env!("CARGO_PKG_VERSION"));
 
-/// Sends `req` and waits for the response head within the call's header deadline.
+/// Sends `req` (absolute URL) and waits for the response head within the call's header
+/// deadline.
 pub async fn send(
     client: &HttpClient,
     call: &Call<'_>,
     req: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, Failure> {
-    match timeout_at(call.headers_deadline(), client.request(req)).await {
+) -> Result<Response<Body>, Failure> {
+    head(call, client.request(req)).await
+}
+
+/// Sends `req` (its URI `dest`'s path) to `dest` and waits for the response head within the
+/// call's header deadline.
+pub async fn send_to(
+    dest: &Dest,
+    call: &Call<'_>,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Body>, Failure> {
+    head(call, dest.send(req)).await
+}
+
+async fn head(
+    call: &Call<'_>,
+    sent: impl Future<Output = Result<Response<Body>, client::Error>>,
+) -> Result<Response<Body>, Failure> {
+    match timeout_at(call.headers_deadline(), sent).await {
         Err(_) => Err(Failure::new(
             call.first_byte_class(),
             "no response from upstream in time",
@@ -50,16 +68,17 @@ pub async fn send(
 /// The upstream URL of each OpenAI endpoint, parsed once when the target is loaded (an
 /// endpoint that is not a valid URL fails each attempt with a message saying so).
 #[derive(Debug)]
-pub struct Uris([Option<Uri>; 3]);
+pub struct Uris([Option<Dest>; 3]);
 
 impl Uris {
-    pub fn new(url: impl Fn(Endpoint) -> String) -> Self {
+    pub fn new(client: &HttpClient, url: impl Fn(Endpoint) -> String) -> Self {
         Self(
-            [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings].map(|e| url(e).parse::<Uri>().ok()),
+            [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings]
+                .map(|e| url(e).parse::<Uri>().ok().and_then(|u| client.dest(&u))),
         )
     }
 
-    pub fn get(&self, endpoint: Endpoint) -> Result<&Uri, Failure> {
+    pub fn get(&self, endpoint: Endpoint) -> Result<&Dest, Failure> {
         self.0
             .get(endpoint as usize)
             .and_then(Option::as_ref)
@@ -69,11 +88,11 @@ impl Uris {
 
 /// The POST of an OpenAI-shaped attempt: the client's body with the target's model, JSON,
 /// the `Accept` the answer is expected in. The caller adds its credentials.
-pub fn post(uri: &Uri, call: &Call<'_>) -> Result<Request<Full<Bytes>>, Failure> {
+pub fn post(dest: &Dest, call: &Call<'_>) -> Result<Request<Full<Bytes>>, Failure> {
     let body = call.body_with_model()?;
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = Method::POST;
-    *req.uri_mut() = uri.clone();
+    *req.uri_mut() = dest.path().clone();
     let h = req.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
@@ -91,11 +110,11 @@ pub fn post(uri: &Uri, call: &Call<'_>) -> Result<Request<Full<Bytes>>, Failure>
 /// Sends an OpenAI-shaped attempt and reads its answer: errors through `openai`'s mapper, a
 /// stream as SSE, a JSON body kept as received.
 pub async fn openai_shaped(
-    client: &HttpClient,
+    dest: &Dest,
     call: &Call<'_>,
     req: Request<Full<Bytes>>,
 ) -> Result<Reply, Failure> {
-    let resp = send(client, call, req).await?;
+    let resp = send_to(dest, call, req).await?;
     let status = resp.status();
     if !status.is_success() {
         let ra = retry_after(resp.headers());
@@ -116,7 +135,7 @@ pub async fn openai_shaped(
 }
 
 /// Reads a whole body within `deadline` and `limit`.
-pub async fn collect(body: Incoming, deadline: Instant, limit: usize) -> Result<Bytes, Failure> {
+pub async fn collect(body: Body, deadline: Instant, limit: usize) -> Result<Bytes, Failure> {
     match timeout_at(deadline, Limited::new(body, limit).collect()).await {
         Err(_) => Err(Failure::new(
             Class::Timeout,
@@ -134,7 +153,7 @@ pub async fn collect(body: Incoming, deadline: Instant, limit: usize) -> Result<
 }
 
 /// Reads a 2xx JSON body.
-pub async fn json_body(resp: Response<Incoming>, call: &Call<'_>) -> Result<Value, Failure> {
+pub async fn json_body(resp: Response<Body>, call: &Call<'_>) -> Result<Value, Failure> {
     let status = resp.status();
     let bytes = collect(resp.into_body(), call.deadline, MAX_RESPONSE).await?;
     match serde_json::from_slice::<Value>(&bytes) {
@@ -144,7 +163,7 @@ pub async fn json_body(resp: Response<Incoming>, call: &Call<'_>) -> Result<Valu
 }
 
 /// Reads a 2xx OpenAI-shaped JSON body, kept as received ([`Answer`]).
-pub async fn answer_body(resp: Response<Incoming>, call: &Call<'_>) -> Result<Answer, Failure> {
+pub async fn answer_body(resp: Response<Body>, call: &Call<'_>) -> Result<Answer, Failure> {
     let status = resp.status();
     let bytes = collect(resp.into_body(), call.deadline, MAX_RESPONSE).await?;
     Answer::parse(bytes).ok_or_else(|| not_json(status))
@@ -159,7 +178,7 @@ fn not_json(status: StatusCode) -> Failure {
 }
 
 /// Whether the response's content type starts with `prefix`.
-pub fn content_type_is(resp: &Response<Incoming>, prefix: &str) -> bool {
+pub fn content_type_is<B>(resp: &Response<B>, prefix: &str) -> bool {
     resp.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -253,12 +272,16 @@ where
         translator: T,
         out: VecDeque<Event>,
         done: bool,
+        /// The message ended cleanly before the upstream body did: the rest of the body is
+        /// read (when the caller asks for more) so the connection can be kept.
+        drain: bool,
     }
     let st = St {
         upstream,
         translator,
         out: VecDeque::new(),
         done: false,
+        drain: false,
     };
     Box::pin(stream::unfold(st, |mut st| async move {
         loop {
@@ -266,6 +289,9 @@ where
                 return Some((Ok(ev), st));
             }
             if st.done {
+                if std::mem::take(&mut st.drain) {
+                    while st.upstream.next().await.is_some() {}
+                }
                 return None;
             }
             match st.upstream.next().await {
@@ -277,6 +303,7 @@ where
                     }
                     if st.translator.finished() {
                         st.done = true;
+                        st.drain = true;
                     }
                 }
                 Some(Err(f)) => {

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +73,7 @@ type Stubs = Arc<Mutex<HashMap<String, Stub>>>;
 pub struct Fake {
     pub addr: SocketAddr,
     stubs: Stubs,
+    connections: Arc<AtomicUsize>,
     tasks: JoinSet<()>,
 }
 
@@ -193,12 +195,14 @@ impl Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stubs: Stubs = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
-        let s = stubs.clone();
+        let (s, accepted) = (stubs.clone(), connections.clone());
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let (io, _) = listener.accept().await.unwrap();
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
@@ -211,7 +215,17 @@ impl Fake {
                 }
             }
         });
-        Self { addr, stubs, tasks }
+        Self {
+            addr,
+            stubs,
+            connections,
+            tasks,
+        }
+    }
+
+    /// Connections the fake has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Sets a stub's script (cycled) and resets its counter.
@@ -304,6 +318,7 @@ pub async fn start_with(source: Source, dir: tempfile::TempDir, max_body: usize)
         source,
         reload_interval: Duration::from_millis(50),
         drain_timeout: Duration::from_secs(5),
+        upstream_ca: None,
     };
     let running = server::start(opts, Audit::with_tap(false, tx), initial)
         .await

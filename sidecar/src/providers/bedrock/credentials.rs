@@ -410,7 +410,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "projected-token\n").unwrap();
-        let client = super::super::super::http_client().unwrap();
+        let client = HttpClient::new(None).unwrap();
 
         let (url, hits, _tasks) = fake_sts(Duration::from_secs(3600)).await;
         let src = web_identity(url, &token);
@@ -441,7 +441,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "wrong-token").unwrap();
-        let client = super::super::super::http_client().unwrap();
+        let client = HttpClient::new(None).unwrap();
         let (url, _hits, _tasks) = fake_sts(Duration::from_secs(3600)).await;
         let err = web_identity(url, &token)
             .current(&client)
