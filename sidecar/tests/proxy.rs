@@ -388,9 +388,10 @@ async fn request_errors() {
 }
 
 /// The client's body reaches an OpenAI-compatible upstream byte for byte — key order,
-/// spacing, number spelling — with only `model` replaced. A body only a full JSON parse
-/// refuses (an unpaired surrogate escape) is passed on where nothing reads it, and refused
-/// with 400 where routing must read it (a target declares capabilities).
+/// spacing, number spelling — with only `model` replaced. An unpaired surrogate escape is
+/// refused by the first reading. A number too large for a float, which only a full parse
+/// refuses, is passed on where nothing reads it and refused with 400 where routing must read
+/// the body (a target declares capabilities).
 #[tokio::test]
 async fn request_body_passes_through_with_only_model_replaced() {
     let fake = Fake::start().await;
@@ -414,17 +415,26 @@ async fn request_body_passes_through_with_only_model_replaced() {
         body.replace(r#""model" : "plain""#, r#""model" : "up-t""#)
     );
 
-    let lone =
-        |model: &str| format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"\ud800"}}]}}"#);
+    let lone = r#"{"model":"plain","messages":[{"role":"user","content":"\ud800"}]}"#;
     let r = sc
-        .send("POST", "/v1/chat/completions", Bytes::from(lone("plain")), &[])
+        .send("POST", "/v1/chat/completions", Bytes::from(lone), &[])
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_json");
+    assert_eq!(fake.hits("t"), 1);
+
+    let huge = |model: &str| {
+        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"seed":1e400}}"#)
+    };
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(huge("plain")), &[])
         .await;
     assert_eq!(
         r.status, 200,
-        "nothing in the sidecar reads the prompt: the upstream decides"
+        "nothing in the sidecar reads the number: the upstream decides"
     );
     let r = sc
-        .send("POST", "/v1/chat/completions", Bytes::from(lone("caps")), &[])
+        .send("POST", "/v1/chat/completions", Bytes::from(huge("caps")), &[])
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], "invalid_json");

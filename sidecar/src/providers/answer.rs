@@ -5,20 +5,19 @@
 //!
 //! Why: parsing an answer into a `serde_json::Value`, editing `model` and serialising it again
 //! allocated for every key and string of every answer and every stream chunk, and was the
-//! largest share of the sidecar's own CPU per request. The reader below allocates nothing for
-//! a well-formed answer and accepts exactly the JSON objects a `Value` parse accepts: every
-//! field it looks at is read leniently (a field of an unexpected type counts as absent, as the
-//! `Value` accessors did), and a repeated key counts by its last occurrence, as in a `Value`.
+//! largest share of the sidecar's own CPU per request. The reader below (on the scanner of
+//! [`super::json`]) allocates nothing for a well-formed answer and accepts the JSON objects a
+//! `Value` parse accepts: every field it looks at is read leniently (a field of an unexpected
+//! type counts as absent, as the `Value` accessors did), and a repeated key counts by its last
+//! occurrence, as in a `Value`.
 
-use std::fmt;
-use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use super::json::Scan;
 
 /// Token counts from an answer's `usage` (absent or non-integer counts are 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,22 +40,32 @@ pub struct Answer {
 impl Answer {
     /// Reads `bytes`; `None` when they are not one JSON object.
     pub fn parse(bytes: Bytes) -> Option<Self> {
-        // The reader skips the fields it does not look at without decoding them; the bytes
-        // are passed on, so they must be text. Checked once here, so the reader need not check
-        // each string again.
+        // The scanner skips the fields it does not look at without decoding them; the bytes
+        // are passed on, so they must be text. Checked once here.
         let text = std::str::from_utf8(&bytes).ok()?;
-        let summary = {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let s = de.deserialize_map(SummaryVisitor { base: &bytes }).ok()?;
-            de.end().ok()?;
-            s
-        };
+        let mut scan = Scan::new(text);
+        let mut s = Summary::default();
+        scan.object(|scan, key| {
+            match key.index_in(SUMMARY_KEYS) {
+                Some(0) => s.model = Some(scan.span()?),
+                Some(1) => s.usage = usage(scan)?,
+                Some(2) => s.choices = choices(scan)?,
+                // "error"
+                Some(_) => {
+                    scan.skip()?;
+                    s.error = true;
+                }
+                None => scan.skip()?,
+            }
+            Some(())
+        })?;
+        scan.end()?;
         Some(Self {
             bytes,
-            model: summary.model,
-            usage: summary.usage,
-            content_filtered: summary.choices.total > 0 && summary.choices.filtered == summary.choices.total,
-            error: summary.error,
+            model: s.model,
+            usage: s.usage,
+            content_filtered: s.choices.total > 0 && s.choices.filtered == s.choices.total,
+            error: s.error,
         })
     }
 
@@ -168,15 +177,42 @@ impl RequestBody {
     /// Reads `raw`; the error is serde_json's (line and column, never content), or
     /// [`RequestError::NotAnObject`] for JSON that is not an object.
     pub fn parse(raw: Bytes) -> Result<Self, RequestError> {
-        // UTF-8 checked once for the whole body, so the reader need not check each string.
-        let head = std::str::from_utf8(&raw).map_err(|_| ()).and_then(|text| {
-            let mut de = serde_json::Deserializer::from_str(text);
-            de.deserialize_map(HeadVisitor { base: &raw })
-                .and_then(|h| de.end().map(|()| h))
-                .map_err(|_| ())
+        // UTF-8 checked once for the whole body, so the scanner need not check each string.
+        let head = std::str::from_utf8(&raw).ok().and_then(|text| {
+            let mut scan = Scan::new(text);
+            let mut h = Head::default();
+            scan.object(|scan, key| {
+                match key.index_in(HEAD_KEYS) {
+                    Some(0) => {
+                        // Last one wins, as in a tree; a non-string model is no model.
+                        h.models += 1;
+                        if scan.peek()? == b'"' {
+                            let span = scan.span()?;
+                            let quoted = text.get(span.clone())?;
+                            h.model = quoted.get(1..quoted.len() - 1).map(|inner| {
+                                if inner.contains('\\') {
+                                    serde_json::from_str::<String>(quoted).unwrap_or_default()
+                                } else {
+                                    inner.to_owned()
+                                }
+                            });
+                            h.model_span = Some(span);
+                        } else {
+                            h.model_span = Some(scan.span()?);
+                            h.model = None;
+                        }
+                    }
+                    // "stream"
+                    Some(_) => h.stream = scan.flag()? == Some(true),
+                    None => scan.skip()?,
+                }
+                Some(())
+            })?;
+            scan.end()?;
+            Some(h)
         });
         match head {
-            Ok(h) => Ok(Self {
+            Some(h) => Ok(Self {
                 model_span: h.model_span.filter(|_| h.models == 1),
                 model: h.model,
                 stream: h.stream,
@@ -185,7 +221,7 @@ impl RequestBody {
             }),
             // Tell "not JSON" from "JSON but not an object" with serde_json's own message
             // (error path only).
-            Err(()) => match serde_json::from_slice::<Value>(&raw) {
+            None => match serde_json::from_slice::<Value>(&raw) {
                 Ok(_) => Err(RequestError::NotAnObject),
                 Err(e) => Err(RequestError::Json(e)),
             },
@@ -244,44 +280,8 @@ struct Head {
     stream: bool,
 }
 
-struct HeadVisitor<'b> {
-    base: &'b [u8],
-}
-
 /// The top-level keys of a request the first reading looks at.
 const HEAD_KEYS: &[&str] = &["model", "stream"];
-
-impl<'de> Visitor<'de> for HeadVisitor<'_> {
-    type Value = Head;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Head, A::Error> {
-        let mut h = Head::default();
-        while let Some(key) = access.next_key_seed(KeyIn(HEAD_KEYS))? {
-            match key {
-                Some(0) => {
-                    let (span, raw) = raw_value(&mut access, self.base)?;
-                    h.models += 1;
-                    h.model_span = Some(span);
-                    // Last one wins, as in a tree; a non-string model is no model.
-                    h.model = serde_json::from_str::<Value>(raw)
-                        .map_err(de::Error::custom)?
-                        .as_str()
-                        .map(str::to_owned);
-                }
-                // "stream"
-                Some(_) => h.stream = access.next_value::<Read<Flag>>()?.0.0 == Some(true),
-                None => {
-                    access.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(h)
-    }
-}
 
 #[derive(Default)]
 struct Summary {
@@ -291,194 +291,25 @@ struct Summary {
     error: bool,
 }
 
-struct SummaryVisitor<'b> {
-    base: &'b [u8],
-}
-
 /// The top-level keys the summary reads.
 const SUMMARY_KEYS: &[&str] = &["model", "usage", "choices", "error"];
 
-impl<'de> Visitor<'de> for SummaryVisitor<'_> {
-    type Value = Summary;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+/// `usage` when it is an object (its counts read as `Value::as_u64`, absent ones 0; the last
+/// repeated key wins).
+fn usage(scan: &mut Scan<'_>) -> Option<Option<Usage>> {
+    if scan.peek()? != b'{' {
+        return scan.skip().map(|()| None);
     }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Summary, A::Error> {
-        let mut s = Summary::default();
-        while let Some(key) = map.next_key_seed(KeyIn(SUMMARY_KEYS))? {
-            match key {
-                Some(0) => s.model = Some(raw_value(&mut map, self.base)?.0),
-                Some(1) => s.usage = map.next_value::<Read<UsageField>>()?.0.0,
-                Some(2) => s.choices = map.next_value::<Read<Choices>>()?.0,
-                // "error"
-                Some(_) => {
-                    map.next_value::<IgnoredAny>()?;
-                    s.error = true;
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+    let mut u = Usage::default();
+    scan.object(|scan, key| {
+        match key.index_in(&["prompt_tokens", "completion_tokens"]) {
+            Some(0) => u.prompt = scan.count()?.unwrap_or(0),
+            Some(_) => u.completion = scan.count()?.unwrap_or(0),
+            None => scan.skip()?,
         }
-        Ok(s)
-    }
-}
-
-/// The next value as it is in the document, and where it sits in `base`.
-fn raw_value<'de, A: MapAccess<'de>>(map: &mut A, base: &[u8]) -> Result<(Range<usize>, &'de str), A::Error> {
-    let raw = map.next_value::<&RawValue>()?.get();
-    let span =
-        span_of(base, raw.as_bytes()).ok_or_else(|| de::Error::custom("value outside the document"))?;
-    Ok((span, raw))
-}
-
-/// Where `part` (a sub-slice of `base`) sits in `base`.
-fn span_of(base: &[u8], part: &[u8]) -> Option<Range<usize>> {
-    let start = (part.as_ptr() as usize).checked_sub(base.as_ptr() as usize)?;
-    let end = start.checked_add(part.len())?;
-    (base.get(start..end).map(<[u8]>::as_ptr) == Some(part.as_ptr())).then_some(start..end)
-}
-
-/// A map key, read as its position in a list of names (`None`: a key not in the list).
-struct KeyIn(&'static [&'static str]);
-
-impl<'de> DeserializeSeed<'de> for KeyIn {
-    type Value = Option<usize>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for KeyIn {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|k| *k == v))
-    }
-}
-
-/// A value read leniently: any JSON value is accepted, and a shape the type does not read is
-/// drained and read as `Self::default()` — the way `Value`'s accessors treat a field of an
-/// unexpected type as absent.
-trait Lenient<'de>: Default {
-    fn boolean(_: bool) -> Self {
-        Self::default()
-    }
-    fn unsigned(_: u64) -> Self {
-        Self::default()
-    }
-    fn text(_: &str) -> Self {
-        Self::default()
-    }
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Self::default())
-    }
-    fn array<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Self::default())
-    }
-}
-
-/// Deserialises a [`Lenient`] type.
-struct Read<T>(T);
-
-impl<'de, T: Lenient<'de>> de::Deserialize<'de> for Read<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LenientVisitor(PhantomData)).map(Read)
-    }
-}
-
-struct LenientVisitor<T>(PhantomData<T>);
-
-impl<'de, T: Lenient<'de>> Visitor<'de> for LenientVisitor<T> {
-    type Value = T;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
-        Ok(T::boolean(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        Ok(u64::try_from(v).map_or_else(|_| T::default(), T::unsigned))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        Ok(T::unsigned(v))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
-        Ok(T::default())
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        Ok(T::text(v))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
-        Ok(T::default())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
-        T::array(seq)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-        T::object(map)
-    }
-}
-
-/// `Some(n)` only for a non-negative integer, as `Value::as_u64` reads it.
-#[derive(Default)]
-struct Count(Option<u64>);
-
-impl Lenient<'_> for Count {
-    fn unsigned(n: u64) -> Self {
-        Self(Some(n))
-    }
-}
-
-/// `Some(b)` only for a boolean, as `Value::as_bool` reads it.
-#[derive(Default)]
-struct Flag(Option<bool>);
-
-impl Lenient<'_> for Flag {
-    fn boolean(b: bool) -> Self {
-        Self(Some(b))
-    }
-}
-
-/// Whether the value is the string `content_filter`.
-#[derive(Default)]
-struct IsContentFilter(bool);
-
-impl Lenient<'_> for IsContentFilter {
-    fn text(s: &str) -> Self {
-        Self(s == "content_filter")
-    }
-}
-
-/// `usage` when it is an object (its counts read leniently; the last repeated key wins).
-#[derive(Default)]
-struct UsageField(Option<Usage>);
-
-impl<'de> Lenient<'de> for UsageField {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        let mut u = Usage::default();
-        while let Some(key) = map.next_key_seed(KeyIn(&["prompt_tokens", "completion_tokens"]))? {
-            match key {
-                Some(0) => u.prompt = map.next_value::<Read<Count>>()?.0.0.unwrap_or(0),
-                // "completion_tokens"
-                Some(_) => u.completion = map.next_value::<Read<Count>>()?.0.0.unwrap_or(0),
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Self(Some(u)))
-    }
+        Some(())
+    })?;
+    Some(Some(u))
 }
 
 /// `choices`: how many, and how many finished with `content_filter` (none when it is not an
@@ -489,33 +320,29 @@ struct Choices {
     filtered: usize,
 }
 
-impl<'de> Lenient<'de> for Choices {
-    fn array<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
-        let mut c = Self::default();
-        while let Some(Read(Choice(filtered))) = seq.next_element::<Read<Choice>>()? {
-            c.total += 1;
-            c.filtered += usize::from(filtered);
-        }
-        Ok(c)
+fn choices(scan: &mut Scan<'_>) -> Option<Choices> {
+    let mut c = Choices::default();
+    if scan.peek()? != b'[' {
+        return scan.skip().map(|()| c);
     }
-}
-
-/// One choice: whether its `finish_reason` is `content_filter`.
-#[derive(Default)]
-struct Choice(bool);
-
-impl<'de> Lenient<'de> for Choice {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+    scan.array(|scan| {
+        c.total += 1;
+        if scan.peek()? != b'{' {
+            return scan.skip();
+        }
         let mut filtered = false;
-        while let Some(key) = map.next_key_seed(KeyIn(&["finish_reason"]))? {
-            if key.is_some() {
-                filtered = map.next_value::<Read<IsContentFilter>>()?.0.0;
+        scan.object(|scan, key| {
+            if key.is("finish_reason") {
+                filtered = scan.string_or_skip()?.is_some_and(|r| r.is("content_filter"));
+                Some(())
             } else {
-                map.next_value::<IgnoredAny>()?;
+                scan.skip()
             }
-        }
-        Ok(Self(filtered))
-    }
+        })?;
+        c.filtered += usize::from(filtered);
+        Some(())
+    })?;
+    Some(c)
 }
 
 #[cfg(test)]
@@ -661,11 +488,13 @@ mod tests {
             "{err}"
         );
         assert!(RequestBody::parse(Bytes::from_static(b"{\"a\":\"\xff\"}")).is_err());
-        let lone = RequestBody::parse(Bytes::from_static(br#"{"model":"m","x":"\ud800"}"#)).unwrap();
+        let lone = RequestBody::parse(Bytes::from_static(br#"{"model":"m","x":"\ud800"}"#)).unwrap_err();
+        assert!(lone.to_string().contains("hex escape"), "{lone}");
+        let huge = RequestBody::parse(Bytes::from_static(br#"{"model":"m","x":1e400}"#)).unwrap();
         assert!(
-            lone.map().unwrap_err().contains("not valid JSON"),
+            huge.map().unwrap_err().contains("not valid JSON"),
             "{:?}",
-            lone.map()
+            huge.map()
         );
     }
 
