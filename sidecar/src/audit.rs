@@ -173,7 +173,12 @@ fn opt_text(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 fn number(out: &mut Vec<u8>, n: impl Into<u128>) {
-    let _ = std::io::Write::write_fmt(out, format_args!("{}", n.into()));
+    // serde_json writes integers with `itoa`, without the formatting machinery.
+    let n = n.into();
+    let _ = match u64::try_from(n) {
+        Ok(small) => serde_json::to_writer(&mut *out, &small),
+        Err(_) => serde_json::to_writer(&mut *out, &n),
+    };
 }
 
 fn float(out: &mut Vec<u8>, v: f64) {

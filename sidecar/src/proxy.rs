@@ -234,7 +234,7 @@ impl Ctx {
                 headers.insert(H_PROVIDER, HeaderValue::from_static("none"));
             }
         }
-        headers.insert(H_FALLBACK_COUNT, HeaderValue::from(self.fallback_count));
+        headers.insert(H_FALLBACK_COUNT, count_header(self.fallback_count));
         if let Some(d) = &self.score {
             let v = d
                 .value
@@ -319,16 +319,25 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1_000.0
 }
 
+/// `x-detour-fallback-count`: the common small counts without an allocation.
+fn count_header(n: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
+
 fn header_str(req: &Request<Bytes>, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Serves one OpenAI API request.
-pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, req: Request<Bytes>) -> Response {
+pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, mut req: Request<Bytes>) -> Response {
     let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(String::new, |r| r.0.clone());
+        .extensions_mut()
+        .remove::<RequestId>()
+        .map_or_else(String::new, |r| r.0);
     let ctx = Ctx::new(shared.clone(), request_id, endpoint);
     let Some(snapshot) = shared.table.load_full() else {
         let mut e = ApiError::new(

@@ -20,12 +20,13 @@ impl RequestId {
     /// 128 random bits as 32 lowercase hex digits.
     fn generate() -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let bits = fastrand::u128(..);
-        let id: String = (0..32)
-            .rev()
-            .map(|i| char::from(HEX[usize::try_from((bits >> (i * 4)) & 0xf).unwrap_or(0)]))
-            .collect();
-        Self(id)
+        let mut bits = fastrand::u128(..);
+        let mut id = [0u8; 32];
+        for digit in id.iter_mut().rev() {
+            *digit = HEX[(bits & 0xf) as usize];
+            bits >>= 4;
+        }
+        Self(id.iter().map(|&b| char::from(b)).collect())
     }
 }
 
