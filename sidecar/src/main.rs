@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> ExitCode {
         reload_interval: Duration::from_millis(cli.reload_interval_ms.max(10)),
         drain_timeout: Duration::from_millis(cli.drain_timeout_ms),
         upstream_ca: cli.upstream_ca,
+        upstream_max_idle: cli.upstream_max_idle,
     };
     let (audit, tap) = if cli.demo {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

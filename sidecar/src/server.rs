@@ -41,6 +41,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// PEM file of CA certificates trusted for HTTPS upstreams besides the compiled-in roots.
     pub upstream_ca: Option<std::path::PathBuf>,
+    /// Most idle connections kept per upstream origin.
+    pub upstream_max_idle: usize,
 }
 
 /// Why the sidecar could not start.
@@ -101,7 +103,7 @@ pub fn stack(
 /// Binds both listeners and starts serving. `initial` is the table loaded at start, if any.
 pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Result<Running, StartError> {
     let metrics = Metrics::new()?;
-    let http = HttpClient::new(opts.upstream_ca.as_deref())?;
+    let http = HttpClient::with_max_idle(opts.upstream_ca.as_deref(), opts.upstream_max_idle)?;
     let registry = Arc::new(Registry::default());
     let shared = Arc::new(Shared {
         table: ArcSwapOption::empty(),

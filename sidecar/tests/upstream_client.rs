@@ -240,6 +240,22 @@ async fn concurrent_requests_keep_their_connections_for_the_next_batch() {
     assert_eq!(up.requests(), 16);
 }
 
+/// At most the configured number of idle connections is kept; the rest close as they come
+/// back.
+#[tokio::test]
+async fn idle_connections_beyond_the_cap_are_closed() {
+    let up = Upstream::start(vec![], None).await;
+    let client = HttpClient::with_max_idle(None, 2).unwrap();
+    let url = up.url("http", "127.0.0.1");
+    let results = futures_util::future::join_all((0..5).map(|_| call(&client, &url))).await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    assert_eq!(up.accepted(), 5);
+    assert_eq!(client.idle_connections(), 2);
+    let none = HttpClient::with_max_idle(None, 0).unwrap();
+    assert_eq!(call(&none, &url).await.unwrap(), ANSWER);
+    assert_eq!(none.idle_connections(), 0);
+}
+
 /// A response body dropped before its end closes that connection: the next request opens a
 /// new one and gets a whole answer.
 #[tokio::test]

@@ -39,8 +39,10 @@ use tower::{Service, ServiceExt};
 
 /// How long an unused connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Most idle connections kept per origin; more are closed when they come back.
-pub const MAX_IDLE_PER_ORIGIN: usize = 256;
+/// Most idle connections kept per origin by default; more are closed when they come back.
+/// Each costs about 40 KiB (hyper's buffers and request channel); nginx's upstream
+/// `keepalive` is commonly set alike.
+pub const MAX_IDLE_PER_ORIGIN: usize = 64;
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often connections idle past [`IDLE_TIMEOUT`] are closed.
@@ -83,6 +85,7 @@ pub struct HttpClient(Arc<Shared>);
 
 struct Shared {
     connector: Connector,
+    max_idle: usize,
     origins: Mutex<HashMap<Key, Arc<Origin>>>,
     reaper: std::sync::Once,
 }
@@ -104,6 +107,11 @@ impl HttpClient {
     /// the PEM certificates in `extra_ca` (a private CA of in-cluster upstreams). Plain
     /// `http://` is allowed for loopback and in-cluster endpoints.
     pub fn new(extra_ca: Option<&std::path::Path>) -> Result<Self, BuildError> {
+        Self::with_max_idle(extra_ca, MAX_IDLE_PER_ORIGIN)
+    }
+
+    /// [`HttpClient::new`], keeping at most `max_idle` idle connections per origin.
+    pub fn with_max_idle(extra_ca: Option<&std::path::Path>, max_idle: usize) -> Result<Self, BuildError> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -141,6 +149,7 @@ impl HttpClient {
             .wrap_connector(tcp);
         Ok(Self(Arc::new(Shared {
             connector,
+            max_idle,
             origins: Mutex::new(HashMap::new()),
             reaper: std::sync::Once::new(),
         })))
@@ -165,7 +174,7 @@ impl HttpClient {
             match origins.get(&key) {
                 Some(o) => Arc::clone(o),
                 None => {
-                    let o = Arc::new(Origin::new(&key, self.0.connector.clone())?);
+                    let o = Arc::new(Origin::new(&key, self.0.connector.clone(), self.0.max_idle)?);
                     origins.insert(key, Arc::clone(&o));
                     o
                 }
@@ -271,6 +280,7 @@ struct Origin {
     /// The `Host` header of its requests.
     host: HeaderValue,
     connector: Connector,
+    max_idle: usize,
     idle: Mutex<VecDeque<Idle>>,
 }
 
@@ -280,7 +290,7 @@ struct Idle {
 }
 
 impl Origin {
-    fn new(key: &Key, connector: Connector) -> Option<Self> {
+    fn new(key: &Key, connector: Connector, max_idle: usize) -> Option<Self> {
         let connect_uri = Uri::builder()
             .scheme(if key.https { Scheme::HTTPS } else { Scheme::HTTP })
             .authority(key.authority.clone())
@@ -293,6 +303,7 @@ impl Origin {
             connect_uri,
             host,
             connector,
+            max_idle,
             idle: Mutex::new(VecDeque::new()),
         })
     }
@@ -341,12 +352,12 @@ impl Origin {
     }
 
     fn checkin(&self, conn: Sender) {
-        if conn.is_closed() {
+        if conn.is_closed() || self.max_idle == 0 {
             return;
         }
         let since = Instant::now();
         let mut idle = lock(&self.idle);
-        let evicted = if idle.len() >= MAX_IDLE_PER_ORIGIN {
+        let evicted = if idle.len() >= self.max_idle {
             idle.pop_front()
         } else {
             None

@@ -319,6 +319,7 @@ pub async fn start_with(source: Source, dir: tempfile::TempDir, max_body: usize)
         reload_interval: Duration::from_millis(50),
         drain_timeout: Duration::from_secs(5),
         upstream_ca: None,
+        upstream_max_idle: detour_sidecar::providers::client::MAX_IDLE_PER_ORIGIN,
     };
     let running = server::start(opts, Audit::with_tap(false, tx), initial)
         .await
