@@ -50,8 +50,8 @@ pub struct Cli {
     #[arg(long, env = "DETOUR_UPSTREAM_CA_FILE")]
     pub upstream_ca: Option<PathBuf>,
 
-    /// Most idle keep-alive connections kept per upstream origin (scheme, host, port); more
-    /// are closed as they come back. Each costs about 40 KiB.
+    /// Idle keep-alive connections kept per upstream origin (scheme, host, port) once a
+    /// burst is over; more are closed after 5 s idle. Each costs about 40 KiB.
     #[arg(long, env = "DETOUR_UPSTREAM_MAX_IDLE", default_value_t = crate::providers::client::MAX_IDLE_PER_ORIGIN)]
     pub upstream_max_idle: usize,
 

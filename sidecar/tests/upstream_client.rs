@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_sidecar::providers::client::{HttpClient, IDLE_TIMEOUT};
+use detour_sidecar::providers::client::{HttpClient, IDLE_TIMEOUT, SHED_AFTER};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -240,20 +240,26 @@ async fn concurrent_requests_keep_their_connections_for_the_next_batch() {
     assert_eq!(up.requests(), 16);
 }
 
-/// At most the configured number of idle connections is kept; the rest close as they come
-/// back.
+/// A burst keeps its connections while it lasts; once they have been idle for a few seconds,
+/// only the configured number stays.
 #[tokio::test]
-async fn idle_connections_beyond_the_cap_are_closed() {
+async fn idle_connections_beyond_the_number_are_shed_after_a_burst() {
     let up = Upstream::start(vec![], None).await;
     let client = HttpClient::with_max_idle(None, 2).unwrap();
     let url = up.url("http", "127.0.0.1");
     let results = futures_util::future::join_all((0..5).map(|_| call(&client, &url))).await;
     assert!(results.iter().all(|r| r.is_ok()));
     assert_eq!(up.accepted(), 5);
-    assert_eq!(client.idle_connections(), 2);
-    let none = HttpClient::with_max_idle(None, 0).unwrap();
-    assert_eq!(call(&none, &url).await.unwrap(), ANSWER);
-    assert_eq!(none.idle_connections(), 0);
+    assert_eq!(client.idle_connections(), 5, "kept while the burst may go on");
+    tokio::time::pause();
+    tokio::time::advance(SHED_AFTER + Duration::from_secs(1)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::resume();
+    eventually("the excess is closed", || client.idle_connections() == 2).await;
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    assert_eq!(up.accepted(), 5, "the kept ones are reused");
 }
 
 /// A response body dropped before its end closes that connection: the next request opens a

@@ -10,7 +10,8 @@
 //!   the request goes out on another. A request that may have reached the upstream is never
 //!   sent twice: that is the proxy's decision, per policy.
 //! - Nothing is spawned per request: one task drives each connection, and one task per
-//!   client closes connections idle for longer than [`IDLE_TIMEOUT`].
+//!   client closes connections idle for longer than [`IDLE_TIMEOUT`], and those beyond the
+//!   per-origin number once idle for [`SHED_AFTER`].
 //! - Targets resolve their URLs to a [`Dest`] once, when they are loaded, so a request pays
 //!   for no URL parsing, no origin lookup and no lock but its origin's idle list.
 
@@ -39,14 +40,20 @@ use tower::{Service, ServiceExt};
 
 /// How long an unused connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Most idle connections kept per origin by default; more are closed when they come back.
-/// Each costs about 40 KiB (hyper's buffers and request channel); nginx's upstream
-/// `keepalive` is commonly set alike.
+/// Idle connections kept per origin by default once a burst is over. Each costs about 40 KiB
+/// (hyper's buffers and its request channel).
 pub const MAX_IDLE_PER_ORIGIN: usize = 64;
+/// How long idle connections beyond the per-origin number may stay: a burst keeps its
+/// connections while it lasts (closing them as they come back made a c=256 load reconnect
+/// constantly), and they are shed once it is over.
+pub const SHED_AFTER: Duration = Duration::from_secs(5);
+/// Idle connections per origin beyond which a returning connection is closed at once.
+const HARD_MAX_IDLE: usize = 1024;
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often connections idle past [`IDLE_TIMEOUT`] are closed.
-const REAP_EVERY: Duration = Duration::from_secs(30);
+/// How often idle connections past [`IDLE_TIMEOUT`], or past [`SHED_AFTER`] beyond the
+/// per-origin number, are closed.
+const REAP_EVERY: Duration = SHED_AFTER;
 
 type Connector = HttpsConnector<HttpConnector>;
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -110,7 +117,8 @@ impl HttpClient {
         Self::with_max_idle(extra_ca, MAX_IDLE_PER_ORIGIN)
     }
 
-    /// [`HttpClient::new`], keeping at most `max_idle` idle connections per origin.
+    /// [`HttpClient::new`], keeping `max_idle` idle connections per origin once a burst is over
+    /// (more are closed after [`SHED_AFTER`]).
     pub fn with_max_idle(extra_ca: Option<&std::path::Path>, max_idle: usize) -> Result<Self, BuildError> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -352,12 +360,12 @@ impl Origin {
     }
 
     fn checkin(&self, conn: Sender) {
-        if conn.is_closed() || self.max_idle == 0 {
+        if conn.is_closed() {
             return;
         }
         let since = Instant::now();
         let mut idle = lock(&self.idle);
-        let evicted = if idle.len() >= self.max_idle {
+        let evicted = if idle.len() >= HARD_MAX_IDLE {
             idle.pop_front()
         } else {
             None
@@ -367,8 +375,9 @@ impl Origin {
         drop(evicted);
     }
 
-    /// Moves the connections idle past their time or closed into `stale` (closed when the
-    /// caller drops them, outside the lock).
+    /// Moves into `stale` (closed when the caller drops them, outside the lock) the
+    /// connections that are closed, idle past [`IDLE_TIMEOUT`], or beyond the per-origin
+    /// number and idle past [`SHED_AFTER`] (the oldest first).
     fn prune(&self, stale: &mut Vec<Idle>) {
         let mut idle = lock(&self.idle);
         let mut kept = VecDeque::with_capacity(idle.len());
@@ -378,6 +387,9 @@ impl Origin {
             } else {
                 kept.push_back(i);
             }
+        }
+        while kept.len() > self.max_idle && kept.front().is_some_and(|i| i.since.elapsed() >= SHED_AFTER) {
+            stale.extend(kept.pop_front());
         }
         *idle = kept;
     }
