@@ -183,6 +183,8 @@ async fn run(args: Args) -> Result<(), String> {
         memory_request: args.sidecar_memory.clone(),
         cpu_limit: args.sidecar_cpu_limit.clone(),
         memory_limit: args.sidecar_memory.clone(),
+        // Per pod, from its annotation.
+        upstream_ca_configmap: None,
     };
     tasks.spawn(server_task(
         "webhook server",

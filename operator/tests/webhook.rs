@@ -252,6 +252,64 @@ fn inject_env_off() {
     assert_idempotent(&review, &routes);
 }
 
+/// `detour.dev/upstream-ca-configmap` mounts only that ConfigMap's `ca.crt`, read-only, in the
+/// sidecar alone, and passes it as `--upstream-ca-file`.
+#[test]
+fn inject_upstream_ca() {
+    let routes = found();
+    let response = case("inject-upstream-ca", &routes);
+    let (review, pod) = patched("inject-upstream-ca", &response);
+    let spec = pod.spec.unwrap();
+    let init = spec.init_containers.unwrap();
+    let sidecar = &init[0];
+    let args = sidecar.args.as_ref().unwrap();
+    let at = args.iter().position(|a| a == "--upstream-ca-file").unwrap();
+    assert_eq!(args[at + 1], "/etc/detour-upstream-ca/ca.crt");
+    let mount = sidecar
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "detour-upstream-ca")
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/etc/detour-upstream-ca", Some(true))
+    );
+    let volume = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "detour-upstream-ca")
+        .unwrap();
+    let cm = volume.config_map.unwrap();
+    assert_eq!(cm.name, "kube-root-ca.crt");
+    let items = cm.items.unwrap();
+    assert_eq!(
+        items
+            .iter()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect::<Vec<_>>(),
+        [("ca.crt", "ca.crt")]
+    );
+    assert!(spec.containers.iter().all(|c| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != "detour-upstream-ca")
+    }));
+    assert_idempotent(&review, &routes);
+}
+
+/// An upstream CA annotation that is not a ConfigMap name is denied, saying what is expected.
+#[test]
+fn deny_bad_upstream_ca() {
+    assert_denied(
+        &case("deny-bad-upstream-ca", &found()),
+        "detour.dev/upstream-ca-configmap: \"Not_A_Name\" is not valid: the name of a ConfigMap",
+    );
+}
+
 /// A pod without the label is allowed untouched.
 #[test]
 fn skip_not_labelled() {

@@ -47,7 +47,7 @@ pub struct Cli {
 
     /// A PEM file of CA certificates to trust for HTTPS upstreams in addition to the
     /// Mozilla roots compiled in: an in-cluster model server behind a private CA.
-    #[arg(long, env = "DETOUR_UPSTREAM_CA_FILE")]
+    #[arg(long = "upstream-ca-file", env = "DETOUR_UPSTREAM_CA_FILE")]
     pub upstream_ca: Option<PathBuf>,
 
     /// Idle keep-alive connections kept per upstream origin (scheme, host, port) once a

@@ -951,6 +951,45 @@ async fn invalid_standalone_routes_exit_non_zero() {
     assert!(stderr.contains("latency"), "{stderr}");
 }
 
+/// `--upstream-ca-file` naming a file that is missing or holds no certificate stops the start
+/// with the path and the reason (the operator's injection passes it for
+/// `detour.dev/upstream-ca-configmap`).
+#[tokio::test]
+async fn unusable_upstream_ca_file_exits_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        "apiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: r}\nspec:\n  model: m\n  targets:\n    - {name: a, provider: mock, model: x}\n",
+    )
+    .unwrap();
+    let empty = dir.path().join("empty-ca.crt");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    for (ca, reason) in [
+        (dir.path().join("missing-ca.crt"), "No such file"),
+        (empty, "no CERTIFICATE block"),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_detour-sidecar"))
+                .args(["--routes", routes.to_str().unwrap()])
+                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+                .args(["--upstream-ca-file", ca.to_str().unwrap()])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(ca.to_str().unwrap()) && stderr.contains(reason),
+            "{stderr}"
+        );
+    }
+}
+
 /// In a pod the ConfigMap may not exist yet: the sidecar serves 503 `not_ready` and `/readyz`
 /// is 503 until a valid `routes.json` appears, then it is ready without a restart.
 #[tokio::test]

@@ -10,6 +10,8 @@
 //!   `/var/run/detour/credentials/<secret>` in the sidecar only;
 //! - `OPENAI_BASE_URL=http://127.0.0.1:<port>/v1` on every app container that does not set
 //!   it already, unless `detour.dev/inject-env: "false"`;
+//! - with `detour.dev/upstream-ca-configmap: <name>`, that ConfigMap's `ca.crt` mounted in the
+//!   sidecar and passed as `--upstream-ca-file` (a private CA of in-cluster model servers);
 //! - annotation `detour.dev/injected` naming the image, for people and for idempotence.
 //!
 //! Idempotent: a pod that already has the sidecar gets no patch.
@@ -20,8 +22,8 @@ use detour_api::defaults;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath, Pod,
+    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -37,6 +39,13 @@ pub const CPU_ANNOTATION: &str = "detour.dev/sidecar-cpu";
 pub const MEMORY_ANNOTATION: &str = "detour.dev/sidecar-memory";
 pub const PORT_ANNOTATION: &str = "detour.dev/proxy-port";
 pub const ENV_ANNOTATION: &str = "detour.dev/inject-env";
+/// A ConfigMap whose `ca.crt` the sidecar trusts for HTTPS upstreams.
+pub const UPSTREAM_CA_ANNOTATION: &str = "detour.dev/upstream-ca-configmap";
+/// The upstream CA volume, where it is mounted and the key read from the ConfigMap (the key
+/// `kube-root-ca.crt` and cert-manager's trust bundles use).
+pub const UPSTREAM_CA_VOLUME: &str = "detour-upstream-ca";
+pub const UPSTREAM_CA_DIR: &str = "/etc/detour-upstream-ca";
+pub const UPSTREAM_CA_KEY: &str = "ca.crt";
 /// Set on injected pods, to the sidecar image.
 pub const INJECTED_ANNOTATION: &str = "detour.dev/injected";
 /// The sidecar container's name.
@@ -61,6 +70,8 @@ pub struct Settings {
     pub memory_request: String,
     pub cpu_limit: Option<String>,
     pub memory_limit: String,
+    /// The ConfigMap holding the upstream CA (per pod, from its annotation).
+    pub upstream_ca_configmap: Option<String>,
 }
 
 impl Default for Settings {
@@ -73,6 +84,7 @@ impl Default for Settings {
             memory_request: "32Mi".to_owned(),
             cpu_limit: None,
             memory_limit: "128Mi".to_owned(),
+            upstream_ca_configmap: None,
         }
     }
 }
@@ -193,6 +205,7 @@ pub fn inject(pod: &Pod, settings: &Settings, secrets: &BTreeSet<String>) -> Res
     }
     let volumes = spec.volumes.clone().unwrap_or_default();
     let wanted: Vec<Volume> = std::iter::once(routes_volume())
+        .chain(settings.upstream_ca_configmap.as_deref().map(upstream_ca_volume))
         .chain(secrets.iter().map(|s| secret_volume(s)))
         .collect();
     if let Some(v) = volumes.iter().find(|v| wanted.iter().any(|w| w.name == v.name)) {
@@ -268,6 +281,16 @@ fn overrides(settings: &Settings, annotations: &BTreeMap<String, String>) -> Res
                 expected: "a port number 1-65535 other than 9090 (the metrics port)",
             })?;
     }
+    if let Some(name) = annotations.get(UPSTREAM_CA_ANNOTATION) {
+        if !is_dns_subdomain(name) {
+            return Err(Deny::BadAnnotation {
+                annotation: UPSTREAM_CA_ANNOTATION,
+                value: name.clone(),
+                expected: "the name of a ConfigMap in the pod's namespace with key ca.crt, such as kube-root-ca.crt",
+            });
+        }
+        s.upstream_ca_configmap = Some(name.clone());
+    }
     if let Some(env) = annotations.get(ENV_ANNOTATION)
         && env != "true"
         && env != "false"
@@ -279,6 +302,18 @@ fn overrides(settings: &Settings, annotations: &BTreeMap<String, String>) -> Res
         });
     }
     Ok(s)
+}
+
+/// A valid object name (RFC 1123 subdomain): lowercase alphanumerics, `-` and `.`, starting
+/// and ending alphanumeric, at most 253 characters.
+fn is_dns_subdomain(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    name.len() <= 253
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 /// A Kubernetes quantity: digits, an optional fraction, an optional suffix.
@@ -313,6 +348,12 @@ pub fn sidecar(settings: &Settings, secrets: &BTreeSet<String>) -> Container {
         read_only: Some(true),
         ..VolumeMount::default()
     })
+    .chain(settings.upstream_ca_configmap.as_ref().map(|_| VolumeMount {
+        name: UPSTREAM_CA_VOLUME.to_owned(),
+        mount_path: UPSTREAM_CA_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }))
     .chain(secrets.iter().map(|s| VolumeMount {
         name: secret_volume_name(s),
         mount_path: format!("{}/{s}", defaults::CREDENTIALS_ROOT),
@@ -325,14 +366,7 @@ pub fn sidecar(settings: &Settings, secrets: &BTreeSet<String>) -> Container {
         image: Some(settings.image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         restart_policy: Some("Always".to_owned()),
-        args: Some(vec![
-            "--config".to_owned(),
-            format!("{ROUTES_DIR}/{}", defaults::CONFIG_MAP_KEY),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{}", settings.proxy_port),
-            "--admin-listen".to_owned(),
-            format!("0.0.0.0:{METRICS_PORT}"),
-        ]),
+        args: Some(sidecar_args(settings)),
         ports: Some(vec![ContainerPort {
             name: Some(METRICS_PORT_NAME.to_owned()),
             container_port: i32::from(METRICS_PORT),
@@ -374,6 +408,22 @@ pub fn sidecar(settings: &Settings, secrets: &BTreeSet<String>) -> Container {
     }
 }
 
+fn sidecar_args(settings: &Settings) -> Vec<String> {
+    let mut args = vec![
+        "--config".to_owned(),
+        format!("{ROUTES_DIR}/{}", defaults::CONFIG_MAP_KEY),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{}", settings.proxy_port),
+        "--admin-listen".to_owned(),
+        format!("0.0.0.0:{METRICS_PORT}"),
+    ];
+    if settings.upstream_ca_configmap.is_some() {
+        args.push("--upstream-ca-file".to_owned());
+        args.push(format!("{UPSTREAM_CA_DIR}/{UPSTREAM_CA_KEY}"));
+    }
+    args
+}
+
 fn probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -391,6 +441,23 @@ fn routes_volume() -> Volume {
         name: ROUTES_VOLUME.to_owned(),
         config_map: Some(ConfigMapVolumeSource {
             name: defaults::CONFIG_MAP.to_owned(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Only `ca.crt`, so nothing else in the ConfigMap reaches the sidecar.
+fn upstream_ca_volume(configmap: &str) -> Volume {
+    Volume {
+        name: UPSTREAM_CA_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: configmap.to_owned(),
+            items: Some(vec![KeyToPath {
+                key: UPSTREAM_CA_KEY.to_owned(),
+                path: UPSTREAM_CA_KEY.to_owned(),
+                mode: None,
+            }]),
             ..ConfigMapVolumeSource::default()
         }),
         ..Volume::default()
