@@ -7,6 +7,7 @@
 #
 #   bash bench/instructions.sh                        # 70-byte chat request
 #   BODY_BYTES=4096 bash bench/instructions.sh        # a ~4 KB prompt
+#   STREAM=1 bash bench/instructions.sh               # a streamed answer (two chunks, [DONE])
 #   BIN=/path/to/detour-sidecar bash bench/instructions.sh
 #
 # Needs valgrind, hey and nginx-light (Debian; installed if missing) and python3. Listens on
@@ -47,11 +48,15 @@ http {
   access_log off;
   client_body_temp_path $work/up/body;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$reply'; } }
+  server { listen 127.0.0.1:$UP;
+    location /s/ { default_type text/event-stream; return 200 '$BENCH_SSE'; }
+    location / { default_type application/json; return 200 '$reply'; } }
 }
 CONF
 nginx -c "$work/up/nginx.conf" -e "$work/up/error.log" & pids+=($!)
 
+prefix=""
+[ "${STREAM:-0}" = 1 ] && prefix="/s"
 cat > "$work/routes.yaml" <<YAML
 apiVersion: detour.dev/v1alpha1
 kind: RoutingPolicy
@@ -66,15 +71,19 @@ spec:
   model: bench/fast
   policyRef: {name: bench}
   targets:
-    - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP/v1"}
+    - {name: up, provider: openai-compatible, model: up, endpoint: "http://127.0.0.1:$UP$prefix/v1"}
 YAML
-python3 - "${BODY_BYTES:-0}" > "$work/body.json" <<'PY'
+python3 - "${BODY_BYTES:-0}" "${STREAM:-0}" > "$work/body.json" <<'PY'
 import json, sys
 size = int(sys.argv[1])
+stream = sys.argv[2] == "1"
 text = "Say hello."
 if size > 0:
     text = ("Explain the trade-offs of consistent hashing in distributed caches. " * (size // 68 + 1))[:size]
-print(json.dumps({"model": "bench/fast", "messages": [{"role": "user", "content": text}]}))
+body = {"model": "bench/fast", "messages": [{"role": "user", "content": text}]}
+if stream:
+    body["stream"] = True
+print(json.dumps(body))
 PY
 
 count() { # requests -> total instructions of one sidecar run
@@ -95,4 +104,6 @@ count() { # requests -> total instructions of one sidecar run
 }
 a=$(count "$N1")
 b=$(count "$N2")
-python3 -c "print(f'instructions per request: {($b - $a) / ($N2 - $N1):,.0f}  (body: $(wc -c < "$work/body.json") bytes; callgrind, {$N2} - {$N1} requests)')"
+kind=""
+[ "${STREAM:-0}" = 1 ] && kind=", streamed"
+python3 -c "print(f'instructions per request: {($b - $a) / ($N2 - $N1):,.0f}  (body: $(wc -c < "$work/body.json") bytes$kind; callgrind, {$N2} - {$N1} requests)')"

@@ -18,3 +18,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # The canned chat.completion the loopback upstream answers.
 BENCH_REPLY='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"up","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}'
+
+# The canned stream it answers under /s/: two chunks and [DONE].
+bench_chunk='{"id":"c","object":"chat.completion.chunk","created":0,"model":"up","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello!"},"finish_reason":null}]}'
+bench_last='{"id":"c","object":"chat.completion.chunk","created":0,"model":"up","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
+BENCH_SSE="data: $bench_chunk
+
+data: $bench_last
+
+data: [DONE]
+
+"

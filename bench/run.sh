@@ -57,15 +57,7 @@ CONF
 
 # A canned stream: one chunk, the finish chunk and [DONE] (real newlines: nginx does not
 # unescape \n in strings).
-chunk='{"id":"c","object":"chat.completion.chunk","created":0,"model":"up","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello!"},"finish_reason":null}]}'
-last='{"id":"c","object":"chat.completion.chunk","created":0,"model":"up","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
-sse="data: $chunk
-
-data: $last
-
-data: [DONE]
-
-"
+sse=$BENCH_SSE
 nginx_conf upstream "$UP" "server { listen 127.0.0.1:$UP;
     location /s/ { default_type text/event-stream; return 200 '$sse'; }
     location / { default_type application/json; return 200 '$reply'; } }"

@@ -16,17 +16,20 @@ use crate::class::Class;
 /// Largest single event accepted from an upstream.
 const MAX_EVENT: usize = 4 * 1024 * 1024;
 
-/// Finds the end of the first complete event in `buf`: (end of event, length of separator).
+/// Finds the end of the first complete event in `buf` — the first `\n\n` or `\r\n\r\n` —
+/// as (end of event, length of separator). Jumps from newline to newline.
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        match (buf.get(i), buf.get(i + 1), buf.get(i + 2), buf.get(i + 3)) {
-            (Some(b'\n'), Some(b'\n'), _, _) => return Some((i, 2)),
-            (Some(b'\r'), Some(b'\n'), Some(b'\r'), Some(b'\n')) => return Some((i, 4)),
-            _ => i += 1,
+    memchr::memchr_iter(b'\n', buf).find_map(|j| {
+        let next = buf.get(j + 1);
+        if j >= 1 && buf.get(j - 1) == Some(&b'\r') && next == Some(&b'\r') && buf.get(j + 2) == Some(&b'\n')
+        {
+            Some((j - 1, 4))
+        } else if next == Some(&b'\n') {
+            Some((j, 2))
+        } else {
+            None
         }
-    }
-    None
+    })
 }
 
 /// The joined `data:` lines of one raw event; `None` for comments and events without data.
@@ -48,10 +51,38 @@ fn not_json() -> Failure {
     Failure::new(Class::BadResponse, "upstream sent an SSE event that is not JSON")
 }
 
+/// The payload of an event that is a single `data:` line — what providers send — as a slice
+/// of the event, without copying.
+fn single_data_line(raw: &Bytes) -> Option<Bytes> {
+    let rest = raw.strip_prefix(b"data:")?;
+    if rest.contains(&b'\n') || rest.contains(&b'\r') {
+        return None;
+    }
+    let skip = raw.len() - rest.len() + usize::from(rest.first() == Some(&b' '));
+    Some(raw.slice(skip..))
+}
+
 /// Parses one OpenAI-shaped event into an [`Event`]; `None` for comments and events without
 /// data.
-pub fn parse_event(raw: &[u8]) -> Option<Result<Event, Failure>> {
-    let data = data_of(raw)?;
+pub fn parse_event(raw: Bytes) -> Option<Result<Event, Failure>> {
+    // The common shape, read in place; anything else (and any payload that does not read as
+    // an answer, to get the same verdict as below) takes the general path.
+    if let Some(payload) = single_data_line(&raw) {
+        if payload.is_empty() {
+            return None;
+        }
+        if payload.trim_ascii() == b"[DONE]" {
+            return Some(Ok(Event::Done));
+        }
+        if let Some(a) = Answer::parse(payload) {
+            return Some(if a.is_error() {
+                Err(Failure::new(Class::ServerError, "upstream sent an error event"))
+            } else {
+                Ok(Event::Raw(a))
+            });
+        }
+    }
+    let data = data_of(&raw)?;
     if data.trim() == "[DONE]" {
         return Some(Ok(Event::Done));
     }
@@ -73,8 +104,8 @@ pub fn parse_event(raw: &[u8]) -> Option<Result<Event, Failure>> {
 
 /// Parses one event's data as JSON without interpreting it, for providers whose events mean
 /// something else than OpenAI's (Anthropic's `error` events, say).
-pub fn parse_json(raw: &[u8]) -> Option<Result<Value, Failure>> {
-    data_of(raw).map(|data| serde_json::from_str::<Value>(&data).map_err(|_| not_json()))
+pub fn parse_json(raw: Bytes) -> Option<Result<Value, Failure>> {
+    data_of(&raw).map(|data| serde_json::from_str::<Value>(&data).map_err(|_| not_json()))
 }
 
 /// Turns a streaming upstream body into OpenAI events.
@@ -95,7 +126,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
     T: Send + 'static,
-    P: Fn(&[u8]) -> Option<Result<T, Failure>> + Send + Copy + 'static,
+    P: Fn(Bytes) -> Option<Result<T, Failure>> + Send + Copy + 'static,
 {
     struct State<B> {
         body: B,
@@ -128,7 +159,7 @@ where
                 let raw = st.buf.split_to(end);
                 st.buf.advance(sep);
                 st.scanned = 0;
-                match parse(&raw) {
+                match parse(raw.freeze()) {
                     Some(Err(f)) => {
                         st.done = true;
                         return Some((Err(f), st));
@@ -159,7 +190,7 @@ where
                     st.done = true;
                     // A last event without its blank line still counts.
                     let rest = std::mem::take(&mut st.buf);
-                    return parse(&rest).map(|ev| (ev, st));
+                    return parse(rest.freeze()).map(|ev| (ev, st));
                 }
             }
         }
@@ -208,6 +239,85 @@ mod tests {
     use super::*;
     use http_body_util::StreamBody;
     use hyper::body::Frame;
+    use proptest::prelude::*;
+
+    /// The byte-by-byte separator search the newline-jumping one replaced.
+    fn event_end_reference(buf: &[u8]) -> Option<(usize, usize)> {
+        (0..buf.len()).find_map(|i| {
+            if buf.get(i..i + 2) == Some(b"\n\n") {
+                Some((i, 2))
+            } else if buf.get(i..i + 4) == Some(b"\r\n\r\n") {
+                Some((i, 4))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The general reading of an event (joined `data:` lines), which the single-line fast
+    /// path must agree with.
+    fn parse_event_general(raw: &[u8]) -> Option<Result<Event, Failure>> {
+        let data = data_of(raw)?;
+        if data.trim() == "[DONE]" {
+            return Some(Ok(Event::Done));
+        }
+        let answer = if data.contains(['\n', '\r']) {
+            serde_json::from_str::<Value>(&data)
+                .ok()
+                .filter(Value::is_object)
+                .map(|v| Answer::from_value(&v))
+        } else {
+            Answer::parse(Bytes::from(data))
+        };
+        Some(match answer {
+            Some(a) if a.is_error() => Err(Failure::new(Class::ServerError, "upstream sent an error event")),
+            Some(a) => Ok(Event::Raw(a)),
+            None => Err(not_json()),
+        })
+    }
+
+    fn same(a: &Option<Result<Event, Failure>>, b: &Option<Result<Event, Failure>>) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(Ok(Event::Done)), Some(Ok(Event::Done))) => true,
+            (Some(Ok(Event::Raw(x))), Some(Ok(Event::Raw(y)))) => x.bytes() == y.bytes(),
+            (Some(Err(x)), Some(Err(y))) => x.class == y.class,
+            _ => false,
+        }
+    }
+
+    proptest! {
+        // A fixed seed keeps the suite deterministic; raise PROPTEST_CASES to explore further.
+        #![proptest_config(ProptestConfig {
+            cases: 2000,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x55e0_0001),
+            ..ProptestConfig::default()
+        })]
+
+        /// Separators are found where the byte-by-byte search finds them, whatever mix of
+        /// `\r`, `\n` and other bytes surrounds them.
+        #[test]
+        fn event_end_agrees_with_the_byte_by_byte_search(
+            buf in proptest::collection::vec(proptest::sample::select(vec![b'\r', b'\n', b'a', b':']), 0..40)
+        ) {
+            prop_assert_eq!(event_end(&buf), event_end_reference(&buf));
+        }
+
+        /// Events read through the single-line fast path read as the general path reads them.
+        #[test]
+        fn single_line_events_read_as_the_general_path(
+            head in proptest::sample::select(vec!["data:", "data: ", "data:  ", "event: x\ndata: ", ": c\r\ndata:", "dat"]),
+            body in proptest::sample::select(vec![
+                "{\"a\":1}", "[DONE]", " [DONE] ", "{\"error\":{}}", "not json", "", "[1]",
+                "{\"model\":\"m\",\"x\":\"\u{e9}\"}", "{\"a\":1}\r", "\u{a0}[DONE]",
+            ]),
+        ) {
+            let raw = format!("{head}{body}");
+            let fast = parse_event(Bytes::from(raw.clone()));
+            let general = parse_event_general(raw.as_bytes());
+            prop_assert!(same(&fast, &general), "{:?}: {:?} vs {:?}", raw, fast, general);
+        }
+    }
 
     /// Events split across chunks at any byte are reassembled; comments are skipped; the
     /// terminal `[DONE]` is recognised.
@@ -262,11 +372,11 @@ mod tests {
     /// inside a `data:` line would end the event early).
     #[test]
     fn multi_line_data_is_sent_on_one_line() {
-        let Some(Ok(ev)) = parse_event(b"data: {\"a\":\ndata: 1}") else {
+        let Some(Ok(ev)) = parse_event(Bytes::from_static(b"data: {\"a\":\ndata: 1}")) else {
             panic!("not parsed");
         };
         assert_eq!(&encode(&ev)[..], b"data: {\"a\":1}\n\n");
-        let Some(Ok(ev)) = parse_event(b"data: {\"a\": 1}") else {
+        let Some(Ok(ev)) = parse_event(Bytes::from_static(b"data: {\"a\": 1}")) else {
             panic!("not parsed");
         };
         assert_eq!(&encode(&ev)[..], b"data: {\"a\": 1}\n\n");
@@ -275,7 +385,7 @@ mod tests {
     /// An upstream error event is a failure, not data to pass on.
     #[test]
     fn error_event_is_a_failure() {
-        let ev = parse_event(b"data: {\"error\":{\"message\":\"x\"}}");
+        let ev = parse_event(Bytes::from_static(b"data: {\"error\":{\"message\":\"x\"}}"));
         assert!(matches!(
             ev,
             Some(Err(Failure {
@@ -283,7 +393,7 @@ mod tests {
                 ..
             }))
         ));
-        let ev = parse_event(b"data: not json");
+        let ev = parse_event(Bytes::from_static(b"data: not json"));
         assert!(matches!(
             ev,
             Some(Err(Failure {
