@@ -929,23 +929,7 @@ async fn invalid_standalone_routes_exit_non_zero() {
         "apiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: r}\nspec:\n  model: m\n  targets:\n    - {name: a, provider: mock, model: x, mock: {latency: soon}}\n",
     )
     .unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_detour-sidecar"))
-            .args([
-                "--routes",
-                path.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let out = support::run_standalone(&path, &[]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("latency"), "{stderr}");
@@ -969,18 +953,7 @@ async fn unusable_upstream_ca_file_exits_naming_it() {
         (dir.path().join("missing-ca.crt"), "No such file"),
         (empty, "no CERTIFICATE block"),
     ] {
-        let out = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_detour-sidecar"))
-                .args(["--routes", routes.to_str().unwrap()])
-                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-                .args(["--upstream-ca-file", ca.to_str().unwrap()])
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let out = support::run_standalone(&routes, &["--upstream-ca-file", ca.to_str().unwrap()]).await;
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -75,14 +75,24 @@ pub fn parse_event(raw: Bytes) -> Option<Result<Event, Failure>> {
             return Some(Ok(Event::Done));
         }
         if let Some(a) = Answer::parse(payload) {
-            return Some(if a.is_error() {
-                Err(Failure::new(Class::ServerError, "upstream sent an error event"))
-            } else {
-                Ok(Event::Raw(a))
-            });
+            return Some(answer_event(a));
         }
     }
-    let data = data_of(&raw)?;
+    parse_event_general(&raw)
+}
+
+/// An answer read from an event: an error event is a failure.
+fn answer_event(a: Answer) -> Result<Event, Failure> {
+    if a.is_error() {
+        Err(Failure::new(Class::ServerError, "upstream sent an error event"))
+    } else {
+        Ok(Event::Raw(a))
+    }
+}
+
+/// The general reading of an event: its `data:` lines joined.
+fn parse_event_general(raw: &[u8]) -> Option<Result<Event, Failure>> {
+    let data = data_of(raw)?;
     if data.trim() == "[DONE]" {
         return Some(Ok(Event::Done));
     }
@@ -95,11 +105,7 @@ pub fn parse_event(raw: Bytes) -> Option<Result<Event, Failure>> {
     } else {
         Answer::parse(Bytes::from(data))
     };
-    Some(match answer {
-        Some(a) if a.is_error() => Err(Failure::new(Class::ServerError, "upstream sent an error event")),
-        Some(a) => Ok(Event::Raw(a)),
-        None => Err(not_json()),
-    })
+    Some(answer.map_or_else(|| Err(not_json()), answer_event))
 }
 
 /// Parses one event's data as JSON without interpreting it, for providers whose events mean
@@ -254,28 +260,6 @@ mod tests {
         })
     }
 
-    /// The general reading of an event (joined `data:` lines), which the single-line fast
-    /// path must agree with.
-    fn parse_event_general(raw: &[u8]) -> Option<Result<Event, Failure>> {
-        let data = data_of(raw)?;
-        if data.trim() == "[DONE]" {
-            return Some(Ok(Event::Done));
-        }
-        let answer = if data.contains(['\n', '\r']) {
-            serde_json::from_str::<Value>(&data)
-                .ok()
-                .filter(Value::is_object)
-                .map(|v| Answer::from_value(&v))
-        } else {
-            Answer::parse(Bytes::from(data))
-        };
-        Some(match answer {
-            Some(a) if a.is_error() => Err(Failure::new(Class::ServerError, "upstream sent an error event")),
-            Some(a) => Ok(Event::Raw(a)),
-            None => Err(not_json()),
-        })
-    }
-
     fn same(a: &Option<Result<Event, Failure>>, b: &Option<Result<Event, Failure>>) -> bool {
         match (a, b) {
             (None, None) => true,
@@ -303,7 +287,8 @@ mod tests {
             prop_assert_eq!(event_end(&buf), event_end_reference(&buf));
         }
 
-        /// Events read through the single-line fast path read as the general path reads them.
+        /// Events read through the single-line fast path read as the general path
+        /// ([`parse_event_general`]) reads them.
         #[test]
         fn single_line_events_read_as_the_general_path(
             head in proptest::sample::select(vec!["data:", "data: ", "data:  ", "event: x\ndata: ", ": c\r\ndata:", "dat"]),

@@ -519,3 +519,20 @@ pub async fn wait_for<F: AsyncFn() -> bool>(what: &str, f: F) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Runs the binary on standalone `routes` with `extra` flags on port 0, for a start that is
+/// expected to fail (at most 10 s).
+pub async fn run_standalone(routes: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_detour-sidecar"))
+            .args(["--routes", routes.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(extra)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
