@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 
 use crate::audit::AuditRecord;
+use crate::providers::HttpClient;
+use crate::providers::client::Body;
 use crate::server::Running;
 
 /// Requests in the burst.
@@ -28,7 +27,7 @@ fn out(line: &str) {
     let _ = stdout.flush();
 }
 
-fn header(resp: &http::Response<hyper::body::Incoming>, name: &str) -> String {
+fn header(resp: &http::Response<Body>, name: &str) -> String {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -93,7 +92,14 @@ pub fn fallback_rate(metrics: &str) -> Option<(f64, f64)> {
 
 /// Runs the burst and prints the report.
 pub async fn run(running: &Running, mut tap: UnboundedReceiver<AuditRecord>) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client = match HttpClient::new(None) {
+        Ok(c) => c,
+        Err(e) => {
+            out(&format!("demo: cannot build an HTTP client: {e}"));
+            running.shared.audit.set_stdout(true);
+            return;
+        }
+    };
     let models = running
         .shared
         .table
@@ -127,7 +133,7 @@ pub async fn run(running: &Running, mut tap: UnboundedReceiver<AuditRecord>) {
         let body = json!({"model": model, "messages": [{"role": "user", "content": "Say hello."}]});
         let req = Request::post(format!("http://{addr}/v1/chat/completions"))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())));
+            .body(Bytes::from(body.to_string()));
         let Ok(req) = req else { continue };
         let resp = match timeout(Duration::from_secs(30), client.request(req)).await {
             Ok(Ok(r)) => r,
@@ -160,7 +166,7 @@ pub async fn run(running: &Running, mut tap: UnboundedReceiver<AuditRecord>) {
         ));
     }
     let url = format!("http://{}/metrics", running.admin_addr);
-    let metrics = match Request::get(&url).body(Full::new(Bytes::new())) {
+    let metrics = match Request::get(&url).body(Bytes::new()) {
         Ok(req) => match timeout(Duration::from_secs(5), client.request(req)).await {
             Ok(Ok(resp)) => match resp.into_body().collect().await {
                 Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),

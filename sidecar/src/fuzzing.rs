@@ -1,6 +1,6 @@
 //! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): everything the sidecar
-//! does with bytes it does not control — a client's request body, an upstream's response body,
-//! an upstream's SSE stream, Bedrock's event-stream frames. Each must reject bad input with an
+//! does with bytes it does not control — a client's request body, an upstream's HTTP/1.1
+//! response and its body, an upstream's SSE stream, Bedrock's event-stream frames. Each must reject bad input with an
 //! error, never panic, and never take more than linear time.
 
 use bytes::{Bytes, BytesMut};
@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::providers::answer::{RequestBody, Usage, splice};
+use crate::providers::h1::{self, Chunked, Framing, ProtoError};
 use crate::providers::{Answer, anthropic, bedrock, chat, sse};
 use crate::routing::{Needs, decide};
 
@@ -177,6 +178,96 @@ pub fn event_stream(bytes: &[u8]) {
     while let Ok(Some(message)) = bedrock::eventstream::decode(&mut buf) {
         let _ = message.header(":event-type");
     }
+}
+
+/// An upstream's HTTP/1.1 response as the upstream client reads it (the head, interim
+/// answers skipped, then the body per its framing). What is read must not depend on how the
+/// bytes arrive: delivered whole or in the pieces `cuts` makes, the status, the body and the
+/// verdict are the same.
+///
+/// # Panics
+/// When the two readings differ.
+pub fn upstream_response(bytes: &[u8], cuts: &[usize]) {
+    let whole = read_response(&[Bytes::copy_from_slice(bytes)]);
+    let pieces = read_response(&split(bytes, cuts));
+    assert_eq!(whole, pieces, "the reading depends on how the bytes arrived");
+}
+
+#[derive(Debug, PartialEq)]
+struct ResponseRead {
+    status: Option<u16>,
+    body: Vec<u8>,
+    end: Result<bool, ProtoError>,
+}
+
+/// Reads a response from `pieces` as they arrive; `end` is `Ok(true)` once the body is
+/// complete, `Ok(false)` if the bytes ran out first.
+fn read_response(pieces: &[Bytes]) -> ResponseRead {
+    enum Phase {
+        Head,
+        Body(Framing, Chunked),
+    }
+    let mut read = ResponseRead {
+        status: None,
+        body: Vec::new(),
+        end: Ok(false),
+    };
+    let mut phase = Phase::Head;
+    let mut buf = BytesMut::new();
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+        loop {
+            match &mut phase {
+                Phase::Head => match h1::parse_head(&mut buf) {
+                    Err(e) => {
+                        read.end = Err(e);
+                        return read;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(head)) if head.status.is_informational() => {}
+                    Ok(Some(head)) => {
+                        read.status = Some(head.status.as_u16());
+                        match h1::framing(&head, &http::Method::POST) {
+                            Err(e) => {
+                                read.end = Err(e);
+                                return read;
+                            }
+                            Ok((framing, _)) => phase = Phase::Body(framing, Chunked::Size),
+                        }
+                    }
+                },
+                Phase::Body(Framing::Empty | Framing::Length(0), _) => {
+                    read.end = Ok(true);
+                    return read;
+                }
+                Phase::Body(Framing::Length(left), _) => {
+                    let n = usize::try_from(*left).map_or(buf.len(), |l| l.min(buf.len()));
+                    read.body.extend_from_slice(&buf.split_to(n));
+                    *left -= n as u64;
+                    if *left > 0 {
+                        break;
+                    }
+                }
+                Phase::Body(Framing::Close, _) => {
+                    read.body.extend_from_slice(&buf.split());
+                    break;
+                }
+                Phase::Body(Framing::Chunked, state) => match state.decode(&mut buf) {
+                    Err(e) => {
+                        read.end = Err(e);
+                        return read;
+                    }
+                    Ok(Some(data)) => read.body.extend_from_slice(&data),
+                    Ok(None) if *state == Chunked::Done => {
+                        read.end = Ok(true);
+                        return read;
+                    }
+                    Ok(None) => break,
+                },
+            }
+        }
+    }
+    read
 }
 
 fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Bytes> {

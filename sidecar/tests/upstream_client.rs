@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use detour_sidecar::providers::client::{HttpClient, IDLE_TIMEOUT, SHED_AFTER};
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -31,6 +31,9 @@ enum Then {
     AnnounceClose,
     /// Sends the head and half the body, then waits for the client to go away.
     HalfBody,
+    /// Sends these pieces of a response as written, each flushed on its own a moment after
+    /// the last, then keeps the connection (`false`) or closes it (`true`).
+    Raw(&'static [&'static str], bool),
 }
 
 const ANSWER: &str = r#"{"ok":true}"#;
@@ -127,7 +130,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 ANSWER.len()
             )
         };
+        if let Then::Raw(pieces, close) = then {
+            for piece in pieces {
+                if s.write_all(piece.as_bytes()).await.is_err() || s.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if close {
+                let _ = s.shutdown().await;
+                return;
+            }
+            continue;
+        }
         let out = match then {
+            Then::Raw(..) => unreachable!("answered above"),
             Then::KeepAlive | Then::CloseSilently => answer(""),
             Then::AnnounceClose => answer("connection: close\r\n"),
             Then::HalfBody => format!(
@@ -140,7 +157,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
         match then {
-            Then::KeepAlive => {}
+            Then::KeepAlive | Then::Raw(..) => {}
             Then::CloseSilently | Then::AnnounceClose => {
                 let _ = s.shutdown().await;
                 return;
@@ -165,12 +182,12 @@ async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-fn post(url: &str) -> Request<Full<Bytes>> {
+fn post(url: &str) -> Request<Bytes> {
     Request::builder()
         .method(Method::POST)
         .uri(url)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
+        .body(Bytes::from_static(br#"{"model":"m"}"#))
         .unwrap()
 }
 
@@ -183,6 +200,17 @@ async fn call(client: &HttpClient, url: &str) -> Result<Bytes, String> {
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?;
     Ok(body.to_bytes())
+}
+
+/// One request: its status and whole body, or the error (of the head or of the body).
+async fn exchange(client: &HttpClient, url: &str) -> Result<(u16, Bytes), String> {
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(post(url)))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok((status, body.to_bytes()))
 }
 
 /// Waits (bounded) until `f` holds.
@@ -404,4 +432,134 @@ fn unusable_ca_files_are_refused_by_name() {
     .unwrap();
     let err = HttpClient::new(Some(&garbled)).unwrap_err().to_string();
     assert!(err.contains("garbled.pem"), "{err}");
+}
+
+/// A chunked answer, cut inside its chunk-size lines and data and with an extension and a
+/// trailer, is decoded whole; the connection then serves the next request.
+#[tokio::test]
+async fn chunked_answers_are_decoded_and_keep_the_connection() {
+    let up = Upstream::start(
+        vec![Then::Raw(
+            &[
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;",
+                "x=y\r\nhel",
+                "lo\r",
+                "\n6\r\n world\r\n0\r\nx-trailer: t\r\n",
+                "\r\n",
+            ],
+            false,
+        )],
+        None,
+    )
+    .await;
+    let client = HttpClient::new(None).unwrap();
+    let url = up.url("http", "127.0.0.1");
+    assert_eq!(
+        exchange(&client, &url).await.unwrap(),
+        (200, Bytes::from("hello world"))
+    );
+    assert_eq!(client.idle_connections(), 1);
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    assert_eq!(up.accepted(), 1);
+}
+
+/// Interim responses (100, 103) before the answer are skipped.
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let up = Upstream::start(
+        vec![Then::Raw(
+            &[
+                "HTTP/1.1 100 Continue\r\n\r\n",
+                "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            ],
+            false,
+        )],
+        None,
+    )
+    .await;
+    let client = HttpClient::new(None).unwrap();
+    let url = up.url("http", "127.0.0.1");
+    assert_eq!(exchange(&client, &url).await.unwrap(), (201, Bytes::from("ok")));
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    assert_eq!(up.accepted(), 1);
+}
+
+/// A body without a length runs to the close, and so do HTTP/1.0 answers: read whole, the
+/// connection never reused.
+#[tokio::test]
+async fn bodies_up_to_the_close_are_read_and_their_connection_not_reused() {
+    let up = Upstream::start(
+        vec![
+            Then::Raw(&["HTTP/1.1 200 OK\r\n\r\n{\"ok\":", "true}"], true),
+            Then::Raw(&["HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"], false),
+        ],
+        None,
+    )
+    .await;
+    let client = HttpClient::new(None).unwrap();
+    let url = up.url("http", "127.0.0.1");
+    assert_eq!(exchange(&client, &url).await.unwrap(), (200, Bytes::from(ANSWER)));
+    assert_eq!(exchange(&client, &url).await.unwrap(), (200, Bytes::from("ok")));
+    assert_eq!(client.idle_connections(), 0);
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    assert_eq!(up.accepted(), 3);
+}
+
+/// A 204 has no body, whatever follows it, and keeps the connection.
+#[tokio::test]
+async fn a_204_has_no_body() {
+    let up = Upstream::start(vec![Then::Raw(&["HTTP/1.1 204 No Content\r\n\r\n"], false)], None).await;
+    let client = HttpClient::new(None).unwrap();
+    let url = up.url("http", "127.0.0.1");
+    assert_eq!(exchange(&client, &url).await.unwrap(), (204, Bytes::new()));
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    assert_eq!(up.accepted(), 1);
+}
+
+/// An answer cut short (the connection closes before its length, or inside a chunk) is an
+/// error, never a short answer, and what the upstream sends that is not HTTP/1.1 is a
+/// protocol error.
+#[tokio::test]
+async fn truncated_or_malformed_answers_are_errors() {
+    let up = Upstream::start(
+        vec![
+            Then::Raw(&["HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"ok\":"], true),
+            Then::Raw(
+                &["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nabc"],
+                true,
+            ),
+            Then::Raw(
+                &["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"],
+                false,
+            ),
+            Then::Raw(
+                &["HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nok"],
+                false,
+            ),
+            Then::Raw(&["SSH-2.0-OpenSSH_9.2\r\n\r\n"], false),
+            Then::Raw(&["HTTP/1.1 200 OK\r\ncontent-"], true),
+        ],
+        None,
+    )
+    .await;
+    let client = HttpClient::new(None).unwrap();
+    let url = up.url("http", "127.0.0.1");
+    let closed = "upstream closed the connection before the end of the response";
+    assert_eq!(exchange(&client, &url).await.unwrap_err(), closed);
+    assert_eq!(exchange(&client, &url).await.unwrap_err(), closed);
+    let err = exchange(&client, &url).await.unwrap_err();
+    assert!(err.contains("invalid chunk size line"), "{err}");
+    let err = client.request(post(&url)).await.unwrap_err();
+    assert!(
+        err.is_protocol() && err.to_string().contains("content-length"),
+        "{err}"
+    );
+    let err = client.request(post(&url)).await.unwrap_err();
+    assert!(
+        err.is_protocol() && err.to_string().contains("malformed response head"),
+        "{err}"
+    );
+    assert_eq!(exchange(&client, &url).await.unwrap_err(), closed);
+    assert_eq!(client.idle_connections(), 0, "no broken connection is kept");
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::Full;
 use serde_json::{Map, Value, json};
 
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
@@ -450,7 +449,7 @@ impl Adapter for Anthropic {
                     "application/json"
                 },
             )
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Bytes::from(body.to_string()))
             .map_err(|_| Failure::new(Class::ConnectError, "endpoint is not a valid URL"))?;
         if let Some(key) = key {
             let mut value = HeaderValue::try_from(key.expose())

@@ -20,7 +20,6 @@ use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::Full;
 use serde_json::{Map, Value, json};
 
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
@@ -463,7 +462,7 @@ fn message_value(m: &eventstream::Message) -> Result<Value, Failure> {
 
 /// Signs `req` (whose body is `body`) with SigV4 for `service` in `region`.
 fn sign_request(
-    req: &mut Request<Full<Bytes>>,
+    req: &mut Request<Bytes>,
     body: &[u8],
     keys: &credentials::Keys,
     region: &str,
@@ -557,7 +556,7 @@ impl Adapter for Bedrock {
                     "application/json"
                 },
             )
-            .body(Full::new(body.clone()))
+            .body(body.clone())
             .map_err(|_| Failure::new(Class::ConnectError, "endpoint is not a valid URL"))?;
         // Host is signed, so it is set here rather than left to the client.
         let host = req

@@ -1,47 +1,48 @@
 //! The upstream HTTP client: keep-alive HTTP/1.1 connections per origin (scheme, host and
-//! port), HTTPS through rustls.
+//! port), HTTPS through rustls, the protocol itself in [`super::h1`].
 //!
 //! Contract:
 //! - A request goes out on the most recently used idle connection of its origin, or on a new
 //!   one. A connection goes back to its origin's idle list when its response body has been
 //!   read to the end; a body dropped before that closes the connection (HTTP/1 cannot abandon
 //!   a response and keep the connection).
-//! - An idle connection the upstream closed before the request was written is skipped and
-//!   the request goes out on another. A request that may have reached the upstream is never
-//!   sent twice: that is the proxy's decision, per policy.
-//! - Nothing is spawned per request: one task drives each connection, and one task per
-//!   client closes connections idle for longer than [`IDLE_TIMEOUT`], and those beyond the
-//!   per-origin number once idle for [`SHED_AFTER`].
+//! - An idle connection the upstream closed is skipped, and a request whose first byte could
+//!   not be written on a reused connection goes out on another. A request that may have
+//!   reached the upstream is never sent twice: that is the proxy's decision, per policy.
+//! - Nothing is spawned per request or per connection: a connection is driven by the task
+//!   that sends on it and reads its body. One task per client closes connections idle for
+//!   longer than [`IDLE_TIMEOUT`], those the upstream closed, and those beyond the per-origin
+//!   number once idle for [`SHED_AFTER`].
 //! - Targets resolve their URLs to a [`Dest`] once, when they are loaded, so a request pays
 //!   for no URL parsing, no origin lookup and no lock but its origin's idle list.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
-use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use bytes::{Bytes, BytesMut};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Frame, SizeHint};
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::h1::{self, Chunked, Framing, ProtoError};
 
 /// How long an unused connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept per origin by default once a burst is over. Each costs about 40 KiB
-/// (hyper's buffers and its request channel).
+/// Idle connections kept per origin by default once a burst is over.
 pub const MAX_IDLE_PER_ORIGIN: usize = 64;
 /// How long idle connections beyond the per-origin number may stay: a burst keeps its
 /// connections while it lasts (closing them as they come back made a c=256 load reconnect
@@ -49,31 +50,43 @@ pub const MAX_IDLE_PER_ORIGIN: usize = 64;
 pub const SHED_AFTER: Duration = Duration::from_secs(5);
 /// Idle connections per origin beyond which a returning connection is closed at once.
 const HARD_MAX_IDLE: usize = 1024;
-/// How long a TCP connect may take.
+/// How long resolving, connecting and the TLS handshake may take together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often idle connections past [`IDLE_TIMEOUT`], or past [`SHED_AFTER`] beyond the
-/// per-origin number, are closed.
+/// How often idle connections past their time are closed.
 const REAP_EVERY: Duration = SHED_AFTER;
+/// A connection's read buffer grows by this much when it is nearly full.
+const READ_SIZE: usize = 8 * 1024;
+/// Below this much free room, the read buffer grows before a read.
+const MIN_READ_ROOM: usize = 1024;
 
-type Connector = HttpsConnector<HttpConnector>;
-type Sender = http1::SendRequest<Full<Bytes>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No connection could be made (TCP, TLS or the URL itself).
+    /// No connection could be made (name resolution, TCP, TLS or the URL itself).
     #[error("could not connect to the upstream: {0}")]
     Connect(#[source] BoxError),
-    /// The connection failed after the request was handed to it.
+    /// Reading or writing failed on an open connection.
     #[error("upstream connection failed: {0}")]
-    Http(#[from] hyper::Error),
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before the response was complete.
+    #[error("upstream closed the connection before the end of the response")]
+    Closed,
+    /// The upstream answered something that is not HTTP/1.1 as it should be.
+    #[error("invalid HTTP/1.1 response from the upstream: {0}")]
+    Protocol(#[from] ProtoError),
 }
 
 impl Error {
     /// Whether no connection was made, so the upstream never saw the request.
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect(_))
+    }
+
+    /// Whether the upstream answered, but not in valid HTTP/1.1.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Self::Protocol(_))
     }
 }
 
@@ -91,7 +104,7 @@ pub enum BuildError {
 pub struct HttpClient(Arc<Shared>);
 
 struct Shared {
-    connector: Connector,
+    tls: TlsConnector,
     max_idle: usize,
     origins: Mutex<HashMap<Key, Arc<Origin>>>,
     reaper: std::sync::Once,
@@ -141,22 +154,14 @@ impl HttpClient {
                 return Err(ca_error("no CERTIFICATE block in it".into()));
             }
         }
-        let tls =
+        let mut tls =
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self(Arc::new(Shared {
-            connector,
+            tls: TlsConnector::from(Arc::new(tls)),
             max_idle,
             origins: Mutex::new(HashMap::new()),
             reaper: std::sync::Once::new(),
@@ -182,7 +187,7 @@ impl HttpClient {
             match origins.get(&key) {
                 Some(o) => Arc::clone(o),
                 None => {
-                    let o = Arc::new(Origin::new(&key, self.0.connector.clone(), self.0.max_idle)?);
+                    let o = Arc::new(Origin::new(&key, &self.0.tls, self.0.max_idle)?);
                     origins.insert(key, Arc::clone(&o));
                     o
                 }
@@ -197,7 +202,7 @@ impl HttpClient {
 
     /// Sends a request with an absolute URL (resolved on each call; targets on the hot path
     /// resolve theirs once, see [`Dest`]).
-    pub async fn request(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Body>, Error> {
+    pub async fn request(&self, mut req: Request<Bytes>) -> Result<Response<Body>, Error> {
         let dest = self
             .dest(req.uri())
             .ok_or_else(|| Error::Connect("not an http or https URL with a host".into()))?;
@@ -221,7 +226,12 @@ impl HttpClient {
     pub fn idle_connections(&self) -> usize {
         lock(&self.0.origins)
             .values()
-            .map(|o| lock(&o.idle).iter().filter(|i| !i.conn.is_closed()).count())
+            .map(|o| {
+                lock(&o.idle)
+                    .iter_mut()
+                    .map(|i| usize::from(!i.conn.is_closed()))
+                    .sum::<usize>()
+            })
             .sum()
     }
 }
@@ -275,76 +285,101 @@ impl Dest {
     }
 
     /// Sends `req` (its URI the [`Dest::path`]) to this origin.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Body>, Error> {
+    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, Error> {
         self.origin.send(req).await
     }
 }
 
-/// One origin's idle connections.
+/// One origin's idle connections and how to open another.
 struct Origin {
     key: Key,
-    /// `scheme://authority/`, what the connector is called with.
-    connect_uri: Uri,
+    /// The host to resolve (an IPv6 literal without its brackets) and the port.
+    host: String,
+    port: u16,
+    /// The TLS connector and the name the certificate must carry, for `https`.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The `Host` header of its requests.
-    host: HeaderValue,
-    connector: Connector,
+    host_header: HeaderValue,
     max_idle: usize,
     idle: Mutex<VecDeque<Idle>>,
 }
 
 struct Idle {
-    conn: Sender,
+    conn: Conn,
     since: Instant,
 }
 
 impl Origin {
-    fn new(key: &Key, connector: Connector, max_idle: usize) -> Option<Self> {
-        let connect_uri = Uri::builder()
-            .scheme(if key.https { Scheme::HTTPS } else { Scheme::HTTP })
-            .authority(key.authority.clone())
-            .path_and_query("/")
-            .build()
-            .ok()?;
-        let host = HeaderValue::from_str(key.authority.as_str()).ok()?;
+    fn new(key: &Key, tls: &TlsConnector, max_idle: usize) -> Option<Self> {
+        let host = key.authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_owned();
+        let port = key
+            .authority
+            .port_u16()
+            .unwrap_or(if key.https { 443 } else { 80 });
+        let tls = if key.https {
+            Some((tls.clone(), ServerName::try_from(host.clone()).ok()?))
+        } else {
+            None
+        };
         Some(Self {
             key: key.clone(),
-            connect_uri,
             host,
-            connector,
+            port,
+            tls,
+            host_header: HeaderValue::from_str(key.authority.as_str()).ok()?,
             max_idle,
             idle: Mutex::new(VecDeque::new()),
         })
     }
 
-    async fn send(self: &Arc<Self>, mut req: Request<Full<Bytes>>) -> Result<Response<Body>, Error> {
-        req.headers_mut()
-            .entry(header::HOST)
-            .or_insert_with(|| self.host.clone());
+    async fn send(self: &Arc<Self>, req: Request<Bytes>) -> Result<Response<Body>, Error> {
+        let (wire, inline) = h1::encode_request(&req, &self.host_header);
+        let rest = if inline { None } else { Some(req.body().as_ref()) };
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            // A connection that just finished its last response may not have marked itself
-            // ready yet; one the upstream closed reports it here.
-            if reused && poll_fn(|cx| conn.poll_ready(cx)).await.is_err() {
-                continue;
+            match conn.write_request(&wire, rest).await {
+                Ok(()) => {}
+                // Nothing written: the upstream closed this idle connection first.
+                Err((_, 0)) if reused => continue,
+                Err((e, _)) => return Err(e.into()),
             }
-            match conn.try_send_request(req).await {
-                Ok(resp) => return Ok(self.response(resp, conn)),
-                Err(mut e) => match e.take_message() {
-                    // Not written: the upstream closed this idle connection first.
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(Error::Http(e.into_error())),
-                },
+            let head = conn.read_head().await?;
+            let (framing, keep_alive) = h1::framing(&head, req.method())?;
+            let kind = match framing {
+                Framing::Empty | Framing::Length(0) => Kind::Done,
+                Framing::Length(n) => Kind::Length(n),
+                Framing::Chunked => Kind::Chunked(Chunked::Size),
+                Framing::Close => Kind::Close,
+            };
+            let mut body = Body {
+                kind,
+                conn: Some(conn),
+                origin: Arc::clone(self),
+                keep_alive,
+            };
+            if body.kind == Kind::Done {
+                body.finish();
             }
+            let mut resp = Response::new(body);
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = head.headers;
+            return Ok(resp);
         }
     }
 
     /// The most recently used idle connection still open, if any.
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = lock(&self.idle);
-        while let Some(i) = idle.pop_back() {
+        while let Some(mut i) = idle.pop_back() {
             if i.since.elapsed() >= IDLE_TIMEOUT {
                 // The rest went idle even earlier.
                 let stale = std::mem::take(&mut *idle);
@@ -359,8 +394,9 @@ impl Origin {
         None
     }
 
-    fn checkin(&self, conn: Sender) {
-        if conn.is_closed() {
+    fn checkin(&self, conn: Conn) {
+        // Bytes after the end of a response nobody asked for: the connection is out of step.
+        if !conn.buf.is_empty() {
             return;
         }
         let since = Instant::now();
@@ -381,7 +417,7 @@ impl Origin {
     fn prune(&self, stale: &mut Vec<Idle>) {
         let mut idle = lock(&self.idle);
         let mut kept = VecDeque::with_capacity(idle.len());
-        for i in idle.drain(..) {
+        for mut i in idle.drain(..) {
             if i.since.elapsed() >= IDLE_TIMEOUT || i.conn.is_closed() {
                 stale.push(i);
             } else {
@@ -394,108 +430,275 @@ impl Origin {
         *idle = kept;
     }
 
-    async fn connect(&self) -> Result<Sender, Error> {
-        let mut connector = self.connector.clone();
-        let io = connector
-            .ready()
+    async fn connect(&self) -> Result<Conn, Error> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let io = tokio::time::timeout_at(deadline, self.open(deadline))
             .await
-            .map_err(Error::Connect)?
-            .call(self.connect_uri.clone())
+            .map_err(|_| Error::Connect(format!("no connection within {CONNECT_TIMEOUT:?}").into()))??;
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Resolves the host, connects to its addresses in turn (each gets an equal share of the
+    /// time left, so one that does not answer leaves time for the next), and does the TLS
+    /// handshake.
+    async fn open(&self, deadline: Instant) -> Result<Io, Error> {
+        let addrs: Vec<_> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(Error::Connect)?;
-        let (conn, driver) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| Error::Connect(e.into()))?;
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "the connection owns its task: it ends when the pool or the response body drops the connection's sender, or when the upstream closes it"
-        )]
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+            .map_err(|e| Error::Connect(e.into()))?
+            .collect();
+        let mut last: Option<io::Error> = None;
+        let mut tcp = None;
+        for (i, addr) in addrs.iter().enumerate() {
+            let share = deadline.saturating_duration_since(Instant::now())
+                / u32::try_from(addrs.len() - i).unwrap_or(1);
+            match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to {addr} timed out"),
+                    ))
+                }
             }
-        });
-        Ok(conn)
-    }
-
-    fn response(self: &Arc<Self>, resp: Response<Incoming>, conn: Sender) -> Response<Body> {
-        let (parts, incoming) = resp.into_parts();
-        let back = (!closes(&parts.headers)).then(|| Back {
-            conn,
-            origin: Arc::clone(self),
-        });
-        let mut body = Body { incoming, back };
-        if body.incoming.is_end_stream() {
-            body.release();
         }
-        Response::from_parts(parts, body)
+        let tcp = tcp.ok_or_else(|| match last {
+            Some(e) => Error::Connect(e.into()),
+            None => Error::Connect(format!("{} has no address", self.host).into()),
+        })?;
+        tcp.set_nodelay(true).map_err(|e| Error::Connect(e.into()))?;
+        Ok(match &self.tls {
+            None => Io::Tcp(tcp),
+            Some((tls, name)) => Io::Tls(Box::new(
+                tls.connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| Error::Connect(e.into()))?,
+            )),
+        })
     }
-}
-
-/// Whether the upstream said it closes the connection after this response.
-fn closes(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An upstream response body; its connection goes back to the pool when it has been read
-/// to the end.
-pub struct Body {
-    incoming: Incoming,
-    back: Option<Back>,
+/// One upstream connection: the socket and the bytes read from it and not yet consumed.
+struct Conn {
+    io: Io,
+    buf: BytesMut,
 }
 
-struct Back {
-    conn: Sender,
+impl Conn {
+    /// Writes a request; on failure, how many bytes were accepted before it.
+    async fn write_request(&mut self, wire: &[u8], rest: Option<&[u8]>) -> Result<(), (io::Error, usize)> {
+        let mut sent = 0;
+        for part in std::iter::once(wire).chain(rest) {
+            let mut part = part;
+            while !part.is_empty() {
+                match self.io.write(part).await {
+                    Ok(0) => return Err((io::ErrorKind::WriteZero.into(), sent)),
+                    Ok(n) => {
+                        sent += n;
+                        part = part.get(n..).unwrap_or_default();
+                    }
+                    Err(e) => return Err((e, sent)),
+                }
+            }
+        }
+        self.io.flush().await.map_err(|e| (e, sent))
+    }
+
+    /// Reads the response head, skipping interim (1xx) responses.
+    async fn read_head(&mut self) -> Result<h1::Head, Error> {
+        loop {
+            if !self.buf.is_empty()
+                && let Some(head) = h1::parse_head(&mut self.buf)?
+            {
+                if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(ProtoError::Upgrade.into());
+                }
+                if !head.status.is_informational() {
+                    return Ok(head);
+                }
+                continue;
+            }
+            if poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ_ROOM {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Whether the upstream closed this idle connection (or sent bytes nobody asked for).
+    fn is_closed(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        !self.buf.is_empty() || Pin::new(&mut self.io).poll_read(&mut cx, &mut probe).is_ready()
+    }
+}
+
+/// The transport: TCP, or TLS over TCP.
+enum Io {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An upstream response body, read from its connection by whoever polls it; the connection
+/// goes back to the pool when the body has been read to the end.
+pub struct Body {
+    kind: Kind,
+    /// `None` once the body ended or failed.
+    conn: Option<Conn>,
     origin: Arc<Origin>,
+    keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+    Done,
 }
 
 impl Body {
-    fn release(&mut self) {
-        if let Some(back) = self.back.take() {
-            back.origin.checkin(back.conn);
+    /// The body is complete: its connection goes back to the pool if it can carry another
+    /// request.
+    fn finish(&mut self) {
+        self.kind = Kind::Done;
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+        {
+            self.origin.checkin(conn);
         }
+    }
+
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.kind = Kind::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
     }
 }
 
 impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Body").finish_non_exhaustive()
+        f.debug_struct("Body")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
-impl hyper::body::Body for Body {
+impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.incoming).poll_frame(cx));
-        match &frame {
-            None => this.release(),
-            Some(Ok(_)) if this.incoming.is_end_stream() => this.release(),
-            Some(Err(_)) => this.back = None,
-            Some(Ok(_)) => {}
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.kind {
+                Kind::Done => return Poll::Ready(None),
+                Kind::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = usize::try_from(*left).map_or(conn.buf.len(), |l| l.min(conn.buf.len()));
+                        let data = conn.buf.split_to(n).freeze();
+                        *left -= n as u64;
+                        if *left == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Kind::Chunked(state) => match state.decode(&mut conn.buf) {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(None) if *state == Chunked::Done => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return this.fail(e.into()),
+                },
+                Kind::Close => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return this.fail(e.into()),
+                Poll::Ready(Ok(0)) if this.kind == Kind::Close => {
+                    this.kind = Kind::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => return this.fail(Error::Closed),
+                Poll::Ready(Ok(_)) => {}
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.kind == Kind::Done
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        match self.kind {
+            Kind::Length(n) => SizeHint::with_exact(n),
+            Kind::Done => SizeHint::with_exact(0),
+            Kind::Chunked(_) | Kind::Close => SizeHint::default(),
+        }
     }
 }

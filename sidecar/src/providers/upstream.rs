@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
@@ -33,18 +33,14 @@ pub const USER_AGENT: &str = concat!("detour-sidecar/", env!("CARGO_PKG_VERSION"
 pub async fn send(
     client: &HttpClient,
     call: &Call<'_>,
-    req: Request<Full<Bytes>>,
+    req: Request<Bytes>,
 ) -> Result<Response<Body>, Failure> {
     head(call, client.request(req)).await
 }
 
 /// Sends `req` (its URI `dest`'s path) to `dest` and waits for the response head within the
 /// call's header deadline.
-pub async fn send_to(
-    dest: &Dest,
-    call: &Call<'_>,
-    req: Request<Full<Bytes>>,
-) -> Result<Response<Body>, Failure> {
+pub async fn send_to(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) -> Result<Response<Body>, Failure> {
     head(call, dest.send(req)).await
 }
 
@@ -60,6 +56,10 @@ async fn head(
         Ok(Err(e)) if e.is_connect() => {
             Err(Failure::new(Class::ConnectError, "could not connect to upstream"))
         }
+        Ok(Err(e)) if e.is_protocol() => Err(Failure::new(
+            Class::BadResponse,
+            "upstream answered with an invalid HTTP/1.1 response",
+        )),
         Ok(Err(_)) => Err(Failure::new(Class::Reset, "upstream closed the connection")),
         Ok(Ok(r)) => Ok(r),
     }
@@ -88,9 +88,9 @@ impl Uris {
 
 /// The POST of an OpenAI-shaped attempt: the client's body with the target's model, JSON,
 /// the `Accept` the answer is expected in. The caller adds its credentials.
-pub fn post(dest: &Dest, call: &Call<'_>) -> Result<Request<Full<Bytes>>, Failure> {
+pub fn post(dest: &Dest, call: &Call<'_>) -> Result<Request<Bytes>, Failure> {
     let body = call.body_with_model()?;
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(body);
     *req.method_mut() = Method::POST;
     *req.uri_mut() = dest.path().clone();
     let h = req.headers_mut();
@@ -109,11 +109,7 @@ pub fn post(dest: &Dest, call: &Call<'_>) -> Result<Request<Full<Bytes>>, Failur
 
 /// Sends an OpenAI-shaped attempt and reads its answer: errors through `openai`'s mapper, a
 /// stream as SSE, a JSON body kept as received.
-pub async fn openai_shaped(
-    dest: &Dest,
-    call: &Call<'_>,
-    req: Request<Full<Bytes>>,
-) -> Result<Reply, Failure> {
+pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) -> Result<Reply, Failure> {
     let resp = send_to(dest, call, req).await?;
     let status = resp.status();
     if !status.is_success() {

@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, header};
-use http_body_util::Full;
 use tokio::sync::Mutex;
 use tokio::time::timeout;
 
@@ -178,7 +177,7 @@ async fn assume_role(
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/xml")
         .header(header::USER_AGENT, upstream::USER_AGENT)
-        .body(Full::new(Bytes::from(form)))
+        .body(Bytes::from(form))
         .map_err(|_| CredentialError::StsUrl { url: url() })?;
     let timed_out = || CredentialError::StsTimeout {
         url: url(),
@@ -365,7 +364,7 @@ mod tests {
                             "<ErrorResponse><Error><Code>InvalidIdentityToken</Code></Error></ErrorResponse>".to_owned()
                         };
                         let status = if text.starts_with("<R>") { 200 } else { 400 };
-                        let mut resp = http::Response::new(Full::new(Bytes::from(text)));
+                        let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from(text)));
                         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                         Ok::<_, std::convert::Infallible>(resp)
                     }
