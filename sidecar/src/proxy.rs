@@ -920,3 +920,23 @@ fn stream_body(
     });
     StreamBody::new(s.map(|b| Ok::<_, Infallible>(Frame::data(b)))).boxed_unsync()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each request in flight is one allocation the size of its whole future (every provider's
+    /// attempt included), so 1,000 held streams cost 1,000 of them. Connecting, credential
+    /// exchanges and the upstream timeout are kept out of it (boxed or not doubled).
+    #[test]
+    fn a_request_in_flight_stays_small() {
+        let shared = Arc::new(Shared {
+            table: ArcSwapOption::empty(),
+            metrics: Metrics::new().unwrap(),
+            audit: Audit::stdout(),
+        });
+        let fut = handle(shared, Endpoint::Chat, Request::new(Bytes::new()));
+        let size = size_of_val(&fut);
+        assert!(size <= 5 * 1024, "the request future is {size} bytes");
+    }
+}

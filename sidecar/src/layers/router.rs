@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use serde_json::json;
@@ -79,9 +80,7 @@ impl Service<Request<Bytes>> for Router {
             }
         };
         match endpoint {
-            Some(ep) if req.method() == Method::POST => {
-                Box::pin(async move { Ok(proxy::handle(shared, ep, req).await) })
-            }
+            Some(ep) if req.method() == Method::POST => Box::pin(proxy::handle(shared, ep, req).map(Ok)),
             _ => {
                 let msg = format!("method {} is not allowed on {}", req.method(), req.uri().path());
                 Box::pin(async move {

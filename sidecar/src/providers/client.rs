@@ -343,7 +343,9 @@ impl Origin {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: a connect is rare next to a request, and its future (resolver, TCP,
+                // TLS handshake) would otherwise size every attempt held in flight.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match conn.write_request(&wire, rest).await {
                 Ok(()) => {}

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{FutureExt, Stream, StreamExt, stream};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
@@ -44,13 +44,16 @@ pub async fn send_to(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) -> Resul
     head(call, dest.send(req)).await
 }
 
-async fn head(
+/// Not an `async fn`: one would hold `sent` twice, as its argument and inside the timeout it
+/// awaits, and that size is paid by every attempt in flight.
+fn head(
     call: &Call<'_>,
     sent: impl Future<Output = Result<Response<Body>, client::Error>>,
-) -> Result<Response<Body>, Failure> {
-    match timeout_at(call.headers_deadline(), sent).await {
+) -> impl Future<Output = Result<Response<Body>, Failure>> {
+    let first_byte_class = call.first_byte_class();
+    timeout_at(call.headers_deadline(), sent).map(move |r| match r {
         Err(_) => Err(Failure::new(
-            call.first_byte_class(),
+            first_byte_class,
             "no response from upstream in time",
         )),
         Ok(Err(e)) if e.is_connect() => {
@@ -62,7 +65,7 @@ async fn head(
         )),
         Ok(Err(_)) => Err(Failure::new(Class::Reset, "upstream closed the connection")),
         Ok(Ok(r)) => Ok(r),
-    }
+    })
 }
 
 /// The upstream URL of each OpenAI endpoint, parsed once when the target is loaded (an

@@ -136,7 +136,9 @@ impl Source {
                     return Ok(k.clone());
                 }
                 let token = token.current()?.ok_or(CredentialError::Missing)?;
-                let keys = assume_role(client, sts_url, role_arn, &token).await?;
+                // Boxed: the exchange is rare, and its future would otherwise size every
+                // Bedrock attempt.
+                let keys = Box::pin(assume_role(client, sts_url, role_arn, &token)).await?;
                 *cached = Some(keys.clone());
                 Ok(keys)
             }
