@@ -11,6 +11,8 @@
 //!   and the connection is not used again.
 //! - Header values are slices of the received head, not copies.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
 
@@ -115,13 +117,16 @@ pub struct Head {
 /// Parses the response head at the start of `buf` and removes it from `buf`. `Ok(None)`:
 /// the head is not complete yet (nothing is consumed).
 pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtoError> {
-    // Where each header's name and value are in `buf`, so they can be sliced out of the
-    // head once it is split off (the parser borrows `buf` until then).
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    // Where each header's name and value are in `buf` (the head is at most 64 KiB, so `u32`
+    // offsets), so they can be sliced out of the head once it is split off: the parser
+    // borrows `buf` until then.
+    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (len, code, minor, count) = {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut slots);
-        let len = match resp.parse(buf) {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+        {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(ProtoError::HeadTooLarge),
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -132,16 +137,17 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtoError> {
             return Err(ProtoError::HeadTooLarge);
         }
         let base = buf.as_ptr() as usize;
+        // Within the head, so below `MAX_HEAD`.
         let offset = |s: &[u8]| {
             if s.is_empty() {
                 0
             } else {
-                s.as_ptr() as usize - base
+                u32::try_from(s.as_ptr() as usize - base).unwrap_or(u32::MAX)
             }
         };
         for (slot, h) in at.iter_mut().zip(resp.headers.iter()) {
             let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
-            *slot = (n, n + h.name.len(), v, v + h.value.len());
+            *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
         }
         let (Some(code), Some(minor)) = (resp.code, resp.version) else {
             return Ok(None);
@@ -153,13 +159,16 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtoError> {
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in at.iter().take(count) {
         let name = head
-            .get(ns..ne)
+            .get(ns as usize..ne as usize)
             .and_then(|n| HeaderName::from_bytes(n).ok())
             .ok_or(ProtoError::HeaderField)?;
         let value = if vs == ve {
             HeaderValue::from_static("")
         } else {
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| ProtoError::HeaderField)?
+            let value = head
+                .get(vs as usize..ve as usize)
+                .ok_or(ProtoError::HeaderField)?;
+            HeaderValue::from_maybe_shared(head.slice_ref(value)).map_err(|_| ProtoError::HeaderField)?
         };
         headers.append(name, value);
     }
