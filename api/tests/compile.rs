@@ -19,7 +19,7 @@ fn objects(yaml: &str) -> (Vec<ModelRoute>, Vec<RoutingPolicy>) {
 }
 
 fn example(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!("{}/../examples/{name}", manifest_dir())).unwrap()
 }
 
 fn all_secrets(ns: &str) -> SecretIndex {
@@ -100,10 +100,7 @@ fn three_provider_chain_compiles_to_the_golden_table() {
         "no session token key in the Secret, none expected"
     );
 
-    let golden_path = format!(
-        "{}/tests/golden/three-provider-chain.routes.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let golden_path = format!("{}/tests/golden/three-provider-chain.routes.json", manifest_dir());
     let actual = c.table.to_json();
     if std::env::var_os("DETOUR_BLESS").is_some() {
         std::fs::write(&golden_path, &actual).unwrap();
@@ -483,4 +480,10 @@ fn demo_compiles_standalone() {
             assert!(t.mock.is_some());
         }
     }
+}
+
+/// This package's directory, read when the test runs (cargo sets it), so a test binary built
+/// from another checkout sharing the target directory reads this checkout's files.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }

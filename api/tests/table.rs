@@ -10,8 +10,7 @@ use pretty_assertions::assert_eq;
 use serde_json::Value;
 
 fn demo_table() -> RouteTable {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo.yaml")).unwrap();
+    let text = std::fs::read_to_string(format!("{}/../examples/demo.yaml", manifest_dir())).unwrap();
     compile_yaml(&text).unwrap().table
 }
 
@@ -142,4 +141,10 @@ fn loader_errors_name_document_and_field() {
         err,
         "document 2: ModelRoute \"r\" appears twice in namespace \"default\""
     );
+}
+
+/// This package's directory, read when the test runs (cargo sets it), so a test binary built
+/// from another checkout sharing the target directory reads this checkout's files.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }

@@ -1077,7 +1077,7 @@ async fn post(s: &Sidecar, body: &Value) -> support::Reply {
 // Goldens.
 
 fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(manifest_dir())
         .join("tests/data/providers")
         .join(format!("{name}.json"))
 }
@@ -1531,4 +1531,10 @@ async fn anthropic_key_rotation() {
     e.fake.state.lock().unwrap().violations.clear();
     e.fake.assert_clean();
     e.sidecar.stop().await;
+}
+
+/// This package's directory, read when the test runs (cargo sets it), so a test binary built
+/// from another checkout sharing the target directory reads this checkout's files.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }
