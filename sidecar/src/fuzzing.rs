@@ -8,8 +8,8 @@ use detour_api::table::{Scoring, Strategy};
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use crate::h1::{self, Chunked, Framing, ProtoError};
 use crate::providers::answer::{RequestBody, Usage, splice};
-use crate::providers::h1::{self, Chunked, Framing, ProtoError};
 use crate::providers::{Answer, anthropic, bedrock, chat, sse};
 use crate::routing::{Needs, decide};
 
@@ -188,27 +188,45 @@ pub fn event_stream(bytes: &[u8]) {
 /// # Panics
 /// When the two readings differ.
 pub fn upstream_response(bytes: &[u8], cuts: &[usize]) {
-    let whole = read_response(&[Bytes::copy_from_slice(bytes)]);
-    let pieces = read_response(&split(bytes, cuts));
+    let whole = read_message(&[Bytes::copy_from_slice(bytes)], Side::Response);
+    let pieces = read_message(&split(bytes, cuts), Side::Response);
     assert_eq!(whole, pieces, "the reading depends on how the bytes arrived");
 }
 
+/// An app's HTTP/1.1 request as the sidecar's server reads it (the head, then the body per
+/// its framing), held to the same rule as [`upstream_response`].
+///
+/// # Panics
+/// When the two readings differ.
+pub fn app_request(bytes: &[u8], cuts: &[usize]) {
+    let whole = read_message(&[Bytes::copy_from_slice(bytes)], Side::Request);
+    let pieces = read_message(&split(bytes, cuts), Side::Request);
+    assert_eq!(whole, pieces, "the reading depends on how the bytes arrived");
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
 #[derive(Debug, PartialEq)]
-struct ResponseRead {
-    status: Option<u16>,
+struct MessageRead {
+    /// The status, or the method and target.
+    start: Option<String>,
     body: Vec<u8>,
     end: Result<bool, ProtoError>,
 }
 
-/// Reads a response from `pieces` as they arrive; `end` is `Ok(true)` once the body is
+/// Reads one message from `pieces` as they arrive; `end` is `Ok(true)` once the body is
 /// complete, `Ok(false)` if the bytes ran out first.
-fn read_response(pieces: &[Bytes]) -> ResponseRead {
+fn read_message(pieces: &[Bytes], side: Side) -> MessageRead {
     enum Phase {
         Head,
         Body(Framing, Chunked),
     }
-    let mut read = ResponseRead {
-        status: None,
+    let mut read = MessageRead {
+        start: None,
         body: Vec::new(),
         end: Ok(false),
     };
@@ -218,24 +236,40 @@ fn read_response(pieces: &[Bytes]) -> ResponseRead {
         buf.extend_from_slice(piece);
         loop {
             match &mut phase {
-                Phase::Head => match h1::parse_head(&mut buf) {
-                    Err(e) => {
-                        read.end = Err(e);
-                        return read;
-                    }
-                    Ok(None) => break,
-                    Ok(Some(head)) if head.status.is_informational() => {}
-                    Ok(Some(head)) => {
-                        read.status = Some(head.status.as_u16());
-                        match h1::framing(&head, &http::Method::POST) {
-                            Err(e) => {
-                                read.end = Err(e);
-                                return read;
+                Phase::Head => {
+                    // `Ok(None)`: incomplete; `Ok(Some(None))`: an interim response, skipped.
+                    let head = match side {
+                        Side::Response => h1::parse_head(&mut buf).map(|h| {
+                            h.map(|h| {
+                                (!h.status.is_informational()).then(|| {
+                                    let framing = h1::framing(&h, &http::Method::POST).map(|(f, _)| f);
+                                    (h.status.to_string(), framing)
+                                })
+                            })
+                        }),
+                        Side::Request => h1::parse_request(&mut buf).map(|h| {
+                            h.map(|h| Some((format!("{} {}", h.method, h.uri), h1::request_body(&h))))
+                        }),
+                    };
+                    match head {
+                        Err(e) => {
+                            read.end = Err(e);
+                            return read;
+                        }
+                        Ok(None) => break,
+                        Ok(Some(None)) => {}
+                        Ok(Some(Some((start, framing)))) => {
+                            read.start = Some(start);
+                            match framing {
+                                Err(e) => {
+                                    read.end = Err(e);
+                                    return read;
+                                }
+                                Ok(framing) => phase = Phase::Body(framing, Chunked::Size),
                             }
-                            Ok((framing, _)) => phase = Phase::Body(framing, Chunked::Size),
                         }
                     }
-                },
+                }
                 Phase::Body(Framing::Empty | Framing::Length(0), _) => {
                     read.end = Ok(true);
                     return read;

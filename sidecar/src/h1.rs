@@ -1,12 +1,14 @@
-//! HTTP/1.1 as the upstream client speaks it (RFC 9112): the request written into one buffer,
-//! the response head parsed with `httparse`, and the response body's framing — a length,
-//! chunked, or up to the end of the connection.
+//! HTTP/1.1 (RFC 9112) as the sidecar speaks it on both sides: to upstreams (the request
+//! written into one buffer, the response head parsed, the response body's framing — a
+//! length, chunked, or up to the end of the connection) and to the app (the request head and
+//! body framing parsed, the response head written).
 //!
 //! Contract:
-//! - Pure functions over buffers; the connection and its I/O live in `client`. Each function
-//!   either makes progress on the bytes it has or says it needs more; none reads past what it
-//!   consumes, so the next response on a kept-alive connection starts where this one ended.
-//! - Everything an upstream controls is bounded: the head ([`MAX_HEAD`], [`MAX_HEADERS`]), a
+//! - Pure functions over buffers; connections and their I/O live in `providers::client` and
+//!   `conn`. Each function either makes progress on the bytes it has or says it needs more;
+//!   none reads past what it consumes, so the next message on a kept-alive connection starts
+//!   where this one ended.
+//! - Everything the peer controls is bounded: the head ([`MAX_HEAD`], [`MAX_HEADERS`]), a
 //!   chunk-size line, the trailers. Anything malformed is an error naming what was wrong,
 //!   and the connection is not used again.
 //! - Header values are slices of the received head, not copies.
@@ -16,9 +18,9 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
 
-/// Largest response head accepted (status line and headers).
+/// Largest head accepted (start line and headers).
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Most response headers accepted.
+/// Most headers accepted in a head.
 pub const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -27,17 +29,21 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// Bodies up to this size are copied behind the head and written with it in one call.
 pub const INLINE_BODY: usize = 16 * 1024;
 
-/// What was wrong with what the upstream sent.
+/// What was wrong with what the peer sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    #[error("response head larger than {MAX_HEAD} bytes")]
+    #[error("head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
-    #[error("more than {MAX_HEADERS} response headers")]
+    #[error("more than {MAX_HEADERS} headers")]
     TooManyHeaders,
-    #[error("malformed response head ({0})")]
+    #[error("malformed head ({0})")]
     Head(httparse::Error),
-    #[error("invalid response header name or value")]
+    #[error("invalid header name or value")]
     HeaderField,
+    #[error("invalid request target")]
+    Target,
+    #[error("unsupported transfer-encoding (only chunked, without content-length)")]
+    TransferEncoding,
     #[error("invalid or conflicting content-length")]
     ContentLength,
     #[error("101 Switching Protocols to a plain request")]
@@ -114,48 +120,46 @@ pub struct Head {
     pub headers: HeaderMap,
 }
 
-/// Parses the response head at the start of `buf` and removes it from `buf`. `Ok(None)`:
-/// the head is not complete yet (nothing is consumed).
-pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtoError> {
-    // Where each header's name and value are in `buf` (the head is at most 64 KiB, so `u32`
-    // offsets), so they can be sliced out of the head once it is split off: the parser
-    // borrows `buf` until then.
-    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, code, minor, count) = {
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
-        {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(ProtoError::HeadTooLarge),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(ProtoError::TooManyHeaders),
-            Err(e) => return Err(ProtoError::Head(e)),
-        };
-        if len > MAX_HEAD {
-            return Err(ProtoError::HeadTooLarge);
+/// Where a header's name and value are in the buffer (the head is at most 64 KiB, so `u32`
+/// offsets): they are sliced out of the head once it is split off, since the parser borrows
+/// the buffer until then.
+type Offsets = [(u32, u32, u32, u32); MAX_HEADERS];
+
+fn record(base: *const u8, headers: &[httparse::Header<'_>], at: &mut Offsets) {
+    let base = base as usize;
+    let offset = |s: &[u8]| {
+        if s.is_empty() {
+            0
+        } else {
+            u32::try_from(s.as_ptr() as usize - base).unwrap_or(u32::MAX)
         }
-        let base = buf.as_ptr() as usize;
-        // Within the head, so below `MAX_HEAD`.
-        let offset = |s: &[u8]| {
-            if s.is_empty() {
-                0
-            } else {
-                u32::try_from(s.as_ptr() as usize - base).unwrap_or(u32::MAX)
-            }
-        };
-        for (slot, h) in at.iter_mut().zip(resp.headers.iter()) {
-            let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
-            *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
-        }
-        let (Some(code), Some(minor)) = (resp.code, resp.version) else {
-            return Ok(None);
-        };
-        (len, code, minor, resp.headers.len())
     };
+    for (slot, h) in at.iter_mut().zip(headers) {
+        let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
+        *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
+    }
+}
+
+/// The completeness verdict of a parse: the head's length, or why there is none yet.
+fn verdict(parsed: httparse::Result<usize>, buffered: usize) -> Result<Option<usize>, ProtoError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Err(ProtoError::HeadTooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered > MAX_HEAD => Err(ProtoError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(ProtoError::TooManyHeaders),
+        Err(e) => Err(ProtoError::Head(e)),
+    }
+}
+
+/// Splits the head (`len` bytes) off `buf` and builds its headers from `at`.
+fn split_head(
+    buf: &mut BytesMut,
+    len: usize,
+    at: &Offsets,
+    count: usize,
+) -> Result<(Bytes, HeaderMap), ProtoError> {
     let head = buf.split_to(len).freeze();
-    let status = StatusCode::from_u16(code).map_err(|_| ProtoError::Head(httparse::Error::Status))?;
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in at.iter().take(count) {
         let name = head
@@ -172,17 +176,174 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtoError> {
         };
         headers.append(name, value);
     }
-    let version = if minor == 1 {
+    Ok((head, headers))
+}
+
+fn version(minor: u8) -> Version {
+    if minor == 1 {
         Version::HTTP_11
     } else {
         Version::HTTP_10
+    }
+}
+
+/// Parses the response head at the start of `buf` and removes it from `buf`. `Ok(None)`:
+/// the head is not complete yet (nothing is consumed).
+pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtoError> {
+    let mut at: Offsets = [(0, 0, 0, 0); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed =
+            httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+        let Some(len) = verdict(parsed, buf.len())? else {
+            return Ok(None);
+        };
+        record(buf.as_ptr(), resp.headers, &mut at);
+        let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+            return Ok(None);
+        };
+        (len, code, minor, resp.headers.len())
     };
+    let status = StatusCode::from_u16(code).map_err(|_| ProtoError::Head(httparse::Error::Status))?;
+    let (_, headers) = split_head(buf, len, &at, count)?;
     Ok(Some(Head {
         status,
-        version,
+        version: version(minor),
         headers,
     }))
 }
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: http::Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Parses the request head at the start of `buf` and removes it from `buf`. `Ok(None)`: the
+/// head is not complete yet (nothing is consumed). Empty lines before it are skipped (RFC
+/// 9112 §2.2).
+pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, ProtoError> {
+    let blank = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+    buf.advance(blank);
+    let mut at: Offsets = [(0, 0, 0, 0); MAX_HEADERS];
+    let (len, method, target, minor, count) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed =
+            httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut slots);
+        let Some(len) = verdict(parsed, buf.len())? else {
+            return Ok(None);
+        };
+        record(buf.as_ptr(), req.headers, &mut at);
+        let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+            return Ok(None);
+        };
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|_| ProtoError::Head(httparse::Error::Token))?;
+        let base = buf.as_ptr() as usize;
+        let target = (path.as_ptr() as usize - base, path.len());
+        (len, method, target, minor, req.headers.len())
+    };
+    let (head, headers) = split_head(buf, len, &at, count)?;
+    let target = head.slice(target.0..target.0 + target.1);
+    let uri = http::Uri::from_maybe_shared(target).map_err(|_| ProtoError::Target)?;
+    Ok(Some(RequestHead {
+        method,
+        uri,
+        version: version(minor),
+        headers,
+    }))
+}
+
+/// How much request body follows a request head: a length, or chunked. A transfer coding
+/// other than a final `chunked`, or one beside a `content-length`, is refused (RFC 9112
+/// §6.1: such a request cannot be framed safely).
+pub fn request_body(head: &RequestHead) -> Result<Framing, ProtoError> {
+    let h = &head.headers;
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = last_coding_is_chunked(h);
+        if !chunked || h.contains_key(header::CONTENT_LENGTH) || head.version != Version::HTTP_11 {
+            return Err(ProtoError::TransferEncoding);
+        }
+        return Ok(Framing::Chunked);
+    }
+    Ok(Framing::Length(content_length(h)?.unwrap_or(0)))
+}
+
+/// Whether the client keeps the connection after this request (HTTP/1.1 unless it says
+/// `close`; HTTP/1.0 only if it says `keep-alive`).
+pub fn request_keeps_alive(head: &RequestHead) -> bool {
+    if head.version == Version::HTTP_11 {
+        !has_token(&head.headers, &header::CONNECTION, b"close")
+    } else {
+        has_token(&head.headers, &header::CONNECTION, b"keep-alive")
+    }
+}
+
+/// Writes a response head: the status line, `date` (unless given), the response's headers
+/// but those that frame a message or describe a connection, then the framing the server
+/// chose (`Length`: `content-length`; `Chunked`: `transfer-encoding: chunked`; `Close`:
+/// neither) and `connection: close` when the connection ends after it.
+pub fn encode_response_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    close: bool,
+    date: &[u8],
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !headers.contains_key(header::DATE) {
+        field(out, b"date", date);
+    }
+    for (name, value) in headers {
+        if !is_hop_by_hop(name) {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    match framing {
+        Framing::Length(n) => {
+            let mut digits = itoa::Buffer::new();
+            field(out, b"content-length", digits.format(n).as_bytes());
+        }
+        Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
+        Framing::Empty | Framing::Close => {}
+    }
+    if close {
+        field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked body: its size in hex, the data, CRLF.
+pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let mut size = [0u8; 16];
+    let mut n = data.len();
+    let mut i = size.len();
+    loop {
+        i -= 1;
+        size[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&size[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// How a response body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,12 +369,7 @@ pub fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), ProtoErr
     if h.contains_key(header::TRANSFER_ENCODING) {
         // Only a final `chunked` frames the body; any other coding runs to the close. A
         // length beside a transfer coding is ignored, and such a connection is not reused.
-        let chunked = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        let chunked = last_coding_is_chunked(h);
         let clean = chunked && keep_alive && !h.contains_key(header::CONTENT_LENGTH);
         return Ok(if chunked {
             (Framing::Chunked, clean)
@@ -221,6 +377,24 @@ pub fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), ProtoErr
             (Framing::Close, false)
         });
     }
+    Ok(match content_length(h)? {
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::Close, false),
+    })
+}
+
+/// Whether the last transfer coding is `chunked`.
+fn last_coding_is_chunked(h: &HeaderMap) -> bool {
+    h.get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The `content-length`, if any: every value (and every item of a list) must be the same
+/// number.
+fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProtoError> {
     let mut length: Option<u64> = None;
     for value in h.get_all(header::CONTENT_LENGTH) {
         for item in value.as_bytes().split(|b| *b == b',') {
@@ -231,10 +405,7 @@ pub fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), ProtoErr
             length = Some(n);
         }
     }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), keep_alive),
-        None => (Framing::Close, false),
-    })
+    Ok(length)
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {

@@ -13,11 +13,13 @@ pub mod body;
 pub mod class;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod deadline;
 pub mod demo;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod h1;
 pub mod health;
 pub mod layers;
 pub mod metrics;

@@ -1,7 +1,6 @@
 //! Listeners, the assembled tower stack, config reload and graceful shutdown.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +8,6 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -22,8 +16,9 @@ use tower::{Service, ServiceBuilder};
 use crate::audit::Audit;
 use crate::body::{self, Response};
 use crate::config::{Change, Loaded, Source, Watcher};
-use crate::layers::body_limit::BodyLimitLayer;
-use crate::layers::request_id::RequestIdLayer;
+use crate::conn::{self, Serve};
+use crate::layers::body_limit::{BodyLimit, BodyLimitLayer};
+use crate::layers::request_id::{RequestIdLayer, RequestIdService};
 use crate::layers::router::Router;
 use crate::metrics::Metrics;
 use crate::providers::HttpClient;
@@ -83,12 +78,9 @@ impl Running {
     }
 }
 
-/// The serving stack, outermost first.
-pub fn stack(
-    shared: Arc<Shared>,
-    max_body_bytes: usize,
-) -> impl Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
-{
+/// The serving stack, outermost first. It serves HTTP/1.1 requests (their body read by
+/// [`conn`]) and HTTP/2 ones (hyper's body stream) alike.
+pub fn stack(shared: Arc<Shared>, max_body_bytes: usize) -> RequestIdService<BodyLimit<Router>> {
     ServiceBuilder::new()
         // Outermost, so that every response — also a 413 from the limit or a 404 from the
         // router — carries `x-detour-request-id` and the other `x-detour-*` headers.
@@ -136,15 +128,21 @@ pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Resu
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let svc = stack(shared.clone(), opts.max_body_bytes);
-    tasks.spawn(accept_loop(listener, svc, rx.clone(), opts.drain_timeout));
-    let admin_svc = tower::service_fn({
-        let shared = shared.clone();
-        move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(admin_route(&shared, &req)) }
-        }
-    });
-    tasks.spawn(accept_loop(admin, admin_svc, rx.clone(), Duration::from_secs(1)));
+    tasks.spawn(accept_loop(
+        listener,
+        svc,
+        opts.max_body_bytes,
+        rx.clone(),
+        opts.drain_timeout,
+    ));
+    let admin_svc = Admin(shared.clone());
+    tasks.spawn(accept_loop(
+        admin,
+        admin_svc,
+        ADMIN_MAX_BODY,
+        rx.clone(),
+        Duration::from_secs(1),
+    ));
     tasks.spawn(reload_loop(
         Watcher::new(opts.source.clone()),
         shared.clone(),
@@ -227,7 +225,28 @@ async fn reload_loop(
     }
 }
 
-fn admin_route(shared: &Shared, req: &Request<Incoming>) -> Response {
+/// Largest request body the admin listener reads (its endpoints take none).
+const ADMIN_MAX_BODY: usize = 64 * 1024;
+
+/// The admin listener's service: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone)]
+struct Admin(Arc<Shared>);
+
+impl<B> Service<Request<B>> for Admin {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        std::future::ready(Ok(admin_route(&self.0, &req)))
+    }
+}
+
+fn admin_route<B>(shared: &Shared, req: &Request<B>) -> Response {
     let text = |status: StatusCode, s: &'static str| {
         let mut r = http::Response::new(body::full(Bytes::from_static(s.as_bytes())));
         *r.status_mut() = status;
@@ -249,20 +268,13 @@ fn admin_route(shared: &Shared, req: &Request<Incoming>) -> Response {
     }
 }
 
-async fn accept_loop<S, F>(
+async fn accept_loop<S: Serve>(
     listener: TcpListener,
     svc: S,
+    max_body: usize,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
-) where
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible, Future = F>
-        + Clone
-        + Send
-        + 'static,
-    F: Future<Output = Result<Response, Infallible>> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -276,20 +288,16 @@ async fn accept_loop<S, F>(
                         continue;
                     }
                 };
-                let _ = io.set_nodelay(true);
-                let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc.clone()));
-                let fut = graceful.watch(conn.into_owned());
-                conns.spawn(async move {
-                    let _ = fut.await;
-                });
+                conns.spawn(conn::serve(io, svc.clone(), max_body, shutdown.clone()));
             }
             _ = shutdown.changed() => break,
         }
         while conns.try_join_next().is_some() {}
     }
     drop(listener);
+    // Idle connections close at once; those serving a request finish it first.
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = async { while conns.join_next().await.is_some() {} } => {}
         () = tokio::time::sleep(drain) => {
             tracing::warn!(open = conns.len(), "drain timeout: closing the remaining connections");
         }

@@ -556,7 +556,7 @@ async fn truncated_or_malformed_answers_are_errors() {
     );
     let err = client.request(post(&url)).await.unwrap_err();
     assert!(
-        err.is_protocol() && err.to_string().contains("malformed response head"),
+        err.is_protocol() && err.to_string().contains("malformed head"),
         "{err}"
     );
     assert_eq!(exchange(&client, &url).await.unwrap_err(), closed);

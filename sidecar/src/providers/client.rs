@@ -1,5 +1,5 @@
 //! The upstream HTTP client: keep-alive HTTP/1.1 connections per origin (scheme, host and
-//! port), HTTPS through rustls, the protocol itself in [`super::h1`].
+//! port), HTTPS through rustls, the protocol itself in [`crate::h1`].
 //!
 //! Contract:
 //! - A request goes out on the most recently used idle connection of its origin, or on a new
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::h1::{self, Chunked, Framing, ProtoError};
+use crate::h1::{self, Chunked, Framing, ProtoError};
 
 /// How long an unused connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);

@@ -16,7 +16,6 @@ pub mod azure;
 pub mod bedrock;
 pub(crate) mod chat;
 pub mod client;
-pub mod h1;
 mod json;
 pub mod mock;
 pub mod openai;
