@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
@@ -392,14 +393,24 @@ async fn write_response(
         Framing::Length(n) => Some(n),
         _ => None,
     };
-    let mut head_sent = false;
+    // Frames ready together (a burst of events read from the upstream at once) go out in one
+    // write, as soon as the body has nothing more ready or the buffer is large.
     loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            // The client went away while the answer was being produced.
-            () = gone(rd, buf) => return Ok(false),
+        let next = match body.frame().now_or_never() {
+            Some(next) => next,
+            None => {
+                if !out.is_empty() {
+                    wr.write_all(out).await?;
+                    out.clear();
+                }
+                tokio::select! {
+                    f = body.frame() => f,
+                    // The client went away while the answer was being produced.
+                    () = gone(rd, buf) => return Ok(false),
+                }
+            }
         };
-        let data = match frame {
+        let data = match next {
             None => break,
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if !data.is_empty() => data,
@@ -407,11 +418,6 @@ async fn write_response(
             },
             Some(Err(never)) => match never {},
         };
-        if !head_sent {
-            head_sent = true;
-        } else {
-            out.clear();
-        }
         match &mut left {
             Some(left) => {
                 let n = (data.len() as u64).min(*left);
@@ -419,34 +425,33 @@ async fn write_response(
                 let data = data.slice(..n as usize);
                 if out.len() + data.len() <= INLINE {
                     out.extend_from_slice(&data);
-                    wr.write_all(out).await?;
                 } else {
                     wr.write_all(out).await?;
+                    out.clear();
                     wr.write_all(&data).await?;
                 }
             }
-            None if framing == Framing::Close => {
-                out.extend_from_slice(&data);
-                wr.write_all(out).await?;
-            }
-            None => {
-                h1::encode_chunk(out, &data);
-                wr.write_all(out).await?;
-            }
+            None if framing == Framing::Close => out.extend_from_slice(&data),
+            None => h1::encode_chunk(out, &data),
+        }
+        if out.len() >= INLINE {
+            wr.write_all(out).await?;
+            out.clear();
         }
     }
-    if !head_sent {
+    let whole = match (left, framing) {
+        // A body shorter than it said: the client can only tell from the connection closing.
+        (Some(left), _) => left == 0,
+        (None, Framing::Close) => false,
+        (None, _) => {
+            out.extend_from_slice(h1::LAST_CHUNK);
+            true
+        }
+    };
+    if !out.is_empty() {
         wr.write_all(out).await?;
     }
-    match (left, framing) {
-        // A body shorter than it said: the client can only tell from the connection closing.
-        (Some(left), _) => Ok(left == 0 && !close),
-        (None, Framing::Close) => Ok(false),
-        (None, _) => {
-            wr.write_all(h1::LAST_CHUNK).await?;
-            Ok(!close)
-        }
-    }
+    Ok(whole && !close)
 }
 
 /// Calls `f` with the current `date` header value (IMF-fixdate), formatted once a second.
