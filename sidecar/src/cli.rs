@@ -51,7 +51,8 @@ pub struct Cli {
     pub upstream_ca: Option<PathBuf>,
 
     /// Idle keep-alive connections kept per upstream origin (scheme, host, port) once a
-    /// burst is over; more are closed after 5 s idle. Each costs about 40 KiB.
+    /// burst is over; more are closed after 5 s idle. Each costs its socket and an 8 KiB read
+    /// buffer.
     #[arg(long, env = "DETOUR_UPSTREAM_MAX_IDLE", default_value_t = crate::providers::client::MAX_IDLE_PER_ORIGIN)]
     pub upstream_max_idle: usize,
 
