@@ -209,6 +209,13 @@ impl Conn {
                     return;
                 }
             }
+            // A large body or answer does not leave its buffers to the idle connection.
+            if self.buf.is_empty() && self.buf.capacity() > 4 * READ_SIZE {
+                self.buf = BytesMut::new();
+            }
+            if self.out.capacity() > INLINE {
+                self.out = Vec::new();
+            }
         }
     }
 

@@ -131,12 +131,17 @@ fn record(base: *const u8, headers: &[httparse::Header<'_>], at: &mut Offsets) {
         if s.is_empty() {
             0
         } else {
-            u32::try_from(s.as_ptr() as usize - base).unwrap_or(u32::MAX)
+            u32::try_from((s.as_ptr() as usize).wrapping_sub(base)).unwrap_or(u32::MAX)
         }
     };
     for (slot, h) in at.iter_mut().zip(headers) {
         let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
-        *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
+        *slot = (
+            n,
+            n.saturating_add(h.name.len() as u32),
+            v,
+            v.saturating_add(h.value.len() as u32),
+        );
     }
 }
 
@@ -245,12 +250,14 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, ProtoErr
         let method =
             Method::from_bytes(method.as_bytes()).map_err(|_| ProtoError::Head(httparse::Error::Token))?;
         let base = buf.as_ptr() as usize;
-        let target = (path.as_ptr() as usize - base, path.len());
+        let target = ((path.as_ptr() as usize).wrapping_sub(base), path.len());
         (len, method, target, minor, req.headers.len())
     };
     let (head, headers) = split_head(buf, len, &at, count)?;
-    let target = head.slice(target.0..target.0 + target.1);
-    let uri = http::Uri::from_maybe_shared(target).map_err(|_| ProtoError::Target)?;
+    let target = head
+        .get(target.0..target.0.saturating_add(target.1))
+        .ok_or(ProtoError::Target)?;
+    let uri = http::Uri::from_maybe_shared(head.slice_ref(target)).map_err(|_| ProtoError::Target)?;
     Ok(Some(RequestHead {
         method,
         uri,

@@ -396,10 +396,14 @@ impl Origin {
         None
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, mut conn: Conn) {
         // Bytes after the end of a response nobody asked for: the connection is out of step.
         if !conn.buf.is_empty() {
             return;
+        }
+        // A large answer does not leave its buffer to the idle connection.
+        if conn.buf.capacity() > 2 * READ_SIZE {
+            conn.buf = BytesMut::new();
         }
         let since = Instant::now();
         let mut idle = lock(&self.idle);
