@@ -26,7 +26,7 @@ impl RequestId {
             *digit = HEX[(bits & 0xf) as usize];
             bits >>= 4;
         }
-        Self(id.iter().map(|&b| char::from(b)).collect())
+        Self(String::from_utf8_lossy(&id).into_owned())
     }
 }
 
