@@ -563,3 +563,22 @@ async fn truncated_or_malformed_answers_are_errors() {
     assert_eq!(client.idle_connections(), 0, "no broken connection is kept");
     assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
 }
+
+/// Credentials written into an endpoint URL never reach the `Host` header or a message.
+#[tokio::test]
+async fn userinfo_in_a_url_stays_out_of_the_host_header() {
+    let up = Upstream::start(vec![], None).await;
+    let client = HttpClient::new(None).unwrap();
+    let url = format!(
+        "http://user:s3cret@127.0.0.1:{}/v1/chat/completions",
+        up.addr.port()
+    );
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    let head = up.heads.lock().unwrap()[0].clone();
+    assert!(
+        head.contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", up.addr.port())) && !head.contains("s3cret"),
+        "{head}"
+    );
+    let dest = client.dest(&url.parse().unwrap()).unwrap();
+    assert!(!dest.to_string().contains("s3cret"), "{dest}");
+}

@@ -274,7 +274,7 @@ impl fmt::Display for Dest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Key { https, authority } = &self.origin.key;
         let scheme = if *https { "https" } else { "http" };
-        write!(f, "{scheme}://{authority}{}", self.path)
+        write!(f, "{scheme}://{}{}", host_and_port(authority), self.path)
     }
 }
 
@@ -331,7 +331,7 @@ impl Origin {
             host,
             port,
             tls,
-            host_header: HeaderValue::from_str(key.authority.as_str()).ok()?,
+            host_header: HeaderValue::from_str(host_and_port(&key.authority)).ok()?,
             max_idle,
             idle: Mutex::new(VecDeque::new()),
         })
@@ -488,6 +488,12 @@ impl Origin {
             )),
         })
     }
+}
+
+/// The authority without any `user:password@`: what goes in `Host` and in messages.
+fn host_and_port(authority: &Authority) -> &str {
+    let s = authority.as_str();
+    s.rsplit_once('@').map_or(s, |(_, host)| host)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
