@@ -380,7 +380,10 @@ async fn write_response(
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let mut close = how.close || h1::has_token(&parts.headers, &header::CONNECTION, b"close");
-    let framing = if body.is_end_stream() {
+    let framing = if matches!(parts.status.as_u16(), 100..=199 | 204 | 304) {
+        // These never have a body, nor a length saying so (RFC 9110 §8.6).
+        Framing::Empty
+    } else if body.is_end_stream() {
         Framing::Length(0)
     } else if let Some(n) = body.size_hint().exact() {
         Framing::Length(n)
@@ -392,7 +395,7 @@ async fn write_response(
     };
     out.clear();
     date(|d| h1::encode_response_head(out, parts.status, &parts.headers, framing, close, d));
-    if how.is_head || framing == Framing::Length(0) {
+    if how.is_head || matches!(framing, Framing::Empty | Framing::Length(0)) {
         wr.write_all(out).await?;
         return Ok(!close);
     }
