@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version, header};
+use http::{Method, Request, StatusCode, Version, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -84,18 +84,9 @@ pub async fn serve<S: Serve>(io: TcpStream, svc: S, max_body: usize, mut shutdow
         out: Vec::new(),
     };
     // Enough bytes to tell an HTTP/2 preface from an HTTP/1 request line.
+    let mut started = None;
     while conn.buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&conn.buf) {
-        let idle = conn.buf.is_empty();
-        let read = poll_fn(|cx| conn.poll_fill(cx));
-        let n = if idle {
-            tokio::select! {
-                r = read => r,
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        } else {
-            tokio::time::timeout(HEAD_TIMEOUT, read).await.unwrap_or(Ok(0))
-        };
-        if !matches!(n, Ok(n) if n > 0) {
+        if !conn.read_more(&mut shutdown, &mut started).await {
             return;
         }
     }
@@ -225,32 +216,43 @@ impl Conn {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<h1::RequestHead>, ProtoError> {
-        let mut started: Option<tokio::time::Instant> = None;
+        let mut started = None;
         loop {
             if !self.buf.is_empty()
                 && let Some(head) = h1::parse_request(&mut self.buf)?
             {
                 return Ok(Some(head));
             }
-            let idle = self.buf.is_empty();
-            let read = poll_fn(|cx| self.poll_fill(cx));
-            let n = if idle {
-                if *shutdown.borrow() {
-                    return Ok(None);
-                }
-                tokio::select! {
-                    r = read => r,
-                    _ = shutdown.wait_for(|s| *s) => return Ok(None),
-                }
-            } else {
-                let deadline = *started.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
-                tokio::time::timeout_at(deadline, read).await.unwrap_or(Ok(0))
-            };
-            match n {
-                Ok(n) if n > 0 => {}
-                _ => return Ok(None),
+            if !self.read_more(shutdown, &mut started).await {
+                return Ok(None);
             }
         }
+    }
+
+    /// Reads more of a request head. While none of it has arrived the connection is idle and
+    /// waits as long as the client keeps it, or until shutdown; once its first byte is in
+    /// (`started` records when), the head must be whole within [`HEAD_TIMEOUT`]. `false` when
+    /// the client closed, the time ran out, or shutdown came while idle.
+    async fn read_more(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        started: &mut Option<tokio::time::Instant>,
+    ) -> bool {
+        let idle = self.buf.is_empty();
+        let read = poll_fn(|cx| self.poll_fill(cx));
+        let n = if idle {
+            if *shutdown.borrow() {
+                return false;
+            }
+            tokio::select! {
+                r = read => r,
+                _ = shutdown.wait_for(|s| *s) => return false,
+            }
+        } else {
+            let deadline = *started.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+            tokio::time::timeout_at(deadline, read).await.unwrap_or(Ok(0))
+        };
+        matches!(n, Ok(n) if n > 0)
     }
 
     /// Reads a body framed by `framing`, at most `max + 1` bytes of it (the body-limit layer
@@ -303,34 +305,21 @@ impl Conn {
             }
             _ => StatusCode::BAD_REQUEST,
         };
-        let body = crate::error::ApiError::new(
+        let resp = crate::error::ApiError::new(
             status,
             "invalid_request_error",
             "bad_http_request",
             format!("{e}"),
         )
-        .into_response()
-        .into_body()
-        .collect()
-        .await
-        .map(http_body_util::Collected::to_bytes)
-        .unwrap_or_default();
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.out.clear();
-        date(|d| {
-            h1::encode_response_head(
-                &mut self.out,
-                status,
-                &headers,
-                Framing::Length(body.len() as u64),
-                true,
-                d,
-            );
-        });
-        self.out.extend_from_slice(&body);
-        let _ = self.io.write_all(&self.out).await;
-        let _ = self.io.shutdown().await;
+        .into_response();
+        let how = Reply {
+            close: true,
+            is_head: false,
+            http10: false,
+        };
+        let (mut rd, mut wr) = self.io.split();
+        let _ = write_response(&mut wr, &mut rd, &mut self.buf, &mut self.out, resp, how).await;
+        let _ = wr.shutdown().await;
     }
 }
 

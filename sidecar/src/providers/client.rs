@@ -555,11 +555,12 @@ impl Conn {
     }
 
     /// Whether the upstream closed this idle connection (or sent bytes nobody asked for).
+    /// Only idle connections are asked, and [`Origin::checkin`] keeps none with unread bytes.
     fn is_closed(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0u8; 1];
         let mut probe = ReadBuf::new(&mut byte);
-        !self.buf.is_empty() || Pin::new(&mut self.io).poll_read(&mut cx, &mut probe).is_ready()
+        Pin::new(&mut self.io).poll_read(&mut cx, &mut probe).is_ready()
     }
 }
 
