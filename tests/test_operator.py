@@ -1,6 +1,6 @@
 """The real `detour-operator` binary against a fake Kubernetes apiserver on loopback: it
 elects itself leader on a Lease, issues the webhook certificate into a Secret by server-side
-apply, publishes the CA in the MutatingWebhookConfiguration's caBundle, becomes ready,
+apply (without the CA's private key), publishes the CA in the MutatingWebhookConfiguration's caBundle, becomes ready,
 serves the webhook over TLS (verifiable with that CA under the Service's DNS name), answers a
 labelled pod in a namespace without routes with a denial that says why, counts it in
 /metrics, logs JSON, and on SIGTERM fails /readyz while draining, releases the Lease and
@@ -210,6 +210,11 @@ def test_operator_binary_end_to_end(operator_bin, tmp_path) -> None:
             secret = apply["body"]
             ca = base64.b64decode(secret["data"]["ca-bundle.crt"]).decode()
             assert ca.startswith("-----BEGIN CERTIFICATE-----")
+            # The CA's private key stays in the operator's memory: the Secret holds only the
+            # serving key.
+            assert sorted(secret["data"]) == ["ca-bundle.crt", "ca.crt", "tls.crt", "tls.key"]
+            keys = [k for k, v in secret["data"].items() if b"PRIVATE KEY" in base64.b64decode(v)]
+            assert keys == ["tls.key"]
             mwc = wait_for("caBundle", lambda: api.objects.get("mwc", {}).get("webhooks", [{}])[0]
                            .get("clientConfig", {}).get("caBundle"))
             assert base64.b64decode(mwc).decode() == ca

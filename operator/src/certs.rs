@@ -11,11 +11,16 @@
 //!   when the Service's DNS names change.
 //! - Expiry dates are stored as annotations on the Secret, so no certificate parsing is
 //!   needed; a Secret without them (or with unreadable keys) is treated as absent.
-//! - The CA key never leaves the Secret; the CA is re-derived from its key and fixed
-//!   parameters when a leaf is re-signed.
+//! - The CA's private key is never written anywhere: the leader keeps it in memory
+//!   ([`CaKey`]) to re-sign the serving certificate, re-deriving the CA from the key and fixed
+//!   parameters. A leader that does not hold the key of the stored CA (it restarted, or
+//!   leadership moved) renews with a new CA instead, the old one still trusted in `caBundle`.
+//!   So whoever can read the Secret gets the serving key, never a key that could sign
+//!   another certificate the apiserver trusts. A `ca.key` left in the Secret by an earlier
+//!   version is removed by the next leader.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
@@ -38,7 +43,8 @@ use tracing::{info, warn};
 use crate::controller::{MANAGED_BY_LABEL, MANAGER};
 
 pub const CA_CERT: &str = "ca.crt";
-pub const CA_KEY: &str = "ca.key";
+/// Where earlier versions stored the CA's private key; removed from the Secret when found.
+pub const LEGACY_CA_KEY: &str = "ca.key";
 pub const TLS_CERT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 /// The PEM that goes into `caBundle` (the current CA, plus the previous one while it rolls).
@@ -105,11 +111,11 @@ pub enum Error {
     },
 }
 
-/// A CA and a serving certificate, as PEM, with their expiry.
+/// A CA certificate and a serving certificate and key, as PEM, with their expiry: what the
+/// Secret holds. The CA's key is not part of it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Bundle {
     pub ca_cert: String,
-    pub ca_key: String,
     pub ca_bundle: String,
     pub cert: String,
     pub key: String,
@@ -128,11 +134,32 @@ impl std::fmt::Debug for Bundle {
     }
 }
 
+/// The CA's private key, held only in the leader's memory, with the certificate it signs as.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaKey {
+    /// The CA certificate (PEM) this key belongs to.
+    pub ca_cert: String,
+    key: String,
+}
+
+impl std::fmt::Debug for CaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaKey").finish_non_exhaustive()
+    }
+}
+
+impl CaKey {
+    /// Whether this is the key of `bundle`'s CA.
+    pub fn signs(&self, bundle: &Bundle) -> bool {
+        self.ca_cert == bundle.ca_cert
+    }
+}
+
 /// What to do with what is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
     Keep,
-    /// A new serving certificate from the same CA.
+    /// A new serving certificate from the same CA (needs its key in memory).
     RenewCert,
     /// A new CA (the old one stays in `caBundle` while valid) and a new serving certificate.
     RenewAll,
@@ -146,8 +173,15 @@ pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// Pure: what to do at `now`.
-pub fn plan(stored: Option<&Bundle>, dns: &[String], now: Timestamp, validity: &Validity) -> Plan {
+/// Pure: what to do at `now`, given the CA key this replica holds in memory (if any). A
+/// serving certificate due for renewal whose CA key is not held gets a new CA.
+pub fn plan(
+    stored: Option<&Bundle>,
+    ca_key: Option<&CaKey>,
+    dns: &[String],
+    now: Timestamp,
+    validity: &Validity,
+) -> Plan {
     let Some(b) = stored else {
         return Plan::RenewAll;
     };
@@ -155,7 +189,11 @@ pub fn plan(stored: Option<&Bundle>, dns: &[String], now: Timestamp, validity: &
     if left(b.ca_not_after) <= validity.ca_renew_before {
         Plan::RenewAll
     } else if left(b.cert_not_after) <= validity.cert_renew_before || b.dns_names != dns {
-        Plan::RenewCert
+        if ca_key.is_some_and(|k| k.signs(b)) {
+            Plan::RenewCert
+        } else {
+            Plan::RenewAll
+        }
     } else {
         Plan::Keep
     }
@@ -183,28 +221,31 @@ fn ca_params(not_before: Timestamp, not_after: Timestamp) -> Result<CertificateP
     Ok(params)
 }
 
-/// Issues what `plan` asked for. `stored` is required for `RenewCert` (else a new CA is made).
+/// Issues what `plan` asked for, returning the new bundle and the key of its CA (to keep in
+/// memory). `RenewCert` needs `stored` and the key of its CA, else a new CA is made.
 pub fn issue(
     plan: Plan,
     stored: Option<&Bundle>,
+    ca_key: Option<&CaKey>,
     dns: &[String],
     now: Timestamp,
     validity: &Validity,
-) -> Result<Option<Bundle>, Error> {
+) -> Result<Option<(Bundle, CaKey)>, Error> {
     let backdate = SignedDuration::from_secs(300);
     let not_before = now
         .checked_sub(backdate)
         .map_err(|e| Error::Date(e.to_string()))?;
     let (ca_cert, ca_key, ca_bundle, ca_not_after, issuer) = match (plan, stored) {
         (Plan::Keep, _) => return Ok(None),
-        (Plan::RenewCert, Some(b)) => {
-            let key = KeyPair::from_pem(&b.ca_key)?;
+        (Plan::RenewCert, Some(b)) if ca_key.is_some_and(|k| k.signs(b)) => {
+            let held = ca_key.map(|k| k.key.as_str()).unwrap_or_default();
+            let key = KeyPair::from_pem(held)?;
             // The issuer's DN and key identifier come from the fixed params and the key, so
             // the new leaf chains to the stored CA certificate.
             let issuer = Issuer::new(ca_params(not_before, b.ca_not_after)?, key);
             (
                 b.ca_cert.clone(),
-                b.ca_key.clone(),
+                held.to_owned(),
                 b.ca_bundle.clone(),
                 b.ca_not_after,
                 issuer,
@@ -247,16 +288,22 @@ pub fn issue(
     params.not_before = offset(not_before)?;
     params.not_after = offset(cert_not_after)?;
     let leaf = params.signed_by(&leaf_key, &issuer)?;
-    Ok(Some(Bundle {
-        ca_cert,
-        ca_key,
-        ca_bundle,
-        cert: leaf.pem(),
-        key: leaf_key.serialize_pem(),
-        ca_not_after,
-        cert_not_after,
-        dns_names: dns.to_vec(),
-    }))
+    let held = CaKey {
+        ca_cert: ca_cert.clone(),
+        key: ca_key,
+    };
+    Ok(Some((
+        Bundle {
+            ca_cert,
+            ca_bundle,
+            cert: leaf.pem(),
+            key: leaf_key.serialize_pem(),
+            ca_not_after,
+            cert_not_after,
+            dns_names: dns.to_vec(),
+        },
+        held,
+    )))
 }
 
 /// Reads a bundle from its Secret; `None` when anything is missing or unreadable.
@@ -267,7 +314,6 @@ pub fn from_secret(secret: &Secret) -> Option<Bundle> {
     let time = |k: &str| annotations.get(k)?.parse::<Timestamp>().ok();
     Some(Bundle {
         ca_cert: text(CA_CERT)?,
-        ca_key: text(CA_KEY)?,
         ca_bundle: text(CA_BUNDLE)?,
         cert: text(TLS_CERT)?,
         key: text(TLS_KEY)?,
@@ -281,7 +327,16 @@ pub fn from_secret(secret: &Secret) -> Option<Bundle> {
     })
 }
 
-/// The Secret holding `bundle`.
+/// Whether `secret` still holds a CA private key written by an earlier version.
+pub fn has_legacy_ca_key(secret: &Secret) -> bool {
+    secret
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key(LEGACY_CA_KEY))
+}
+
+/// The Secret holding `bundle` (applied with force by our field manager, so a key this
+/// manager applied before and `bundle` lacks, such as a legacy `ca.key`, is removed).
 pub fn to_secret(name: &str, namespace: &str, bundle: &Bundle) -> Secret {
     let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
     Secret {
@@ -302,7 +357,6 @@ pub fn to_secret(name: &str, namespace: &str, bundle: &Bundle) -> Secret {
         type_: Some("kubernetes.io/tls".to_owned()),
         data: Some(BTreeMap::from([
             (CA_CERT.to_owned(), bytes(&bundle.ca_cert)),
-            (CA_KEY.to_owned(), bytes(&bundle.ca_key)),
             (CA_BUNDLE.to_owned(), bytes(&bundle.ca_bundle)),
             (TLS_CERT.to_owned(), bytes(&bundle.cert)),
             (TLS_KEY.to_owned(), bytes(&bundle.key)),
@@ -330,10 +384,7 @@ impl Reloadable {
         let signer = rustls::crypto::ring::sign::any_supported_type(&key)
             .map_err(|e| Error::Load(format!("key: {e}")))?;
         let certified = Arc::new(CertifiedKey::new(certs, signer));
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(certified);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(certified);
         Ok(())
     }
 
@@ -341,7 +392,7 @@ impl Reloadable {
     pub fn is_loaded(&self) -> bool {
         self.current
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .is_some()
     }
 }
@@ -350,7 +401,7 @@ impl ResolvesServerCert for Reloadable {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.current
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 }
@@ -378,6 +429,8 @@ pub struct Manager {
     pub resolver: Arc<Reloadable>,
     pub validity: Validity,
     pub metrics: crate::metrics::Metrics,
+    /// The key of the CA this replica issued, while it leads; never written anywhere.
+    pub ca_key: Arc<Mutex<Option<CaKey>>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -420,9 +473,22 @@ impl Manager {
                 if leader {
                     let dns = dns_names(service, namespace);
                     let now = Timestamp::now();
-                    let plan = plan(stored.as_ref(), &dns, now, &self.validity);
-                    if let Some(new) = issue(plan, stored.as_ref(), &dns, now, &self.validity)? {
-                        info!(?plan, cert_not_after = %new.cert_not_after, "issued the webhook serving certificate");
+                    let held = self.held_ca_key();
+                    let plan = plan(stored.as_ref(), held.as_ref(), &dns, now, &self.validity);
+                    let issued = issue(plan, stored.as_ref(), held.as_ref(), &dns, now, &self.validity)?;
+                    let legacy = current.as_ref().is_some_and(has_legacy_ca_key);
+                    let write = match issued {
+                        Some((new, key)) => {
+                            info!(?plan, cert_not_after = %new.cert_not_after, "issued the webhook serving certificate");
+                            *self.ca_key.lock().unwrap_or_else(PoisonError::into_inner) = Some(key);
+                            self.metrics.certificates_issued.inc();
+                            Some(new)
+                        }
+                        // Rewritten unchanged, without the key an earlier version stored.
+                        None if legacy => stored.clone(),
+                        None => None,
+                    };
+                    if let Some(new) = write {
                         api.patch(
                             secret,
                             &PatchParams::apply(MANAGER).force(),
@@ -434,7 +500,9 @@ impl Manager {
                             name: secret.clone(),
                             source,
                         })?;
-                        self.metrics.certificates_issued.inc();
+                        if legacy {
+                            info!(%secret, "removed the CA private key an earlier version stored in the Secret");
+                        }
                         bundle = Some(new);
                     }
                     if let Some(b) = &bundle {
@@ -450,6 +518,10 @@ impl Manager {
                 }
             }
         }
+    }
+
+    fn held_ca_key(&self) -> Option<CaKey> {
+        self.ca_key.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Sets every webhook's `caBundle` to `pem` where it differs (a `helm upgrade` resets it).
@@ -510,44 +582,53 @@ mod tests {
     }
 
     /// Nothing stored: a CA and a certificate; a fresh bundle is kept; a certificate within
-    /// 30 days of expiry is renewed from the same CA; a CA within a year of expiry is
-    /// replaced with the old one still trusted; a changed Service name renews at once.
+    /// 30 days of expiry is renewed from the same CA (its key held in memory); a CA within a
+    /// year of expiry is replaced with the old one still trusted; a changed Service name
+    /// renews at once.
     #[test]
     fn plans_and_rotations() {
         let v = Validity::default();
         let now = at("2026-01-01T00:00:00Z");
-        assert_eq!(plan(None, &dns(), now, &v), Plan::RenewAll);
-        let first = issue(Plan::RenewAll, None, &dns(), now, &v).unwrap().unwrap();
+        assert_eq!(plan(None, None, &dns(), now, &v), Plan::RenewAll);
+        let (first, key) = issue(Plan::RenewAll, None, None, &dns(), now, &v)
+            .unwrap()
+            .unwrap();
+        assert!(key.signs(&first));
         assert_eq!(first.cert_not_after, at("2027-01-01T00:00:00Z"));
         assert_eq!(first.ca_bundle, first.ca_cert);
         assert!(first.cert.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert_eq!(plan(Some(&first), &dns(), now, &v), Plan::Keep);
+        let k = Some(&key);
+        assert_eq!(plan(Some(&first), k, &dns(), now, &v), Plan::Keep);
         assert_eq!(
-            plan(Some(&first), &dns(), at("2026-12-01T00:00:00Z"), &v),
+            plan(Some(&first), k, &dns(), at("2026-12-01T00:00:00Z"), &v),
             Plan::Keep
         );
         assert_eq!(
-            plan(Some(&first), &dns(), at("2026-12-03T00:00:00Z"), &v),
+            plan(Some(&first), k, &dns(), at("2026-12-03T00:00:00Z"), &v),
             Plan::RenewCert
         );
         let moved = dns_names("renamed", "detour-system");
-        assert_eq!(plan(Some(&first), &moved, now, &v), Plan::RenewCert);
+        assert_eq!(plan(Some(&first), k, &moved, now, &v), Plan::RenewCert);
 
         let later = at("2026-12-03T00:00:00Z");
-        let renewed = issue(Plan::RenewCert, Some(&first), &dns(), later, &v)
+        let (renewed, renewed_key) = issue(Plan::RenewCert, Some(&first), k, &dns(), later, &v)
             .unwrap()
             .unwrap();
         assert_eq!(renewed.ca_cert, first.ca_cert, "same CA");
-        assert_eq!(renewed.ca_key, first.ca_key);
+        assert_eq!(renewed_key, key, "same CA key");
         assert_ne!(renewed.cert, first.cert);
         assert_eq!(renewed.cert_not_after, at("2027-12-03T00:00:00Z"));
 
         let near_ca_expiry = at("2035-02-01T00:00:00Z");
-        assert_eq!(plan(Some(&renewed), &dns(), near_ca_expiry, &v), Plan::RenewAll);
-        let rolled = issue(Plan::RenewAll, Some(&renewed), &dns(), near_ca_expiry, &v)
+        assert_eq!(
+            plan(Some(&renewed), k, &dns(), near_ca_expiry, &v),
+            Plan::RenewAll
+        );
+        let (rolled, rolled_key) = issue(Plan::RenewAll, Some(&renewed), k, &dns(), near_ca_expiry, &v)
             .unwrap()
             .unwrap();
         assert_ne!(rolled.ca_cert, renewed.ca_cert);
+        assert_ne!(rolled_key, key);
         assert!(rolled.ca_bundle.starts_with(&rolled.ca_cert));
         assert!(
             rolled.ca_bundle.ends_with(&renewed.ca_cert),
@@ -555,15 +636,52 @@ mod tests {
         );
     }
 
-    /// A bundle survives the Secret round trip, and the served chain loads into rustls.
+    /// A replica that does not hold the stored CA's key (restarted, or newly leading) cannot
+    /// re-sign: a due renewal makes a new CA, the old one still trusted in caBundle; a key of
+    /// another CA does not count as held.
+    #[test]
+    fn without_the_ca_key_a_renewal_rolls_the_ca() {
+        let v = Validity::default();
+        let now = at("2026-01-01T00:00:00Z");
+        let (first, _lost) = issue(Plan::RenewAll, None, None, &dns(), now, &v)
+            .unwrap()
+            .unwrap();
+        let (_, other) = issue(Plan::RenewAll, None, None, &dns(), now, &v)
+            .unwrap()
+            .unwrap();
+        let due = at("2026-12-03T00:00:00Z");
+        assert_eq!(plan(Some(&first), None, &dns(), now, &v), Plan::Keep);
+        assert_eq!(plan(Some(&first), None, &dns(), due, &v), Plan::RenewAll);
+        assert_eq!(plan(Some(&first), Some(&other), &dns(), due, &v), Plan::RenewAll);
+        let (rolled, key) = issue(Plan::RenewCert, Some(&first), None, &dns(), due, &v)
+            .unwrap()
+            .unwrap();
+        assert_ne!(rolled.ca_cert, first.ca_cert, "a new CA");
+        assert!(key.signs(&rolled));
+        assert_eq!(rolled.ca_bundle, format!("{}{}", rolled.ca_cert, first.ca_cert));
+    }
+
+    /// A bundle survives the Secret round trip, the served chain loads into rustls, and the
+    /// Secret holds no private key but the serving one: not the CA's.
     #[test]
     fn secret_round_trip_and_load() {
         let v = Validity::default();
-        let b = issue(Plan::RenewAll, None, &dns(), Timestamp::now(), &v)
+        let (b, key) = issue(Plan::RenewAll, None, None, &dns(), Timestamp::now(), &v)
             .unwrap()
             .unwrap();
         let secret = to_secret("detour-webhook-tls", "detour-system", &b);
         assert_eq!(from_secret(&secret), Some(b.clone()));
+        let data = secret.data.clone().unwrap();
+        assert_eq!(
+            data.keys().map(String::as_str).collect::<Vec<_>>(),
+            [CA_BUNDLE, CA_CERT, TLS_CERT, TLS_KEY]
+        );
+        for (name, value) in &data {
+            let text = String::from_utf8(value.0.clone()).unwrap();
+            assert_eq!(text.contains("PRIVATE KEY"), name == TLS_KEY, "{name}");
+            assert!(!text.contains(key.key.trim()), "{name} holds the CA key");
+        }
+        assert!(!has_legacy_ca_key(&secret));
         let resolver = Reloadable::default();
         assert!(!resolver.is_loaded());
         resolver.load(b.cert.as_bytes(), b.key.as_bytes()).unwrap();
@@ -609,7 +727,8 @@ mod tests {
 #[cfg(test)]
 mod manager_tests {
     use super::*;
-    use crate::verifier::mock_client;
+    use crate::rbac::Certs;
+    use crate::verifier::mock_client_for;
     use serde_json::json;
 
     const SECRET: &str = "/api/v1/namespaces/detour-system/secrets/detour-webhook-tls";
@@ -627,6 +746,7 @@ mod manager_tests {
             resolver: Arc::new(Reloadable::default()),
             validity: Validity::default(),
             metrics: crate::metrics::Metrics::new().unwrap(),
+            ca_key: Arc::default(),
         }
     }
 
@@ -643,10 +763,11 @@ mod manager_tests {
 
     /// First start as leader: no Secret, so a CA and certificate are issued and applied by
     /// our field manager, the webhook's empty caBundle is set by a JSON patch, and the
-    /// certificate is loaded. The next round changes nothing.
+    /// certificate is loaded; the applied Secret carries no CA key, which stays in memory.
+    /// The next round changes nothing.
     #[tokio::test]
     async fn leader_issues_stores_and_publishes_the_ca() {
-        let (client, mut v) = mock_client();
+        let (client, mut v) = mock_client_for(Certs::SelfIssued);
         let m = manager(client);
         let (result, stored) = tokio::join!(m.tick(true), async {
             v.expect("GET", SECRET).await.fail(404, "NotFound");
@@ -655,6 +776,8 @@ mod manager_tests {
             let stored = apply.body.clone();
             assert_eq!(stored["type"], "kubernetes.io/tls");
             assert!(stored["metadata"]["annotations"][CERT_NOT_AFTER].is_string());
+            let keys: Vec<&String> = stored["data"].as_object().unwrap().keys().collect();
+            assert_eq!(keys, [CA_BUNDLE, CA_CERT, TLS_CERT, TLS_KEY], "no ca.key");
             apply.echo();
             v.expect("GET", MWC).await.reply(200, &mwc(None));
             let patch = v.expect("PATCH", MWC).await;
@@ -672,6 +795,15 @@ mod manager_tests {
         result.unwrap();
         assert!(m.resolver.is_loaded());
         assert_eq!(m.metrics.certificates_issued.get(), 1);
+        let held = m.held_ca_key().expect("the leader holds the CA key");
+        let ca_cert = String::from_utf8(
+            serde_json::from_value::<ByteString>(stored.0["data"][CA_CERT].clone())
+                .unwrap()
+                .0,
+        )
+        .unwrap();
+        assert_eq!(held.ca_cert, ca_cert);
+        assert!(!stored.0.to_string().contains(&held.key[40..80]));
 
         let (stored, mut v) = stored;
         let bundle = String::from_utf8(
@@ -692,15 +824,28 @@ mod manager_tests {
     /// A follower never writes: it loads what the leader stored, or waits for it.
     #[tokio::test]
     async fn follower_only_loads() {
-        let (client, mut v) = mock_client();
+        let (client, mut v) = mock_client_for(Certs::SelfIssued);
         let m = manager(client);
         let (result, ()) = tokio::join!(m.tick(false), async {
             v.expect("GET", SECRET).await.fail(404, "NotFound");
         });
         result.unwrap();
         assert!(!m.resolver.is_loaded());
-        let bundle = issue(
+        let secret = serde_json::to_value(legacy_secret()).unwrap();
+        let (result, ()) = tokio::join!(m.tick(false), async {
+            v.expect("GET", SECRET).await.reply(200, &secret);
+            v.done().await;
+        });
+        result.unwrap();
+        assert!(m.resolver.is_loaded());
+        assert!(m.held_ca_key().is_none());
+    }
+
+    /// A Secret written by an earlier version, with the CA key in it.
+    fn legacy_secret() -> Secret {
+        let (bundle, key) = issue(
             Plan::RenewAll,
+            None,
             None,
             &dns_names("detour-webhook", "detour-system"),
             Timestamp::now(),
@@ -708,12 +853,70 @@ mod manager_tests {
         )
         .unwrap()
         .unwrap();
-        let secret = serde_json::to_value(to_secret("detour-webhook-tls", "detour-system", &bundle)).unwrap();
-        let (result, ()) = tokio::join!(m.tick(false), async {
-            v.expect("GET", SECRET).await.reply(200, &secret);
+        let mut secret = to_secret("detour-webhook-tls", "detour-system", &bundle);
+        if let Some(data) = secret.data.as_mut() {
+            data.insert(LEGACY_CA_KEY.into(), ByteString(key.key.into_bytes()));
+        }
+        secret
+    }
+
+    /// A leader finding a CA key stored by an earlier version re-applies the same
+    /// certificates without it (our field manager owned it, so the apply removes it), keeps
+    /// using the stored certificate, and does not take the stored key into memory.
+    #[tokio::test]
+    async fn leader_removes_a_stored_ca_key() {
+        let (client, mut v) = mock_client_for(Certs::SelfIssued);
+        let m = manager(client);
+        let legacy = legacy_secret();
+        assert!(has_legacy_ca_key(&legacy));
+        let stored = from_secret(&legacy).unwrap();
+        let (result, ()) = tokio::join!(m.tick(true), async {
+            v.expect("GET", SECRET)
+                .await
+                .reply(200, &serde_json::to_value(&legacy).unwrap());
+            let apply = v.expect("PATCH", SECRET).await;
+            apply.assert_apply();
+            assert!(apply.body["data"].get(LEGACY_CA_KEY).is_none(), "{}", apply.body);
+            let applied: Secret = serde_json::from_value(apply.body.clone()).unwrap();
+            assert_eq!(from_secret(&applied).as_ref(), Some(&stored), "same certificates");
+            apply.echo();
+            v.expect("GET", MWC)
+                .await
+                .reply(200, &mwc(Some(&stored.ca_bundle)));
             v.done().await;
         });
         result.unwrap();
         assert!(m.resolver.is_loaded());
+        assert_eq!(m.metrics.certificates_issued.get(), 0, "nothing issued");
+        assert!(m.held_ca_key().is_none());
+    }
+
+    /// With cert-manager the manager makes no API call at all: it loads the mounted files
+    /// (the cert-manager install grants no Secret or webhook-configuration rule).
+    #[tokio::test]
+    async fn files_mode_calls_no_api() {
+        let (client, v) = crate::verifier::mock_client();
+        let dir = std::env::temp_dir().join(format!("detour-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (bundle, _) = issue(
+            Plan::RenewAll,
+            None,
+            None,
+            &dns_names("detour-webhook", "detour-system"),
+            Timestamp::now(),
+            &Validity::default(),
+        )
+        .unwrap()
+        .unwrap();
+        std::fs::write(dir.join(TLS_CERT), &bundle.cert).unwrap();
+        std::fs::write(dir.join(TLS_KEY), &bundle.key).unwrap();
+        let mut m = manager(client);
+        m.source = Source::Files {
+            dir: dir.to_string_lossy().into_owned(),
+        };
+        m.tick(true).await.unwrap();
+        assert!(m.resolver.is_loaded());
+        v.done().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -69,6 +69,11 @@ struct Args {
         default_value = "ghcr.io/detour-dev/detour-sidecar:0.1.0"
     )]
     sidecar_image: String,
+    /// What annotation `detour.dev/sidecar-image` may name besides `--sidecar-image`: a
+    /// repository (any tag or digest of it) or an exact reference; repeat the flag for more.
+    /// None (the default): pods cannot choose another image.
+    #[arg(long = "sidecar-image-allowed", value_name = "IMAGE")]
+    sidecar_image_allowed: Vec<String>,
     #[arg(long, default_value = "IfNotPresent")]
     sidecar_image_pull_policy: String,
     /// The sidecar's CPU request (annotation `detour.dev/sidecar-cpu` overrides).
@@ -185,6 +190,7 @@ async fn run(args: Args) -> Result<(), String> {
         memory_limit: args.sidecar_memory.clone(),
         // Per pod, from its annotation.
         upstream_ca_configmap: None,
+        allowed_images: args.sidecar_image_allowed.clone(),
     };
     tasks.spawn(server_task(
         "webhook server",
@@ -220,6 +226,7 @@ async fn run(args: Args) -> Result<(), String> {
         resolver: resolver.clone(),
         validity: certs::Validity::default(),
         metrics: metrics.clone(),
+        ca_key: Arc::default(),
     };
     {
         let mut shutdown = shutdown.clone();

@@ -1,11 +1,27 @@
 //! Every API call the operator makes, as RBAC rules: the single list the chart's ClusterRole
 //! and Role must match exactly (checked by `tests/test_chart.py` through
-//! `manifest-check rbac`), and that the mocked-apiserver tests check each observed call
-//! against (`controller` tests, `webhook` tests).
+//! `manifest-check rbac`, once per certificate mode), and that the mocked-apiserver tests
+//! check each observed call against, names included (`controller`, `webhook`, `leader` and
+//! `certs` tests, through `verifier`).
+//!
+//! Least privilege: every rule that can name its object does (`resourceNames`). `create`
+//! cannot be restricted by name (the apiserver authorises it before the object has one), so
+//! it is always a rule of its own; a server-side apply that creates its object is authorised
+//! as `create`. The rules for the webhook's certificate (its Secret, the
+//! MutatingWebhookConfiguration's `caBundle`) exist only when the operator issues the
+//! certificate itself; with cert-manager the operator reads mounted files and needs neither.
 //!
 //! Change a call in the code, change it here, and the chart follows or its test fails.
 
+use detour_api::defaults;
 use serde::Serialize;
+
+/// The leader-election Lease (the chart's fixed name).
+pub const LEASE: &str = "detour-operator";
+/// The Secret holding the self-issued serving certificate (the chart's fixed name).
+pub const WEBHOOK_SECRET: &str = "detour-webhook-tls";
+/// The MutatingWebhookConfiguration whose `caBundle` the operator keeps current.
+pub const WEBHOOK_CONFIG: &str = "detour-injector";
 
 /// One RBAC rule: verbs on one resource of one API group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -21,15 +37,35 @@ pub struct Rule {
 }
 
 const fn rule(group: &'static str, resource: &'static str, verbs: &'static [&'static str]) -> Rule {
+    named(group, resource, verbs, &[])
+}
+
+const fn named(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+    resource_names: &'static [&'static str],
+) -> Rule {
     Rule {
         group,
         resource,
         verbs,
-        resource_names: &[],
+        resource_names,
     }
 }
 
-/// Cluster-wide: the ClusterRole.
+/// Where the webhook's serving certificate comes from: decides the certificate rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Certs {
+    /// The operator issues a CA and certificate, stores them in [`WEBHOOK_SECRET`] and keeps
+    /// [`WEBHOOK_CONFIG`]'s `caBundle` current (`--cert-source=self`).
+    SelfIssued,
+    /// cert-manager issues them and injects `caBundle`; the operator reads the mounted files
+    /// (`--cert-source=files`).
+    CertManager,
+}
+
+/// Cluster-wide, in every mode: the ClusterRole.
 pub const CLUSTER: &[Rule] = &[
     // The controller's watch caches and status writes.
     rule("detour.dev", "modelroutes", &["list", "watch"]),
@@ -38,41 +74,98 @@ pub const CLUSTER: &[Rule] = &[
     rule("detour.dev", "routingpolicies/status", &["patch"]),
     // Namespaces are the controller's root objects (metadata only).
     rule("", "namespaces", &["list", "watch"]),
-    // Secrets: metadata watch (triggers), and a GET of the referenced ones for their key
+    // Secrets: a metadata watch (triggers), and a GET of the referenced ones for their key
     // names (values are discarded while parsing, see `controller::secret_keys`).
     rule("", "secrets", &["get", "list", "watch"]),
-    // The route tables: watched (metadata), applied (SSA creates on first apply), read by
-    // the webhook to find the Secrets to mount.
-    rule("", "configmaps", &["get", "list", "watch", "create", "patch"]),
+    // The route tables, only those named `detour-routes`: watched (metadata, with a
+    // `metadata.name` field selector, which is what lets RBAC restrict list and watch by
+    // name), applied, read by the webhook. No other ConfigMap can be read or written.
+    named(
+        "",
+        "configmaps",
+        &["get", "list", "watch", "patch"],
+        &[defaults::CONFIG_MAP],
+    ),
+    // The first apply in a namespace creates the table (authorised as create, by no name).
+    rule("", "configmaps", &["create"]),
     // Events on transitions (kube's Recorder creates, then patches a series).
     rule("events.k8s.io", "events", &["create", "patch"]),
-    // The webhook's caBundle, only on our own configuration.
-    Rule {
-        group: "admissionregistration.k8s.io",
-        resource: "mutatingwebhookconfigurations",
-        verbs: &["get", "patch"],
-        resource_names: &["detour-injector"],
-    },
 ];
 
-/// In the operator's namespace only: the Role.
+/// Cluster-wide, only with self-issued certificates.
+pub const CLUSTER_SELF_ISSUED: &[Rule] = &[
+    // The webhook's caBundle, only on our own configuration; the chart's
+    // ValidatingAdmissionPolicy refuses any other change the operator could make with it.
+    named(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        &["get", "patch"],
+        &[WEBHOOK_CONFIG],
+    ),
+];
+
+/// In the operator's namespace, in every mode: the Role.
 pub const NAMESPACED: &[Rule] = &[
-    // Leader election.
-    rule("coordination.k8s.io", "leases", &["get", "create", "update"]),
-    // The webhook serving certificate the operator issues (create, then patch on rotation).
-    rule("", "secrets", &["create", "patch"]),
+    // Leader election on our one Lease; created by the first replica.
+    named("coordination.k8s.io", "leases", &["get", "update"], &[LEASE]),
+    rule("coordination.k8s.io", "leases", &["create"]),
 ];
 
-/// Whether `verb` on `group`/`resource` is granted by `rules`.
-pub fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
-    rules
-        .iter()
-        .any(|r| r.group == group && r.resource == resource && r.verbs.contains(&verb))
+/// In the operator's namespace, only with self-issued certificates.
+pub const NAMESPACED_SELF_ISSUED: &[Rule] = &[
+    // The serving certificate: read by every replica, written by the leader (an apply,
+    // which creates it the first time).
+    named("", "secrets", &["get", "patch"], &[WEBHOOK_SECRET]),
+    rule("", "secrets", &["create"]),
+];
+
+/// The ClusterRole's rules in `certs` mode.
+pub fn cluster(certs: Certs) -> Vec<Rule> {
+    match certs {
+        Certs::SelfIssued => [CLUSTER, CLUSTER_SELF_ISSUED].concat(),
+        Certs::CertManager => CLUSTER.to_vec(),
+    }
 }
 
-/// The RBAC verb, API group and resource of a request, from its method, path and query
-/// (the same mapping the apiserver makes). `None` for paths that are not resources.
-pub fn classify(method: &str, path: &str, query: &str) -> Option<(String, String, String)> {
+/// The Role's rules (operator namespace) in `certs` mode.
+pub fn namespaced(certs: Certs) -> Vec<Rule> {
+    match certs {
+        Certs::SelfIssued => [NAMESPACED, NAMESPACED_SELF_ISSUED].concat(),
+        Certs::CertManager => NAMESPACED.to_vec(),
+    }
+}
+
+/// One request as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub verb: String,
+    /// `""` for the core group.
+    pub group: String,
+    /// Plural, with `/subresource` when it is one.
+    pub resource: String,
+    /// The object's name: from the path, or for a list or watch from a `metadata.name=`
+    /// field selector (as the apiserver does); `None` for `create` and unnamed collections.
+    pub name: Option<String>,
+}
+
+/// Whether `rules` grant `access`: a rule with `resourceNames` only grants requests that
+/// name one of them.
+pub fn allows(rules: &[Rule], access: &Access) -> bool {
+    rules.iter().any(|r| {
+        r.group == access.group
+            && r.resource == access.resource
+            && r.verbs.contains(&access.verb.as_str())
+            && (r.resource_names.is_empty()
+                || access
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| r.resource_names.contains(&n)))
+    })
+}
+
+/// The RBAC view of a request, from its method, path and query (the same mapping the
+/// apiserver makes). `None` for paths that are not resources.
+pub fn classify(method: &str, path: &str, query: &str) -> Option<Access> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, rest) = match segments.as_slice() {
         ["api", "v1", rest @ ..] => ("", rest),
@@ -83,13 +176,15 @@ pub fn classify(method: &str, path: &str, query: &str) -> Option<(String, String
         ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
         other => other,
     };
-    let (resource, named) = match rest {
-        [resource] => ((*resource).to_owned(), false),
-        [resource, _name] => ((*resource).to_owned(), true),
-        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+    let (resource, name) = match rest {
+        [resource] => ((*resource).to_owned(), None),
+        [resource, name] => ((*resource).to_owned(), Some((*name).to_owned())),
+        [resource, name, sub] => (format!("{resource}/{sub}"), Some((*name).to_owned())),
         _ => return None,
     };
-    let watch = query.split('&').any(|kv| kv == "watch=true");
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let watch = params.iter().any(|(k, v)| k == "watch" && v == "true");
+    let named = name.is_some();
     let verb = match (method, named) {
         ("GET", _) if watch => "watch",
         ("GET", true) => "get",
@@ -101,14 +196,35 @@ pub fn classify(method: &str, path: &str, query: &str) -> Option<(String, String
         ("DELETE", false) => "deletecollection",
         _ => return None,
     };
-    Some((verb.to_owned(), group.to_owned(), resource))
+    // A list or watch names its object when its field selector is exactly `metadata.name=X`.
+    let name = name.or_else(|| {
+        let selector = params.iter().find(|(k, _)| k == "fieldSelector")?;
+        let value = selector.1.strip_prefix("metadata.name=")?;
+        (!value.contains(',') && matches!(verb, "list" | "watch")).then(|| value.to_owned())
+    });
+    Some(Access {
+        verb: verb.to_owned(),
+        group: group.to_owned(),
+        resource,
+        name,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Request paths map to RBAC verbs and resources as the apiserver maps them.
+    fn access(verb: &str, group: &str, resource: &str, name: Option<&str>) -> Access {
+        Access {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            name: name.map(Into::into),
+        }
+    }
+
+    /// Request paths map to RBAC verbs, resources and names as the apiserver maps them,
+    /// including the name of a list or watch with a `metadata.name` field selector.
     #[test]
     fn classifies_requests() {
         let c = |m, p, q| classify(m, p, q).unwrap();
@@ -118,23 +234,72 @@ mod tests {
                 "/apis/detour.dev/v1alpha1/namespaces/a/modelroutes/x/status",
                 ""
             ),
-            ("patch".into(), "detour.dev".into(), "modelroutes/status".into())
+            access("patch", "detour.dev", "modelroutes/status", Some("x"))
         );
         assert_eq!(
             c("GET", "/api/v1/secrets", "watch=true&x=1"),
-            ("watch".into(), "".into(), "secrets".into())
+            access("watch", "", "secrets", None)
         );
         assert_eq!(
             c("GET", "/api/v1/namespaces", ""),
-            ("list".into(), "".into(), "namespaces".into())
+            access("list", "", "namespaces", None)
         );
         assert_eq!(
             c("GET", "/api/v1/namespaces/a/secrets/openai", ""),
-            ("get".into(), "".into(), "secrets".into())
+            access("get", "", "secrets", Some("openai"))
         );
         assert_eq!(
             c("POST", "/apis/events.k8s.io/v1/namespaces/a/events", ""),
-            ("create".into(), "events.k8s.io".into(), "events".into())
+            access("create", "events.k8s.io", "events", None)
         );
+        assert_eq!(
+            c(
+                "GET",
+                "/api/v1/configmaps",
+                "labelSelector=a%3Db&fieldSelector=metadata.name%3Ddetour-routes&watch=true"
+            ),
+            access("watch", "", "configmaps", Some("detour-routes"))
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/api/v1/configmaps",
+                "fieldSelector=metadata.name%3Ddetour-routes%2Cmetadata.namespace%3Da"
+            ),
+            access("list", "", "configmaps", None),
+            "a compound selector names nothing"
+        );
+    }
+
+    /// A named rule grants only requests for its names; `create` is granted by its own
+    /// unnamed rule; the cert-manager mode grants nothing about the webhook's certificate.
+    #[test]
+    fn names_restrict_and_modes_differ() {
+        let cm = |verb: &str, name: Option<&str>| access(verb, "", "configmaps", name);
+        let cluster = cluster(Certs::CertManager);
+        assert!(allows(&cluster, &cm("patch", Some("detour-routes"))));
+        assert!(!allows(&cluster, &cm("patch", Some("aws-auth"))));
+        assert!(!allows(&cluster, &cm("list", None)), "an unselected list");
+        assert!(allows(&cluster, &cm("create", None)));
+
+        let mwc = access(
+            "patch",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            Some(WEBHOOK_CONFIG),
+        );
+        assert!(allows(&self::cluster(Certs::SelfIssued), &mwc));
+        assert!(!allows(&cluster, &mwc));
+        let tls = access("patch", "", "secrets", Some(WEBHOOK_SECRET));
+        assert!(allows(&namespaced(Certs::SelfIssued), &tls));
+        assert!(!allows(&namespaced(Certs::CertManager), &tls));
+        assert!(!allows(
+            &namespaced(Certs::SelfIssued),
+            &access("get", "", "secrets", Some("db-creds"))
+        ));
+        assert!(allows(
+            &namespaced(Certs::CertManager),
+            &access("update", "coordination.k8s.io", "leases", Some(LEASE))
+        ));
     }
 }

@@ -231,8 +231,9 @@ mod tests {
         ));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
-        let b = issue(
+        let (b, _) = issue(
             Plan::RenewAll,
+            None,
             None,
             &dns_names("s", "n"),
             k8s_openapi::jiff::Timestamp::now(),
@@ -258,12 +259,19 @@ mod tests {
     async fn webhook_serves_tls_with_the_issued_certificate() {
         let dns = dns_names("detour-webhook", "detour-system");
         let now = k8s_openapi::jiff::Timestamp::now();
-        let b = issue(Plan::RenewAll, None, &dns, now, &Validity::default())
+        let (b, ca_key) = issue(Plan::RenewAll, None, None, &dns, now, &Validity::default())
             .unwrap()
             .unwrap();
-        let renewed = issue(Plan::RenewCert, Some(&b), &dns, now, &Validity::default())
-            .unwrap()
-            .unwrap();
+        let (renewed, _) = issue(
+            Plan::RenewCert,
+            Some(&b),
+            Some(&ca_key),
+            &dns,
+            now,
+            &Validity::default(),
+        )
+        .unwrap()
+        .unwrap();
         assert_ne!(renewed.cert, b.cert);
         let resolver = Arc::new(Reloadable::default());
         resolver

@@ -1,7 +1,10 @@
 //! A scripted apiserver for tests (kube-rs controller-rs `ApiServerVerifier` style): each
 //! scenario states, in order, the requests it expects (verb, path, field manager, body) and
 //! what the apiserver answers; anything else fails the test. Every call is also checked
-//! against [`crate::rbac`], so the chart's RBAC cannot lag behind the code.
+//! against [`crate::rbac`] (verb, resource and name), so the chart's RBAC cannot lag behind
+//! the code: [`mock_client`] grants only the rules of every certificate mode, so the
+//! controller's and the webhook's tests prove they need nothing about certificates;
+//! [`mock_client_for`] adds a mode's own rules.
 
 use http::{Request, Response};
 use kube::Client;
@@ -15,6 +18,8 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 /// The mocked apiserver's side.
 pub struct ApiServerVerifier {
     handle: Handle,
+    /// What the operator's ClusterRole and Role grant in this test.
+    granted: Vec<rbac::Rule>,
 }
 
 impl std::fmt::Debug for ApiServerVerifier {
@@ -23,10 +28,20 @@ impl std::fmt::Debug for ApiServerVerifier {
     }
 }
 
-/// A client wired to a fresh verifier.
+/// A client wired to a fresh verifier granting the rules every mode has
+/// (the cert-manager install, which has no certificate rules).
 pub fn mock_client() -> (Client, ApiServerVerifier) {
+    mock_client_for(rbac::Certs::CertManager)
+}
+
+/// A client wired to a fresh verifier granting the rules of `certs` mode.
+pub fn mock_client_for(certs: rbac::Certs) -> (Client, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), ApiServerVerifier { handle })
+    let granted = [rbac::cluster(certs), rbac::namespaced(certs)].concat();
+    (
+        Client::new(service, "default"),
+        ApiServerVerifier { handle, granted },
+    )
 }
 
 /// One request the code made.
@@ -63,12 +78,7 @@ impl ApiServerVerifier {
             (method, path),
             "unexpected request (body {body})"
         );
-        let (verb, group, resource) = rbac::classify(&method_seen, &path_seen, &query).unwrap();
-        assert!(
-            rbac::allows(rbac::CLUSTER, &group, &resource, &verb)
-                || rbac::allows(rbac::NAMESPACED, &group, &resource, &verb),
-            "{verb} {group}/{resource} is not in rbac::CLUSTER or rbac::NAMESPACED"
-        );
+        self.check_rbac(&method_seen, &path_seen, &query);
         Call {
             method: method_seen,
             path: path_seen,
@@ -89,12 +99,7 @@ impl ApiServerVerifier {
         let accept = accept_of(&request);
         let bytes = request.into_body().collect_bytes().await.ok()?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let (verb, group, resource) = rbac::classify(&method, &path, &query).unwrap();
-        assert!(
-            rbac::allows(rbac::CLUSTER, &group, &resource, &verb)
-                || rbac::allows(rbac::NAMESPACED, &group, &resource, &verb),
-            "{verb} {group}/{resource} is not in rbac::CLUSTER or rbac::NAMESPACED"
-        );
+        self.check_rbac(&method, &path, &query);
         Some(Call {
             method,
             path,
@@ -103,6 +108,20 @@ impl ApiServerVerifier {
             body,
             respond,
         })
+    }
+
+    /// Fails the test when the granted rules do not allow this request.
+    fn check_rbac(&self, method: &str, path: &str, query: &str) {
+        let access = rbac::classify(method, path, query)
+            .unwrap_or_else(|| panic!("{method} {path} is not a resource request"));
+        assert!(
+            rbac::allows(&self.granted, &access),
+            "{} {}/{} (name {:?}) is not granted by operator/src/rbac.rs in this mode ({method} {path}?{query})",
+            access.verb,
+            access.group,
+            access.resource,
+            access.name,
+        );
     }
 
     /// Asserts that the code made no further request.

@@ -18,10 +18,25 @@ app.kubernetes.io/name: detour
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{- /* An image reference: repository@digest when a digest is set (immutable: what was
+     reviewed is what runs), else repository:tag (tag defaulting to the chart's appVersion). */ -}}
+{{- define "detour.imageRef" -}}
+{{- if .image.digest -}}
+{{ .image.repository }}@{{ .image.digest }}
+{{- else -}}
+{{ .image.repository }}:{{ .image.tag | default .appVersion }}
+{{- end -}}
+{{- end -}}
+
 {{- define "detour.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ include "detour.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
 {{- end -}}
 
 {{- define "detour.sidecarImage" -}}
-{{ .Values.sidecar.image.repository }}:{{ .Values.sidecar.image.tag | default .Chart.AppVersion }}
+{{ include "detour.imageRef" (dict "image" .Values.sidecar.image "appVersion" .Chart.AppVersion) }}
+{{- end -}}
+
+{{- /* The operator's service account, as the apiserver names it in userInfo. */ -}}
+{{- define "detour.serviceAccountUser" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "detour.operatorName" . }}
 {{- end -}}

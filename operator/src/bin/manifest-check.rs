@@ -4,18 +4,22 @@
 //!   `k8s-openapi` type (or, for CRs of CRDs outside k8s-openapi, carry the fields their
 //!   operators require), and must survive a typed round trip unchanged: a field the type
 //!   does not know (a typo, a wrong indent) is reported with its path.
-//! - `manifest-check rbac FILE`: the ClusterRole and Role in FILE must grant exactly the
-//!   calls in `detour_operator::rbac`, no more and no less.
+//! - `manifest-check rbac FILE (self-issued|cert-manager)`: the ClusterRole and Role in FILE
+//!   must grant exactly the calls `detour_operator::rbac` lists for that certificate mode
+//!   (names included), no more and no less.
 //!
 //! Prints one line per finding; exits non-zero when there is any. Used by tests/test_chart.py.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 
-use detour_operator::rbac::{self, Rule};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use detour_operator::rbac::{self, Certs, Rule};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -25,10 +29,18 @@ use serde_json::Value;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, path) = match args.as_slice() {
-        [mode, path] if mode == "manifests" || mode == "rbac" => (mode.as_str(), path.as_str()),
+    let (mode, path, certs) = match args.as_slice() {
+        [mode, path] if mode == "manifests" => (mode.as_str(), path.as_str(), None),
+        [mode, path, certs] if mode == "rbac" && certs == "self-issued" => {
+            (mode.as_str(), path.as_str(), Some(Certs::SelfIssued))
+        }
+        [mode, path, certs] if mode == "rbac" && certs == "cert-manager" => {
+            (mode.as_str(), path.as_str(), Some(Certs::CertManager))
+        }
         _ => {
-            eprintln!("usage: manifest-check (manifests|rbac) FILE");
+            eprintln!(
+                "usage: manifest-check manifests FILE | manifest-check rbac FILE (self-issued|cert-manager)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -39,10 +51,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let findings = if mode == "manifests" {
-        manifests(&docs)
-    } else {
-        check_rbac(&docs)
+    let findings = match certs {
+        None => manifests(&docs),
+        Some(certs) => check_rbac(&docs, certs),
     };
     for f in &findings {
         eprintln!("{f}");
@@ -163,6 +174,14 @@ fn manifests(docs: &[Value]) -> Vec<String> {
             ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
                 typed::<MutatingWebhookConfiguration>(doc)
             }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                typed::<ValidatingAdmissionPolicy>(doc)
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                typed::<ValidatingAdmissionPolicyBinding>(doc)
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => typed::<NetworkPolicy>(doc),
+            ("v1", "ResourceQuota") => typed::<ResourceQuota>(doc),
             ("policy/v1", "PodDisruptionBudget") => typed::<PodDisruptionBudget>(doc),
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => typed::<CustomResourceDefinition>(doc),
             ("monitoring.coreos.com/v1", "ServiceMonitor") => {
@@ -248,7 +267,7 @@ fn compare(what: &str, granted: Result<BTreeSet<Grant>, String>, needed: BTreeSe
     out
 }
 
-fn check_rbac(docs: &[Value]) -> Vec<String> {
+fn check_rbac(docs: &[Value], certs: Certs) -> Vec<String> {
     let find = |kind: &str| {
         docs.iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == "detour-operator")
@@ -258,7 +277,7 @@ fn check_rbac(docs: &[Value]) -> Vec<String> {
         Some(Ok(role)) => findings.extend(compare(
             "ClusterRole detour-operator",
             grants_of(role.rules.as_deref().unwrap_or_default()),
-            needed(rbac::CLUSTER),
+            needed(&rbac::cluster(certs)),
         )),
         Some(Err(e)) => findings.push(format!("ClusterRole detour-operator does not parse: {e}")),
         None => findings.push("no ClusterRole detour-operator".to_owned()),
@@ -267,7 +286,7 @@ fn check_rbac(docs: &[Value]) -> Vec<String> {
         Some(Ok(role)) => findings.extend(compare(
             "Role detour-operator",
             grants_of(role.rules.as_deref().unwrap_or_default()),
-            needed(rbac::NAMESPACED),
+            needed(&rbac::namespaced(certs)),
         )),
         Some(Err(e)) => findings.push(format!("Role detour-operator does not parse: {e}")),
         None => findings.push("no Role detour-operator".to_owned()),

@@ -72,6 +72,11 @@ pub struct Settings {
     pub memory_limit: String,
     /// The ConfigMap holding the upstream CA (per pod, from its annotation).
     pub upstream_ca_configmap: Option<String>,
+    /// What annotation `detour.dev/sidecar-image` may name besides [`Settings::image`]:
+    /// a repository (`registry.example/detour-sidecar`, any tag or digest of it) or an exact
+    /// reference (`registry.example/detour-sidecar:1.2`). Empty: only `image`. See
+    /// [`image_allowed`].
+    pub allowed_images: Vec<String>,
 }
 
 impl Default for Settings {
@@ -85,6 +90,7 @@ impl Default for Settings {
             cpu_limit: None,
             memory_limit: "128Mi".to_owned(),
             upstream_ca_configmap: None,
+            allowed_images: Vec::new(),
         }
     }
 }
@@ -115,6 +121,10 @@ pub enum Deny {
     NoRoutes { namespace: String },
     #[error("ConfigMap {namespace}/{cm} is not a valid route table ({reason}); check the operator's logs", cm = defaults::CONFIG_MAP)]
     BadRoutes { namespace: String, reason: String },
+    #[error(
+        "annotation {IMAGE_ANNOTATION}: image {image:?} is not allowed; this cluster's Detour allows {allowed} (operator flag --sidecar-image-allowed, chart value sidecar.image.overrideAllowlist)"
+    )]
+    ImageNotAllowed { image: String, allowed: String },
     #[error("annotation {annotation}: {value:?} is not valid: {expected}")]
     BadAnnotation {
         annotation: &'static str,
@@ -140,6 +150,7 @@ impl Deny {
             Self::NoRoutes { .. } => "no_routes",
             Self::BadRoutes { .. } => "bad_routes",
             Self::BadAnnotation { .. } => "bad_annotation",
+            Self::ImageNotAllowed { .. } => "image_not_allowed",
             Self::HostNetwork { .. } => "host_network",
             Self::PortInUse { .. } => "port_in_use",
             Self::VolumeInUse { .. } => "volume_in_use",
@@ -259,6 +270,17 @@ fn overrides(settings: &Settings, annotations: &BTreeMap<String, String>) -> Res
                 expected: "an image reference such as ghcr.io/detour-dev/detour-sidecar:0.1.0",
             });
         }
+        if !image_allowed(image, &settings.image, &settings.allowed_images) {
+            let allowed = std::iter::once(settings.image.as_str())
+                .chain(settings.allowed_images.iter().map(String::as_str))
+                .map(|i| format!("{i:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Deny::ImageNotAllowed {
+                image: image.clone(),
+                allowed: format!("only {allowed}"),
+            });
+        }
         s.image.clone_from(image);
     }
     if let Some(cpu) = annotations.get(CPU_ANNOTATION) {
@@ -302,6 +324,27 @@ fn overrides(settings: &Settings, annotations: &BTreeMap<String, String>) -> Res
         });
     }
     Ok(s)
+}
+
+/// The repository of an image reference: without `@digest` and without a `:tag` after the
+/// last `/` (a `:port` of the registry stays).
+fn repository(reference: &str) -> &str {
+    let reference = reference.split_once('@').map_or(reference, |(r, _)| r);
+    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[last_slash..].rfind(':') {
+        Some(colon) => &reference[..last_slash + colon],
+        None => reference,
+    }
+}
+
+/// Whether a pod may ask for sidecar image `image`: the configured image itself, an exact
+/// reference in `allowed`, or any tag or digest of a repository in `allowed` (an entry with
+/// neither tag nor digest).
+pub fn image_allowed(image: &str, configured: &str, allowed: &[String]) -> bool {
+    image == configured
+        || allowed.iter().any(|entry| {
+            image == entry || (repository(entry) == entry.as_str() && repository(image) == entry.as_str())
+        })
 }
 
 /// A valid object name (RFC 1123 subdomain): lowercase alphanumerics, `-` and `.`, starting
@@ -511,4 +554,70 @@ fn escape(segment: &str) -> String {
 
 fn to_value<T: Serialize + ?Sized>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotated(image: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([(IMAGE_ANNOTATION.to_owned(), image.to_owned())])
+    }
+
+    /// The image annotation names the configured image, an exact allowed reference, or a tag
+    /// or digest of an allowed repository; a look-alike repository (longer name, other
+    /// registry port, path below) is not one.
+    #[test]
+    fn image_allowlist_matches_repositories_and_references() {
+        let configured = "ghcr.io/detour-dev/detour-sidecar:0.1.0";
+        let allowed = vec![
+            "registry.local:5000/detour-sidecar".to_owned(),
+            "mirror.example/detour/sidecar:1.2".to_owned(),
+        ];
+        let ok = |i: &str| image_allowed(i, configured, &allowed);
+        assert!(ok(configured));
+        assert!(ok("registry.local:5000/detour-sidecar:dev"));
+        assert!(ok(&format!(
+            "registry.local:5000/detour-sidecar@sha256:{}",
+            "a".repeat(64)
+        )));
+        assert!(ok("registry.local:5000/detour-sidecar"));
+        assert!(ok("mirror.example/detour/sidecar:1.2"));
+        assert!(!ok("mirror.example/detour/sidecar:1.3"), "exact entry");
+        assert!(!ok("registry.local:5000/detour-sidecar-evil:dev"));
+        assert!(!ok("registry.local:5001/detour-sidecar:dev"));
+        assert!(!ok("registry.local:5000/detour-sidecar/x:dev"));
+        assert!(
+            !ok("ghcr.io/detour-dev/detour-sidecar:0.2.0"),
+            "only the configured tag"
+        );
+        assert!(!image_allowed("evil.example/x:1", configured, &[]));
+    }
+
+    /// With no allowlist, an annotation naming another image is refused with a message that
+    /// names the image, what is allowed and the setting that changes it; an allowed one is
+    /// used.
+    #[test]
+    fn image_override_outside_the_allowlist_is_refused() {
+        let settings = Settings::default();
+        let deny = overrides(&settings, &annotated("evil.example/miner:latest")).unwrap_err();
+        assert_eq!(deny.reason(), "image_not_allowed");
+        let message = deny.to_string();
+        assert!(
+            message.contains("\"evil.example/miner:latest\" is not allowed"),
+            "{message}"
+        );
+        assert!(
+            message.contains("only \"ghcr.io/detour-dev/detour-sidecar:0.1.0\""),
+            "{message}"
+        );
+        assert!(message.contains("sidecar.image.overrideAllowlist"), "{message}");
+
+        let settings = Settings {
+            allowed_images: vec!["registry.local/detour-sidecar".to_owned()],
+            ..Settings::default()
+        };
+        let s = overrides(&settings, &annotated("registry.local/detour-sidecar:dev")).unwrap();
+        assert_eq!(s.image, "registry.local/detour-sidecar:dev");
+    }
 }
