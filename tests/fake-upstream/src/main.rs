@@ -1,15 +1,45 @@
 //! `detour-fake-upstream [--listen 127.0.0.1:0]`: an OpenAI-compatible upstream whose
-//! behaviour is switched at run time, for the fault soak.
+//! behaviour is switched at run time, for the fault soak and the end-to-end tests.
 //!
-//! - `POST /<stub>/v1/chat/completions` answers according to the stub's current mode.
-//! - `PUT /_control/<stub>/<mode>` sets it: `ok`, `5xx`, `429` (with `Retry-After: 2`), `hang`
-//!   (never answers), `reset` (closes the connection without answering), `slow` (answers
-//!   after 300 ms), `broken-stream` (a streaming request gets two chunks, then the connection
-//!   drops; a plain one is answered normally).
-//! - `"stream": true` requests are answered as OpenAI's SSE: three `chat.completion.chunk`
-//!   events 10 ms apart, a final chunk with `finish_reason`, then `data: [DONE]`.
+//! - `POST /<stub>/v1/chat/completions` answers according to the stub's current script.
+//! - `PUT /_control/<stub>/<mode>[?param=value&...]` sets the script of one stub.
 //! - `GET /_stats` returns `{"<stub>": {"<mode>": hits, ...}, ...}`: hits counted under the
 //!   mode in force when the request arrived.
+//! - `GET /_requests[?stub=<stub>]` returns every request in arrival order with its timing:
+//!   `{"stub", "mode", "stream", "include_usage", "model", "at_ms", "closed_ms", "end"}`.
+//!   Times are milliseconds since the process started; `closed_ms` is when the stub was done
+//!   with the request (its answer finished, or the sidecar went away), `null` while open;
+//!   `end` says how it ended: `answered`, `completed`, `cut`, `stalled`, `error-event`,
+//!   `hung`, `reset`, or `dropped` (the sidecar stopped reading before the scripted answer was over).
+//!
+//! Modes (what a request meets):
+//! - `ok`: a normal answer. `slow`: the same after 300 ms.
+//! - `5xx`: 500 with an OpenAI-shaped `server_error`.
+//! - `429`: 429 `rate_limit_exceeded` with `Retry-After: <retry_after>` (default `2`;
+//!   `retry_after=none` sends no header).
+//! - `context-length`: 400 `invalid_request_error` with code `context_length_exceeded`.
+//! - `content-policy`: 400 `invalid_request_error` with code `content_policy_violation`.
+//! - `hang`: accepts the request and never answers. `reset`: closes the connection without
+//!   answering.
+//! - `cut`: a stream sends `after` content chunks (default 2), then the connection drops; a
+//!   plain answer declares its full length, sends half of it, then drops.
+//!   `broken-stream` is `cut` for streams and `ok` for plain requests.
+//! - `stall`: like `cut`, but the connection stays open and silent instead of dropping.
+//! - `error-event`: a stream sends `after` content chunks, then an OpenAI-shaped error
+//!   event, then ends cleanly without `[DONE]`; a plain request gets the `5xx` answer.
+//! - `bad-event`: a stream carries one undecodable event after `after` content chunks and is
+//!   otherwise normal; a plain request is answered normally.
+//!
+//! Parameters (any mode where they make sense):
+//! - `chunks=N`: content chunks of a stream, and pieces of a plain answer's text (default 3).
+//!   The text is `hello`, ` from`, ` <stub>`, then ` 3`, ` 4`, … up to ` N-1`.
+//! - `interval_ms=M`: the wait before each stream event (default 10).
+//! - `delay_ms=M`: the wait before the response head (default 0; `slow` means 300).
+//! - `done=0`: end a stream cleanly after its last chunk without `data: [DONE]`.
+//! - `usage=1`: always send the usage chunk (otherwise only when the request asks with
+//!   `stream_options.include_usage`).
+//! - `model=NAME`: the model the answer reports (default: the request's `model`).
+//! - `times=K`: the script serves the next K requests, then the stub is `ok` again.
 //!
 //! Prints `listening on ADDR` on stdout once bound, and exits on SIGTERM or SIGINT.
 
@@ -27,25 +57,119 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
-#[derive(Default)]
+/// What one stub does with the requests it gets.
+#[derive(Clone, Debug, Default)]
+struct Script {
+    mode: String,
+    params: BTreeMap<String, String>,
+    /// How many more requests this script serves before the stub is `ok` again.
+    times: Option<u64>,
+}
+
+impl Script {
+    fn ok() -> Self {
+        Self {
+            mode: "ok".to_owned(),
+            ..Self::default()
+        }
+    }
+
+    fn num(&self, key: &str, default: u64) -> u64 {
+        self.params
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+}
+
+/// One request as the stub saw it.
+#[derive(Debug)]
+struct Hit {
+    stub: String,
+    mode: String,
+    stream: bool,
+    include_usage: bool,
+    model: String,
+    at_ms: f64,
+    closed_ms: Option<f64>,
+    end: Option<&'static str>,
+}
+
 struct State {
-    modes: BTreeMap<String, String>,
+    started: Instant,
+    scripts: BTreeMap<String, Script>,
     hits: BTreeMap<String, BTreeMap<String, u64>>,
+    log: Vec<Hit>,
+}
+
+impl State {
+    fn now_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
 }
 
 type Shared = Arc<Mutex<State>>;
 
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 type Body = UnsyncBoxBody<Bytes, Reset>;
+
+/// Marks the end of one logged request: `finish` when the scripted answer is over; if the
+/// guard is dropped before that (the sidecar went away), the request ended `dropped`.
+struct EndGuard {
+    state: Shared,
+    index: usize,
+    done: bool,
+}
+
+impl EndGuard {
+    fn finish(&mut self, end: &'static str) {
+        if !self.done {
+            self.done = true;
+            let mut s = lock(&self.state);
+            let now = s.now_ms();
+            if let Some(hit) = s.log.get_mut(self.index) {
+                hit.closed_ms = Some(now);
+                hit.end = Some(end);
+            }
+        }
+    }
+
+    /// Names how the request ends without closing it yet (a stall or a hang stays open
+    /// until the sidecar gives up; `closed_ms` then says when).
+    fn mark(&self, end: &'static str) {
+        let mut s = lock(&self.state);
+        if let Some(hit) = s.log.get_mut(self.index) {
+            hit.end = Some(end);
+        }
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut s = lock(&self.state);
+            let now = s.now_ms();
+            if let Some(hit) = s.log.get_mut(self.index) {
+                hit.closed_ms = Some(now);
+                hit.end.get_or_insert("dropped");
+            }
+        }
+    }
+}
 
 /// What to do with one request.
 enum Action {
     Answer(Response<Body>),
-    Hang,
+    Hang(EndGuard),
     Reset,
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let full = Full::new(Bytes::from(body.to_string())).map_err(|never| match never {});
     let mut resp = Response::new(UnsyncBoxBody::new(full));
     *resp.status_mut() = status;
@@ -56,34 +180,74 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     resp
 }
 
+fn query(uri: &http::Uri) -> BTreeMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (kv.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+/// The `i`-th piece of a stub's answer text.
+fn piece(stub: &str, i: u64) -> String {
+    match i {
+        0 => "hello".to_owned(),
+        1 => " from".to_owned(),
+        2 => format!(" {stub}"),
+        _ => format!(" {i}"),
+    }
+}
+
+fn server_error() -> serde_json::Value {
+    serde_json::json!({"error": {"message": "fake outage", "type": "server_error", "param": null, "code": null}})
+}
+
 async fn handle(state: Shared, req: Request<Incoming>) -> Action {
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method().as_str(), parts.as_slice()) {
         ("PUT", ["_control", stub, mode]) => {
-            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-            s.modes.insert((*stub).to_owned(), (*mode).to_owned());
+            let mut params = query(req.uri());
+            let times = params.remove("times").and_then(|t| t.parse().ok());
+            let script = Script {
+                mode: (*mode).to_owned(),
+                params: params.clone(),
+                times,
+            };
+            lock(&state).scripts.insert((*stub).to_owned(), script);
             Action::Answer(json(
                 StatusCode::OK,
-                serde_json::json!({"stub": stub, "mode": mode}),
+                &serde_json::json!({"stub": stub, "mode": mode, "params": params, "times": times}),
             ))
         }
         ("GET", ["_stats"]) => {
-            let s = state.lock().unwrap_or_else(PoisonError::into_inner);
-            Action::Answer(json(StatusCode::OK, serde_json::json!(s.hits)))
+            let s = lock(&state);
+            Action::Answer(json(StatusCode::OK, &serde_json::json!(s.hits)))
+        }
+        ("GET", ["_requests"]) => {
+            let only = query(req.uri()).remove("stub");
+            let s = lock(&state);
+            let hits: Vec<serde_json::Value> = s
+                .log
+                .iter()
+                .filter(|h| only.as_ref().is_none_or(|o| *o == h.stub))
+                .map(|h| {
+                    serde_json::json!({
+                        "stub": h.stub, "mode": h.mode, "stream": h.stream,
+                        "include_usage": h.include_usage, "model": h.model,
+                        "at_ms": h.at_ms, "closed_ms": h.closed_ms, "end": h.end,
+                    })
+                })
+                .collect();
+            Action::Answer(json(StatusCode::OK, &serde_json::json!(hits)))
         }
         ("POST", [stub, ..]) => {
             let stub = (*stub).to_owned();
-            let mode = {
-                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-                let mode = s.modes.get(&stub).cloned().unwrap_or_else(|| "ok".to_owned());
-                *s.hits
-                    .entry(stub.clone())
-                    .or_default()
-                    .entry(mode.clone())
-                    .or_default() += 1;
-                mode
-            };
+            let at_ms = lock(&state).now_ms();
             // Read the body like a real upstream would before answering.
             let body = req
                 .into_body()
@@ -92,7 +256,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Action {
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let model = request
+            let asked_model = request
                 .get("model")
                 .and_then(|m| m.as_str())
                 .unwrap_or_default()
@@ -101,75 +265,256 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Action {
                 .get("stream")
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false);
-            if stream && matches!(mode.as_str(), "ok" | "slow" | "broken-stream") {
-                return Action::Answer(sse(&model, &stub, mode == "broken-stream"));
-            }
-            let ok = || {
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({
-                        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {stub}")}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
-                    }),
+            let include_usage = request
+                .pointer("/stream_options/include_usage")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            let (script, guard) = {
+                let mut s = lock(&state);
+                let entry = s.scripts.entry(stub.clone()).or_insert_with(Script::ok);
+                let script = entry.clone();
+                if let Some(left) = entry.times.as_mut() {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        *entry = Script::ok();
+                    }
+                }
+                *s.hits
+                    .entry(stub.clone())
+                    .or_default()
+                    .entry(script.mode.clone())
+                    .or_default() += 1;
+                s.log.push(Hit {
+                    stub: stub.clone(),
+                    mode: script.mode.clone(),
+                    stream,
+                    include_usage,
+                    model: asked_model.clone(),
+                    at_ms,
+                    closed_ms: None,
+                    end: None,
+                });
+                let index = s.log.len() - 1;
+                (
+                    script,
+                    EndGuard {
+                        state: state.clone(),
+                        index,
+                        done: false,
+                    },
                 )
             };
-            match mode.as_str() {
-                "5xx" => Action::Answer(json(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    serde_json::json!({"error": {"message": "fake outage", "type": "server_error"}}),
-                )),
-                "429" => {
-                    let mut r = json(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        serde_json::json!({"error": {"message": "fake rate limit", "type": "rate_limit_error"}}),
-                    );
-                    r.headers_mut()
-                        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("2"));
-                    Action::Answer(r)
-                }
-                "hang" => Action::Hang,
-                "reset" => Action::Reset,
-                "slow" => {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    Action::Answer(ok())
-                }
-                _ => Action::Answer(ok()),
+            let model = script.params.get("model").cloned().unwrap_or(asked_model);
+            let delay = match script.mode.as_str() {
+                "slow" => 300,
+                _ => script.num("delay_ms", 0),
+            };
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            answer(&script, &stub, &model, stream, include_usage, guard)
         }
         _ => Action::Answer(json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": {"message": "no such path"}}),
+            &serde_json::json!({"error": {"message": "no such path"}}),
         )),
     }
 }
 
-/// An SSE answer; `broken` drops the connection after two chunks.
-fn sse(model: &str, stub: &str, broken: bool) -> Response<Body> {
+fn answer(
+    script: &Script,
+    stub: &str,
+    model: &str,
+    stream: bool,
+    include_usage: bool,
+    mut guard: EndGuard,
+) -> Action {
+    let chunks = script.num("chunks", 3);
+    let client_error = |message: &str, code: &str| {
+        json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": code}}),
+        )
+    };
+    let fault = match script.mode.as_str() {
+        "5xx" => Some(json(StatusCode::INTERNAL_SERVER_ERROR, &server_error())),
+        "error-event" if !stream => Some(json(StatusCode::INTERNAL_SERVER_ERROR, &server_error())),
+        "429" => {
+            let mut r = json(
+                StatusCode::TOO_MANY_REQUESTS,
+                &serde_json::json!({"error": {"message": "fake rate limit", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}}),
+            );
+            let after = script.params.get("retry_after").map_or("2", String::as_str);
+            if after != "none"
+                && let Ok(v) = http::HeaderValue::from_str(after)
+            {
+                r.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            Some(r)
+        }
+        "context-length" => Some(client_error(
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9001 tokens. Please reduce the length of the messages.",
+            "context_length_exceeded",
+        )),
+        "content-policy" => Some(client_error(
+            "Your request was rejected as a result of our safety system.",
+            "content_policy_violation",
+        )),
+        "hang" => {
+            guard.mark("hung");
+            return Action::Hang(guard);
+        }
+        "reset" => {
+            guard.finish("reset");
+            return Action::Reset;
+        }
+        _ => None,
+    };
+    if let Some(r) = fault {
+        guard.finish("answered");
+        return Action::Answer(r);
+    }
+    if stream {
+        return Action::Answer(sse(script, stub, model, include_usage, guard));
+    }
+    let text: String = (0..chunks).map(|i| piece(stub, i)).collect();
+    let body = serde_json::json!({
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
+    });
+    let (end, broken) = match script.mode.as_str() {
+        "cut" => ("cut", Some(Step::Reset)),
+        "stall" => ("stalled", Some(Step::Stall)),
+        _ => ("answered", None),
+    };
+    let Some(broken) = broken else {
+        guard.finish(end);
+        return Action::Answer(json(StatusCode::OK, &body));
+    };
+    // Declare the whole length, send half of it, then break.
+    let bytes = Bytes::from(body.to_string());
+    let half = bytes.slice(..bytes.len() / 2);
+    let mut resp = Response::new(steps_body(
+        vec![Step::Data(half), broken],
+        // Paced, so the head and the first half leave before the break.
+        Duration::from_millis(script.num("interval_ms", 10)),
+        guard,
+        end,
+    ));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+    Action::Answer(resp)
+}
+
+/// One step of a scripted body.
+enum Step {
+    Data(Bytes),
+    /// The connection drops here.
+    Reset,
+    /// The body goes silent here and stays open.
+    Stall,
+}
+
+/// A body that plays `steps`, waiting `interval` before each; the guard records how it
+/// ended (`end` when every step played, `dropped` when the reader went away first).
+fn steps_body(steps: Vec<Step>, interval: Duration, guard: EndGuard, end: &'static str) -> Body {
+    let stream = futures_util::stream::unfold(
+        (steps.into_iter(), guard),
+        move |(mut it, mut guard)| async move {
+            let Some(step) = it.next() else {
+                guard.finish(end);
+                return None;
+            };
+            if !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            match step {
+                Step::Data(b) => Some((Ok(Frame::data(b)), (it, guard))),
+                Step::Reset => {
+                    guard.finish(end);
+                    Some((Err(Reset), (it, guard)))
+                }
+                Step::Stall => {
+                    guard.mark(end);
+                    std::future::pending::<()>().await;
+                    None
+                }
+            }
+        },
+    );
+    UnsyncBoxBody::new(StreamBody::new(stream))
+}
+
+/// An SSE answer following the script: content chunks, the faults of `cut`, `stall`,
+/// `error-event`, `bad-event` and `broken-stream`, the finish chunk, usage, `[DONE]`.
+fn sse(script: &Script, stub: &str, model: &str, include_usage: bool, guard: EndGuard) -> Response<Body> {
+    let chunks = script.num("chunks", 3);
+    let mode = script.mode.as_str();
+    let after = script.num("after", 2);
+    let event = |v: &serde_json::Value| Step::Data(Bytes::from(format!("data: {v}\n\n")));
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
-        let c = serde_json::json!({
+        event(&serde_json::json!({
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
-        });
-        Ok(Bytes::from(format!("data: {c}\n\n")))
+        }))
     };
-    let mut events = vec![
-        chunk(serde_json::json!({"role": "assistant", "content": "hello"}), None),
-        chunk(serde_json::json!({"content": " from"}), None),
-    ];
-    if broken {
-        events.push(Err(Reset));
-    } else {
-        events.push(chunk(serde_json::json!({"content": format!(" {stub}")}), None));
-        events.push(chunk(serde_json::json!({}), Some("stop")));
-        events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+    let mut steps = Vec::new();
+    let mut end = "completed";
+    for i in 0..chunks {
+        if i == after {
+            match mode {
+                "cut" | "broken-stream" => {
+                    steps.push(Step::Reset);
+                    end = "cut";
+                    break;
+                }
+                "stall" => {
+                    steps.push(Step::Stall);
+                    end = "stalled";
+                    break;
+                }
+                "error-event" => {
+                    steps.push(event(&serde_json::json!({"error": {
+                        "message": "The server had an error while processing your request.",
+                        "type": "server_error", "param": null, "code": null}})));
+                    end = "error-event";
+                    break;
+                }
+                "bad-event" => steps.push(Step::Data(Bytes::from_static(
+                    b"data: {\"id\": \"chatcmpl-fake\", \"choices\": [\n\n",
+                ))),
+                _ => {}
+            }
+        }
+        let delta = if i == 0 {
+            serde_json::json!({"role": "assistant", "content": piece(stub, i)})
+        } else {
+            serde_json::json!({"content": piece(stub, i)})
+        };
+        steps.push(chunk(delta, None));
     }
-    let stream = futures_util::stream::unfold(events.into_iter(), |mut it| async move {
-        let next = it.next()?;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        Some((next.map(Frame::data), it))
-    });
-    let mut resp = Response::new(UnsyncBoxBody::new(StreamBody::new(stream)));
+    let broke =
+        matches!(steps.last(), Some(Step::Reset | Step::Stall)) || (mode == "error-event" && after < chunks);
+    if !broke {
+        steps.push(chunk(serde_json::json!({}), Some("stop")));
+        if include_usage || script.num("usage", 0) == 1 {
+            steps.push(event(&serde_json::json!({
+                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
+            })));
+        }
+        if script.num("done", 1) != 0 {
+            steps.push(Step::Data(Bytes::from_static(b"data: [DONE]\n\n")));
+        }
+    }
+    let interval = Duration::from_millis(script.num("interval_ms", 10));
+    let mut resp = Response::new(steps_body(steps, interval, guard, end));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/event-stream"),
@@ -201,7 +546,12 @@ async fn main() -> std::io::Result<()> {
     }
     let listener = TcpListener::bind(&listen).await?;
     let addr = listener.local_addr()?;
-    let state: Shared = Arc::default();
+    let state: Shared = Arc::new(Mutex::new(State {
+        started: Instant::now(),
+        scripts: BTreeMap::new(),
+        hits: BTreeMap::new(),
+        log: Vec::new(),
+    }));
     #[expect(
         clippy::print_stdout,
         reason = "the soak driver reads the bound address from stdout"
@@ -231,7 +581,7 @@ async fn main() -> std::io::Result<()> {
                         async move {
                             match handle(state, req).await {
                                 Action::Answer(r) => Ok::<_, Reset>(r),
-                                Action::Hang => {
+                                Action::Hang(_guard) => {
                                     std::future::pending::<()>().await;
                                     Err(Reset)
                                 }
