@@ -31,6 +31,26 @@ pub struct Cli {
     #[arg(long, env = "DETOUR_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// One budget for the request bodies and answers the sidecar holds in memory at once;
+    /// a request that would go over it gets 503 `buffer_budget_exhausted`.
+    #[arg(long, env = "DETOUR_MAX_BUFFERED_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+
+    /// Most connections open at once on `--listen`; beyond it, new connections wait in the
+    /// kernel's backlog until one closes (the admin listener has its own cap).
+    #[arg(long, env = "DETOUR_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A connection with no request in flight for this long is closed; also the longest a
+    /// request head may take to arrive.
+    #[arg(long, env = "DETOUR_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
+
+    /// A client that reads nothing of its answer for this long is disconnected, and its
+    /// request (with its upstream call) dropped.
+    #[arg(long, env = "DETOUR_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub write_timeout_ms: u64,
+
     /// How often the route table's file is checked for changes.
     #[arg(long, env = "DETOUR_RELOAD_INTERVAL_MS", default_value_t = 250)]
     pub reload_interval_ms: u64,
@@ -50,9 +70,8 @@ pub struct Cli {
     #[arg(long = "upstream-ca-file", env = "DETOUR_UPSTREAM_CA_FILE")]
     pub upstream_ca: Option<PathBuf>,
 
-    /// Idle keep-alive connections kept per upstream origin (scheme, host, port) once a
-    /// burst is over; more are closed after 5 s idle. Each costs its socket and an 8 KiB read
-    /// buffer.
+    /// Idle keep-alive connections kept per upstream origin (scheme, host, port); they are
+    /// closed after 90 s unused.
     #[arg(long, env = "DETOUR_UPSTREAM_MAX_IDLE", default_value_t = crate::providers::client::MAX_IDLE_PER_ORIGIN)]
     pub upstream_max_idle: usize,
 

@@ -1,14 +1,14 @@
 //! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): everything the sidecar
-//! does with bytes it does not control — a client's request body, an upstream's HTTP/1.1
-//! response and its body, an upstream's SSE stream, Bedrock's event-stream frames. Each must reject bad input with an
-//! error, never panic, and never take more than linear time.
+//! does with bytes it does not control — a client's request body, an upstream's answer body,
+//! an upstream's SSE stream, Bedrock's event-stream frames (HTTP itself is hyper's, fuzzed
+//! upstream). Each must reject bad input with an error, never panic, and never take more than
+//! linear time.
 
 use bytes::{Bytes, BytesMut};
 use detour_api::table::{Scoring, Strategy};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::h1::{self, Chunked, Framing, ProtoError};
 use crate::providers::answer::{RequestBody, Usage, splice};
 use crate::providers::{Answer, anthropic, bedrock, chat, sse};
 use crate::routing::{Needs, decide};
@@ -178,130 +178,6 @@ pub fn event_stream(bytes: &[u8]) {
     while let Ok(Some(message)) = bedrock::eventstream::decode(&mut buf) {
         let _ = message.header(":event-type");
     }
-}
-
-/// An upstream's HTTP/1.1 response as the upstream client reads it (the head, interim
-/// answers skipped, then the body per its framing). What is read must not depend on how the
-/// bytes arrive: delivered whole or in the pieces `cuts` makes, the status, the body and the
-/// verdict are the same.
-///
-/// # Panics
-/// When the two readings differ.
-pub fn upstream_response(bytes: &[u8], cuts: &[usize]) {
-    let whole = read_message(&[Bytes::copy_from_slice(bytes)], Side::Response);
-    let pieces = read_message(&split(bytes, cuts), Side::Response);
-    assert_eq!(whole, pieces, "the reading depends on how the bytes arrived");
-}
-
-/// An app's HTTP/1.1 request as the sidecar's server reads it (the head, then the body per
-/// its framing), held to the same rule as [`upstream_response`].
-///
-/// # Panics
-/// When the two readings differ.
-pub fn app_request(bytes: &[u8], cuts: &[usize]) {
-    let whole = read_message(&[Bytes::copy_from_slice(bytes)], Side::Request);
-    let pieces = read_message(&split(bytes, cuts), Side::Request);
-    assert_eq!(whole, pieces, "the reading depends on how the bytes arrived");
-}
-
-#[derive(Clone, Copy)]
-enum Side {
-    Request,
-    Response,
-}
-
-#[derive(Debug, PartialEq)]
-struct MessageRead {
-    /// The status, or the method and target.
-    start: Option<String>,
-    body: Vec<u8>,
-    end: Result<bool, ProtoError>,
-}
-
-/// Reads one message from `pieces` as they arrive; `end` is `Ok(true)` once the body is
-/// complete, `Ok(false)` if the bytes ran out first.
-fn read_message(pieces: &[Bytes], side: Side) -> MessageRead {
-    enum Phase {
-        Head,
-        Body(Framing, Chunked),
-    }
-    let mut read = MessageRead {
-        start: None,
-        body: Vec::new(),
-        end: Ok(false),
-    };
-    let mut phase = Phase::Head;
-    let mut buf = BytesMut::new();
-    for piece in pieces {
-        buf.extend_from_slice(piece);
-        loop {
-            match &mut phase {
-                Phase::Head => {
-                    // `Ok(None)`: incomplete; `Ok(Some(None))`: an interim response, skipped.
-                    let head = match side {
-                        Side::Response => h1::parse_head(&mut buf).map(|h| {
-                            h.map(|h| {
-                                (!h.status.is_informational()).then(|| {
-                                    let framing = h1::framing(&h, &http::Method::POST).map(|(f, _)| f);
-                                    (h.status.to_string(), framing)
-                                })
-                            })
-                        }),
-                        Side::Request => h1::parse_request(&mut buf).map(|h| {
-                            h.map(|h| Some((format!("{} {}", h.method, h.uri), h1::request_body(&h))))
-                        }),
-                    };
-                    match head {
-                        Err(e) => {
-                            read.end = Err(e);
-                            return read;
-                        }
-                        Ok(None) => break,
-                        Ok(Some(None)) => {}
-                        Ok(Some(Some((start, framing)))) => {
-                            read.start = Some(start);
-                            match framing {
-                                Err(e) => {
-                                    read.end = Err(e);
-                                    return read;
-                                }
-                                Ok(framing) => phase = Phase::Body(framing, Chunked::Size),
-                            }
-                        }
-                    }
-                }
-                Phase::Body(Framing::Empty | Framing::Length(0), _) => {
-                    read.end = Ok(true);
-                    return read;
-                }
-                Phase::Body(Framing::Length(left), _) => {
-                    let n = usize::try_from(*left).map_or(buf.len(), |l| l.min(buf.len()));
-                    read.body.extend_from_slice(&buf.split_to(n));
-                    *left -= n as u64;
-                    if *left > 0 {
-                        break;
-                    }
-                }
-                Phase::Body(Framing::Close, _) => {
-                    read.body.extend_from_slice(&buf.split());
-                    break;
-                }
-                Phase::Body(Framing::Chunked, state) => match state.decode(&mut buf) {
-                    Err(e) => {
-                        read.end = Err(e);
-                        return read;
-                    }
-                    Ok(Some(data)) => read.body.extend_from_slice(&data),
-                    Ok(None) if *state == Chunked::Done => {
-                        read.end = Ok(true);
-                        return read;
-                    }
-                    Ok(None) => break,
-                },
-            }
-        }
-    }
-    read
 }
 
 fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Bytes> {

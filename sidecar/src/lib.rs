@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod budget;
 pub mod class;
 pub mod cli;
 pub mod config;
@@ -19,7 +20,6 @@ pub mod demo;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod h1;
 pub mod health;
 pub mod layers;
 pub mod metrics;

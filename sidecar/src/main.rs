@@ -7,6 +7,7 @@ use clap::Parser;
 use detour_sidecar::audit::Audit;
 use detour_sidecar::cli::Cli;
 use detour_sidecar::config::{self, Source};
+use detour_sidecar::conn::Limits;
 use detour_sidecar::server::{self, Options};
 use tracing_subscriber::EnvFilter;
 
@@ -68,6 +69,13 @@ async fn run(cli: Cli) -> ExitCode {
         drain_timeout: Duration::from_millis(cli.drain_timeout_ms),
         upstream_ca: cli.upstream_ca,
         upstream_max_idle: cli.upstream_max_idle,
+        limits: Limits {
+            max_connections: cli.max_connections.max(1),
+            idle: Duration::from_millis(cli.idle_timeout_ms.max(1)),
+            write: Duration::from_millis(cli.write_timeout_ms.max(1)),
+            ..Limits::default()
+        },
+        max_buffered_bytes: cli.max_buffered_bytes,
     };
     let (audit, tap) = if cli.demo {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

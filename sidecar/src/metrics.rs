@@ -35,6 +35,12 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub config_info: IntGaugeVec,
     pub request_score: HistogramVec,
+    /// Requests the sidecar refused before routing (malformed, over a limit), by reason.
+    pub refused: IntCounterVec,
+    /// Connections open now on the API and admin listeners.
+    pub connections: IntGauge,
+    /// Bytes held under the buffer budget (set when scraped).
+    pub buffered_bytes: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -79,6 +85,16 @@ impl Metrics {
         let r = Registry::new();
         let in_flight = IntGauge::new("detour_in_flight_requests", "Requests being served now.")?;
         r.register(Box::new(in_flight.clone()))?;
+        let connections = IntGauge::new(
+            "detour_open_connections",
+            "Connections open now on the API and admin listeners.",
+        )?;
+        r.register(Box::new(connections.clone()))?;
+        let buffered_bytes = IntGauge::new(
+            "detour_buffered_bytes",
+            "Request and answer bytes held under the buffer budget (--max-buffered-bytes).",
+        )?;
+        r.register(Box::new(buffered_bytes.clone()))?;
         let cost = GaugeVec::new(
             Opts::new(
                 "detour_cost_usd_total",
@@ -185,6 +201,14 @@ impl Metrics {
                 &["route", "scorer"],
                 SCORE_BUCKETS,
             )?,
+            refused: counter(
+                &r,
+                "detour_refused_requests_total",
+                "Requests refused before routing (malformed, over a size or time limit), by reason.",
+                &["reason"],
+            )?,
+            connections,
+            buffered_bytes,
             registry: r,
         })
     }

@@ -9,15 +9,17 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tower::{Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder};
 
 use crate::audit::Audit;
 use crate::body::{self, Response};
+use crate::budget::Budget;
 use crate::config::{Change, Loaded, Source, Watcher};
-use crate::conn::{self, Serve};
+use crate::conn::{self, Limits, Serve};
 use crate::layers::body_limit::{BodyLimit, BodyLimitLayer};
+use crate::layers::host::{HostCheck, HostLayer};
 use crate::layers::request_id::{RequestIdLayer, RequestIdService};
 use crate::layers::router::Router;
 use crate::metrics::Metrics;
@@ -38,6 +40,10 @@ pub struct Options {
     pub upstream_ca: Option<std::path::PathBuf>,
     /// Most idle connections kept per upstream origin.
     pub upstream_max_idle: usize,
+    /// Connection cap and timeouts of the API listener.
+    pub limits: Limits,
+    /// The process-wide budget for buffered request and answer bytes.
+    pub max_buffered_bytes: usize,
 }
 
 /// Why the sidecar could not start.
@@ -78,16 +84,22 @@ impl Running {
     }
 }
 
-/// The serving stack, outermost first. It serves HTTP/1.1 requests (their body read by
-/// [`conn`]) and HTTP/2 ones (hyper's body stream) alike.
-pub fn stack(shared: Arc<Shared>, max_body_bytes: usize) -> RequestIdService<BodyLimit<Router>> {
+/// The serving stack, outermost first, for HTTP/1.1 and HTTP/2 requests alike.
+pub fn stack(
+    shared: Arc<Shared>,
+    max_body_bytes: usize,
+    budget: Budget,
+) -> RequestIdService<HostCheck<BodyLimit<Router>>> {
     ServiceBuilder::new()
         // Outermost, so that every response — also a 413 from the limit or a 404 from the
-        // router — carries `x-detour-request-id` and the other `x-detour-*` headers.
-        .layer(RequestIdLayer)
+        // router — carries `x-detour-request-id` and the other `x-detour-*` headers, and
+        // every refusal is counted and audited.
+        .layer(RequestIdLayer::new(shared.clone()))
+        // Before the body is read: a request without a single valid `Host` is refused.
+        .layer(HostLayer)
         // Before anything parses: bounds the memory one request can take, and hands the
         // proxy the whole body it needs to route by `model` and to replay on failover.
-        .layer(BodyLimitLayer::new(max_body_bytes))
+        .layer(BodyLimitLayer::new(max_body_bytes, budget))
         // Dispatch by path; the proxy (routing, failover, streaming) sits behind it.
         .service(Router::new(shared))
 }
@@ -127,19 +139,23 @@ pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Resu
     })?;
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let svc = stack(shared.clone(), opts.max_body_bytes);
+    let budget = Budget::new(opts.max_buffered_bytes);
+    let svc = stack(shared.clone(), opts.max_body_bytes, budget.clone());
     tasks.spawn(accept_loop(
         listener,
         svc,
-        opts.max_body_bytes,
+        opts.limits,
+        shared.clone(),
         rx.clone(),
         opts.drain_timeout,
     ));
-    let admin_svc = Admin(shared.clone());
+    // Its own connection cap: probes are answered while the API listener is full.
+    let admin_svc = HostLayer.layer(Admin(shared.clone(), budget));
     tasks.spawn(accept_loop(
         admin,
         admin_svc,
-        ADMIN_MAX_BODY,
+        ADMIN_LIMITS,
+        shared.clone(),
         rx.clone(),
         Duration::from_secs(1),
     ));
@@ -225,12 +241,17 @@ async fn reload_loop(
     }
 }
 
-/// Largest request body the admin listener reads (its endpoints take none).
-const ADMIN_MAX_BODY: usize = 64 * 1024;
+/// The admin listener's connections: few (probes and a scraper), short-lived.
+const ADMIN_LIMITS: Limits = Limits {
+    max_connections: 256,
+    idle: Duration::from_secs(30),
+    write: Duration::from_secs(10),
+    linger: Duration::from_secs(1),
+};
 
 /// The admin listener's service: `/metrics`, `/healthz`, `/readyz`.
 #[derive(Clone)]
-struct Admin(Arc<Shared>);
+struct Admin(Arc<Shared>, Budget);
 
 impl<B> Service<Request<B>> for Admin {
     type Response = Response;
@@ -242,11 +263,11 @@ impl<B> Service<Request<B>> for Admin {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        std::future::ready(Ok(admin_route(&self.0, &req)))
+        std::future::ready(Ok(admin_route(&self.0, &self.1, &req)))
     }
 }
 
-fn admin_route<B>(shared: &Shared, req: &Request<B>) -> Response {
+fn admin_route<B>(shared: &Shared, budget: &Budget, req: &Request<B>) -> Response {
     let text = |status: StatusCode, s: &'static str| {
         let mut r = http::Response::new(body::full(Bytes::from_static(s.as_bytes())));
         *r.status_mut() = status;
@@ -254,6 +275,10 @@ fn admin_route<B>(shared: &Shared, req: &Request<B>) -> Response {
     };
     match req.uri().path() {
         "/metrics" => {
+            shared
+                .metrics
+                .buffered_bytes
+                .set(i64::try_from(budget.used()).unwrap_or(i64::MAX));
             let mut r = http::Response::new(body::full(shared.metrics.encode()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -271,12 +296,23 @@ fn admin_route<B>(shared: &Shared, req: &Request<B>) -> Response {
 async fn accept_loop<S: Serve>(
     listener: TcpListener,
     svc: S,
-    max_body: usize,
+    limits: Limits,
+    shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
     let mut conns = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        // At the cap, nothing is accepted until a connection closes: new ones wait in the
+        // kernel's backlog instead of taking file descriptors.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (io, _) = match accepted {
@@ -288,7 +324,13 @@ async fn accept_loop<S: Serve>(
                         continue;
                     }
                 };
-                conns.spawn(conn::serve(io, svc.clone(), max_body, shutdown.clone()));
+                let serving = conn::serve(io, svc.clone(), limits, shared.clone(), shutdown.clone(), slot);
+                let open = shared.metrics.connections.clone();
+                open.inc();
+                conns.spawn(async move {
+                    serving.await;
+                    open.dec();
+                });
             }
             _ = shutdown.changed() => break,
         }

@@ -1,28 +1,40 @@
 //! Reads the request body whole, up to a limit, before anything parses it. Over the limit:
 //! 413 in OpenAI's error shape (checked on `Content-Length` first, so an honest client is
-//! refused without sending the body). The inner services get `Request<Bytes>`: the proxy
-//! needs the whole JSON body anyway to route by `model` and to replay it on failover.
+//! refused without sending the body). Memory grows only with the bytes that arrive, never
+//! with a declared length, and every byte kept is reserved under the process-wide
+//! [`Budget`] until the answer is done (503 when it is exhausted). A body that does not
+//! arrive whole within [`BODY_TIMEOUT`]: 408. The inner services get `Request<Bytes>`: the
+//! proxy needs the whole JSON body anyway to route by `model` and to replay it on failover.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use crate::body::Response;
+use crate::body::{Body, Response};
+use crate::budget::{Budget, Reservation};
 use crate::error::ApiError;
+use crate::layers::request_id::Refused;
 
-#[derive(Clone, Copy, Debug)]
+/// How long a request body may take to arrive whole.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
 pub struct BodyLimitLayer {
     max: usize,
+    budget: Budget,
 }
 
 impl BodyLimitLayer {
-    pub fn new(max: usize) -> Self {
-        Self { max }
+    pub fn new(max: usize, budget: Budget) -> Self {
+        Self { max, budget }
     }
 }
 
@@ -30,7 +42,11 @@ impl<S> Layer<S> for BodyLimitLayer {
     type Service = BodyLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BodyLimit { inner, max: self.max }
+        BodyLimit {
+            inner,
+            max: self.max,
+            budget: self.budget.clone(),
+        }
     }
 }
 
@@ -38,16 +54,62 @@ impl<S> Layer<S> for BodyLimitLayer {
 pub struct BodyLimit<S> {
     inner: S,
     max: usize,
+    budget: Budget,
 }
 
 fn too_large(max: usize) -> Response {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "invalid_request_error",
-        "request_too_large",
-        format!("the request body is larger than this sidecar's limit of {max} bytes (--max-body-bytes)"),
+    refused(
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("the request body is larger than this sidecar's limit of {max} bytes (--max-body-bytes)"),
+        ),
+        "body_too_large",
     )
-    .into_response()
+}
+
+fn refused(e: ApiError, reason: &'static str) -> Response {
+    let mut resp = e.into_response();
+    resp.extensions_mut().insert(Refused(reason));
+    resp
+}
+
+/// Why a body could not be read whole.
+enum Unread {
+    TooLarge,
+    Incomplete,
+    Budget(crate::budget::Exhausted),
+}
+
+/// Reads `body` whole, at most `max` bytes, reserving each under the budget.
+async fn collect<B>(body: B, max: usize, held: &mut Reservation) -> Result<Bytes, Unread>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| Unread::Incomplete)?.into_data() else {
+            continue;
+        };
+        if held.bytes() + data.len() > max {
+            return Err(Unread::TooLarge);
+        }
+        held.grow(data.len()).map_err(Unread::Budget)?;
+        // A body in one frame (the common case) is kept as it came, without a copy.
+        match &first {
+            None if more.is_empty() => first = Some(data),
+            _ => {
+                if let Some(f) = first.take() {
+                    more.extend_from_slice(&f);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| more.freeze()))
 }
 
 impl<S, B> Service<Request<B>> for BodyLimit<S>
@@ -55,7 +117,6 @@ where
     S: Service<Request<Bytes>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Response;
     type Error = Infallible;
@@ -70,6 +131,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let max = self.max;
+        let mut held = self.budget.reservation();
         Box::pin(async move {
             let declared = req
                 .headers()
@@ -80,18 +142,76 @@ where
                 return Ok(too_large(max));
             }
             let (parts, body) = req.into_parts();
-            let bytes = match Limited::new(body, max).collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(e) if e.is::<LengthLimitError>() => return Ok(too_large(max)),
-                Err(_) => {
-                    return Ok(ApiError::invalid(
+            let read = tokio::time::timeout(BODY_TIMEOUT, collect(body, max, &mut held));
+            let bytes = match read.await {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(Unread::TooLarge)) => return Ok(too_large(max)),
+                Ok(Err(Unread::Incomplete)) => {
+                    return Ok(refused(
+                        ApiError::invalid("incomplete_body", "the request body could not be read completely"),
                         "incomplete_body",
-                        "the request body could not be read completely",
-                    )
-                    .into_response());
+                    ));
+                }
+                Ok(Err(Unread::Budget(e))) => {
+                    return Ok(refused(
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "server_error",
+                            "buffer_budget_exhausted",
+                            e.to_string(),
+                        ),
+                        "buffer_budget",
+                    ));
+                }
+                Err(_) => {
+                    let why = format!(
+                        "the request body did not arrive whole within {}s",
+                        BODY_TIMEOUT.as_secs()
+                    );
+                    return Ok(refused(
+                        ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "invalid_request_error",
+                            "body_timeout",
+                            why,
+                        ),
+                        "body_timeout",
+                    ));
                 }
             };
-            inner.call(Request::from_parts(parts, bytes)).await
+            let resp = inner.call(Request::from_parts(parts, bytes)).await?;
+            if held.bytes() == 0 {
+                return Ok(resp);
+            }
+            // The body stays reserved until the answer is done: the proxy may replay it
+            // until then.
+            Ok(resp.map(|body| Body::new(Holding { body, _held: held })))
         })
+    }
+}
+
+/// An answer that keeps its request's body reserved until it is done.
+struct Holding {
+    body: Body,
+    _held: Reservation,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -1,16 +1,20 @@
 //! Outermost layer: gives every request an id and makes sure every response — including
 //! errors produced by any inner layer — carries `x-detour-request-id` and the other
-//! `x-detour-*` response headers (with `none`/`0` when no target was involved).
+//! `x-detour-*` response headers (with `none`/`0` when no target was involved). A response an
+//! inner layer marked [`Refused`] (a request refused before routing: malformed, over a limit)
+//! is counted in `detour_refused_requests_total` and gets an audit line.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, StatusCode};
 use tower::{Layer, Service};
 
+use crate::audit::{AuditRecord, now_ms};
 use crate::body::Response;
-use crate::proxy::{H_FALLBACK_COUNT, H_PROVIDER, H_REQUEST_ID, H_TARGET};
+use crate::proxy::{H_FALLBACK_COUNT, H_PROVIDER, H_REQUEST_ID, H_TARGET, Shared};
 
 /// The request's id, in the request's extensions.
 #[derive(Clone, Debug)]
@@ -18,7 +22,7 @@ pub struct RequestId(pub String);
 
 impl RequestId {
     /// 128 random bits as 32 lowercase hex digits.
-    fn generate() -> Self {
+    pub fn generate() -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut bits = fastrand::u128(..);
         let mut id = [0u8; 32];
@@ -30,20 +34,71 @@ impl RequestId {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RequestIdLayer;
+/// Marks a response as a refusal before routing; the value is the reason (a metric label).
+#[derive(Clone, Copy, Debug)]
+pub struct Refused(pub &'static str);
+
+/// Counts a refusal and writes its audit line.
+pub fn record_refusal(shared: &Shared, id: &str, endpoint: &'static str, status: StatusCode, reason: &str) {
+    shared.metrics.refused.with_label_values(&[reason]).inc();
+    shared.audit.write(AuditRecord {
+        ts_ms: now_ms(),
+        request_id: id.to_owned(),
+        endpoint,
+        route: None,
+        rule: None,
+        score: None,
+        stream: false,
+        target: None,
+        provider: None,
+        fallback_count: 0,
+        attempts: Vec::new(),
+        skipped: Vec::new(),
+        status: status.as_u16(),
+        outcome: "refused",
+        latency_ms: 0.0,
+        overhead_us: 0,
+        stream_error: None,
+    });
+}
+
+/// The endpoint named in audit lines for a request path.
+fn endpoint_of(path: &str) -> &'static str {
+    match path.trim_end_matches('/') {
+        "/v1/chat/completions" => "chat/completions",
+        "/v1/completions" => "completions",
+        "/v1/embeddings" => "embeddings",
+        "/v1/models" => "models",
+        _ => "none",
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestIdLayer {
+    shared: Arc<Shared>,
+}
+
+impl RequestIdLayer {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
 
 impl<S> Layer<S> for RequestIdLayer {
     type Service = RequestIdService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestIdService { inner }
+        RequestIdService {
+            inner,
+            shared: self.shared.clone(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct RequestIdService<S> {
     inner: S,
+    shared: Arc<Shared>,
 }
 
 impl<S, B> Service<Request<B>> for RequestIdService<S>
@@ -62,10 +117,16 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = RequestId::generate();
         let value = HeaderValue::from_str(&id.0).ok();
+        let endpoint = endpoint_of(req.uri().path());
+        let shared = self.shared.clone();
         req.extensions_mut().insert(id);
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
+            if let Some(Refused(reason)) = resp.extensions().get::<Refused>().copied() {
+                let id = value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default();
+                record_refusal(&shared, id, endpoint, resp.status(), reason);
+            }
             let h = resp.headers_mut();
             if let Some(v) = value {
                 h.insert(H_REQUEST_ID, v);

@@ -309,6 +309,16 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// Starts a sidecar on `source` (already written).
 pub async fn start_with(source: Source, dir: tempfile::TempDir, max_body: usize) -> Sidecar {
+    start_with_limits(source, dir, max_body, detour_sidecar::conn::Limits::default()).await
+}
+
+/// [`start_with`], with the API listener's connection limits.
+pub async fn start_with_limits(
+    source: Source,
+    dir: tempfile::TempDir,
+    max_body: usize,
+    limits: detour_sidecar::conn::Limits,
+) -> Sidecar {
     let initial = config::load(&source).ok();
     let (tx, rx) = mpsc::unbounded_channel();
     let opts = Options {
@@ -320,6 +330,8 @@ pub async fn start_with(source: Source, dir: tempfile::TempDir, max_body: usize)
         drain_timeout: Duration::from_secs(5),
         upstream_ca: None,
         upstream_max_idle: detour_sidecar::providers::client::MAX_IDLE_PER_ORIGIN,
+        limits,
+        max_buffered_bytes: 64 * 1024 * 1024,
     };
     let running = server::start(opts, Audit::with_tap(false, tx), initial)
         .await
@@ -340,13 +352,22 @@ pub async fn start(yaml: &str) -> Sidecar {
 }
 
 pub async fn start_limited(yaml: &str, max_body: usize) -> Sidecar {
+    start_with_conn_limits(yaml, max_body, detour_sidecar::conn::Limits::default()).await
+}
+
+/// A sidecar on standalone YAML with the given body limit and connection limits.
+pub async fn start_with_conn_limits(
+    yaml: &str,
+    max_body: usize,
+    limits: detour_sidecar::conn::Limits,
+) -> Sidecar {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
     std::fs::write(&path, yaml).unwrap();
     if let Err(e) = config::load(&Source::Yaml(path.clone())) {
         panic!("test routes do not compile: {e}");
     }
-    start_with(Source::Yaml(path), dir, max_body).await
+    start_with_limits(Source::Yaml(path), dir, max_body, limits).await
 }
 
 /// A response, read whole.

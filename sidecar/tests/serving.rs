@@ -1,0 +1,498 @@
+//! The app-facing server, black-box: HTTP/1.1 byte for byte (pipelining, chunked and
+//! `Expect: 100-continue` request bodies, HTTP/1.0 clients, `HEAD`, malformed heads, `Host`),
+//! and over both HTTP/1.1 and h2c the limits: body size (413 with a lingering close), idle and
+//! write timeouts, the connection cap, refusals counted and audited — against the running
+//! sidecar with an in-process `mock` route.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+#[expect(dead_code, reason = "shared test support; this file uses part of it")]
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use detour_sidecar::conn::Limits;
+use http::{Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use support::{Sidecar, metric, start, start_limited, start_with_conn_limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ROUTES: &str = r#"apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: m}
+spec:
+  model: mock/m
+  targets:
+    - {name: t, provider: mock, model: up, mock: {reply: "one two three"}}
+"#;
+
+const CHAT: &str = r#"{"model":"mock/m","messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM: &str = r#"{"model":"mock/m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn post(body: &str, extra: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+/// Writes `request` and reads until the server closes the connection.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_to_close(&mut s).await
+}
+
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status codes of the status lines in `text`, in order.
+fn statuses(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12))
+        .filter(|code| code.bytes().all(|b| b.is_ascii_digit()))
+        .collect()
+}
+
+async fn sidecar() -> Sidecar {
+    start(ROUTES).await
+}
+
+/// Requests sent back to back on one connection are all answered, in order; the last one's
+/// `connection: close` closes it.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let sc = sidecar().await;
+    let requests = [
+        post(CHAT, ""),
+        "GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(),
+        post(r#"{"model":"nope"}"#, ""),
+        post(CHAT, "connection: close\r\n"),
+    ]
+    .concat();
+    let text = exchange(sc.addr, requests.as_bytes()).await;
+    assert_eq!(statuses(&text), ["200", "200", "404", "200"], "{text}");
+    assert_eq!(text.matches("one two three").count(), 2, "{text}");
+    assert!(text.contains("\"mock/m\""), "{text}");
+    assert_eq!(text.matches("connection: close").count(), 1, "{text}");
+    sc.stop().await;
+}
+
+/// A chunked request body (with an extension and a trailer, cut across writes) is read
+/// whole, and the connection serves the next request.
+#[tokio::test]
+async fn chunked_request_bodies_are_read() {
+    let sc = sidecar().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let (a, b) = CHAT.split_at(20);
+    let pieces = [
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_owned(),
+        format!("{:x};ext=1\r\n{a}\r\n", a.len()),
+        format!("{:x}\r\n{b}", b.len()),
+        "\r\n0\r\nx-trailer: t\r\n\r\n".to_owned(),
+        post(CHAT, "connection: close\r\n"),
+    ];
+    for p in pieces {
+        s.write_all(p.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let text = read_to_close(&mut s).await;
+    assert_eq!(statuses(&text), ["200", "200"], "{text}");
+    assert_eq!(text.matches("one two three").count(), 2, "{text}");
+    sc.stop().await;
+}
+
+/// `Expect: 100-continue` gets its interim answer before the body is sent.
+#[tokio::test]
+async fn expect_continue_is_answered_before_the_body() {
+    let sc = sidecar().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        CHAT.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut interim))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(CHAT.as_bytes()).await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    sc.stop().await;
+}
+
+/// Over HTTP/1.1, a declared length over the limit gets its 413 before the body is read, and
+/// the connection then closes; the body can be sent whole meanwhile (the sidecar reads and
+/// discards it before closing, so the client reads the 413 instead of a reset).
+#[tokio::test]
+async fn an_early_413_is_read_by_a_client_still_sending() {
+    let sc = start_limited(ROUTES, 1000).await;
+    for _ in 0..5 {
+        let body = vec![b'x'; 4 * 1024 * 1024];
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut s = TcpStream::connect(sc.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        // Write the whole body before reading anything, as Node's clients do.
+        let _ = s.write_all(&body).await;
+        let text = read_to_close(&mut s).await;
+        assert_eq!(statuses(&text), ["413"], "{text}");
+        assert!(
+            text.contains("request_too_large") && text.contains("x-detour-request-id: "),
+            "{text}"
+        );
+    }
+    sc.stop().await;
+}
+
+/// Requests hyper cannot read safely are answered 400 (431 for a head over the limits) and
+/// the connection closes; each is counted as refused.
+#[tokio::test]
+async fn malformed_requests_are_refused_and_the_connection_closes() {
+    let sc = sidecar().await;
+    let cases = [
+        ("GARBAGE\r\n\r\n".to_owned(), "400"),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n".to_owned(),
+            "400",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"
+                .to_owned(),
+            "400",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"
+                .to_owned(),
+            "400",
+        ),
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+                "v".repeat(70_000)
+            ),
+            "431",
+        ),
+    ];
+    for (request, status) in &cases {
+        let text = exchange(sc.addr, request.as_bytes()).await;
+        assert_eq!(statuses(&text), [*status], "{request:.80}: {text}");
+    }
+    let m = sc.metrics().await;
+    let refused = metric(&m, r#"detour_refused_requests_total{reason="bad_http_request"}"#)
+        + metric(&m, r#"detour_refused_requests_total{reason="head_too_large"}"#)
+        + metric(&m, r#"detour_refused_requests_total{reason="incomplete_body"}"#);
+    assert_eq!(refused, cases.len() as f64, "{m}");
+    sc.stop().await;
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or with two, is answered 400 with a
+/// request id, counted and audited; HTTP/1.0 needs none.
+#[tokio::test]
+async fn host_is_required_once() {
+    let mut sc = sidecar().await;
+    for request in [
+        "GET /v1/models HTTP/1.1\r\nconnection: close\r\n\r\n",
+        "GET /v1/models HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+        "GET /v1/models HTTP/1.1\r\nhost: a b\r\nconnection: close\r\n\r\n",
+    ] {
+        let text = exchange(sc.addr, request.as_bytes()).await;
+        assert_eq!(statuses(&text), ["400"], "{text}");
+        assert!(
+            text.contains("bad_host") && text.contains("x-detour-request-id: "),
+            "{text}"
+        );
+        let rec = sc.audit.recv().await.unwrap();
+        assert_eq!(
+            (rec.outcome, rec.status, rec.endpoint),
+            ("refused", 400, "models")
+        );
+    }
+    let text = exchange(sc.addr, b"GET /v1/models HTTP/1.0\r\n\r\n").await;
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, r#"detour_refused_requests_total{reason="bad_host"}"#),
+        3.0,
+        "{m}"
+    );
+    sc.stop().await;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Proto {
+    H1,
+    H2c,
+}
+
+const BOTH: [Proto; 2] = [Proto::H1, Proto::H2c];
+
+type Sent = BoxBody<Bytes, Infallible>;
+
+fn client(proto: Proto) -> Client<HttpConnector, Sent> {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.http2_only(proto == Proto::H2c);
+    b.build_http()
+}
+
+/// A body sent in `pieces` frames of `size` bytes, with no declared length.
+fn streamed(pieces: usize, size: usize) -> Sent {
+    let frames = (0..pieces).map(move |_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; size]))));
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+fn full(body: impl Into<Bytes>) -> Sent {
+    Full::new(body.into()).boxed()
+}
+
+struct Got {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Result<Bytes, String>,
+}
+
+async fn send(proto: Proto, addr: SocketAddr, method: &str, path: &str, body: Sent) -> Got {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client(proto).request(req))
+        .await
+        .expect("answered in time")
+        .unwrap_or_else(|e| panic!("{proto:?}: {e:?}"));
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("body in time")
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("{e:?}"));
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Over both protocols: a body over the limit — declared or streamed past it — gets 413 in
+/// OpenAI's error shape with a request id, an audit line and a count; one within it is served.
+#[tokio::test]
+async fn oversized_bodies_get_413_over_both_protocols() {
+    let mut sc = start_limited(ROUTES, 100).await;
+    for proto in BOTH {
+        let got = send(
+            proto,
+            sc.addr,
+            "POST",
+            "/v1/chat/completions",
+            full(vec![b'x'; 1000]),
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::PAYLOAD_TOO_LARGE, "{proto:?}");
+        assert!(got.headers.contains_key("x-detour-request-id"), "{proto:?}");
+        let text = String::from_utf8_lossy(got.body.as_ref().unwrap()).into_owned();
+        assert!(text.contains("request_too_large"), "{proto:?}: {text}");
+        let rec = sc.audit.recv().await.unwrap();
+        assert_eq!((rec.outcome, rec.status), ("refused", 413), "{proto:?}");
+
+        let got = send(proto, sc.addr, "POST", "/v1/chat/completions", streamed(3, 60)).await;
+        assert_eq!(got.status, StatusCode::PAYLOAD_TOO_LARGE, "{proto:?}");
+
+        let got = send(proto, sc.addr, "POST", "/v1/chat/completions", full(CHAT)).await;
+        assert_eq!(got.status, StatusCode::OK, "{proto:?}");
+    }
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, r#"detour_refused_requests_total{reason="body_too_large"}"#),
+        4.0,
+        "{m}"
+    );
+    sc.stop().await;
+}
+
+/// Over both protocols: a stream is delivered whole, `HEAD` gets a head only, and an
+/// unknown path is a 404 with a request id.
+#[tokio::test]
+async fn streams_head_and_errors_over_both_protocols() {
+    let sc = sidecar().await;
+    for proto in BOTH {
+        let got = send(proto, sc.addr, "POST", "/v1/chat/completions", full(STREAM)).await;
+        assert_eq!(got.status, StatusCode::OK, "{proto:?}");
+        let text = String::from_utf8_lossy(got.body.as_ref().unwrap()).into_owned();
+        assert!(text.contains("data: [DONE]"), "{proto:?}: {text}");
+
+        // An error answer has a body, but not to `HEAD`.
+        let got = send(proto, sc.addr, "HEAD", "/v1/models", full("")).await;
+        assert_eq!(got.status, StatusCode::METHOD_NOT_ALLOWED, "{proto:?}");
+        assert!(got.body.unwrap().is_empty(), "{proto:?}");
+
+        let got = send(proto, sc.addr, "GET", "/nope", full("")).await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "{proto:?}");
+        assert!(got.headers.contains_key("x-detour-request-id"), "{proto:?}");
+    }
+    sc.stop().await;
+}
+
+fn limits(idle_ms: u64, write_ms: u64, max_connections: usize) -> Limits {
+    Limits {
+        max_connections,
+        idle: Duration::from_millis(idle_ms),
+        write: Duration::from_millis(write_ms),
+        linger: Duration::from_millis(500),
+    }
+}
+
+/// Whether the server closes `s` within `within` (EOF or reset), reading what it sends.
+async fn closes_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.is_ok()
+}
+
+/// A connection with no request in flight is closed after the idle timeout, whether it
+/// never sent anything, stopped mid-head, sent only an HTTP/2 preface, or is an idle
+/// keep-alive connection after an answer.
+#[tokio::test]
+async fn idle_connections_are_closed_on_one_clock() {
+    let sc = start_with_conn_limits(ROUTES, 1 << 20, limits(300, 5_000, 100)).await;
+    let openings: [&[u8]; 4] = [
+        b"",
+        b"GET /v1/mod",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n",
+    ];
+    for opening in openings {
+        let mut s = TcpStream::connect(sc.addr).await.unwrap();
+        s.write_all(opening).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(
+            closes_within(&mut s, Duration::from_secs(5)).await,
+            "{:?} stays open",
+            String::from_utf8_lossy(opening)
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "closed too early"
+        );
+    }
+    sc.stop().await;
+}
+
+/// A client that sends a request and never reads its (large) answer is disconnected after
+/// the write timeout, and its connection no longer counts as open.
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped() {
+    let big = "word ".repeat(8 * 1024 * 1024);
+    let routes = ROUTES.replace("one two three", &big);
+    let sc = start_with_conn_limits(&routes, 1 << 20, limits(60_000, 300, 100)).await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(post(CHAT, "").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::wait_for("the connection is dropped", async || {
+        metric(&sc.metrics().await, "detour_open_connections") <= 1.0
+    })
+    .await;
+    // What arrived is less than the answer: the transfer was cut.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(got.len() < big.len(), "{} bytes arrived", got.len());
+    sc.stop().await;
+}
+
+/// At the connection cap a new connection is not served until one closes; the admin
+/// listener keeps answering meanwhile.
+#[tokio::test]
+async fn the_connection_cap_holds_new_connections_back() {
+    let sc = start_with_conn_limits(ROUTES, 1 << 20, limits(60_000, 5_000, 2)).await;
+    let first = TcpStream::connect(sc.addr).await.unwrap();
+    let _second = TcpStream::connect(sc.addr).await.unwrap();
+    let mut third = TcpStream::connect(sc.addr).await.unwrap();
+    third
+        .write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    // A cancelled read consumes nothing.
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte)).await;
+    assert!(early.is_err(), "served over the cap");
+    let m = sc.metrics().await;
+    assert!(m.contains("detour_open_connections"), "{m}");
+    drop(first);
+    let text = read_to_close(&mut third).await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    sc.stop().await;
+}
+
+/// An HTTP/1.0 client gets its answer and the connection closes; a stream, which has no
+/// length, runs to the close instead of being chunked.
+#[tokio::test]
+async fn http_1_0_clients_are_answered_without_chunking() {
+    let sc = sidecar().await;
+    let req = |body: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.0\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let text = exchange(sc.addr, req(CHAT).as_bytes()).await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    assert!(text.contains("one two three"), "{text}");
+
+    let text = exchange(sc.addr, req(STREAM).as_bytes()).await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(text.contains("data: [DONE]"), "{text}");
+    sc.stop().await;
+}
+
+/// An answer to `HEAD` has a head only: the next request on the connection is read right.
+#[tokio::test]
+async fn head_requests_get_no_body() {
+    let sc = sidecar().await;
+    let requests = "HEAD /v1/models HTTP/1.1\r\nhost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let text = exchange(sc.addr, requests.as_bytes()).await;
+    let codes = statuses(&text);
+    assert_eq!(codes.len(), 2, "{text}");
+    assert_eq!(codes[1], "200", "{text}");
+    let first_head_end = text.find("\r\n\r\n").unwrap() + 4;
+    assert!(
+        text[first_head_end..].starts_with("HTTP/1.1 "),
+        "no body after the first head: {text}"
+    );
+    sc.stop().await;
+}
