@@ -41,6 +41,10 @@ SCHEDULE = [
     ("hang", 0.14), ("reset", 0.12), ("slow", 0.08), ("ok", 0.14),
 ]
 OUTAGES = {"5xx", "429", "hang", "reset"}
+# The sidecar sends plain requests to streaming-capable targets as streams and assembles the
+# answer; the fake's streams then come as fast as its plain answers (no pause between
+# events), so the soak measures failover under load, not a scripted generation speed.
+UNPACED = "interval_ms=0"
 
 ROUTES = """
 apiVersion: detour.dev/v1alpha1
@@ -100,6 +104,7 @@ def run(duration, rate, workdir, sidecar_bin, upstream_bin, hey_bin):
         line = upstream.stdout.readline().decode()
         assert line.startswith("listening on "), line
         up = "http://" + line.split()[-1]
+        urllib.request.urlopen(urllib.request.Request(f"{up}/_control/b/ok?{UNPACED}", method="PUT"), timeout=2).close()
 
         routes = workdir / "routes.yaml"
         routes.write_text(ROUTES.format(base=up))
@@ -131,7 +136,7 @@ def run(duration, rate, workdir, sidecar_bin, upstream_bin, hey_bin):
         def scheduler():
             start = 0.0
             for mode, share in SCHEDULE:
-                req = urllib.request.Request(f"{up}/_control/a/{mode}", method="PUT")
+                req = urllib.request.Request(f"{up}/_control/a/{mode}?{UNPACED}", method="PUT")
                 urllib.request.urlopen(req, timeout=2).close()
                 begin = time.monotonic() - t0
                 length = duration * share
