@@ -380,7 +380,8 @@ fn answer(
     let text: String = (0..chunks).map(|i| piece(stub, i)).collect();
     let body = serde_json::json!({
         "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
     });
     let (end, broken) = match script.mode.as_str() {
@@ -460,7 +461,8 @@ fn sse(script: &Script, stub: &str, model: &str, include_usage: bool, guard: End
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         event(&serde_json::json!({
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+            "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
         }))
     };
     let mut steps = Vec::new();
@@ -492,7 +494,7 @@ fn sse(script: &Script, stub: &str, model: &str, include_usage: bool, guard: End
             }
         }
         let delta = if i == 0 {
-            serde_json::json!({"role": "assistant", "content": piece(stub, i)})
+            serde_json::json!({"role": "assistant", "content": piece(stub, i), "refusal": null})
         } else {
             serde_json::json!({"content": piece(stub, i)})
         };
@@ -505,7 +507,7 @@ fn sse(script: &Script, stub: &str, model: &str, include_usage: bool, guard: End
         if include_usage || script.num("usage", 0) == 1 {
             steps.push(event(&serde_json::json!({
                 "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
-                "choices": [],
+                "system_fingerprint": "fp_fake", "choices": [],
                 "usage": {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
             })));
         }
