@@ -207,7 +207,8 @@ fn refused_by_hyper(shared: &Shared, e: &(dyn std::error::Error + 'static)) {
 async fn linger(mut tcp: TcpStream, limit: Duration) {
     let _ = tcp.shutdown().await;
     let deadline = Instant::now() + limit;
-    let mut sink = [0u8; 4096];
+    // On the heap, and only while lingering: an idle connection's task stays small.
+    let mut sink = vec![0u8; 4096];
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tcp.read(&mut sink)).await {
         if n == 0 {
             break;

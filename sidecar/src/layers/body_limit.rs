@@ -215,3 +215,72 @@ impl http_body::Body for Holding {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::{Ready, ready};
+
+    use http_body_util::Full;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Echoes the body it was given.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<Request<Bytes>> for Echo {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Ready<Result<Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+            ready(Ok(http::Response::new(crate::body::full(req.into_body()))))
+        }
+    }
+
+    fn post(body: &'static [u8]) -> Request<Full<Bytes>> {
+        Request::new(Full::new(Bytes::from_static(body)))
+    }
+
+    /// A body is reserved under the budget until its answer is dropped; a body that does not
+    /// fit in what is left gets 503 `buffer_budget_exhausted`, marked as a refusal.
+    #[tokio::test]
+    async fn bodies_are_held_under_the_budget_until_answered() {
+        let budget = Budget::new(10);
+        let svc = BodyLimitLayer::new(100, budget.clone()).layer(Echo);
+        let first = svc.clone().oneshot(post(b"123456")).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(budget.used(), 6);
+
+        let refused = svc.clone().oneshot(post(b"12345")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(
+            refused.extensions().get::<Refused>(),
+            Some(Refused("buffer_budget"))
+        ));
+        let text = refused.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&text).contains("buffer_budget_exhausted"));
+        assert_eq!(budget.used(), 6, "a refused body holds nothing");
+
+        let echoed = first.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&echoed[..], b"123456");
+        assert_eq!(budget.used(), 0, "given back once the answer is done");
+        let again = svc.oneshot(post(b"12345")).await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+    }
+
+    /// Over the limit, declared or not: 413, and nothing stays reserved.
+    #[tokio::test]
+    async fn oversized_bodies_reserve_nothing() {
+        let budget = Budget::new(1000);
+        let svc = BodyLimitLayer::new(4, budget.clone()).layer(Echo);
+        let resp = svc.oneshot(post(b"12345")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(budget.used(), 0);
+    }
+}
