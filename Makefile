@@ -10,11 +10,11 @@ test:      ## the whole suite: installs what it needs, fmt, clippy, CRD drift, R
 lint:      ## formatting, clippy, licences and CRD drift only
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
-	python3 scripts/check-licenses
+	PATH="$${DETOUR_TOOLS:-$$HOME/.cache/detour/tools}/bin:$$PATH" cargo deny --locked check licenses bans sources
 	cargo run -q --locked -p detour-operator --bin crdgen -- --check
 
 generate:  ## regenerate crds/ and charts/detour/crds/ from the Rust types
 	cargo run -q --locked -p detour-operator --bin crdgen
 
-licenses:
-	python3 scripts/check-licenses
+licenses:  ## licences, duplicate and banned crates, sources (cargo-deny; scripts/install-test-deps installs it)
+	PATH="$${DETOUR_TOOLS:-$$HOME/.cache/detour/tools}/bin:$$PATH" cargo deny --locked check licenses bans sources
