@@ -733,3 +733,81 @@ async fn http2_is_used_when_the_upstream_offers_it() {
         "one HTTP/2 connection carries them all"
     );
 }
+
+/// The sidecar binary reads the proxy from the environment as curl does, lower-case names
+/// included: with only `http_proxy` set, a plain-HTTP target's request goes to the proxy in
+/// absolute form.
+#[tokio::test]
+async fn the_binary_takes_its_proxy_from_lower_case_environment_variables() {
+    let fake_proxy = Upstream::start(vec![], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        "apiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: m}\nspec:\n  model: m\n  targets:\n    - {name: t, provider: openai-compatible, model: up, endpoint: \"http://api.example.test:8080/v1\"}\n",
+    )
+    .unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, admin) = (free(), free());
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_detour-sidecar"));
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "https_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "REQUEST_METHOD",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .env(
+            "http_proxy",
+            format!("http://127.0.0.1:{}", fake_proxy.addr.port()),
+        )
+        .args(["--routes", routes.to_str().unwrap()])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut sent = false;
+    for _ in 0..200 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            s.write_all(request.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sent, "the sidecar did not start");
+    let heads = fake_proxy.heads.lock().unwrap().clone();
+    assert!(
+        heads.first().is_some_and(
+            |h| h.starts_with("post http://api.example.test:8080/v1/chat/completions http/1.1\r\n")
+        ),
+        "{heads:?}"
+    );
+    child.kill().await.unwrap();
+}
