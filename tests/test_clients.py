@@ -112,11 +112,12 @@ CLIENTS = {"python": python_call, "node": node_call}
 @pytest.mark.parametrize("client", sorted(CLIENTS))
 def test_client_sees_a_normal_completion_when_the_primary_fails(env, client, mode, stream):
     """Whatever way the primary fails before its first byte, the client gets the backup's
-    normal completion under the route's model id, and the headers say a fallback happened."""
+    normal completion under the backup's model (the model that served), and the headers say a
+    fallback happened."""
     out = CLIENTS[client](env, f"m/{mode}", stream)
     assert out["error"] is None, out
     assert out["content"] == "hello from ok", out
-    assert out["model"] == f"m/{mode}", out
+    assert out["model"] == "up-backup", out
     assert out["headers"].get("x-detour-target") == "backup", out
     assert out["headers"].get("x-detour-fallback-count") == "1", out
     assert out["headers"].get("x-detour-provider") == "openai-compatible", out

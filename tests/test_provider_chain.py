@@ -340,14 +340,16 @@ def assert_clean(fakes):
 
 def test_openai_down_anthropic_serves(chain):
     """openai answers 503; anthropic's answer reaches the openai client as a normal
-    chat.completion under the route's model, with the provider named in the headers."""
+    chat.completion under the model that served (the route's id in x-detour-route), with the
+    provider named in the headers."""
     client, fakes, _ = chain
     raw = client.chat.completions.with_raw_response.create(
         model="chain/anthropic", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
     c = raw.parse()
     assert c.choices[0].message.content == "Hello from anthropic"
     assert c.choices[0].finish_reason == "stop"
-    assert c.model == "chain/anthropic"
+    assert c.model == "claude-x"
+    assert raw.headers["x-detour-route"] == "chain/anthropic"
     assert c.usage.total_tokens == 8
     assert raw.headers["x-detour-provider"] == "anthropic"
     assert raw.headers["x-detour-fallback-count"] == "1"
@@ -366,7 +368,7 @@ def test_openai_down_anthropic_streams(chain):
     assert text == "Hello from anthropic"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.total_tokens == 8
-    assert all(c.model == "chain/anthropic" for c in chunks)
+    assert all(c.model == "claude-x" for c in chunks)
     assert_clean(fakes)
 
 
@@ -378,7 +380,7 @@ def test_openai_and_anthropic_down_bedrock_serves(chain):
         model="chain/bedrock", messages=[{"role": "user", "content": "hi"}], max_tokens=50)
     c = raw.parse()
     assert c.choices[0].message.content == "Hello from bedrock"
-    assert c.model == "chain/bedrock"
+    assert c.model == BEDROCK_MODEL
     assert c.usage.prompt_tokens == 5 and c.usage.completion_tokens == 3
     assert raw.headers["x-detour-provider"] == "bedrock"
     assert raw.headers["x-detour-fallback-count"] == "2"

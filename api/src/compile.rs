@@ -26,14 +26,14 @@ use std::fmt;
 use kube::ResourceExt;
 
 use crate::crd::{
-    CredentialsSpec, ModelRoute, Provider, RetryOn, RoutingPolicy, RoutingPolicySpec, RuleSpec, Strategy,
-    TargetSpec,
+    CredentialsSpec, ModelRoute, Provider, ResponseModel, RetryOn, RoutingPolicy, RoutingPolicySpec,
+    RuleSpec, Strategy, TargetSpec,
 };
 use crate::defaults;
 use crate::duration::parse_ms;
 use crate::table::{
     self, Condition, Cost, CredentialSource, Credentials, Excluded, Health, Match, Mock, ObjectRef,
-    Overrides, Policy, Retry, Route, RouteTable, Scoring, Target, Timeouts, WebIdentity,
+    Overrides, Policy, Retry, Route, RouteTable, Scoring, Streaming, Target, Timeouts, WebIdentity,
 };
 
 /// Where the compiled table will be served, which decides how credentials resolve.
@@ -1035,6 +1035,17 @@ fn duration(
     }
 }
 
+/// A retry class as users write it.
+const fn retry_on_name(class: RetryOn) -> &'static str {
+    match class {
+        RetryOn::ServerError => "5xx",
+        RetryOn::RateLimited => "429",
+        RetryOn::Timeout => "timeout",
+        RetryOn::ConnectError => "connect-error",
+        RetryOn::ContentFilter => "content-filter",
+    }
+}
+
 fn ratio(value: Option<f64>, default: f64, field: &str, key: &ObjectKey, diags: &mut Diags) -> f64 {
     match value {
         None => default,
@@ -1154,6 +1165,51 @@ fn resolve_policy(
         key,
         diags,
     );
+    let stream_idle = duration(
+        timeouts.stream_idle.as_deref(),
+        d.timeouts.stream_idle_ms,
+        "spec.timeouts.streamIdle",
+        key,
+        diags,
+    );
+    let max_wait = duration(
+        retry.rate_limit.as_ref().and_then(|r| r.max_wait.as_deref()),
+        d.retry.rate_limit_max_wait_ms,
+        "spec.retry.rateLimit.maxWait",
+        key,
+        diags,
+    );
+    let same_target = match &retry.same_target {
+        None => d.retry.same_target.clone(),
+        Some(list) => {
+            let set: BTreeSet<RetryOn> = list.iter().copied().collect();
+            if set.len() != list.len() {
+                diags.error(
+                    key,
+                    "spec.retry.sameTarget",
+                    Reason::InvalidSpec,
+                    "lists a class twice; list each at most once".to_owned(),
+                );
+            }
+            for class in &set {
+                if !matches!(
+                    class,
+                    RetryOn::ServerError | RetryOn::ConnectError | RetryOn::Timeout
+                ) {
+                    diags.error(
+                        key,
+                        "spec.retry.sameTarget",
+                        Reason::InvalidSpec,
+                        format!(
+                            "{} cannot be retried on the same target; use 5xx, connect-error or timeout (429 waits are set by retry.rateLimit.maxWait)",
+                            retry_on_name(*class)
+                        ),
+                    );
+                }
+            }
+            set.into_iter().collect()
+        }
+    };
     if let (Some(pa), Some(t)) = (per_attempt, total)
         && pa > t
     {
@@ -1182,6 +1238,7 @@ fn resolve_policy(
     for (field, v) in [
         ("spec.timeouts.perAttempt", per_attempt),
         ("spec.timeouts.total", total),
+        ("spec.timeouts.streamIdle", stream_idle),
     ] {
         if v == Some(0) {
             diags.error(
@@ -1199,13 +1256,29 @@ fn resolve_policy(
         key,
         diags,
     );
+    // Unset, it is the cooldown: growth on failed probes is opt-in.
     let max_cooldown = duration(
         health.max_cooldown.as_deref(),
-        d.health.max_cooldown_ms,
+        cooldown.unwrap_or(d.health.cooldown_ms),
         "spec.health.maxCooldown",
         key,
         diags,
     );
+    let probe_first_byte = duration(
+        health.probe_first_byte.as_deref(),
+        d.health.probe_first_byte_ms,
+        "spec.health.probeFirstByte",
+        key,
+        diags,
+    );
+    if probe_first_byte == Some(0) {
+        diags.error(
+            key,
+            "spec.health.probeFirstByte",
+            Reason::InvalidSpec,
+            "must be greater than 0".to_owned(),
+        );
+    }
     let max_cooldown = match (cooldown, max_cooldown) {
         (Some(c), Some(m)) if c > m => {
             if health.max_cooldown.is_some() {
@@ -1291,10 +1364,13 @@ fn resolve_policy(
                 key,
                 diags,
             ),
+            same_target,
+            rate_limit_max_wait_ms: max_wait.unwrap_or_default(),
         },
         timeouts: Timeouts {
             per_attempt_ms: per_attempt.unwrap_or_default(),
             first_byte_ms: first_byte.unwrap_or_default(),
+            stream_idle_ms: stream_idle.unwrap_or_default(),
             total_ms: total.unwrap_or_default(),
         },
         health: Health {
@@ -1335,6 +1411,7 @@ fn resolve_policy(
                 key,
                 diags,
             ),
+            probe_first_byte_ms: probe_first_byte.unwrap_or_default(),
             latency_threshold_ms: latency.flatten(),
         },
         overrides: Overrides {
@@ -1348,8 +1425,30 @@ fn resolve_policy(
             complex_above,
             disabled: scoring.disabled.unwrap_or(false),
         },
-        expose_upstream_model: spec.expose_upstream_model.unwrap_or(false),
+        response_model: match (spec.response_model, spec.expose_upstream_model) {
+            (Some(m), _) => m,
+            (None, Some(true)) => ResponseModel::Upstream,
+            (None, Some(false)) => ResponseModel::Route,
+            (None, None) => d.response_model,
+        },
+        streaming: Streaming {
+            assemble: spec
+                .streaming
+                .as_ref()
+                .and_then(|s| s.assemble)
+                .unwrap_or(d.streaming.assemble),
+        },
     };
+    if let (Some(m), Some(expose)) = (spec.response_model, spec.expose_upstream_model)
+        && (m == ResponseModel::Upstream) != expose
+    {
+        diags.error(
+            key,
+            "spec.exposeUpstreamModel",
+            Reason::InvalidSpec,
+            "disagrees with responseModel; remove the deprecated exposeUpstreamModel".to_owned(),
+        );
+    }
     if diags.0.len() > before {
         return None;
     }
@@ -1417,6 +1516,33 @@ fn resolve_target(
         key,
         diags,
     );
+    let stream_idle = duration(
+        timeouts.stream_idle.as_deref(),
+        policy.timeouts.stream_idle_ms,
+        &format!("{at}.timeouts.streamIdle"),
+        key,
+        diags,
+    );
+    if stream_idle == Some(0) {
+        diags.error(
+            key,
+            format!("{at}.timeouts.streamIdle"),
+            Reason::InvalidSpec,
+            "must be greater than 0".to_owned(),
+        );
+    }
+    if let (Some(fb), Some(pa)) = (first_byte, per_attempt)
+        && timeouts.first_byte.is_some()
+        && timeouts.per_attempt.is_some()
+        && fb > pa
+    {
+        diags.error(
+            key,
+            format!("{at}.timeouts.firstByte"),
+            Reason::InvalidSpec,
+            format!("{fb}ms exceeds timeouts.perAttempt ({pa}ms)"),
+        );
+    }
     let mock = match (&t.mock, t.provider) {
         (m, Provider::Mock) => {
             let m = m.clone().unwrap_or_default();
@@ -1468,6 +1594,7 @@ fn resolve_target(
             .unwrap_or(policy.timeouts.per_attempt_ms)
             .min(policy.timeouts.total_ms),
         first_byte_ms: first_byte.unwrap_or(policy.timeouts.first_byte_ms),
+        stream_idle_ms: stream_idle.unwrap_or(policy.timeouts.stream_idle_ms),
         mock,
     })
 }

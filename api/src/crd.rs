@@ -129,7 +129,8 @@ pub struct TargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8))]
     pub capabilities: Option<Vec<Capability>>,
-    /// Overrides of the policy's per-attempt and first-byte timeouts for this target.
+    /// Overrides of the policy's per-attempt, first-byte and stream-idle timeouts for this
+    /// target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TargetTimeoutsSpec>,
     /// Behaviour of the `mock` provider (demo and tests only).
@@ -274,6 +275,12 @@ pub enum Capability {
 /// Per-target timeout overrides.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.firstByte) || !has(self.perAttempt) || duration(self.firstByte) <= duration(self.perAttempt)")
+        .message("timeouts.firstByte must not exceed timeouts.perAttempt"),
+    validation = Rule::new("!has(self.streamIdle) || duration(self.streamIdle) > duration('0s')")
+        .message("timeouts.streamIdle must be greater than 0"),
+)]
 pub struct TargetTimeoutsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
@@ -281,6 +288,9 @@ pub struct TargetTimeoutsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub first_byte: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub stream_idle: Option<String>,
 }
 
 /// The in-process `mock` provider's script: what it answers, in order, cycling.
@@ -355,6 +365,10 @@ pub struct ModelRouteStatus {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.responseModel) || !has(self.exposeUpstreamModel) || (self.responseModel == 'upstream') == self.exposeUpstreamModel")
+        .message("responseModel and the deprecated exposeUpstreamModel disagree; remove exposeUpstreamModel"),
+)]
 pub struct RoutingPolicySpec {
     /// How the first target is chosen. Default `priority` (the route's order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -375,13 +389,44 @@ pub struct RoutingPolicySpec {
     /// Thresholds of the cost/quality strategies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoring: Option<ScoringSpec>,
-    /// Return the upstream model's name in responses instead of the route's model id.
+    /// What the `model` of answers and stream chunks says: `upstream` (default: the model
+    /// the serving provider reported, so accounting is never wrong) or `route` (the route's
+    /// id, whichever target served). `x-detour-route` always carries the route's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_model: Option<ResponseModel>,
+    /// Deprecated: `true` is `responseModel: upstream`, `false` is `responseModel: route`.
+    /// Kept so existing policies still apply; `responseModel` wins when both are set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose_upstream_model: Option<bool>,
+    /// How non-streaming requests use streaming-capable targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<StreamingSpec>,
     /// The default policy: for the whole cluster in the operator's namespace, else for its own
     /// namespace. Two defaults in one scope is a `Conflict`, never a silent pick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<bool>,
+}
+
+/// What the `model` field of an answer names.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResponseModel {
+    /// The model the serving provider reported.
+    #[default]
+    Upstream,
+    /// The route's id (`spec.model`), whichever target served.
+    Route,
+}
+
+/// Streaming behaviour.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamingSpec {
+    /// Send non-streaming requests to targets with the `streaming` capability as streams and
+    /// assemble the answer, so `firstByte` and `streamIdle` bound them too and a hung provider
+    /// is left as fast as for a stream. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assemble: Option<bool>,
 }
 
 /// Target selection strategies.
@@ -427,6 +472,31 @@ pub struct RetrySpec {
     /// Retries on the same target, as a share of requests, so an outage never multiplies load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSpec>,
+    /// Which failure classes are retried on the same target (up to `attempts`) before moving
+    /// on; any other class moves to the next target at once. Default `5xx`, `connect-error`.
+    /// `timeout` is allowed by explicit opt-in; `429` is governed by `rateLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 3))]
+    #[x_kube(
+        validation = Rule::new("self.all(x, self.filter(y, y == x).size() == 1)").message("retry.sameTarget: each class at most once"),
+        validation = Rule::new("self.all(x, x in ['5xx', 'connect-error', 'timeout'])").message("retry.sameTarget: only 5xx, connect-error and timeout may be retried on the same target"),
+    )]
+    pub same_target: Option<Vec<RetryOn>>,
+    /// Waiting for a rate-limited provider when no other target can serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// What a request does when every target it may use is rate-limited.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// The longest a request waits, in total, for a `Retry-After` when no other target can
+    /// serve (the wait must also fit the deadline and the retry budget). `0s` never waits.
+    /// Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub max_wait: Option<String>,
 }
 
 /// Exponential backoff between attempts on the same target.
@@ -488,17 +558,26 @@ pub struct BudgetSpec {
         .message("timeouts.perAttempt must not exceed timeouts.total"),
     validation = Rule::new("!has(self.firstByte) || !has(self.perAttempt) || duration(self.firstByte) <= duration(self.perAttempt)")
         .message("timeouts.firstByte must not exceed timeouts.perAttempt"),
+    validation = Rule::new("!has(self.streamIdle) || duration(self.streamIdle) > duration('0s')")
+        .message("timeouts.streamIdle must be greater than 0"),
 )]
 pub struct TimeoutsSpec {
-    /// One attempt, from connect to the last byte. Default `30s`.
+    /// One non-streaming attempt, from connect to the last byte. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub per_attempt: Option<String>,
-    /// Time to the first response byte (headers, or the first SSE event). Default `15s`.
+    /// Time to a stream's first event (for a non-streaming request sent as a stream, too).
+    /// Default `15s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub first_byte: Option<String>,
-    /// The whole request, all attempts. Default `120s`.
+    /// The longest gap between two events of a stream once it is under way. Default `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub stream_idle: Option<String>,
+    /// Everything until the answer is committed: all attempts and backoffs. A stream already
+    /// sending is bounded only by `streamIdle` and the client's `x-detour-timeout-ms`.
+    /// Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub total: Option<String>,
@@ -523,10 +602,17 @@ pub struct HealthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub cooldown: Option<String>,
-    /// Repeated trips double the cooldown up to this. Default `5m`.
+    /// Repeated failed probes double the cooldown up to this. Default: `cooldown` (no growth,
+    /// so a recovered target serves again within one cooldown and one probe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub max_cooldown: Option<String>,
+    /// The first-byte bound of a half-open probe (a stream's, or a non-streaming request sent
+    /// as a stream), so probing a provider that is still silent costs the probing request
+    /// little before it fails over. Default `5s` (never more than the target's `firstByte`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub probe_first_byte: Option<String>,
     /// Live requests let through while half-open; all must succeed to close. Default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]

@@ -2,8 +2,8 @@
 //! route without any policy gets. Documented in `docs/reference.md`; changing one changes
 //! behaviour for every user who relied on it.
 
-use crate::crd::{RetryOn, Strategy};
-use crate::table::{Health, Overrides, Policy, Retry, Scoring, Timeouts};
+use crate::crd::{ResponseModel, RetryOn, Strategy};
+use crate::table::{Health, Overrides, Policy, Retry, Scoring, Streaming, Timeouts};
 
 /// Namespace of objects that name none (standalone files).
 pub const NAMESPACE: &str = "default";
@@ -40,11 +40,21 @@ pub fn policy() -> Policy {
             ],
             budget_ratio: 0.2,
             budget_min_per_second: 10,
+            // A timeout says the target is slow or silent now: the next target gets the rest
+            // of the deadline at once instead of the same target another `firstByte`.
+            same_target: vec![RetryOn::ServerError, RetryOn::ConnectError],
+            rate_limit_max_wait_ms: 10_000,
         },
+        // Sized for LLM calls (see docs/reference.md, "Deadlines"): a silent provider is left
+        // after `firstByte`; a stream under way is bounded only by the gap between events; a
+        // single non-streaming generation may take up to ten minutes, the official OpenAI
+        // clients' own default timeout, so Detour never cuts an answer the client would wait
+        // for.
         timeouts: Timeouts {
-            per_attempt_ms: 30_000,
+            per_attempt_ms: 600_000,
             first_byte_ms: 15_000,
-            total_ms: 120_000,
+            stream_idle_ms: 60_000,
+            total_ms: 600_000,
         },
         health: Health {
             failure_threshold: 5,
@@ -52,8 +62,10 @@ pub fn policy() -> Policy {
             error_rate_window_ms: 30_000,
             error_rate_min_requests: 20,
             cooldown_ms: 30_000,
-            max_cooldown_ms: 300_000,
+            // `maxCooldown` unset means `cooldown` (resolved in `compile`).
+            max_cooldown_ms: 30_000,
             half_open_probes: 3,
+            probe_first_byte_ms: 5_000,
             latency_threshold_ms: None,
         },
         overrides: Overrides {
@@ -65,7 +77,8 @@ pub fn policy() -> Policy {
             complex_above: None,
             disabled: false,
         },
-        expose_upstream_model: false,
+        response_model: ResponseModel::Upstream,
+        streaming: Streaming { assemble: true },
     }
 }
 

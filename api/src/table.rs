@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-pub use crate::crd::{Capability, MockBehavior, Op, Provider, Quality, RetryOn, Strategy};
+pub use crate::crd::{Capability, MockBehavior, Op, Provider, Quality, ResponseModel, RetryOn, Strategy};
 
-/// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate writes and reads (2: stream-idle and probe timeouts,
+/// same-target retry classes, the rate-limit wait, `responseModel`, `streaming`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The whole table.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -79,7 +80,17 @@ pub struct Policy {
     pub health: Health,
     pub overrides: Overrides,
     pub scoring: Scoring,
-    pub expose_upstream_model: bool,
+    /// What the `model` of answers and chunks names.
+    pub response_model: ResponseModel,
+    pub streaming: Streaming,
+}
+
+/// Streaming behaviour.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Streaming {
+    /// Non-streaming requests go to streaming-capable targets as streams and are assembled.
+    pub assemble: bool,
 }
 
 /// Retries on the same target and the budget that bounds them.
@@ -98,6 +109,11 @@ pub struct Retry {
     pub budget_ratio: f64,
     /// Retries per second always allowed.
     pub budget_min_per_second: u32,
+    /// The classes retried on the same target; sorted, unique, a subset of `5xx`,
+    /// `connect-error`, `timeout`.
+    pub same_target: Vec<RetryOn>,
+    /// Longest total wait for `Retry-After` when no other target can serve (0: never wait).
+    pub rate_limit_max_wait_ms: u64,
 }
 
 /// Deadlines in milliseconds.
@@ -106,6 +122,7 @@ pub struct Retry {
 pub struct Timeouts {
     pub per_attempt_ms: u64,
     pub first_byte_ms: u64,
+    pub stream_idle_ms: u64,
     pub total_ms: u64,
 }
 
@@ -121,6 +138,8 @@ pub struct Health {
     pub cooldown_ms: u64,
     pub max_cooldown_ms: u64,
     pub half_open_probes: u32,
+    /// First-byte bound of a half-open probe.
+    pub probe_first_byte_ms: u64,
     /// `None`: latency never marks a target degraded.
     pub latency_threshold_ms: Option<u64>,
 }
@@ -175,6 +194,7 @@ pub struct Target {
     pub capabilities: Option<Vec<Capability>>,
     pub per_attempt_ms: u64,
     pub first_byte_ms: u64,
+    pub stream_idle_ms: u64,
     pub mock: Option<Mock>,
 }
 

@@ -80,14 +80,18 @@ fn three_provider_chain_compiles_to_the_golden_table() {
     let route = &c.table.routes[0];
     assert_eq!(route.policy.source, "default/resilient");
     assert_eq!(route.policy.retry.backoff_base_ms, 80);
-    assert_eq!(route.policy.timeouts.per_attempt_ms, 30_000);
+    assert_eq!(route.policy.timeouts.per_attempt_ms, 600_000);
+    assert_eq!(route.policy.timeouts.stream_idle_ms, 60_000);
     assert_eq!(route.policy.health.cooldown_ms, 60_000);
+    assert_eq!(route.policy.health.probe_first_byte_ms, 5_000);
+    assert_eq!(route.policy.retry.rate_limit_max_wait_ms, 10_000);
     let names: Vec<_> = route.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["openai", "anthropic", "bedrock"]);
     assert_eq!(
-        route.targets[2].per_attempt_ms, 45_000,
+        route.targets[2].first_byte_ms, 20_000,
         "the target's own timeout overrides the policy's"
     );
+    assert_eq!(route.targets[2].stream_idle_ms, 60_000, "the policy's");
     let bedrock = route.targets[2].credentials.as_ref().unwrap();
     assert_eq!(
         bedrock.access_key_id,
@@ -108,6 +112,77 @@ fn three_provider_chain_compiles_to_the_golden_table() {
     let golden =
         std::fs::read_to_string(&golden_path).expect("golden file; run with DETOUR_BLESS=1 to create");
     assert_eq!(actual, golden);
+}
+
+/// The built-in defaults fit LLM calls and recovery: a several-minute non-streaming attempt
+/// fits `perAttempt` and `total`, streams are bounded by `streamIdle`, timeouts and 429s are
+/// not retried on the same target, `maxCooldown` follows `cooldown` (also when only
+/// `cooldown` is set), answers name the upstream model and non-streaming requests are
+/// assembled from streams.
+#[test]
+fn defaults_fit_llm_calls() {
+    use detour_api::table::{ResponseModel, RetryOn};
+    let policy = |spec: &str| {
+        let yaml = format!(
+            "apiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata: {{name: p, namespace: team-a}}\nspec:\n{spec}\n---\n{}",
+            ROUTE.replace(
+                "  model: chat/default",
+                "  model: chat/default\n  policyRef: {name: p}"
+            )
+        );
+        let c = compile_cluster(&yaml, &all_secrets("team-a"));
+        assert_eq!(c.diagnostics, vec![], "{spec}");
+        c.table.routes[0].policy.clone()
+    };
+    let p = policy("  strategy: priority");
+    assert!(p.timeouts.per_attempt_ms >= 5 * 60_000 && p.timeouts.total_ms >= p.timeouts.per_attempt_ms);
+    assert_eq!(p.timeouts.first_byte_ms, 15_000);
+    assert_eq!(p.timeouts.stream_idle_ms, 60_000);
+    assert_eq!(
+        p.retry.same_target,
+        vec![RetryOn::ServerError, RetryOn::ConnectError]
+    );
+    assert_eq!(p.health.max_cooldown_ms, p.health.cooldown_ms);
+    assert_eq!(p.response_model, ResponseModel::Upstream);
+    assert!(p.streaming.assemble);
+    let p = policy("  health: {cooldown: 45s}");
+    assert_eq!(p.health.max_cooldown_ms, 45_000, "maxCooldown follows cooldown");
+    let p = policy("  exposeUpstreamModel: false");
+    assert_eq!(
+        p.response_model,
+        ResponseModel::Route,
+        "the deprecated field still applies"
+    );
+    let p = policy("  retry: {sameTarget: [timeout]}\n  streaming: {assemble: false}");
+    assert_eq!(p.retry.same_target, vec![RetryOn::Timeout]);
+    assert!(!p.streaming.assemble);
+}
+
+/// Invalid new knobs are reported on their fields: a class that cannot be retried on the same
+/// target, a zero stream-idle bound, a `responseModel` that contradicts the deprecated
+/// `exposeUpstreamModel`.
+#[test]
+fn invalid_llm_knobs_are_reported_on_their_fields() {
+    for (spec, field) in [
+        ("  retry: {sameTarget: [\"429\"]}", "spec.retry.sameTarget"),
+        ("  timeouts: {streamIdle: 0s}", "spec.timeouts.streamIdle"),
+        ("  health: {probeFirstByte: 0ms}", "spec.health.probeFirstByte"),
+        (
+            "  responseModel: route\n  exposeUpstreamModel: true",
+            "spec.exposeUpstreamModel",
+        ),
+    ] {
+        let yaml = format!(
+            "apiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata: {{name: p, namespace: team-a}}\nspec:\n{spec}\n---\n{}",
+            ROUTE.replace(
+                "  model: chat/default",
+                "  model: chat/default\n  policyRef: {name: p}"
+            )
+        );
+        let c = compile_cluster(&yaml, &all_secrets("team-a"));
+        let d = diags(&c, &policy_key("team-a", "p"));
+        assert!(d.iter().any(|(f, _)| f == field), "{spec}: {d:?}");
+    }
 }
 
 /// Compiling is deterministic: objects in another order give a byte-equal table and hash.

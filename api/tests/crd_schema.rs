@@ -333,6 +333,44 @@ fn invalid_objects_are_rejected_for_the_stated_reason() {
             ),
             "scoring.simpleBelow must not exceed scoring.complexAbove",
         ),
+        (
+            "429 retried on the same target",
+            set(policy(), "spec/retry/sameTarget", json!(["429"])),
+            "only 5xx, connect-error and timeout may be retried on the same target",
+        ),
+        (
+            "a same-target class twice",
+            set(policy(), "spec/retry/sameTarget", json!(["5xx", "5xx"])),
+            "retry.sameTarget: each class at most once",
+        ),
+        (
+            "zero stream idle",
+            set(policy(), "spec/timeouts/streamIdle", json!("0s")),
+            "timeouts.streamIdle must be greater than 0",
+        ),
+        (
+            "unknown response model",
+            set(policy(), "spec/responseModel", json!("served")),
+            "/spec/responseModel: \"served\" is not one of",
+        ),
+        (
+            "responseModel contradicting exposeUpstreamModel",
+            set(
+                set(policy(), "spec/responseModel", json!("route")),
+                "spec/exposeUpstreamModel",
+                json!(true),
+            ),
+            "responseModel and the deprecated exposeUpstreamModel disagree",
+        ),
+        (
+            "cooldown above maxCooldown",
+            set(
+                policy(),
+                "spec/health",
+                json!({"cooldown": "1m", "maxCooldown": "30s"}),
+            ),
+            "health.cooldown must not exceed health.maxCooldown",
+        ),
     ];
     // The unmodified objects are valid: each case fails for its own reason only.
     assert_eq!(admission_errors(&route()), Vec::<String>::new());

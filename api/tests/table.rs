@@ -74,14 +74,14 @@ fn bad_value_is_rejected_with_its_path() {
 /// A file from a newer format, or edited by hand, is refused rather than half-read.
 #[test]
 fn wrong_version_and_wrong_hash_are_refused() {
-    let text = mutate(&demo_table(), |v| v["version"] = Value::from(2));
+    let text = mutate(&demo_table(), |v| v["version"] = Value::from(3));
     let err = RouteTable::from_json(&text).unwrap_err();
     assert!(
         matches!(
             err,
             TableError::Version {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{err}"

@@ -35,11 +35,15 @@ pub enum Class {
     ClientError,
     /// A 2xx whose body could not be understood.
     BadResponse,
+    /// The upstream refused the prompt as longer than its model's context window (a 400 in
+    /// each provider's own wording). Another target with a larger window may serve it; it
+    /// says nothing about the target's health.
+    ContextLength,
 }
 
 impl Class {
     /// How many classes there are.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// A dense index (`0..COUNT`), for per-class tables.
     pub const fn index(self) -> usize {
@@ -59,14 +63,16 @@ impl Class {
             Self::ContentFilter => "content-filter",
             Self::ClientError => "client-error",
             Self::BadResponse => "bad-response",
+            Self::ContextLength => "context-length",
         }
     }
 
-    /// The policy trigger (`retry.on`) this class falls under; `None` for classes that never
-    /// move on (success, client errors).
+    /// The policy trigger (`retry.on`, `retry.sameTarget`) this class falls under; `None` for
+    /// classes that never move on (success, client errors) and for `context-length`, which
+    /// moves on by its own rule (to a target with a larger context window).
     pub const fn trigger(self) -> Option<RetryOn> {
         match self {
-            Self::Ok | Self::ClientError => None,
+            Self::Ok | Self::ClientError | Self::ContextLength => None,
             // A 2xx we cannot parse is the server's fault: treat it like a 5xx.
             Self::ServerError | Self::BadResponse => Some(RetryOn::ServerError),
             Self::RateLimited => Some(RetryOn::RateLimited),
@@ -78,10 +84,14 @@ impl Class {
         }
     }
 
-    /// Whether the breaker counts this as the target being unhealthy. A client error or a
-    /// content filter says nothing about the provider's health.
+    /// Whether the breaker counts this as the target being unhealthy. A client error, a
+    /// content filter or a prompt too long for the model says nothing about the provider's
+    /// health.
     pub const fn is_health_failure(self) -> bool {
-        !matches!(self, Self::Ok | Self::ClientError | Self::ContentFilter)
+        !matches!(
+            self,
+            Self::Ok | Self::ClientError | Self::ContentFilter | Self::ContextLength
+        )
     }
 }
 
@@ -109,6 +119,7 @@ mod tests {
             Class::ContentFilter,
             Class::ClientError,
             Class::BadResponse,
+            Class::ContextLength,
         ];
         assert_eq!(all.len(), Class::COUNT);
         for (i, c) in all.iter().enumerate() {

@@ -1,8 +1,10 @@
 //! One deadline across the whole failover chain.
 //!
-//! The total deadline starts when the request arrives; a client may shorten it (never
-//! lengthen it) with `x-detour-timeout-ms`. Each attempt gets the smaller of its own timeout
-//! and what is left, so a chain of slow targets cannot exceed what the caller was promised.
+//! The total deadline starts when the request arrives and lasts until the answer is
+//! committed; a client may shorten it (never lengthen it) with `x-detour-timeout-ms`. Each
+//! attempt gets the smaller of its own timeout and what is left, so a chain of slow targets
+//! cannot exceed what the caller was promised. A committed stream is no longer bound by the
+//! total, only by the gap between its events and by the client's own header ([`Deadline::client`]).
 
 use std::time::Duration;
 
@@ -12,7 +14,10 @@ use tokio::time::Instant;
 #[derive(Clone, Copy, Debug)]
 pub struct Deadline {
     pub start: Instant,
+    /// Until the answer is committed.
     pub at: Instant,
+    /// The client's `x-detour-timeout-ms`, which bounds the whole response, a stream included.
+    pub client: Option<Instant>,
 }
 
 impl Deadline {
@@ -22,6 +27,7 @@ impl Deadline {
         Self {
             start: now,
             at: now + Duration::from_millis(ms),
+            client: client_ms.map(|c| now + Duration::from_millis(c)),
         }
     }
 
@@ -59,6 +65,12 @@ mod tests {
             Deadline::new(now, 1_000, None).remaining(now),
             Duration::from_millis(1_000)
         );
+        // The client's own bound is kept as given: it outlives the total for a stream.
+        assert_eq!(
+            Deadline::new(now, 1_000, Some(5_000)).client,
+            Some(now + Duration::from_millis(5_000))
+        );
+        assert_eq!(Deadline::new(now, 1_000, None).client, None);
     }
 
     /// An attempt never outlives the total deadline, and time spent earlier in the chain is

@@ -119,8 +119,8 @@ pub async fn run(running: &Running, mut tap: UnboundedReceiver<AuditRecord>) {
     ));
     out("");
     out(&format!(
-        "{:>3}  {:<14} {:>6}  {:<12} {:<18} {:>9}  why",
-        "#", "model", "status", "target", "provider", "fallbacks"
+        "{:>3}  {:<14} {:>6}  {:<12} {:<18} {:<14} {:>9}  why",
+        "#", "route", "status", "target", "provider", "served model", "fallbacks"
     ));
     for i in 0..BURST {
         // Spaced a little so the output reads as a timeline and short cooldowns can expire.
@@ -151,17 +151,25 @@ pub async fn run(running: &Running, mut tap: UnboundedReceiver<AuditRecord>) {
         let target = header(&resp, "x-detour-target");
         let provider = header(&resp, "x-detour-provider");
         let fallbacks = header(&resp, "x-detour-fallback-count");
-        let _ = timeout(Duration::from_secs(30), resp.into_body().collect()).await;
+        // The body's `model` is the model that served (the route's id is in `x-detour-route`).
+        let served = match timeout(Duration::from_secs(30), resp.into_body().collect()).await {
+            Ok(Ok(b)) => serde_json::from_slice::<serde_json::Value>(&b.to_bytes())
+                .ok()
+                .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| "-".to_owned()),
+            _ => "-".to_owned(),
+        };
         let reason = audit_for(&mut tap, &id)
             .await
             .map_or_else(|| "-".to_owned(), |r| why(&r));
         out(&format!(
-            "{:>3}  {:<14} {:>6}  {:<12} {:<18} {:>9}  {reason}",
+            "{:>3}  {:<14} {:>6}  {:<12} {:<18} {:<14} {:>9}  {reason}",
             i + 1,
             model,
             status,
             target,
             provider,
+            served,
             fallbacks
         ));
     }

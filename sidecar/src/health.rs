@@ -7,11 +7,13 @@
 //!     ▲                                                                     │ now ≥ until
 //!     │ every probe succeeded                                               ▼
 //!     └────────────────────────────────────────────────────────────── HalfOpen(probes)
-//!                         any probe failed: Open again, cooldown doubled ───┘
+//!                         any probe failed: Open again (cooldown × 2 up to max) ┘
 //! ```
 //!
 //! - The open time is `cooldown × 2^(trips)`, capped at `max_cooldown`; the trip count resets
-//!   once the target stayed closed for `max_cooldown` (a healthy period).
+//!   once the target stayed closed for `max_cooldown` (a healthy period). Policies default
+//!   `max_cooldown` to `cooldown`, so there is no growth unless asked for: a target that
+//!   recovers is probed, and serves, within one cooldown.
 //! - A 429's `Retry-After` is the provider saying when to come back: the target opens at
 //!   once for exactly that long (a pause, not a trip: no cooldown escalation); when the same
 //!   failure also trips the breaker, it opens for the longer of the cooldown and
@@ -177,6 +179,12 @@ impl Breaker {
             };
             self.period = self.period.wrapping_add(1);
         }
+        self.state
+    }
+
+    /// The state as last moved, without moving Open to HalfOpen (to tell what an operation
+    /// changed).
+    pub const fn peek(&self) -> State {
         self.state
     }
 
@@ -424,6 +432,34 @@ mod tests {
         hit(&mut b, fail());
         assert!(matches!(b.state(Instant::now()), State::Open { .. }));
         assert!(matches!(hit(&mut b, ok()), Admission::Rejected { .. }));
+    }
+
+    /// With `maxCooldown` equal to `cooldown` (the policy default), a failed probe reopens the
+    /// target for one cooldown, not a doubled one: a target that recovers is probed, and
+    /// serves again, within one cooldown of recovering.
+    #[tokio::test(start_paused = true)]
+    async fn without_growth_a_failed_probe_waits_one_cooldown() {
+        let p = Params {
+            max_cooldown: Duration::from_secs(1),
+            half_open_probes: 1,
+            ..params()
+        };
+        let mut b = Breaker::new(p, Instant::now());
+        for _ in 0..3 {
+            hit(&mut b, fail());
+        }
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(
+                matches!(hit(&mut b, fail()), Admission::Probe { .. }),
+                "probed after 1 s"
+            );
+        }
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(matches!(b.admit(Instant::now()), Admission::Rejected { .. }));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(matches!(hit(&mut b, ok()), Admission::Probe { .. }));
+        assert_eq!(b.state(Instant::now()), State::Closed, "recovered: serves again");
     }
 
     /// An error rate over the window opens it even without a consecutive run, but only once

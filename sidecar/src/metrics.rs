@@ -31,6 +31,8 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub cost: GaugeVec,
     pub stream_errors: IntCounterVec,
+    pub stream_anomalies: IntCounterVec,
+    pub breaker_transitions: IntCounterVec,
     pub budget_exhausted: IntCounterVec,
     pub reloads: IntCounterVec,
     pub config_info: IntGaugeVec,
@@ -175,6 +177,18 @@ impl Metrics {
                 "detour_stream_errors_total",
                 "Streams ended with an error event after bytes had reached the client.",
                 &["route", "target"],
+            )?,
+            stream_anomalies: counter(
+                &r,
+                "detour_stream_anomalies_total",
+                "Undecodable events of pass-through streams, forwarded to the client as they came (never charged to the breaker).",
+                &["route", "target"],
+            )?,
+            breaker_transitions: counter(
+                &r,
+                "detour_breaker_transitions_total",
+                "Circuit state changes per target, by the state entered (closed, half-open, open).",
+                &["route", "target", "to"],
             )?,
             budget_exhausted: counter(
                 &r,
@@ -363,6 +377,8 @@ pub struct TargetMetrics {
     tokens: [Cell<IntCounter>; 2],
     cost: Cell<Gauge>,
     stream_errors: Cell<IntCounter>,
+    stream_anomalies: Cell<IntCounter>,
+    transitions: [Cell<IntCounter>; 3],
 }
 
 impl TargetMetrics {
@@ -380,6 +396,8 @@ impl TargetMetrics {
             tokens: Default::default(),
             cost: Cell::new(),
             stream_errors: Cell::new(),
+            stream_anomalies: Cell::new(),
+            transitions: Default::default(),
         }
     }
 
@@ -456,6 +474,28 @@ impl TargetMetrics {
                         .with_label_values(&[self.route.as_str(), self.target.as_str()])
                 })
                 .add(usd);
+        }
+    }
+
+    /// Counts one undecodable event passed through.
+    pub fn stream_anomaly(&self) {
+        self.stream_anomalies
+            .get_or_init(|| {
+                self.m
+                    .stream_anomalies
+                    .with_label_values(&[self.route.as_str(), self.target.as_str()])
+            })
+            .inc();
+    }
+
+    /// Counts one breaker transition into the state with gauge value `to` (0 closed,
+    /// 1 half-open, 2 open).
+    pub fn breaker_transition(&self, to: i64) {
+        const NAMES: [&str; 3] = ["closed", "half-open", "open"];
+        let i = usize::try_from(to).unwrap_or(0).min(2);
+        if let (Some(c), Some(name)) = (self.transitions.get(i), NAMES.get(i)) {
+            c.get_or_init(|| self.m.breaker_transitions.with_label_values(&self.labels3(name)))
+                .inc();
         }
     }
 

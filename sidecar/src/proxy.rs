@@ -1,17 +1,29 @@
 //! The innermost service: route one OpenAI request and fail over across the route's targets.
 //!
 //! Per request: parse → pick the route by `model` → plan the target order (rules, overrides,
-//! capabilities, strategy, health) → for each target, admitted by its breaker, up to
-//! `retry.attempts` attempts (retries spaced by backoff and paid from the route's retry
-//! budget), all inside one total deadline. Each attempt is classified once
-//! ([`crate::class::Class`]) and that class is recorded in the breaker, the metrics and the
-//! audit line in one place ([`Ctx::record`]).
+//! capabilities, strategy, health) → for each target, admitted by its breaker, one attempt,
+//! plus same-target retries for the classes in `retry.sameTarget` (spaced by backoff and paid
+//! from the route's retry budget), all inside one total deadline. A `context-length` refusal
+//! moves on only to targets with a larger (or unknown) context window. When every target the
+//! request may use is rate-limited, it waits for the earliest `Retry-After` (up to
+//! `retry.rateLimit.maxWait`, inside the deadline and the budget) and tries again.
 //!
-//! Nothing reaches the client before an attempt succeeded: JSON answers are complete, streams
-//! are committed only after their first event arrived, so every failure before that can still
-//! fail over. After that, a broken stream ends with an OpenAI-style error event.
+//! Each attempt is classified once ([`crate::class::Class`]) and recorded once, when it ends,
+//! in the breaker, the metrics and the audit line, in one place ([`Ctx::record`]); a stream's
+//! attempt ends with the stream, so a stream that breaks after its first event is one failure.
+//!
+//! Nothing reaches the client before an attempt succeeded: JSON answers are complete (a
+//! non-streaming request to a streaming-capable target is sent as a stream and assembled, so
+//! `firstByte` and `streamIdle` bound it), streams are committed only after their first event
+//! arrived, so every failure before that can still fail over. A committed stream is bounded
+//! by `streamIdle` and the client's `x-detour-timeout-ms` only. It is complete when the
+//! upstream sent `[DONE]`, or ended its body cleanly after a `finish_reason` (the client then
+//! gets the `[DONE]` the upstream left out). Anything else — a cut body, a reset, a stall, an
+//! error event — is broken: one OpenAI-style error event, no `[DONE]`, and the body ends
+//! abnormally ([`body::Aborted`]), so even clients that ignore error events see a failed
+//! transfer.
 
-use std::convert::Infallible;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,6 +37,8 @@ use hyper::body::Frame;
 use serde_json::json;
 use tokio::time::{Instant, sleep, timeout_at};
 
+use detour_api::table::{Capability, Policy, ResponseModel};
+
 use crate::audit::{AttemptRecord, Audit, AuditRecord, SkipRecord};
 use crate::body::{self, Response};
 use crate::class::Class;
@@ -34,6 +48,7 @@ use crate::health::{Admission, Verdict};
 use crate::layers::request_id::RequestId;
 use crate::metrics::{Metrics, Outcome};
 use crate::providers::answer::{RequestBody, RequestError, Usage};
+use crate::providers::assemble::Assembler;
 use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, Reply, sse};
 use crate::retry::backoff;
 use crate::routing::{self, Overrides};
@@ -46,6 +61,8 @@ pub const H_FALLBACK: HeaderName = HeaderName::from_static("x-detour-fallback");
 pub const H_TIMEOUT: HeaderName = HeaderName::from_static("x-detour-timeout-ms");
 /// Response headers.
 pub const H_REQUEST_ID: HeaderName = HeaderName::from_static("x-detour-request-id");
+/// The route's id (the `model` the client sent), whatever the body's `model` says.
+pub const H_ROUTE: HeaderName = HeaderName::from_static("x-detour-route");
 pub const H_PROVIDER: HeaderName = HeaderName::from_static("x-detour-provider");
 pub const H_FALLBACK_COUNT: HeaderName = HeaderName::from_static("x-detour-fallback-count");
 /// The complexity score (or `unscored`), under the cost/quality strategies only.
@@ -90,27 +107,30 @@ impl Drop for TargetBusy {
 /// attempt is dropped (the client went away) before it was recorded, this reports `Cancelled`.
 #[derive(Debug)]
 struct ProbeGuard {
-    state: Option<(Arc<TargetState>, Admission)>,
+    target: Option<Arc<TargetRt>>,
+    admission: Admission,
 }
 
 impl ProbeGuard {
-    fn new(target: &TargetRt, admission: Admission) -> Self {
+    fn new(target: &Arc<TargetRt>, admission: Admission) -> Self {
         Self {
-            state: matches!(admission, Admission::Probe { .. }).then(|| (target.state.clone(), admission)),
+            target: matches!(admission, Admission::Probe { .. }).then(|| target.clone()),
+            admission,
         }
     }
 
     fn disarm(&mut self) {
-        self.state = None;
+        self.target = None;
     }
 }
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
-        if let Some((state, admission)) = self.state.take() {
-            state
-                .breaker()
-                .record(Instant::now(), admission, Verdict::Cancelled);
+        if let Some(target) = self.target.take() {
+            let now = Instant::now();
+            target.with_breaker(now, "cancelled", |b| {
+                b.record(now, self.admission, Verdict::Cancelled);
+            });
         }
     }
 }
@@ -135,7 +155,19 @@ struct Ctx {
     /// Time spent waiting on upstreams and backoff: not the sidecar's overhead.
     waited: Duration,
     overhead: Option<Duration>,
+    /// The response went to the server (time after that is not overhead nor waiting).
+    committed: bool,
     _in_flight: InFlight,
+}
+
+/// How one attempt ended, as the recorder needs it.
+#[derive(Debug)]
+struct AttemptEnd {
+    class: Class,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    elapsed: Duration,
+    latency: Duration,
 }
 
 impl Ctx {
@@ -157,6 +189,7 @@ impl Ctx {
             fallback_count: 0,
             waited: Duration::ZERO,
             overhead: None,
+            committed: false,
             _in_flight: InFlight(gauge),
         }
     }
@@ -165,63 +198,49 @@ impl Ctx {
         self.route.as_ref().map_or("none", |r| r.route.model.as_str())
     }
 
-    /// Records one classified attempt: breaker, metrics, audit. The only place that does.
-    fn record(
-        &mut self,
-        target: &Arc<TargetRt>,
-        admission: Admission,
-        class: Class,
-        status: Option<u16>,
-        retry_after: Option<Duration>,
-        elapsed: Duration,
-    ) {
+    /// Records one classified attempt when it ends: breaker, metrics, audit. The only place
+    /// that does. `elapsed` is the attempt's whole duration; `latency` what the breaker's
+    /// latency average takes (time to the first event for streams).
+    fn record(&mut self, target: &Arc<TargetRt>, admission: Admission, end: &AttemptEnd) {
         let name = target.cfg.name.as_str();
         let now = Instant::now();
-        {
-            let mut b = target.state.breaker();
-            let before = b.state(now).gauge();
-            b.record(now, admission, Verdict::of(class, elapsed, retry_after));
-            let after = b.state(now).gauge();
-            if before != after {
-                let state = ["closed", "half-open", "open"].get(usize::try_from(after).unwrap_or(0));
-                tracing::warn!(
-                    route = self.route_label(),
-                    target = name,
-                    class = class.as_str(),
-                    "circuit {}",
-                    state.copied().unwrap_or("?")
-                );
-            }
-            target.metrics.breaker_state().set(after);
-            target.metrics.degraded().set(i64::from(b.degraded()));
+        let class = end.class;
+        target.with_breaker(now, class.as_str(), |b| {
+            b.record(now, admission, Verdict::of(class, end.latency, end.retry_after));
+        });
+        target.metrics.attempt(class, end.elapsed.as_secs_f64());
+        if !self.committed {
+            self.waited += end.elapsed;
         }
-        target.metrics.attempt(class, elapsed.as_secs_f64());
-        self.waited += elapsed;
         tracing::debug!(
             request_id = %self.request_id,
             route = self.route_label(),
             target = name,
             class = class.as_str(),
-            status,
-            elapsed_ms = ms(elapsed),
+            status = end.status,
+            elapsed_ms = ms(end.elapsed),
             "attempt"
         );
         self.target = Some(target.clone());
         self.attempts.push(AttemptRecord {
             target: name.to_owned(),
             class,
-            status,
-            latency_ms: ms(elapsed),
+            status: end.status,
+            latency_ms: ms(end.elapsed),
         });
     }
 
-    /// The moment the response is handed to hyper: what the sidecar itself cost.
+    /// The moment the response is handed to the server: what the sidecar itself cost.
     fn commit(&mut self) {
         let total = self.start.elapsed();
         self.overhead = Some(total.saturating_sub(self.waited));
+        self.committed = true;
     }
 
     fn stamp(&self, headers: &mut HeaderMap) {
+        if let Some(v) = self.route.as_ref().and_then(|r| r.route_header.clone()) {
+            headers.insert(H_ROUTE, v);
+        }
         match &self.target {
             Some(t) => {
                 if let Some(v) = &t.name_header {
@@ -453,89 +472,202 @@ async fn serve(
     let route_label = route.route.model.as_str();
     let shared = ctx.shared.clone();
     let metrics = &shared.metrics;
+    let ask = Ask {
+        endpoint,
+        body,
+        stream,
+        policy,
+    };
     // The previous target passed over and why, to book `detour_fallbacks_total` on the move.
     let mut prev: Option<(&str, &'static str)> = None;
+    let mut too_long = TooLong::default();
+    // Targets that answered 429 with a Retry-After in the last round, and the time waited
+    // for them so far.
+    let mut rate_limited: Vec<&Arc<TargetRt>> = Vec::new();
+    let mut waited_for_rate_limit = Duration::ZERO;
 
-    for target in &plan.targets {
-        let now = Instant::now();
-        if deadline.expired(now) {
-            break;
-        }
-        let admission = {
-            let mut b = target.state.breaker();
-            let a = b.admit(now);
-            target.metrics.breaker_state().set(b.state(now).gauge());
-            a
-        };
-        let mut admission = match admission {
-            Admission::Rejected { .. } => {
-                ctx.skipped.push(SkipRecord {
-                    target: target.cfg.name.clone(),
-                    reason: "circuit-open",
-                });
-                if let Some((from, reason)) = prev.take() {
-                    book_fallback(metrics, route_label, from, &target.cfg.name, reason);
-                }
-                prev = Some((&target.cfg.name, "circuit-open"));
-                ctx.fallback_count += 1;
-                continue;
-            }
-            a => a,
-        };
-        if let Some((from, reason)) = prev.take() {
-            book_fallback(metrics, route_label, from, &target.cfg.name, reason);
-        }
-        let mut last_class = Class::Ok;
-        for n in 1..=policy.retry.attempts.max(1) {
-            if n > 1 {
-                let now = Instant::now();
-                let granted = route
-                    .budget
-                    .lock()
-                    .map(|mut b| b.try_withdraw(now))
-                    .unwrap_or(false);
-                if !granted {
-                    route.metrics.budget_exhausted().inc();
-                    break;
-                }
-                let delay = backoff(&policy.retry, n - 1, fastrand::f64());
-                if delay >= deadline.remaining(now) {
-                    break;
-                }
-                sleep(delay).await;
-                ctx.waited += delay;
-                let now = Instant::now();
-                let again = target.state.breaker().admit(now);
-                match again {
-                    Admission::Rejected { .. } => break,
-                    a => admission = a,
-                }
-            }
-            let ask = Ask {
-                endpoint,
-                body,
-                stream,
-            };
-            match attempt(&mut ctx, target, &ask, &deadline, admission).await {
-                Ok(ok) => return respond(ctx, &route, target, ok),
-                Err(f) => {
-                    last_class = f.class;
-                    let retryable = f.class.trigger().is_some_and(|t| policy.retry.on.contains(&t));
-                    if !retryable {
-                        return passthrough(ctx, target, f);
-                    }
-                }
-            }
-            if deadline.expired(Instant::now()) {
+    loop {
+        for target in &plan.targets {
+            let now = Instant::now();
+            if deadline.expired(now) {
                 break;
             }
+            if !too_long.may_try(target) {
+                ctx.skipped.push(SkipRecord {
+                    target: target.cfg.name.clone(),
+                    reason: "context-window",
+                });
+                continue;
+            }
+            let admission = target.with_breaker(now, "cooldown", |b| b.admit(now));
+            let mut admission = match admission {
+                Admission::Rejected { .. } => {
+                    ctx.skipped.push(SkipRecord {
+                        target: target.cfg.name.clone(),
+                        reason: "circuit-open",
+                    });
+                    if let Some((from, reason)) = prev.take() {
+                        book_fallback(metrics, route_label, from, &target.cfg.name, reason);
+                    }
+                    prev = Some((&target.cfg.name, "circuit-open"));
+                    ctx.fallback_count += 1;
+                    continue;
+                }
+                a => a,
+            };
+            if let Some((from, reason)) = prev.take() {
+                book_fallback(metrics, route_label, from, &target.cfg.name, reason);
+            }
+            too_long.trying();
+            let mut last_class = Class::Ok;
+            for n in 1..=policy.retry.attempts.max(1) {
+                if n > 1 {
+                    let now = Instant::now();
+                    let granted = route
+                        .budget
+                        .lock()
+                        .map(|mut b| b.try_withdraw(now))
+                        .unwrap_or(false);
+                    if !granted {
+                        route.metrics.budget_exhausted().inc();
+                        break;
+                    }
+                    let delay = backoff(&policy.retry, n - 1, fastrand::f64());
+                    if delay >= deadline.remaining(now) {
+                        break;
+                    }
+                    sleep(delay).await;
+                    ctx.waited += delay;
+                    let now = Instant::now();
+                    match target.with_breaker(now, "cooldown", |b| b.admit(now)) {
+                        Admission::Rejected { .. } => break,
+                        a => admission = a,
+                    }
+                }
+                match attempt(&mut ctx, target, &ask, &deadline, admission).await {
+                    Ok(ok) => return respond(ctx, &route, target, ok, deadline.client),
+                    Err(f) => {
+                        last_class = f.class;
+                        if f.class == Class::ContextLength {
+                            // Never the same target again: the prompt will not get shorter.
+                            too_long.refused(target, f);
+                            break;
+                        }
+                        let Some(trigger) = f.class.trigger() else {
+                            return passthrough(ctx, target, f);
+                        };
+                        if !policy.retry.on.contains(&trigger) {
+                            return passthrough(ctx, target, f);
+                        }
+                        if f.class == Class::RateLimited && f.retry_after.is_some() {
+                            rate_limited.push(target);
+                        }
+                        if !policy.retry.same_target.contains(&trigger) {
+                            break;
+                        }
+                    }
+                }
+                if deadline.expired(Instant::now()) {
+                    break;
+                }
+            }
+            prev = Some((&target.cfg.name, last_class.as_str()));
+            ctx.fallback_count += 1;
         }
-        prev = Some((&target.cfg.name, last_class.as_str()));
-        ctx.fallback_count += 1;
+        match rate_limit_wait(&rate_limited, &route, &deadline, waited_for_rate_limit) {
+            Some(wait) => {
+                sleep(wait).await;
+                ctx.waited += wait;
+                waited_for_rate_limit += wait;
+                rate_limited.clear();
+            }
+            None => break,
+        }
     }
     // Nothing served: the last move did not happen, so it is not a fallback.
     ctx.fallback_count = ctx.fallback_count.saturating_sub(1);
+    if let Some((target, f)) = too_long.unanswered() {
+        // No target with a larger window could take the prompt: the refusal is the answer.
+        return passthrough(ctx, &target, f);
+    }
     exhausted(ctx, &route, &plan.targets, &deadline)
+}
+
+/// What a `context-length` refusal leaves to try: only targets whose context window is larger
+/// than every window that refused (or unknown, as is a refusing target's own when it set none).
+#[derive(Debug, Default)]
+struct TooLong {
+    /// The first refusal, returned when no other target could serve (boxed: it is part of
+    /// every request's future and almost always `None`).
+    first: Option<Box<(Arc<TargetRt>, Failure)>>,
+    /// The largest window that refused.
+    window: Option<u32>,
+    /// A target was tried after the first refusal.
+    tried_after: bool,
+}
+
+impl TooLong {
+    fn may_try(&self, target: &TargetRt) -> bool {
+        match (&self.first, self.window, target.cfg.context_window) {
+            (None, _, _) | (_, _, None) | (_, None, _) => true,
+            (Some(_), Some(refused), Some(w)) => w > refused,
+        }
+    }
+
+    /// A target is about to be tried.
+    fn trying(&mut self) {
+        if self.first.is_some() {
+            self.tried_after = true;
+        }
+    }
+
+    fn refused(&mut self, target: &Arc<TargetRt>, f: Failure) {
+        self.window = self.window.max(target.cfg.context_window);
+        if self.first.is_none() {
+            self.first = Some(Box::new((target.clone(), f)));
+            self.tried_after = false;
+        }
+    }
+
+    /// The first refusal, when no target was tried after it.
+    fn unanswered(self) -> Option<(Arc<TargetRt>, Failure)> {
+        self.first.filter(|_| !self.tried_after).map(|b| *b)
+    }
+}
+
+/// How long to wait before trying the route's targets again, when every target that could
+/// serve was rate-limited with a `Retry-After`: until the earliest of them is available, if
+/// that fits `retry.rateLimit.maxWait` (in total), the deadline and the retry budget.
+fn rate_limit_wait(
+    rate_limited: &[&Arc<TargetRt>],
+    route: &RouteRt,
+    deadline: &Deadline,
+    waited: Duration,
+) -> Option<Duration> {
+    let now = Instant::now();
+    let at = rate_limited
+        .iter()
+        .map(|t| t.with_breaker(now, "cooldown", |b| b.available_at(now)))
+        .min()?;
+    let retry = &route.route.policy.retry;
+    // Never a busy loop on `Retry-After: 0`: at least the backoff base.
+    let wait = at
+        .saturating_duration_since(now)
+        .max(Duration::from_millis(retry.backoff_base_ms));
+    let max = Duration::from_millis(retry.rate_limit_max_wait_ms);
+    if waited + wait > max || wait >= deadline.remaining(now) {
+        return None;
+    }
+    let granted = route
+        .budget
+        .lock()
+        .map(|mut b| b.try_withdraw(now))
+        .unwrap_or(false);
+    if !granted {
+        route.metrics.budget_exhausted().inc();
+        return None;
+    }
+    Some(wait)
 }
 
 fn book_fallback(metrics: &Metrics, route: &str, from: &str, to: &str, reason: &'static str) {
@@ -549,10 +681,46 @@ fn book_fallback(metrics: &Metrics, route: &str, from: &str, to: &str, reason: &
 struct Ask<'a> {
     endpoint: Endpoint,
     body: &'a RequestBody,
+    /// The client asked for a stream.
     stream: bool,
+    policy: &'a Policy,
 }
 
-/// One attempt at one target: send, peek the first event of a stream, classify, record.
+/// How an attempt asks its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// A plain call for a JSON answer, bounded by `perAttempt`.
+    Json,
+    /// A stream for the client.
+    Stream,
+    /// A JSON answer for the client, assembled from a stream: bounded by `firstByte`,
+    /// `streamIdle` and `perAttempt`.
+    Assemble,
+}
+
+impl Ask<'_> {
+    fn mode(&self, target: &TargetRt) -> Mode {
+        let streams = target
+            .cfg
+            .capabilities
+            .as_ref()
+            .is_none_or(|c| c.contains(&Capability::Streaming));
+        if self.stream {
+            Mode::Stream
+        } else if self.policy.streaming.assemble && self.endpoint != Endpoint::Embeddings && streams {
+            Mode::Assemble
+        } else {
+            Mode::Json
+        }
+    }
+}
+
+/// Undecodable events held back before a stream's first real event, at most.
+const MAX_HELD: usize = 16;
+
+/// One attempt at one target: send, peek the first event of a stream (for an assembled
+/// answer, read the whole stream), classify. A JSON answer's attempt is recorded here; a
+/// stream's when the stream ends ([`StreamGuard`]).
 async fn attempt(
     ctx: &mut Ctx,
     target: &Arc<TargetRt>,
@@ -561,71 +729,220 @@ async fn attempt(
     admission: Admission,
 ) -> Result<Success, Failure> {
     let t0 = Instant::now();
+    let mode = ask.mode(target);
     let attempt_deadline = deadline.attempt(t0, target.cfg.per_attempt_ms);
+    // A half-open probe finds out quickly whether the provider still says nothing.
+    let first_byte_ms = match admission {
+        Admission::Probe { .. } => target
+            .cfg
+            .first_byte_ms
+            .min(ask.policy.health.probe_first_byte_ms),
+        _ => target.cfg.first_byte_ms,
+    };
     let call = Call {
         endpoint: ask.endpoint,
         request: ask.body,
         model: &target.cfg.model,
-        stream: ask.stream,
+        stream: mode != Mode::Json,
+        assemble: mode == Mode::Assemble,
         deadline: attempt_deadline,
-        first_byte_deadline: (t0 + Duration::from_millis(target.cfg.first_byte_ms)).min(attempt_deadline),
+        first_byte_deadline: (t0 + Duration::from_millis(first_byte_ms)).min(attempt_deadline),
     };
     let busy = TargetBusy::new(&target.state);
     let mut probe = ProbeGuard::new(target, admission);
+    let mut ttft = None;
     let result = match target.provider.send(&call).await {
-        Ok(Reply::Stream(mut s)) => match timeout_at(call.first_byte_deadline, s.next()).await {
-            Err(_) => Err(Failure::new(call.first_byte_class(), "no first event in time")),
-            Ok(None | Some(Ok(Event::Done))) => Err(Failure::new(
-                Class::BadResponse,
-                "the stream ended before its first event",
-            )),
-            Ok(Some(Err(f))) => Err(f),
-            Ok(Some(Ok(Event::Data(first)))) => Ok(Peeked::Stream(Answer::from_value(&first), s)),
-            Ok(Some(Ok(Event::Raw(first)))) => Ok(Peeked::Stream(first, s)),
-        },
-        Ok(Reply::Json(answer)) => {
-            if answer.content_filtered() {
-                let mut f = Failure::new(Class::ContentFilter, "every choice was content-filtered")
-                    .status(StatusCode::OK);
-                f.body = Some(answer.bytes().clone());
-                Err(f)
-            } else {
-                Ok(Peeked::Json(answer))
+        Ok(Reply::Stream(s)) => match first_event(target, s, &call, mode).await {
+            Err(f) => Err(f),
+            Ok((held, rest)) => {
+                ttft = Some(t0.elapsed());
+                if mode == Mode::Stream {
+                    // Committed: the attempt ends, and is recorded, with the stream.
+                    ctx.target = Some(target.clone());
+                    return Ok(Success {
+                        peeked: Peeked::Stream(held, rest),
+                        busy,
+                        pending: Some(Pending { admission, probe, t0 }),
+                        ttft: ttft.unwrap_or_default(),
+                    });
+                }
+                // Boxed: the assembler's state would otherwise be part of every request's
+                // future, streams included (see `a_request_in_flight_stays_small`).
+                let idle = Duration::from_millis(target.cfg.stream_idle_ms);
+                Box::pin(assemble(target, held, rest, ask.endpoint, idle, attempt_deadline))
+                    .await
+                    .and_then(json_answer)
             }
-        }
+        },
+        Ok(Reply::Json(answer)) => json_answer(answer),
         Err(f) => Err(f),
     };
     let elapsed = t0.elapsed();
-    let (class, status, retry_after) = match &result {
-        Ok(_) => (Class::Ok, Some(200), None),
-        Err(f) => (f.class, f.status, f.retry_after),
+    let end = match &result {
+        Ok(_) => AttemptEnd {
+            class: Class::Ok,
+            status: Some(200),
+            retry_after: None,
+            elapsed,
+            latency: ttft.unwrap_or(elapsed),
+        },
+        Err(f) => AttemptEnd {
+            class: f.class,
+            status: f.status,
+            retry_after: f.retry_after,
+            elapsed,
+            latency: elapsed,
+        },
     };
-    ctx.record(target, admission, class, status, retry_after, elapsed);
+    ctx.record(target, admission, &end);
     probe.disarm();
     result.map(|peeked| Success {
         peeked,
         busy,
-        elapsed,
-        deadline: attempt_deadline,
+        pending: None,
+        ttft: ttft.unwrap_or(elapsed),
     })
+}
+
+/// A complete JSON answer, or the content filter that refused it.
+fn json_answer(answer: Answer) -> Result<Peeked, Failure> {
+    if answer.content_filtered() {
+        let mut f =
+            Failure::new(Class::ContentFilter, "every choice was content-filtered").status(StatusCode::OK);
+        f.body = Some(answer.bytes().clone());
+        Err(f)
+    } else {
+        Ok(Peeked::Json(answer))
+    }
+}
+
+/// Waits for a stream's first event within the first-byte deadline. Undecodable events before
+/// it are held (a stream: forwarded with it, at most [`MAX_HELD`]) or skipped (an assembled
+/// answer), and counted as anomalies.
+async fn first_event(
+    target: &TargetRt,
+    mut s: EventStream,
+    call: &Call<'_>,
+    mode: Mode,
+) -> Result<(VecDeque<Event>, EventStream), Failure> {
+    let mut held = VecDeque::new();
+    loop {
+        match timeout_at(call.first_byte_deadline, s.next()).await {
+            Err(_) => return Err(Failure::new(call.first_byte_class(), "no first event in time")),
+            Ok(None | Some(Ok(Event::Done))) => {
+                return Err(Failure::new(
+                    Class::BadResponse,
+                    "the stream ended before its first event",
+                ));
+            }
+            Ok(Some(Err(f))) => return Err(f),
+            Ok(Some(Ok(Event::Opaque(raw)))) => {
+                target.metrics.stream_anomaly();
+                if mode == Mode::Stream {
+                    if held.len() >= MAX_HELD {
+                        return Err(Failure::new(
+                            Class::BadResponse,
+                            "the stream sent only undecodable events",
+                        ));
+                    }
+                    held.push_back(Event::Opaque(raw));
+                }
+            }
+            Ok(Some(Ok(ev))) => {
+                held.push_back(ev);
+                return Ok((held, s));
+            }
+        }
+    }
+}
+
+/// Reads a stream to its end and assembles the JSON answer. A stall longer than `idle`, the
+/// attempt's deadline, or a stream that breaks before its `finish_reason` fails the attempt
+/// (nothing reached the client: the next target may still serve).
+async fn assemble(
+    target: &TargetRt,
+    mut events: VecDeque<Event>,
+    mut rest: EventStream,
+    endpoint: Endpoint,
+    idle: Duration,
+    until: Instant,
+) -> Result<Answer, Failure> {
+    let mut asm = Assembler::new(endpoint);
+    let mut finished = false;
+    loop {
+        let ev = match events.pop_front() {
+            Some(ev) => ev,
+            None => match timeout_at((Instant::now() + idle).min(until), rest.next()).await {
+                Err(_) => {
+                    return Err(Failure::new(
+                        Class::Timeout,
+                        "the stream stalled or outlasted the attempt",
+                    ));
+                }
+                Ok(None) if finished => break,
+                Ok(None) => {
+                    return Err(Failure::new(
+                        Class::Reset,
+                        "the stream ended before its finish_reason",
+                    ));
+                }
+                Ok(Some(Err(f))) => return Err(f),
+                Ok(Some(Ok(ev))) => ev,
+            },
+        };
+        match ev {
+            Event::Done => {
+                drain(&mut rest).await;
+                break;
+            }
+            Event::Data(v) => {
+                let a = Answer::from_value(&v);
+                finished |= a.finished();
+                asm.push(a.bytes());
+            }
+            Event::Raw(a) => {
+                finished |= a.finished();
+                asm.push(a.bytes());
+            }
+            Event::Opaque(_) => target.metrics.stream_anomaly(),
+        }
+    }
+    Answer::parse(asm.finish())
+        .ok_or_else(|| Failure::new(Class::BadResponse, "the assembled answer is not JSON"))
+}
+
+/// A stream's attempt, still open: recorded when the stream ends.
+#[derive(Debug)]
+struct Pending {
+    admission: Admission,
+    probe: ProbeGuard,
+    t0: Instant,
 }
 
 /// A successful attempt, not yet answered.
 struct Success {
     peeked: Peeked,
     busy: TargetBusy,
-    elapsed: Duration,
-    deadline: Instant,
+    /// `Some` for a stream, whose attempt is recorded when it ends.
+    pending: Option<Pending>,
+    /// Time to the first event (streams), or the whole attempt.
+    ttft: Duration,
 }
 
-/// Answers with a successful attempt: the JSON body, or the stream from its first event.
-fn respond(mut ctx: Ctx, route: &Arc<RouteRt>, target: &Arc<TargetRt>, ok: Success) -> Response {
-    let route_label = route.route.model.as_str();
-    let expose = route.route.policy.expose_upstream_model;
-    match ok.peeked {
-        Peeked::Json(answer) => {
+/// Answers with a successful attempt: the JSON body, or the stream from its first event
+/// (`client`: the client's own bound on the whole response, `x-detour-timeout-ms`).
+fn respond(
+    mut ctx: Ctx,
+    route: &Arc<RouteRt>,
+    target: &Arc<TargetRt>,
+    ok: Success,
+    client: Option<Instant>,
+) -> Response {
+    let route_model = (route.route.policy.response_model == ResponseModel::Route).then(|| route.clone());
+    match (ok.peeked, ok.pending) {
+        (Peeked::Json(answer), _) => {
             drop(ok.busy);
-            let bytes = answer.with_model((!expose).then_some(route_label));
+            let bytes = answer.with_model(route_model.as_ref().map(|r| r.route.model.as_str()));
             record_usage(target, answer.usage());
             ctx.commit();
             let mut resp = http::Response::new(body::full(bytes));
@@ -635,8 +952,8 @@ fn respond(mut ctx: Ctx, route: &Arc<RouteRt>, target: &Arc<TargetRt>, ok: Succe
             ctx.finish(200, Outcome::Ok, None);
             resp
         }
-        Peeked::Stream(first, rest) => {
-            target.metrics.first_byte().observe(ok.elapsed.as_secs_f64());
+        (Peeked::Stream(held, rest), Some(pending)) => {
+            target.metrics.first_byte().observe(ok.ttft.as_secs_f64());
             ctx.commit();
             let mut resp = http::Response::new(body::full(Bytes::new()));
             resp.headers_mut().insert(
@@ -649,9 +966,19 @@ fn respond(mut ctx: Ctx, route: &Arc<RouteRt>, target: &Arc<TargetRt>, ok: Succe
             let guard = StreamGuard {
                 ctx: Some(ctx),
                 target: target.clone(),
+                pending,
+                ttft: ok.ttft,
                 _busy: ok.busy,
             };
-            *resp.body_mut() = stream_body(guard, first, rest, ok.deadline, (!expose).then(|| route.clone()));
+            *resp.body_mut() = stream_body(guard, held, rest, client, route_model);
+            resp
+        }
+        // A stream is always pending; answer it as an empty one rather than panic.
+        (Peeked::Stream(..), None) => {
+            ctx.commit();
+            let mut resp = http::Response::new(body::full(Bytes::new()));
+            ctx.stamp(resp.headers_mut());
+            ctx.finish(200, Outcome::Ok, None);
             resp
         }
     }
@@ -659,7 +986,8 @@ fn respond(mut ctx: Ctx, route: &Arc<RouteRt>, target: &Arc<TargetRt>, ok: Succe
 
 enum Peeked {
     Json(Answer),
-    Stream(Answer, EventStream),
+    /// The first event (after any undecodable ones held before it) and the rest.
+    Stream(VecDeque<Event>, EventStream),
 }
 
 fn record_usage(target: &TargetRt, usage: Option<Usage>) {
@@ -677,7 +1005,7 @@ fn record_usage(target: &TargetRt, usage: Option<Usage>) {
 /// Returns a failure the policy does not fail over on, as the upstream sent it when there is
 /// a body, else as a gateway error naming the target and the class.
 fn passthrough(mut ctx: Ctx, target: &TargetRt, f: Failure) -> Response {
-    let outcome = if f.class == Class::ClientError {
+    let outcome = if matches!(f.class, Class::ClientError | Class::ContextLength) {
         Outcome::ClientError
     } else {
         Outcome::UpstreamError
@@ -720,7 +1048,7 @@ fn exhausted(mut ctx: Ctx, route: &RouteRt, targets: &[Arc<TargetRt>], deadline:
     let now = Instant::now();
     let next = targets
         .iter()
-        .map(|t| t.state.breaker().available_at(now))
+        .map(|t| t.with_breaker(now, "cooldown", |b| b.available_at(now)))
         .min()
         .unwrap_or(now);
     let retry_after = next.saturating_duration_since(now).as_secs_f64().ceil().max(1.0);
@@ -777,56 +1105,92 @@ fn exhausted(mut ctx: Ctx, route: &RouteRt, targets: &[Arc<TargetRt>], deadline:
     resp
 }
 
-/// Owns the request's context while its stream is being sent; writes the audit line when the
-/// stream ends — completed, broken, or dropped because the client went away.
+/// Owns the request's context while its stream is being sent; records the attempt and writes
+/// the audit line when the stream ends — completed, broken, or dropped because the client went
+/// away.
 #[derive(Debug)]
 struct StreamGuard {
     ctx: Option<Ctx>,
     target: Arc<TargetRt>,
+    pending: Pending,
+    ttft: Duration,
     _busy: TargetBusy,
 }
 
+/// How a committed stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// `[DONE]`, or a clean end after a `finish_reason`.
+    Complete,
+    /// Cut, reset, stalled, or an upstream error event: the class of what happened.
+    Broken(Class),
+    /// The client went away first (the target was serving: not its failure).
+    ClientGone,
+}
+
 impl StreamGuard {
-    fn end(&mut self, outcome: Outcome, error: Option<Class>) {
-        if let Some(ctx) = self.ctx.take() {
-            if let Some(class) = error {
-                self.target.metrics.stream_error();
-                if class.is_health_failure() {
-                    self.target.state.breaker().record(
-                        Instant::now(),
-                        Admission::Allowed,
-                        Verdict::Failure {
-                            class,
-                            retry_after: None,
-                        },
-                    );
-                }
-            }
-            ctx.finish(200, outcome, error);
+    fn end(&mut self, end: End) {
+        let Some(mut ctx) = self.ctx.take() else {
+            return;
+        };
+        let (class, outcome, error) = match end {
+            End::Complete => (Class::Ok, Outcome::Ok, None),
+            End::Broken(class) => (class, Outcome::StreamError, Some(class)),
+            End::ClientGone => (Class::Ok, Outcome::Cancelled, None),
+        };
+        if error.is_some() {
+            self.target.metrics.stream_error();
         }
+        let end = AttemptEnd {
+            class,
+            status: Some(200),
+            retry_after: None,
+            elapsed: self.pending.t0.elapsed(),
+            latency: self.ttft,
+        };
+        ctx.record(&self.target, self.pending.admission, &end);
+        self.pending.probe.disarm();
+        ctx.finish(200, outcome, error);
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.end(Outcome::Cancelled, None);
+        self.end(End::ClientGone);
     }
+}
+
+/// Where a committed stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// `[DONE]` went out: read the upstream's body to its end, then end.
+    Drain,
+    /// The error event went out: end the body abnormally.
+    Abort,
+    Ended,
 }
 
 struct StreamState {
     guard: StreamGuard,
-    first: Option<Answer>,
+    /// Events read before the stream was committed (the first one, and undecodable ones
+    /// before it).
+    held: VecDeque<Event>,
     rest: EventStream,
-    deadline: Instant,
+    /// The longest gap between events.
+    idle: Duration,
+    /// The client's own bound on the whole response.
+    client: Option<Instant>,
     /// The route whose id goes in each chunk's `model` (`None`: the upstream's is kept).
     model: Option<Arc<RouteRt>>,
-    /// Events still to send before ending (the error event and `[DONE]`).
-    tail: Vec<Bytes>,
-    ended: bool,
-    /// After `[DONE]`: read the upstream's body to its end before ending, so its connection
-    /// is kept.
-    drain: bool,
+    /// A chunk with a `finish_reason` went out.
+    finished: bool,
+    phase: Phase,
 }
+
+/// How long a broken stream waits between its error event and the abnormal end, so the server
+/// has written the event (a pending body lets it flush) before it aborts the transfer.
+const ABORT_FLUSH: Duration = Duration::from_millis(10);
 
 /// How long the end of an upstream's body may take after its `[DONE]` (normally it is in the
 /// same read); an upstream slower than that loses its connection, not the client's time.
@@ -845,12 +1209,35 @@ async fn drain(rest: &mut EventStream) {
 }
 
 impl StreamState {
-    /// One chunk for the client: the route's model in, usage counted.
-    fn chunk(&self, a: &Answer) -> Bytes {
-        if self.guard.ctx.is_some() {
-            record_usage(&self.guard.target, a.usage());
-        }
+    /// One chunk for the client: the route's model in when asked, usage counted.
+    fn chunk(&mut self, a: &Answer) -> Bytes {
+        self.finished |= a.finished();
+        record_usage(&self.guard.target, a.usage());
         sse::encode_answer(a, self.model.as_ref().map(|r| r.route.model.as_str()))
+    }
+
+    /// The stream broke: one error event, then the body ends abnormally.
+    fn broken(&mut self, class: Class) -> Bytes {
+        self.phase = Phase::Abort;
+        self.guard.end(End::Broken(class));
+        error_event(&self.guard.target.cfg.name, class)
+    }
+
+    /// The stream is complete.
+    fn complete(&mut self, phase: Phase) -> Bytes {
+        self.phase = phase;
+        self.guard.end(End::Complete);
+        sse::encode(&Event::Done)
+    }
+
+    /// The next event, within the idle bound and the client's deadline.
+    async fn next(&mut self) -> Result<Option<Result<Event, Failure>>, tokio::time::error::Elapsed> {
+        if let Some(ev) = self.held.pop_front() {
+            return Ok(Some(Ok(ev)));
+        }
+        let idle = Instant::now() + self.idle;
+        let until = self.client.map_or(idle, |c| c.min(idle));
+        timeout_at(until, self.rest.next()).await
     }
 }
 
@@ -866,59 +1253,58 @@ fn error_event(target: &str, class: Class) -> Bytes {
 
 fn stream_body(
     guard: StreamGuard,
-    first: Answer,
+    held: VecDeque<Event>,
     rest: EventStream,
-    deadline: Instant,
+    client: Option<Instant>,
     model: Option<Arc<RouteRt>>,
 ) -> body::Body {
+    let idle = Duration::from_millis(guard.target.cfg.stream_idle_ms);
     let state = StreamState {
         guard,
-        first: Some(first),
+        held,
         rest,
-        deadline,
+        idle,
+        client,
         model,
-        tail: Vec::new(),
-        ended: false,
-        drain: false,
+        finished: false,
+        phase: Phase::Open,
     };
     let s = stream::unfold(state, |mut st| async move {
-        if let Some(b) = st.tail.pop() {
-            return Some((b, st));
-        }
-        if st.ended {
-            if std::mem::take(&mut st.drain) {
+        match st.phase {
+            Phase::Open => {}
+            Phase::Drain => {
+                st.phase = Phase::Ended;
                 drain(&mut st.rest).await;
+                return None;
             }
-            return None;
+            Phase::Abort => {
+                st.phase = Phase::Ended;
+                // Let the server write the error event out before the abort: hyper drops what
+                // it has buffered but not yet written when a body fails.
+                sleep(ABORT_FLUSH).await;
+                return Some((Err(body::Aborted), st));
+            }
+            Phase::Ended => return None,
         }
-        let next = match st.first.take() {
-            Some(a) => Ok(Some(Ok(Event::Raw(a)))),
-            None => timeout_at(st.deadline, st.rest.next()).await,
-        };
-        let failed = |st: &mut StreamState, class: Class| {
-            st.ended = true;
-            st.guard.end(Outcome::StreamError, Some(class));
-            // `tail` pops from the end: `[DONE]` goes last.
-            st.tail.push(sse::encode(&Event::Done));
-            error_event(&st.guard.target.cfg.name, class)
-        };
-        let out = match next {
+        let out = match st.next().await {
             Ok(Some(Ok(Event::Data(v)))) => st.chunk(&Answer::from_value(&v)),
             Ok(Some(Ok(Event::Raw(a)))) => st.chunk(&a),
-            Ok(Some(Ok(Event::Done))) => {
-                st.ended = true;
-                st.drain = true;
-                st.guard.end(Outcome::Ok, None);
-                sse::encode(&Event::Done)
+            Ok(Some(Ok(Event::Opaque(raw)))) => {
+                st.guard.target.metrics.stream_anomaly();
+                sse::encode(&Event::Opaque(raw))
             }
-            Ok(Some(Err(f))) => failed(&mut st, f.class),
-            // Ended without `[DONE]`: a silent truncation is still a broken stream.
-            Ok(None) => failed(&mut st, Class::Reset),
-            Err(_) => failed(&mut st, Class::Timeout),
+            Ok(Some(Ok(Event::Done))) => st.complete(Phase::Drain),
+            // Several OpenAI-compatible servers end a complete answer without `[DONE]`.
+            Ok(None) if st.finished => st.complete(Phase::Ended),
+            Ok(Some(Err(f))) => st.broken(f.class),
+            // Ended before its finish_reason: a silent truncation is a broken stream.
+            Ok(None) => st.broken(Class::Reset),
+            // Silent past `streamIdle`, or past the client's own deadline.
+            Err(_) => st.broken(Class::Timeout),
         };
-        Some((out, st))
+        Some((Ok(out), st))
     });
-    StreamBody::new(s.map(|b| Ok::<_, Infallible>(Frame::data(b)))).boxed_unsync()
+    StreamBody::new(s.map(|b| b.map(Frame::data))).boxed_unsync()
 }
 
 #[cfg(test)]

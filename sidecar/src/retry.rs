@@ -120,6 +120,8 @@ mod tests {
             on: vec![RetryOn::ServerError],
             budget_ratio: 0.2,
             budget_min_per_second: 1,
+            same_target: vec![RetryOn::ServerError],
+            rate_limit_max_wait_ms: 0,
         }
     }
 

@@ -54,6 +54,8 @@ impl TargetState {
 /// One target of the table being served.
 #[derive(Debug)]
 pub struct TargetRt {
+    /// The route's id (for logs).
+    pub route: String,
     pub cfg: Target,
     pub provider: Provider,
     pub state: Arc<TargetState>,
@@ -67,12 +69,38 @@ impl TargetRt {
     pub const fn provider_name(&self) -> &'static str {
         self.cfg.provider.as_str()
     }
+
+    /// Runs `f` on the breaker at `now`; the one place that notices a state change, whatever
+    /// caused it (a verdict, a cooldown that ran out, a probe that went away): it is logged,
+    /// counted in `detour_breaker_transitions_total` and exported in `detour_breaker_state`.
+    /// `why` names what led to it (an attempt's class, or `cooldown`).
+    pub fn with_breaker<R>(&self, now: Instant, why: &str, f: impl FnOnce(&mut Breaker) -> R) -> R {
+        let mut b = self.state.breaker();
+        let before = b.peek();
+        let out = f(&mut b);
+        let after = b.state(now);
+        let degraded = b.degraded();
+        drop(b);
+        if before.gauge() != after.gauge() {
+            let to = ["closed", "half-open", "open"]
+                .get(usize::try_from(after.gauge()).unwrap_or(0))
+                .copied()
+                .unwrap_or("closed");
+            tracing::warn!(route = %self.route, target = %self.cfg.name, why, "circuit {to}");
+            self.metrics.breaker_transition(after.gauge());
+        }
+        self.metrics.breaker_state().set(after.gauge());
+        self.metrics.degraded().set(i64::from(degraded));
+        out
+    }
 }
 
 /// One route of the table being served.
 #[derive(Debug)]
 pub struct RouteRt {
     pub route: Route,
+    /// `x-detour-route` (`None` if the id is no header value).
+    pub route_header: Option<HeaderValue>,
     pub targets: Vec<Arc<TargetRt>>,
     pub budget: Arc<Mutex<Budget>>,
     pub metrics: RouteMetrics,
@@ -160,6 +188,7 @@ impl Registry {
                     _ => Provider::for_target(t, http),
                 };
                 let target = Arc::new(TargetRt {
+                    route: route.model.clone(),
                     cfg: t.clone(),
                     provider,
                     state,
@@ -173,6 +202,7 @@ impl Registry {
                 route.model.clone(),
                 Arc::new(RouteRt {
                     route: route.clone(),
+                    route_header: HeaderValue::from_str(&route.model).ok(),
                     targets,
                     budget,
                     metrics: RouteMetrics::new(metrics, &route.model),

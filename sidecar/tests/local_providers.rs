@@ -53,8 +53,8 @@ macro_rules! suite {
         mod $name {
             use super::*;
 
-            /// A chat completion comes back OpenAI-shaped under the route's model id, with the
-            /// provider named in `x-detour-provider`.
+            /// A chat completion comes back OpenAI-shaped under the model that served, with
+            /// the route's id in `x-detour-route` and the provider in `x-detour-provider`.
             #[tokio::test]
             async fn chat() {
                 let fake = Fake::start().await;
@@ -63,7 +63,8 @@ macro_rules! suite {
                 assert_eq!(r.status, 200, "{}", r.text());
                 let v = r.json();
                 assert_eq!(v["object"], "chat.completion");
-                assert_eq!(v["model"], "s/ok");
+                assert_eq!(v["model"], "up-a");
+                assert_eq!(r.header("x-detour-route"), "s/ok");
                 assert!(
                     v["choices"][0]["message"]["content"]
                         .as_str()
@@ -73,7 +74,7 @@ macro_rules! suite {
                 sc.stop().await;
             }
 
-            /// A stream is OpenAI SSE chunks under the route's model id, ending with `[DONE]`.
+            /// A stream is OpenAI SSE chunks under the model that served, ending with `[DONE]`.
             #[tokio::test]
             async fn stream() {
                 let fake = Fake::start().await;
@@ -84,7 +85,7 @@ macro_rules! suite {
                 assert_eq!(r.header("content-type"), "text/event-stream");
                 let text = r.text();
                 assert!(
-                    text.contains("chat.completion.chunk") && text.contains("\"model\":\"s/ok\""),
+                    text.contains("chat.completion.chunk") && text.contains("\"model\":\"up-a\""),
                     "{text}"
                 );
                 assert!(text.ends_with("data: [DONE]\n\n"), "{text}");

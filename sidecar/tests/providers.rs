@@ -119,6 +119,14 @@ impl Kind {
             Self::Bedrock => "anthropic.claude-3-haiku-20240307-v1:0",
         }
     }
+
+    /// The model the fake reports as having served (Bedrock reports none: the target's).
+    const fn reported(self) -> &'static str {
+        match self {
+            Self::Anthropic => "claude-up-20250101",
+            k => k.model(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -962,6 +970,17 @@ impl Fake {
             .unwrap_or(Value::Null)
     }
 
+    /// The last request's path and query.
+    fn last_path(&self, stub: &str) -> String {
+        self.state
+            .lock()
+            .unwrap()
+            .stubs
+            .get(stub)
+            .and_then(|s| s.uris.last().cloned())
+            .unwrap_or_default()
+    }
+
     fn last_headers(&self, stub: &str) -> HeaderMap {
         self.state
             .lock()
@@ -1044,8 +1063,10 @@ fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Pa
     RouteTable::new(routes, Vec::new()).to_json()
 }
 
+/// Plain calls for non-streaming requests (`streaming.assemble: false`), so the goldens pin
+/// each provider's own non-streaming translation; [`case_assembled`] compares the two.
 async fn env(model: &str, targets: &[(&str, Kind)]) -> Env {
-    env_with(model, targets, "").await
+    env_with(model, targets, "  streaming: {assemble: false}").await
 }
 
 /// As [`env`], with extra policy spec lines.
@@ -1180,7 +1201,7 @@ async fn case_text(kind: Kind) {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-detour-provider"), kind.name());
     let v = r.json();
-    assert_eq!(v["model"], ROUTE);
+    assert_eq!(v["model"], kind.reported());
     assert_eq!(v["object"], "chat.completion");
     assert!(
         v["choices"][0]["message"]["content"]
@@ -1247,7 +1268,7 @@ async fn case_stream(kind: Kind) {
     let mut args = String::new();
     for ev in &events[..events.len() - 1] {
         assert_eq!(ev["object"], "chat.completion.chunk");
-        assert_eq!(ev["model"], ROUTE);
+        assert_eq!(ev["model"], kind.reported());
         if let Some(c) = ev["choices"][0]["delta"]["content"].as_str() {
             text.push_str(c);
         }
@@ -1276,6 +1297,99 @@ async fn case_stream(kind: Kind) {
     );
     e.fake.assert_clean();
     e.sidecar.stop().await;
+}
+
+/// `"created":<digits>` set to 0 (the time of translation), bytes otherwise kept.
+fn zero_created(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("\"created\":") {
+        let (head, tail) = rest.split_at(i + "\"created\":".len());
+        out.push_str(head);
+        out.push('0');
+        rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A byte golden: the file holds exactly these bytes (plus a newline).
+fn golden_bytes(name: &str, got: &str) {
+    let path = golden_path(name);
+    if std::env::var("DETOUR_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{got}\n")).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "golden {} missing; run with DETOUR_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        got,
+        want.trim_end_matches('\n'),
+        "golden {name} differs; run with DETOUR_BLESS=1 to accept"
+    );
+}
+
+/// Assembled answers: a non-streaming request goes upstream as a stream (with usage) and the
+/// client gets one `chat.completion` (byte golden). For the translating providers it is byte
+/// for byte the answer their non-streaming call gives (text and tools).
+async fn case_assembled(kind: Kind) {
+    let mut a = env_with(ROUTE, &[("primary", kind)], "").await;
+    let mut plain = env(ROUTE, &[("primary", kind)]).await;
+    for (case, req) in [("text", text_request()), ("tools", tools_request(false))] {
+        if case == "tools" && !kind.caps().tools {
+            continue;
+        }
+        let r = post(&a.sidecar, &req).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), "application/json");
+        let got = zero_created(&r.text());
+        let sent = a.fake.last_body("primary");
+        assert!(
+            sent["stream"] == json!(true) || a.fake.last_path("primary").contains("converse-stream"),
+            "{kind:?} {case}: sent as a stream: {sent}"
+        );
+        let v: Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["model"], kind.reported());
+        assert_eq!(v["usage"]["total_tokens"], 10, "{got}");
+        golden_bytes(&format!("{}.{case}.assembled", kind.slug()), &got);
+        if matches!(kind, Kind::Anthropic | Kind::Bedrock) {
+            let p = zero_created(&post(&plain.sidecar, &req).await.text());
+            if case == "text" {
+                assert_eq!(p, got, "{kind:?}: assembled = plain, byte for byte");
+            } else {
+                // The fakes' streamed tool answers carry other text and argument spacing than
+                // their JSON ones; everything else must agree.
+                let p: Value = serde_json::from_str(&p).unwrap();
+                let (a, b) = (&v["choices"][0], &p["choices"][0]);
+                assert_eq!(a["finish_reason"], b["finish_reason"]);
+                assert_eq!(
+                    a["message"]["tool_calls"][0]["id"],
+                    b["message"]["tool_calls"][0]["id"]
+                );
+                let args = |c: &Value| -> Value {
+                    serde_json::from_str(
+                        c["message"]["tool_calls"][0]["function"]["arguments"]
+                            .as_str()
+                            .unwrap(),
+                    )
+                    .unwrap()
+                };
+                assert_eq!(args(a), args(b));
+                assert_eq!(v["usage"], p["usage"]);
+                assert_eq!(v["id"], p["id"]);
+            }
+        }
+    }
+    a.fake.assert_clean();
+    plain.fake.assert_clean();
+    a.sidecar.stop().await;
+    plain.sidecar.stop().await;
 }
 
 /// Overloaded and throttled answers fail over to the next provider; the backup serves, and the
@@ -1400,6 +1514,10 @@ macro_rules! provider_suite {
             #[tokio::test]
             async fn stream() { case_stream($kind).await }
 
+            /// Non-streaming requests sent as streams and assembled, byte for byte.
+            #[tokio::test]
+            async fn assembled() { case_assembled($kind).await }
+
             /// Overloaded and throttled fail over to the next provider.
             #[tokio::test]
             async fn failover() { case_failover($kind).await }
@@ -1467,17 +1585,21 @@ async fn bedrock_wrong_signature_is_rejected() {
     e.sidecar.stop().await;
 }
 
-/// With `exposeUpstreamModel`, the translated answer carries the upstream's model (Anthropic's
-/// from its response, Bedrock's the target's model id), in JSON and in every chunk.
+/// The translated answer carries the model the upstream reported (Anthropic's from its
+/// response, Bedrock's the target's model id), in JSON and in every chunk; `responseModel:
+/// route` (or the deprecated `exposeUpstreamModel: false`) puts the route's id there.
 #[tokio::test]
-async fn expose_upstream_model() {
-    for (kind, want) in [
-        (Kind::Anthropic, "claude-up-20250101"),
-        (Kind::Bedrock, Kind::Bedrock.model()),
+async fn response_model() {
+    for (kind, policy, want) in [
+        (Kind::Anthropic, "", "claude-up-20250101"),
+        (Kind::Bedrock, "", Kind::Bedrock.model()),
+        (Kind::Anthropic, "  responseModel: route", ROUTE),
+        (Kind::Bedrock, "  exposeUpstreamModel: false", ROUTE),
     ] {
-        let mut e = env_with(ROUTE, &[("primary", kind)], "  exposeUpstreamModel: true").await;
+        let mut e = env_with(ROUTE, &[("primary", kind)], policy).await;
         let r = post(&e.sidecar, &text_request()).await;
         assert_eq!(r.json()["model"], want);
+        assert_eq!(r.header("x-detour-route"), ROUTE);
         let req = json!({"model": ROUTE, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
         let r = post(&e.sidecar, &req).await;
         let events = sse_events(&r.text());

@@ -34,6 +34,8 @@ pub struct Answer {
     model: Option<Range<usize>>,
     usage: Option<Usage>,
     content_filtered: bool,
+    /// Some choice carries a `finish_reason` (a string).
+    finished: bool,
     error: bool,
 }
 
@@ -65,6 +67,7 @@ impl Answer {
             model: s.model,
             usage: s.usage,
             content_filtered: s.choices.total > 0 && s.choices.filtered == s.choices.total,
+            finished: s.choices.finished,
             error: s.error,
         })
     }
@@ -77,6 +80,7 @@ impl Answer {
             model: None,
             usage: None,
             content_filtered: false,
+            finished: false,
             error: false,
         })
     }
@@ -117,6 +121,11 @@ impl Answer {
     /// Whether it has choices and every one finished with `content_filter`.
     pub const fn content_filtered(&self) -> bool {
         self.content_filtered
+    }
+
+    /// Whether some choice has a `finish_reason`: in a stream, the end of the answer.
+    pub const fn finished(&self) -> bool {
+        self.finished
     }
 
     /// Whether it has a top-level `error` key (an error event in a stream).
@@ -170,6 +179,8 @@ pub struct RequestBody {
     /// tree instead).
     model_span: Option<Range<usize>>,
     stream: bool,
+    /// The body has a `stream` or `stream_options` key (whatever its value).
+    stream_keys: bool,
     tree: OnceLock<Result<Map<String, Value>, String>>,
 }
 
@@ -202,8 +213,15 @@ impl RequestBody {
                             h.model = None;
                         }
                     }
-                    // "stream"
-                    Some(_) => h.stream = scan.flag()? == Some(true),
+                    Some(1) => {
+                        h.stream_keys = true;
+                        h.stream = scan.flag()? == Some(true);
+                    }
+                    // "stream_options"
+                    Some(_) => {
+                        h.stream_keys = true;
+                        scan.skip()?;
+                    }
                     None => scan.skip()?,
                 }
                 Some(())
@@ -216,6 +234,7 @@ impl RequestBody {
                 model_span: h.model_span.filter(|_| h.models == 1),
                 model: h.model,
                 stream: h.stream,
+                stream_keys: h.stream_keys,
                 raw,
                 tree: OnceLock::new(),
             }),
@@ -248,6 +267,11 @@ impl RequestBody {
         self.stream
     }
 
+    /// Whether the body has a `stream` or `stream_options` key.
+    pub const fn has_stream_keys(&self) -> bool {
+        self.stream_keys
+    }
+
     /// The JSON tree, built on first use. The error is the message for the client (a body
     /// can pass the first reading and still fail here, e.g. on an unpaired surrogate escape).
     pub fn map(&self) -> Result<&Map<String, Value>, &str> {
@@ -278,10 +302,11 @@ struct Head {
     /// How many times `model` appears.
     models: usize,
     stream: bool,
+    stream_keys: bool,
 }
 
 /// The top-level keys of a request the first reading looks at.
-const HEAD_KEYS: &[&str] = &["model", "stream"];
+const HEAD_KEYS: &[&str] = &["model", "stream", "stream_options"];
 
 #[derive(Default)]
 struct Summary {
@@ -318,6 +343,8 @@ fn usage(scan: &mut Scan<'_>) -> Option<Option<Usage>> {
 struct Choices {
     total: usize,
     filtered: usize,
+    /// Some choice has a string `finish_reason`.
+    finished: bool,
 }
 
 fn choices(scan: &mut Scan<'_>) -> Option<Choices> {
@@ -331,14 +358,19 @@ fn choices(scan: &mut Scan<'_>) -> Option<Choices> {
             return scan.skip();
         }
         let mut filtered = false;
+        let mut finished = false;
         scan.object(|scan, key| {
             if key.is("finish_reason") {
-                filtered = scan.string_or_skip()?.is_some_and(|r| r.is("content_filter"));
+                // A repeated key counts by its last occurrence, as in a tree.
+                let reason = scan.string_or_skip()?;
+                finished = reason.is_some();
+                filtered = reason.is_some_and(|r| r.is("content_filter"));
                 Some(())
             } else {
                 scan.skip()
             }
         })?;
+        c.finished |= finished;
         c.filtered += usize::from(filtered);
         Some(())
     })?;
@@ -355,7 +387,7 @@ mod tests {
     }
 
     /// What the old tree-based path computed, for comparison.
-    fn reference(v: &Value, model: &str) -> (Value, Option<Usage>, bool, bool) {
+    fn reference(v: &Value, model: &str) -> (Value, Option<Usage>, bool, bool, bool) {
         let mut out = v.clone();
         if let Some(m) = out.get_mut("model") {
             *m = Value::String(model.to_owned());
@@ -369,17 +401,22 @@ mod tests {
                 && c.iter()
                     .all(|c| c.get("finish_reason").and_then(Value::as_str) == Some("content_filter"))
         });
-        (out, usage, filtered, v.get("error").is_some())
+        let finished = v.get("choices").and_then(Value::as_array).is_some_and(|c| {
+            c.iter()
+                .any(|c| c.get("finish_reason").and_then(Value::as_str).is_some())
+        });
+        (out, usage, filtered, finished, v.get("error").is_some())
     }
 
     fn agrees(text: &str) {
         let v: Value = serde_json::from_str(text).unwrap();
         let a = parse(text);
         let rewritten: Value = serde_json::from_slice(&a.with_model(Some("route/\"id\""))).unwrap();
-        let (want, usage, filtered, error) = reference(&v, "route/\"id\"");
+        let (want, usage, filtered, finished, error) = reference(&v, "route/\"id\"");
         assert_eq!(rewritten, want, "{text}");
         assert_eq!(a.usage(), usage, "{text}");
         assert_eq!(a.content_filtered(), filtered, "{text}");
+        assert_eq!(a.finished(), finished, "{text}");
         assert_eq!(a.is_error(), error, "{text}");
     }
 

@@ -74,6 +74,7 @@ fn map_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> 
         ("rate_limit_error", _) | (_, 429) => Class::RateLimited,
         ("overloaded_error" | "api_error", _) | (_, 500..=599) => Class::ServerError,
         (_, 408) => Class::Timeout,
+        ("invalid_request_error", 400) if is_context_length(message) => Class::ContextLength,
         (_, 400..=499) => Class::ClientError,
         _ => Class::BadResponse,
     };
@@ -94,6 +95,13 @@ fn map_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> 
         openai_type,
         kind,
     )
+}
+
+/// Anthropic's wording of a prompt over the context window: "prompt is too long: 210000 tokens
+/// > 200000 maximum", or "input length and `max_tokens` exceed context limit: …".
+fn is_context_length(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("prompt is too long") || (m.contains("input length") && m.contains("exceed context limit"))
 }
 
 /// An `error` event inside a stream, classified like the same error as a status.
@@ -230,8 +238,9 @@ fn prompt_tokens(usage: Option<&Value>) -> u64 {
         .saturating_add(tokens(usage, "cache_creation_input_tokens"))
 }
 
-/// A Messages API response as a `chat.completion`.
-pub(crate) fn from_response(v: &Value, created: u64) -> Result<Value, Failure> {
+/// A Messages API response as a `chat.completion`, written as an assembled stream of the same
+/// message would be ([`upstream::completion`]): the same bytes either way.
+pub(crate) fn from_response(v: &Value, created: u64) -> Result<Answer, Failure> {
     let blocks = v
         .get("content")
         .and_then(Value::as_array)
@@ -241,44 +250,29 @@ pub(crate) fn from_response(v: &Value, created: u64) -> Result<Value, Failure> {
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => tool_calls.push(json!({
-                "id": b.get("id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": b.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": b.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+            Some("tool_use") => tool_calls.push(upstream::ToolCall {
+                id: b.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
+                kind: "function".to_owned(),
+                function: upstream::Function {
+                    name: b.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    arguments: b.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
                 },
-            })),
+            }),
             // thinking, redacted_thinking and server-tool blocks have no OpenAI counterpart.
             _ => {}
         }
     }
-    // OpenAI sends `content: null` for an answer that is only tool calls.
-    let content = if text.is_empty() && !tool_calls.is_empty() {
-        Value::Null
-    } else {
-        Value::String(text)
-    };
-    let mut message = json!({"role": "assistant", "content": content, "refusal": null});
-    if !tool_calls.is_empty()
-        && let Some(m) = message.as_object_mut()
-    {
-        m.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
     let usage = v.get("usage");
-    Ok(json!({
-        "id": v.get("id").cloned().unwrap_or(Value::Null),
-        "object": "chat.completion",
-        "created": created,
-        "model": v.get("model").cloned().unwrap_or(Value::Null),
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason(v.get("stop_reason").and_then(Value::as_str)).unwrap_or("stop"),
-        }],
-        "usage": upstream::usage(prompt_tokens(usage), tokens(usage, "output_tokens")),
-    }))
+    let reason = finish_reason(v.get("stop_reason").and_then(Value::as_str)).unwrap_or("stop");
+    Ok(upstream::completion(
+        v.get("id").unwrap_or(&Value::Null),
+        created,
+        v.get("model").unwrap_or(&Value::Null),
+        text,
+        tool_calls,
+        reason,
+        &upstream::usage(prompt_tokens(usage), tokens(usage, "output_tokens")),
+    ))
 }
 
 /// The stream translator: Anthropic events in, OpenAI chunks out.
@@ -294,6 +288,8 @@ struct Translator {
     tools: HashMap<u64, u64>,
     /// Whether the role chunk went out.
     started: bool,
+    /// `message_delta` (with the stop reason) went out as the finish chunk.
+    stopped: bool,
     done: bool,
 }
 
@@ -393,20 +389,11 @@ impl Translate for Translator {
                 }
                 let reason = finish_reason(v.pointer("/delta/stop_reason").and_then(Value::as_str));
                 out.push_back(chunk(self, json!({}), Some(reason.unwrap_or("stop"))));
+                self.stopped = true;
             }
             "message_stop" => {
                 self.start(out);
-                if self.include_usage {
-                    out.push_back(Event::Data(upstream::usage_chunk(
-                        &self.id,
-                        self.created,
-                        &self.model,
-                        self.prompt,
-                        self.completion,
-                    )));
-                }
-                out.push_back(Event::Done);
-                self.done = true;
+                self.stop(out);
             }
             "error" => return Err(stream_error(&v)),
             // ping, content_block_stop, and event types added later.
@@ -417,6 +404,37 @@ impl Translate for Translator {
 
     fn finished(&self) -> bool {
         self.done
+    }
+
+    /// A body that ends after the stop reason but without `message_stop` still carried the
+    /// whole answer: complete.
+    fn end(&mut self, out: &mut VecDeque<Event>) -> Result<(), Failure> {
+        if self.stopped {
+            self.stop(out);
+            Ok(())
+        } else {
+            Err(Failure::new(
+                Class::Reset,
+                "upstream stream ended before the end of the message",
+            ))
+        }
+    }
+}
+
+impl Translator {
+    /// The usage chunk (when asked for) and `[DONE]`.
+    fn stop(&mut self, out: &mut VecDeque<Event>) {
+        if self.include_usage {
+            out.push_back(Event::Data(upstream::usage_chunk(
+                &self.id,
+                self.created,
+                &self.model,
+                self.prompt,
+                self.completion,
+            )));
+        }
+        out.push_back(Event::Done);
+        self.done = true;
     }
 }
 
@@ -476,13 +494,13 @@ impl Adapter for Anthropic {
             let events = upstream::sse_json(resp.into_body());
             let translator = Translator {
                 created: upstream::now_unix(),
-                include_usage: upstream::include_usage(call.body()?),
+                include_usage: call.include_usage()?,
                 ..Translator::default()
             };
             return Ok(Reply::Stream(upstream::translated(events, translator)));
         }
         let v = upstream::json_body(resp, call).await?;
-        from_response(&v, upstream::now_unix()).map(|v| Reply::Json(Answer::from_value(&v)))
+        from_response(&v, upstream::now_unix()).map(Reply::Json)
     }
 }
 
@@ -506,6 +524,21 @@ mod tests {
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["message"], "m");
         assert_eq!(e(401, "authentication_error").class, Class::ClientError);
+        let long = |m: &str| {
+            let body = json!({"type": "error", "error": {"type": "invalid_request_error", "message": m}});
+            map_error(StatusCode::BAD_REQUEST, None, body.to_string().as_bytes()).class
+        };
+        assert_eq!(
+            long("prompt is too long: 210000 tokens > 200000 maximum"),
+            Class::ContextLength
+        );
+        assert_eq!(
+            long(
+                "input length and `max_tokens` exceed context limit: 198000 + 8192 > 200000, decrease input length or `max_tokens` and try again"
+            ),
+            Class::ContextLength
+        );
+        assert_eq!(long("messages: roles must alternate"), Class::ClientError);
         assert_eq!(e(404, "not_found_error").class, Class::ClientError);
     }
 

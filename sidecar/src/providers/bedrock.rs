@@ -88,6 +88,7 @@ fn classify(status: StatusCode, error_type: &str, message: &str, retry_after: Op
         | "modelerrorexception"
         | "modelstreamerrorexception" => Class::ServerError,
         "modeltimeoutexception" => Class::Timeout,
+        "validationexception" if is_context_length(message) => Class::ContextLength,
         "validationexception" | "accessdeniedexception" | "resourcenotfoundexception" => Class::ClientError,
         _ => match status.as_u16() {
             429 => Class::RateLimited,
@@ -101,10 +102,22 @@ fn classify(status: StatusCode, error_type: &str, message: &str, retry_after: Op
         Class::RateLimited => "rate_limit_error",
         Class::ClientError if kind.eq_ignore_ascii_case("AccessDeniedException") => "permission_error",
         Class::ClientError if kind.eq_ignore_ascii_case("ResourceNotFoundException") => "not_found_error",
-        Class::ClientError => "invalid_request_error",
+        Class::ClientError | Class::ContextLength => "invalid_request_error",
         _ => "server_error",
     };
     upstream::translated_failure("bedrock", class, status, retry_after, message, openai_type, kind)
+}
+
+/// Bedrock's wordings of an input over the model's context window, in a `ValidationException`:
+/// "Input is too long for requested model.", "too many input tokens", and the model's own
+/// message passed through ("prompt is too long: …", "maximum context length is …").
+fn is_context_length(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("input is too long")
+        || m.contains("prompt is too long")
+        || m.contains("too many input tokens")
+        || m.contains("maximum context length")
+        || (m.contains("input length") && m.contains("exceed"))
 }
 
 fn map_error(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Failure {
@@ -263,8 +276,9 @@ fn tokens(usage: Option<&Value>, field: &str) -> u64 {
 }
 
 /// A Converse response as a `chat.completion`. Converse returns no id and no model: the id is
-/// the request id AWS assigned, the model the target's.
-pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> Result<Value, Failure> {
+/// the request id AWS assigned, the model the target's. Written as an assembled stream of the
+/// same message would be ([`upstream::completion`]): the same bytes either way.
+pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> Result<Answer, Failure> {
     let blocks = v
         .pointer("/output/message/content")
         .and_then(Value::as_array)
@@ -275,42 +289,30 @@ pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> R
         if let Some(t) = b.get("text").and_then(Value::as_str) {
             text.push_str(t);
         } else if let Some(u) = b.get("toolUse") {
-            tool_calls.push(json!({
-                "id": u.get("toolUseId").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": u.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": u.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+            tool_calls.push(upstream::ToolCall {
+                id: u
+                    .get("toolUseId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                kind: "function".to_owned(),
+                function: upstream::Function {
+                    name: u.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    arguments: u.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
                 },
-            }));
+            });
         }
     }
-    // OpenAI sends `content: null` for an answer that is only tool calls.
-    let content = if text.is_empty() && !tool_calls.is_empty() {
-        Value::Null
-    } else {
-        Value::String(text)
-    };
-    let mut message = json!({"role": "assistant", "content": content, "refusal": null});
-    if !tool_calls.is_empty()
-        && let Some(m) = message.as_object_mut()
-    {
-        m.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
     let usage = v.get("usage");
-    Ok(json!({
-        "id": format!("chatcmpl-{id}"),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason(v.get("stopReason").and_then(Value::as_str)),
-        }],
-        "usage": upstream::usage(tokens(usage, "inputTokens"), tokens(usage, "outputTokens")),
-    }))
+    Ok(upstream::completion(
+        &Value::from(format!("chatcmpl-{id}")),
+        created,
+        &Value::from(model),
+        text,
+        tool_calls,
+        finish_reason(v.get("stopReason").and_then(Value::as_str)),
+        &upstream::usage(tokens(usage, "inputTokens"), tokens(usage, "outputTokens")),
+    ))
 }
 
 /// The stream translator: ConverseStream events in (`{"type": <:event-type>, ...payload}`),
@@ -596,14 +598,13 @@ impl Adapter for Bedrock {
                 id: format!("chatcmpl-{request_id}"),
                 model: call.model.to_owned(),
                 created: upstream::now_unix(),
-                include_usage: upstream::include_usage(call.body()?),
+                include_usage: call.include_usage()?,
                 ..Translator::default()
             };
             return Ok(Reply::Stream(upstream::translated(events, translator)));
         }
         let v = upstream::json_body(resp, call).await?;
-        from_response(&v, &request_id, call.model, upstream::now_unix())
-            .map(|v| Reply::Json(Answer::from_value(&v)))
+        from_response(&v, &request_id, call.model, upstream::now_unix()).map(Reply::Json)
     }
 }
 
@@ -629,6 +630,17 @@ mod tests {
             Class::ClientError
         );
         assert_eq!(c(400, "throttlingException"), Class::RateLimited);
+        let v = |m: &str| classify(StatusCode::BAD_REQUEST, "ValidationException", m, None).class;
+        assert_eq!(v("Input is too long for requested model."), Class::ContextLength);
+        assert_eq!(
+            v("The model returned the following errors: prompt is too long: 250000 tokens > 200000 maximum"),
+            Class::ContextLength
+        );
+        assert_eq!(v("too many input tokens"), Class::ContextLength);
+        assert_eq!(
+            v("Malformed input request: extraneous key [x]"),
+            Class::ClientError
+        );
     }
 
     /// Model ids with `:` (versions) and ARNs are escaped as one path segment.

@@ -12,6 +12,7 @@
 
 pub mod answer;
 pub mod anthropic;
+pub mod assemble;
 pub mod azure;
 pub mod bedrock;
 pub(crate) mod chat;
@@ -66,7 +67,11 @@ pub struct Call<'a> {
     pub request: &'a answer::RequestBody,
     /// The target's upstream model.
     pub model: &'a str,
+    /// Ask the upstream for a stream.
     pub stream: bool,
+    /// The client asked for a JSON answer, and the proxy sends the request as a stream to
+    /// assemble it (`stream` is then true): the upstream is asked for a stream with usage.
+    pub assemble: bool,
     /// End of this attempt (per-attempt timeout or what is left of the total).
     pub deadline: Instant,
     /// Streams only: the first event must arrive by then.
@@ -94,12 +99,18 @@ impl Call<'_> {
     }
 }
 
+/// What an assembled answer's request adds: a stream with a final usage chunk.
+const STREAM_FIELDS: &[u8] = br#""stream":true,"stream_options":{"include_usage":true}"#;
+
 /// The client's body with `model` replaced, serialised without copying the body (a prompt
 /// can be megabytes; each attempt would otherwise deep-clone it).
 #[derive(Debug)]
 pub struct WithModel<'a> {
     pub body: &'a Map<String, Value>,
     pub model: &'a str,
+    /// Also ask for a stream with a final usage chunk (`stream: true`,
+    /// `stream_options.include_usage: true`), replacing the client's values.
+    pub as_stream: bool,
 }
 
 impl Call<'_> {
@@ -114,10 +125,47 @@ impl Call<'_> {
         })
     }
 
+    /// Whether the stream should end with a usage chunk: the client asked for one, or the
+    /// answer is assembled (its `usage` comes from that chunk).
+    pub fn include_usage(&self) -> Result<bool, Failure> {
+        Ok(self.assemble || upstream::include_usage(self.body()?))
+    }
+
     /// The client's body as bytes for an OpenAI-shaped upstream, `model` replaced by the
     /// target's upstream model: the client's own bytes with the model spliced in, or (when
-    /// they cannot be used as they are) the body serialised again.
+    /// they cannot be used as they are, or the answer is assembled from a stream) the body
+    /// serialised again.
     pub fn body_with_model(&self) -> Result<Bytes, Failure> {
+        if self.assemble {
+            // The common case without the tree: the client's bytes, the model spliced in and
+            // the stream fields put first (only when the body has none, to keep keys unique).
+            if !self.request.has_stream_keys()
+                && let Some(b) = self
+                    .request
+                    .model_span()
+                    .and_then(|span| answer::splice(self.request.raw(), span, self.model))
+                && let Some(rest) = b.strip_prefix(b"{")
+            {
+                let sep: &[u8] = if rest.trim_ascii_start().starts_with(b"}") {
+                    b""
+                } else {
+                    b","
+                };
+                let mut out = Vec::with_capacity(b.len() + STREAM_FIELDS.len() + 1);
+                out.extend_from_slice(b"{");
+                out.extend_from_slice(STREAM_FIELDS);
+                out.extend_from_slice(sep);
+                out.extend_from_slice(rest);
+                return Ok(Bytes::from(out));
+            }
+            return serde_json::to_vec(&WithModel {
+                body: self.body()?,
+                model: self.model,
+                as_stream: true,
+            })
+            .map(Bytes::from)
+            .map_err(|_| Failure::new(Class::ClientError, "request body could not be serialised"));
+        }
         if let Some(b) = self
             .request
             .model_span()
@@ -128,6 +176,7 @@ impl Call<'_> {
         serde_json::to_vec(&WithModel {
             body: self.body()?,
             model: self.model,
+            as_stream: false,
         })
         .map(Bytes::from)
         .map_err(|_| Failure::new(Class::ClientError, "request body could not be serialised"))
@@ -138,16 +187,20 @@ impl serde::Serialize for WithModel<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
         let has_model = self.body.contains_key("model");
-        let mut map = s.serialize_map(Some(self.body.len() + usize::from(!has_model)))?;
+        let mut map = s.serialize_map(None)?;
         if !has_model {
             map.serialize_entry("model", self.model)?;
         }
         for (k, v) in self.body {
-            if k == "model" {
-                map.serialize_entry(k, self.model)?;
-            } else {
-                map.serialize_entry(k, v)?;
+            match k.as_str() {
+                "model" => map.serialize_entry(k, self.model)?,
+                "stream" | "stream_options" if self.as_stream => {}
+                _ => map.serialize_entry(k, v)?,
             }
+        }
+        if self.as_stream {
+            map.serialize_entry("stream", &true)?;
+            map.serialize_entry("stream_options", &serde_json::json!({"include_usage": true}))?;
         }
         map.end()
     }
@@ -163,6 +216,9 @@ pub enum Event {
     Raw(Answer),
     /// `data: [DONE]`.
     Done,
+    /// An event of a pass-through upstream whose data is not a JSON object: forwarded to the
+    /// client byte for byte (the raw event without its blank line) and counted as an anomaly.
+    Opaque(Bytes),
 }
 
 impl Event {
@@ -171,7 +227,7 @@ impl Event {
         match self {
             Self::Data(v) => Some(v.clone()),
             Self::Raw(a) => a.to_value(),
-            Self::Done => None,
+            Self::Done | Self::Opaque(_) => None,
         }
     }
 }
@@ -387,11 +443,29 @@ mod tests {
         let out = serde_json::to_value(WithModel {
             body: body.as_object().unwrap(),
             model: "up",
+            as_stream: false,
         })
         .unwrap();
         assert_eq!(
             out,
             serde_json::json!({"model": "up", "messages": [{"role": "user", "content": "hi"}], "n": 1})
+        );
+    }
+
+    /// An assembled answer asks the upstream for a stream with usage, whatever the client's
+    /// body said about streaming.
+    #[test]
+    fn as_stream_asks_for_a_stream_with_usage() {
+        let body = serde_json::json!({"model": "route", "stream": false, "stream_options": {"x": 1}, "n": 1});
+        let out = serde_json::to_value(WithModel {
+            body: body.as_object().unwrap(),
+            model: "up",
+            as_stream: true,
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"model": "up", "n": 1, "stream": true, "stream_options": {"include_usage": true}})
         );
     }
 

@@ -32,14 +32,14 @@ impl OpenAi {
     }
 }
 
-/// The one error mapper of this provider: status and error body to a class.
+/// The one error mapper of this provider (and of `azure-openai`): status and error body to a
+/// class.
 pub(super) fn map_error(status: StatusCode, retry_after: Option<Duration>, body: Bytes) -> Failure {
     let class = match status.as_u16() {
         429 => Class::RateLimited,
         408 => Class::Timeout,
         500..=599 => Class::ServerError,
-        400..=499 if is_content_filter(&body) => Class::ContentFilter,
-        400..=499 => Class::ClientError,
+        400..=499 => client_error_class(&body),
         _ => Class::BadResponse,
     };
     Failure {
@@ -51,15 +51,37 @@ pub(super) fn map_error(status: StatusCode, retry_after: Option<Duration>, body:
     }
 }
 
-fn is_content_filter(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/code")
-                .and_then(Value::as_str)
-                .map(|c| c == "content_filter")
-        })
-        .unwrap_or(false)
+/// A 4xx's class from its body: OpenAI's (and Azure's) error codes for a refused content and
+/// for a prompt longer than the context window, which OpenAI-compatible servers (vLLM,
+/// llama.cpp, LiteLLM, …) often send without a code but with OpenAI's wording.
+fn client_error_class(body: &[u8]) -> Class {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Class::ClientError;
+    };
+    let code = v.pointer("/error/code").and_then(Value::as_str).unwrap_or("");
+    // vLLM puts the message at the top level (`{"object":"error","message":…}`).
+    let message = v
+        .pointer("/error/message")
+        .or_else(|| v.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match code {
+        "content_filter" | "content_policy_violation" => Class::ContentFilter,
+        "context_length_exceeded" => Class::ContextLength,
+        _ if is_context_length_message(&message) => Class::ContextLength,
+        _ => Class::ClientError,
+    }
+}
+
+/// OpenAI's wording of a prompt over the context window ("This model's maximum context length
+/// is 8192 tokens. However, your messages resulted in 9000 tokens…"), and the variants
+/// OpenAI-compatible servers use. `message` is lower-case.
+pub(super) fn is_context_length_message(message: &str) -> bool {
+    message.contains("maximum context length")
+        || message.contains("context length exceeded")
+        || message.contains("context_length_exceeded")
+        || (message.contains("context window") && message.contains("exceed"))
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from LLM APIs and ignored).
@@ -109,5 +131,34 @@ mod tests {
             c(400, r#"{"error":{"code":"content_filter"}}"#),
             Class::ContentFilter
         );
+    }
+
+    /// OpenAI's and Azure's content-policy code is a content filter; a prompt over the
+    /// context window is `context-length`, by code or by OpenAI's wording (servers that copy
+    /// the message without the code); any other 400 stays a client error.
+    #[test]
+    fn content_policy_and_context_length() {
+        let c = |b: &str| map_error(StatusCode::BAD_REQUEST, None, Bytes::from(b.to_owned())).class;
+        assert_eq!(
+            c(r#"{"error":{"code":"content_policy_violation","message":"x"}}"#),
+            Class::ContentFilter
+        );
+        assert_eq!(
+            c(
+                r#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, your messages resulted in 9001 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#
+            ),
+            Class::ContextLength
+        );
+        assert_eq!(
+            c(
+                r#"{"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens","type":"BadRequestError","param":null,"code":400}"#
+            ),
+            Class::ContextLength
+        );
+        assert_eq!(
+            c(r#"{"error":{"message":"Invalid value for 'temperature'","code":"invalid_value"}}"#),
+            Class::ClientError
+        );
+        assert_eq!(c("not json"), Class::ClientError);
     }
 }

@@ -1,9 +1,12 @@
 //! The one SSE reader of OpenAI-shaped streams: frames upstream bytes into events without
 //! buffering more than one event, and turns `data:` payloads into [`Event`]s.
 //!
-//! Upstream body errors become [`Class::Reset`]; a payload that is not JSON becomes
-//! [`Class::BadResponse`]; an `{"error": ...}` event becomes [`Class::ServerError`] (before the
-//! first byte that fails over; after it, the proxy ends the stream with an error event).
+//! Upstream body errors become [`Class::Reset`]; an `{"error": ...}` event becomes
+//! [`Class::ServerError`] (before the first byte that fails over; after it, the proxy ends the
+//! stream with an error event). An event whose data is not a JSON object is not a failure of
+//! a pass-through stream: it becomes [`Event::Opaque`], forwarded to the client as it came and
+//! counted as an anomaly (several OpenAI-compatible servers send such events, and their
+//! clients cope with them).
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, stream};
@@ -63,7 +66,7 @@ fn single_data_line(raw: &Bytes) -> Option<Bytes> {
 }
 
 /// Parses one OpenAI-shaped event into an [`Event`]; `None` for comments and events without
-/// data.
+/// data; [`Event::Opaque`] for data that is not a JSON object.
 pub fn parse_event(raw: Bytes) -> Option<Result<Event, Failure>> {
     // The common shape, read in place; anything else (and any payload that does not read as
     // an answer, to get the same verdict as below) takes the general path.
@@ -91,7 +94,7 @@ fn answer_event(a: Answer) -> Result<Event, Failure> {
 }
 
 /// The general reading of an event: its `data:` lines joined.
-fn parse_event_general(raw: &[u8]) -> Option<Result<Event, Failure>> {
+fn parse_event_general(raw: &Bytes) -> Option<Result<Event, Failure>> {
     let data = data_of(raw)?;
     if data.trim() == "[DONE]" {
         return Some(Ok(Event::Done));
@@ -105,7 +108,7 @@ fn parse_event_general(raw: &[u8]) -> Option<Result<Event, Failure>> {
     } else {
         Answer::parse(Bytes::from(data))
     };
-    Some(answer.map_or_else(|| Err(not_json()), answer_event))
+    Some(answer.map_or_else(|| Ok(Event::Opaque(raw.clone())), answer_event))
 }
 
 /// Parses one event's data as JSON without interpreting it, for providers whose events mean
@@ -219,6 +222,12 @@ pub fn encode(event: &Event) -> Bytes {
     match event {
         Event::Done => Bytes::from_static(b"data: [DONE]\n\n"),
         Event::Raw(a) => encode_answer(a, None),
+        Event::Opaque(raw) => {
+            let mut out = Vec::with_capacity(raw.len() + 2);
+            out.extend_from_slice(raw);
+            out.extend_from_slice(b"\n\n");
+            Bytes::from(out)
+        }
         Event::Data(v) => {
             let mut out = Vec::with_capacity(256);
             out.extend_from_slice(b"data: ");
@@ -265,6 +274,7 @@ mod tests {
             (None, None) => true,
             (Some(Ok(Event::Done)), Some(Ok(Event::Done))) => true,
             (Some(Ok(Event::Raw(x))), Some(Ok(Event::Raw(y)))) => x.bytes() == y.bytes(),
+            (Some(Ok(Event::Opaque(x))), Some(Ok(Event::Opaque(y)))) => x == y,
             (Some(Err(x)), Some(Err(y))) => x.class == y.class,
             _ => false,
         }
@@ -299,7 +309,7 @@ mod tests {
         ) {
             let raw = format!("{head}{body}");
             let fast = parse_event(Bytes::from(raw.clone()));
-            let general = parse_event_general(raw.as_bytes());
+            let general = parse_event_general(&Bytes::from(raw.clone()));
             prop_assert!(same(&fast, &general), "{:?}: {:?} vs {:?}", raw, fast, general);
         }
     }
@@ -367,7 +377,8 @@ mod tests {
         assert_eq!(&encode(&ev)[..], b"data: {\"a\": 1}\n\n");
     }
 
-    /// An upstream error event is a failure, not data to pass on.
+    /// An upstream error event is a failure, not data to pass on; an event that is not JSON is
+    /// passed on as it came (an anomaly, not a failure).
     #[test]
     fn error_event_is_a_failure() {
         let ev = parse_event(Bytes::from_static(b"data: {\"error\":{\"message\":\"x\"}}"));
@@ -378,13 +389,10 @@ mod tests {
                 ..
             }))
         ));
-        let ev = parse_event(Bytes::from_static(b"data: not json"));
-        assert!(matches!(
-            ev,
-            Some(Err(Failure {
-                class: Class::BadResponse,
-                ..
-            }))
-        ));
+        let ev = parse_event(Bytes::from_static(b"event: x\ndata: not json"));
+        let Some(Ok(ev @ Event::Opaque(_))) = ev else {
+            panic!("not opaque: {ev:?}");
+        };
+        assert_eq!(&encode(&ev)[..], b"event: x\ndata: not json\n\n");
     }
 }

@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
+use super::assemble;
+pub use super::assemble::{Function, ToolCall};
 use super::client::{self, Body, Dest};
 use super::{Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, sse};
 use crate::class::Class;
@@ -121,6 +123,11 @@ pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) ->
             .await
             .unwrap_or_default();
         return Err(super::openai::map_error(status, ra, body));
+    }
+    // Asked for a stream only to assemble the answer, an upstream that ignores `stream` and
+    // answers JSON has answered: take it as is.
+    if call.assemble && content_type_is(&resp, "application/json") {
+        return answer_body(resp, call).await.map(Reply::Json);
     }
     if call.stream {
         if !content_type_is(&resp, "text/event-stream") {
@@ -341,6 +348,43 @@ pub fn chunk(id: &str, created: u64, model: &str, delta: Value, finish_reason: O
         "model": model,
         "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
     })
+}
+
+/// A one-choice `chat.completion` with the fields a translated answer has, in the shape an
+/// assembled stream of it has: `content` null for an answer that is only tool calls (as
+/// OpenAI sends it), `refusal` null, `logprobs` null.
+pub fn completion(
+    id: &Value,
+    created: u64,
+    model: &Value,
+    text: String,
+    tool_calls: Vec<ToolCall>,
+    finish_reason: &str,
+    usage: &Value,
+) -> Answer {
+    let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
+    let completion = assemble::ChatCompletion {
+        id: assemble::raw(id),
+        object: "chat.completion",
+        created: assemble::raw(&Value::from(created)),
+        model: assemble::raw(model),
+        choices: vec![assemble::ChatChoice {
+            index: 0,
+            message: assemble::Message {
+                role: "assistant".to_owned(),
+                content,
+                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: assemble::raw(&Value::from(finish_reason)),
+        }],
+        usage: assemble::raw(usage),
+        service_tier: None,
+        system_fingerprint: None,
+    };
+    let bytes = completion.to_bytes();
+    Answer::parse(bytes.clone()).unwrap_or_else(|| Answer::from_value(&Value::Null))
 }
 
 /// The usage-only chunk OpenAI sends last when `stream_options.include_usage` is set.

@@ -55,6 +55,31 @@ pub enum Step {
     Stream(usize),
     /// A stream that breaks (connection aborted) after N chunks.
     StreamBreak(usize),
+    /// A scripted stream: `n` content chunks `gap_ms` apart, then `tail`.
+    Script {
+        n: usize,
+        gap_ms: u64,
+        tail: Tail,
+    },
+    /// 400 with this OpenAI error code and message.
+    Refuse(&'static str, &'static str),
+}
+
+/// How a [`Step::Script`] stream ends.
+#[derive(Clone, Debug)]
+pub enum Tail {
+    /// A `finish_reason` chunk, a usage chunk, `[DONE]`.
+    Done,
+    /// A `finish_reason` chunk, a usage chunk, and the body ends cleanly without `[DONE]`.
+    NoDone,
+    /// The body ends cleanly before any `finish_reason`.
+    Cut,
+    /// Silence for this many ms, then `Done`.
+    Stall(u64),
+    /// An `{"error": …}` event, then the body ends.
+    ErrorEvent,
+    /// An event that is not JSON, then `Done`.
+    Opaque,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +137,58 @@ fn sse(model: &str, n: usize, broken: bool) -> Response<FakeBody> {
     });
     let body = StreamBody::new(paced).boxed_unsync();
     let mut r = Response::new(body);
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+fn data(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// A scripted stream (see [`Step::Script`]).
+fn scripted(model: &str, n: usize, gap_ms: u64, tail: Tail) -> Response<FakeBody> {
+    let finish = json!({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+    let usage = json!({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": model,
+        "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}});
+    let mut items: Vec<(u64, Result<Frame<Bytes>, std::io::Error>)> = (0..n)
+        .map(|i| (gap_ms, Ok(Frame::data(chunk(model, i)))))
+        .collect();
+    let done = |items: &mut Vec<(u64, Result<Frame<Bytes>, std::io::Error>)>, delay: u64| {
+        items.push((delay, Ok(Frame::data(data(&finish)))));
+        items.push((0, Ok(Frame::data(data(&usage)))));
+        items.push((0, Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))));
+    };
+    match tail {
+        Tail::Done => done(&mut items, gap_ms),
+        Tail::NoDone => {
+            items.push((gap_ms, Ok(Frame::data(data(&finish)))));
+            items.push((0, Ok(Frame::data(data(&usage)))));
+        }
+        Tail::Cut => {}
+        Tail::Stall(ms) => done(&mut items, ms),
+        Tail::ErrorEvent => items.push((
+            gap_ms,
+            Ok(Frame::data(data(
+                &json!({"error": {"message": "overloaded", "type": "server_error"}}),
+            ))),
+        )),
+        Tail::Opaque => {
+            items.push((
+                gap_ms,
+                Ok(Frame::data(Bytes::from_static(
+                    b"event: note\ndata: <keep-alive>\n\n",
+                ))),
+            ));
+            done(&mut items, gap_ms);
+        }
+    }
+    let paced = stream::iter(items).then(|(delay, f)| async move {
+        tokio::time::sleep(Duration::from_millis(delay.max(1))).await;
+        f
+    });
+    let mut r = Response::new(StreamBody::new(paced).boxed_unsync());
     r.headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());
     r
@@ -187,6 +264,11 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
         }
         Step::Stream(n) => sse(&model, n, false),
         Step::StreamBreak(n) => sse(&model, n, true),
+        Step::Script { n, gap_ms, tail } => scripted(&model, n, gap_ms, tail),
+        Step::Refuse(code, message) => json_resp(
+            400,
+            &json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": code}}),
+        ),
     })
 }
 
@@ -376,6 +458,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body ended cleanly (`false`: the transfer was cut, e.g. no last chunk).
+    pub complete: bool,
 }
 
 impl Reply {
@@ -406,16 +490,29 @@ impl Sidecar {
             .await
             .expect("sidecar answered in time")
             .unwrap();
-        let (parts, body) = resp.into_parts();
-        let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
-            .await
-            .expect("body in time")
-            .unwrap()
-            .to_bytes();
+        let (parts, mut body) = resp.into_parts();
+        // Read frame by frame, keeping what arrived before an abnormal end.
+        let mut bytes = Vec::new();
+        let complete = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match body.frame().await {
+                    None => return true,
+                    Some(Ok(f)) => {
+                        if let Ok(d) = f.into_data() {
+                            bytes.extend_from_slice(&d);
+                        }
+                    }
+                    Some(Err(_)) => return false,
+                }
+            }
+        })
+        .await
+        .expect("body in time");
         Reply {
             status: parts.status,
             headers: parts.headers,
-            body,
+            body: Bytes::from(bytes),
+            complete,
         }
     }
 
