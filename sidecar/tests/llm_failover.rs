@@ -110,6 +110,41 @@ async fn committed_streams_are_bounded_by_stream_idle_only() {
     sc.stop().await;
 }
 
+/// The client's `x-detour-timeout-ms` bounds a committed stream too: a healthy stream still
+/// sending when it runs out breaks with a `timeout` error event and no `[DONE]`.
+#[tokio::test]
+async fn the_client_deadline_bounds_a_committed_stream() {
+    let fake = Fake::start().await;
+    fake.script(
+        "long",
+        vec![Step::Script {
+            n: 12,
+            gap_ms: 100,
+            tail: Tail::Done,
+        }],
+    );
+    let yaml = policy("") + &route("long", "p", &[("primary", fake.endpoint("long"))]);
+    let mut sc = start(&yaml).await;
+    let body = json!({"model": "long", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let t = Instant::now();
+    let r = sc
+        .send(
+            "POST",
+            "/v1/chat/completions",
+            body.to_string().into(),
+            &[("x-detour-timeout-ms", "550")],
+        )
+        .await;
+    assert!(t.elapsed() < Duration::from_millis(900), "{:?}", t.elapsed());
+    assert!(!r.complete);
+    let ev = events(&r.text());
+    assert!(ev.len() >= 4 && ev.len() < 12, "{}", r.text());
+    assert_eq!(json_of(ev.last().unwrap())["error"]["code"], "timeout");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.stream_error, Some(Class::Timeout));
+    sc.stop().await;
+}
+
 /// With `attempts: 3`, a silent target is tried once (the next target gets the rest of the
 /// deadline at once) while a 5xx is retried on the same target; `sameTarget: [timeout]` opts
 /// timeouts back into same-target retries.
