@@ -131,6 +131,11 @@ fn answer_reading_agrees(bytes: &[u8]) {
                 .all(|c| c.get("finish_reason").and_then(Value::as_str) == Some("content_filter"))
     });
     assert_eq!(read.content_filtered(), filtered);
+    let finished = map.get("choices").and_then(Value::as_array).is_some_and(|c| {
+        c.iter()
+            .any(|c| c.get("finish_reason").and_then(Value::as_str).is_some())
+    });
+    assert_eq!(read.finished(), finished);
     assert_eq!(read.is_error(), map.contains_key("error"));
     let mut want = map.clone();
     if let Some(m) = want.get_mut("model") {

@@ -176,9 +176,11 @@ impl Registry {
                         mock_cursor: Arc::new(AtomicUsize::new(0)),
                     })
                 });
+                // `peek`: a cooldown that ran out moves the state at the next admission,
+                // where the transition is logged and counted (`TargetRt::with_breaker`).
                 let gauge = if let Ok(mut b) = state.breaker.lock() {
                     b.set_params(params.clone());
-                    b.state(now).gauge()
+                    b.peek().gauge()
                 } else {
                     0
                 };
