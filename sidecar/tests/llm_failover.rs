@@ -300,6 +300,60 @@ async fn broken_streams_end_abnormally_without_done() {
     sc.stop().await;
 }
 
+/// Over HTTP/2 (h2c) too, a broken stream delivers the chunks so far and the error event,
+/// then the stream is reset: the client's body read fails.
+#[tokio::test]
+async fn broken_streams_reset_the_h2_stream_after_the_error_event() {
+    use http_body_util::BodyExt as _;
+    let fake = Fake::start().await;
+    fake.script("primary", vec![Step::StreamBreak(2)]);
+    let yaml = policy("") + &route("m", "p", &[("primary", fake.endpoint("primary"))]);
+    let mut sc = start(&yaml).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", sc.addr))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let id = resp.headers()["x-detour-request-id"].to_str().unwrap().to_owned();
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    let failed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap()
+        {
+            None => break false,
+            Some(Ok(f)) => text.extend_from_slice(&f.into_data().unwrap_or_default()),
+            Some(Err(_)) => break true,
+        }
+    };
+    assert!(failed, "the h2 stream must be reset");
+    let text = String::from_utf8(text).unwrap();
+    let ev = events(&text);
+    assert_eq!(ev.len(), 3, "{text}");
+    assert_eq!(json_of(&ev[2])["error"]["code"], "reset");
+    loop {
+        let rec = tokio::time::timeout(Duration::from_secs(5), sc.audit.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if rec.request_id == id {
+            assert_eq!(rec.outcome, "stream_error");
+            break;
+        }
+    }
+    sc.stop().await;
+}
+
 /// A target that breaks every stream after its first event opens its breaker after
 /// `failureThreshold` streams (each is one failure, not a success and a failure), the
 /// transition is counted, and the next request skips it.
