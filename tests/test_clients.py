@@ -1,6 +1,7 @@
-"""The real `openai` clients, Python and Node, through the real sidecar, with the primary
-failing in each way: 5xx, 429 with Retry-After, a hang past the first-byte timeout, a reset
-connection, and a stream that breaks after it started.
+"""The real `openai` clients, Python and Node, and the Vercel AI SDK, through the real
+sidecar, with the primary failing in each way: 5xx, 429 with Retry-After, a hang past the
+first-byte timeout, a reset connection, and a stream that breaks after it started; and a
+healthy stream that ends without `data: [DONE]`, as several OpenAI-compatible servers send.
 
 Each failure mode has its own route (primary → a fake stub stuck in that mode, backup → a
 healthy stub), so every request really meets the failure. The clients' own retries are off:
@@ -63,7 +64,10 @@ def env(tmp_path_factory):
         for mode in MODES + ["broken-stream"]:
             req = urllib.request.Request(f"{base}/_control/p-{mode}/{mode}", method="PUT")
             urllib.request.urlopen(req, timeout=2).close()
-        routes = POLICY + "".join(ROUTE.format(mode=m, base=base) for m in MODES + ["broken-stream"])
+        # A healthy primary whose streams end after finish_reason and usage, without [DONE].
+        req = urllib.request.Request(f"{base}/_control/p-nodone/ok?done=0", method="PUT")
+        urllib.request.urlopen(req, timeout=2).close()
+        routes = POLICY + "".join(ROUTE.format(mode=m, base=base) for m in MODES + ["broken-stream", "nodone"])
         # Every target down: both point at stubs stuck in 5xx.
         routes += ROUTE.format(mode="all-fail", base=base).replace("/ok/v1", "/p-5xx/v1").replace("/p-all-fail/", "/p-5xx/")
         with sidecar(tmp, routes) as sc:
@@ -72,12 +76,13 @@ def env(tmp_path_factory):
         stop(upstream)
 
 
-def python_call(sc, model, stream):
+def python_call(sc, model, stream, usage=False):
     client = openai.OpenAI(base_url=f"{sc.base}/v1", api_key="unused", max_retries=0, timeout=15)
-    out = {"content": "", "model": None, "headers": {}, "error": None}
+    out = {"content": "", "model": None, "usage": None, "headers": {}, "error": None}
+    extra = {"stream_options": {"include_usage": True}} if usage else {}
     try:
         raw = client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": "hello"}], stream=stream)
+            model=model, messages=[{"role": "user", "content": "hello"}], stream=stream, **extra)
         out["headers"] = {k: v for k, v in raw.headers.items() if k.startswith("x-detour-")}
         data = raw.parse()
         if stream:
@@ -85,6 +90,8 @@ def python_call(sc, model, stream):
                 out["model"] = chunk.model
                 if chunk.choices:
                     out["content"] += chunk.choices[0].delta.content or ""
+                if chunk.usage:
+                    out["usage"] = chunk.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
         else:
             out["model"] = data.model
             out["content"] = data.choices[0].message.content
@@ -93,15 +100,24 @@ def python_call(sc, model, stream):
     return out
 
 
-def node_call(sc, model, stream):
+def run_node(script, arg):
     node = shutil.which("node")
     if not node or not NODE_MODULES:
         pytest.skip("node and DETOUR_NODE_MODULES are needed (run through scripts/test)")
-    arg = json.dumps({"base": f"{sc.base}/v1", "model": model, "stream": stream})
-    done = subprocess.run([node, str(ROOT / "node" / "client.cjs"), arg], capture_output=True, text=True,
+    done = subprocess.run([node, str(ROOT / "node" / script), json.dumps(arg)], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "NODE_PATH": NODE_MODULES})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def node_call(sc, model, stream, usage=False):
+    return run_node("client.cjs", {"base": f"{sc.base}/v1", "model": model, "stream": stream, "usage": usage})
+
+
+def ai_sdk_call(sc, model):
+    """`streamText` of the Vercel AI SDK with `@ai-sdk/openai` in chat mode; `error` is set
+    when `await result.text` rejected."""
+    return run_node("ai_sdk.cjs", {"base": f"{sc.base}/v1", "model": model})
 
 
 CLIENTS = {"python": python_call, "node": node_call}
@@ -152,4 +168,44 @@ def test_unknown_model_is_not_found_and_models_lists_the_routes(env):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     assert "m/5xx" in str(e.value)
     ids = sorted(m.id for m in client.models.list())
-    assert ids == sorted(f"m/{m}" for m in MODES + ["broken-stream", "all-fail"])
+    assert ids == sorted(f"m/{m}" for m in MODES + ["broken-stream", "nodone", "all-fail"])
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_client_completes_a_stream_without_done_with_its_usage(env, client):
+    """A healthy stream that ends after its finish_reason and usage without `data: [DONE]`
+    is a normal completion for the client: the whole text and the usage, no error."""
+    out = CLIENTS[client](env, "m/nodone", True, usage=True)
+    assert out["error"] is None, out
+    assert out["content"] == "hello from p-nodone", out
+    assert out["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}, out
+    assert out["headers"].get("x-detour-target") == "primary", out
+
+
+def test_ai_sdk_completes_a_stream_without_done_with_its_usage(env):
+    """The Vercel AI SDK's `streamText` over a stream without `data: [DONE]`: the text, usage
+    and `stop` finish reason arrive, and no error is reported."""
+    out = ai_sdk_call(env, "m/nodone")
+    assert out["error"] is None and out["streamErrors"] == [], out
+    assert out["text"] == "hello from p-nodone", out
+    assert out["finishReason"] == "stop", out
+    assert out["usage"] == {"inputTokens": 5, "outputTokens": 3}, out
+
+
+def test_ai_sdk_text_rejects_when_a_started_stream_breaks(env):
+    """A stream that breaks after its first chunk makes the AI SDK's `await result.text`
+    reject: the truncated text never passes for a normal answer."""
+    out = ai_sdk_call(env, "m/broken-stream")
+    assert out["error"] is not None, out
+    assert out["text"] is None, out
+
+
+def test_ai_sdk_reports_the_fallback_target_and_its_model(env):
+    """When the primary fails before the first byte, `streamText` gets the backup's whole
+    answer, and the response names the model that served and the target."""
+    out = ai_sdk_call(env, "m/5xx")
+    assert out["error"] is None and out["streamErrors"] == [], out
+    assert out["text"] == "hello from ok", out
+    assert out["finishReason"] == "stop", out
+    assert out["modelId"] == "up-backup", out
+    assert out["headers"].get("x-detour-target") == "backup", out
