@@ -27,7 +27,7 @@ use kube::ResourceExt;
 
 use crate::crd::{
     CredentialsSpec, ModelRoute, Provider, ResponseModel, RetryOn, RoutingPolicy, RoutingPolicySpec,
-    RuleSpec, Strategy, TargetSpec,
+    RuleSpec, Scorer, Strategy, TargetSpec,
 };
 use crate::defaults;
 use crate::duration::parse_ms;
@@ -1312,6 +1312,17 @@ fn resolve_policy(
     let complex_above = scoring
         .complex_above
         .map(|v| ratio(Some(v), 0.0, "spec.scoring.complexAbove", key, diags));
+    let cheap_share = scoring
+        .cheap_share
+        .map(|v| ratio(Some(v), 0.5, "spec.scoring.cheapShare", key, diags));
+    if cheap_share.is_some() && (simple_below.is_some() || complex_above.is_some()) {
+        diags.error(
+            key,
+            "spec.scoring.cheapShare",
+            Reason::InvalidSpec,
+            "cheapShare replaces simpleBelow and complexAbove: set the share or the thresholds".to_owned(),
+        );
+    }
     if let (Some(lo), Some(hi)) = (simple_below, complex_above)
         && lo > hi
     {
@@ -1424,6 +1435,16 @@ fn resolve_policy(
             simple_below,
             complex_above,
             disabled: scoring.disabled.unwrap_or(false),
+            // Thresholds written without naming a scorer were tuned on `v1`, the only one
+            // there was: they keep it. Everything else gets the current default.
+            scorer: scoring
+                .scorer
+                .unwrap_or(if simple_below.is_some() || complex_above.is_some() {
+                    Scorer::V1
+                } else {
+                    Scorer::default()
+                }),
+            cheap_share,
         },
         response_model: match (spec.response_model, spec.expose_upstream_model) {
             (Some(m), _) => m,

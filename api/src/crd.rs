@@ -736,8 +736,19 @@ pub struct OverridesSpec {
 #[x_kube(
     validation = Rule::new("!has(self.simpleBelow) || !has(self.complexAbove) || self.simpleBelow <= self.complexAbove")
         .message("scoring.simpleBelow must not exceed scoring.complexAbove"),
+    validation = Rule::new("!has(self.cheapShare) || (!has(self.simpleBelow) && !has(self.complexAbove))")
+        .message("scoring.cheapShare replaces simpleBelow and complexAbove: set the share or the thresholds"),
 )]
 pub struct ScoringSpec {
+    /// The complexity scorer: `v2` (default) or `v1`, kept for policies tuned on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorer: Option<Scorer>,
+    /// Share of scored requests to send to cheap targets first, instead of thresholds: each
+    /// sidecar sets `simpleBelow` at that quantile of the route's recent scores (and
+    /// `complexAbove` halfway through the rest), so the share holds whatever the traffic mix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub cheap_share: Option<f64>,
     /// Scores below this are simple requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
@@ -749,6 +760,26 @@ pub struct ScoringSpec {
     /// Turn the scorer off: the most capable healthy target serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
+}
+
+/// Versions of the complexity scorer (see `docs/scoring.md`).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scorer {
+    /// Keywords and characters over all user and system text.
+    V1,
+    /// The latest instruction apart from pasted material, in estimated tokens.
+    #[default]
+    V2,
+}
+
+impl Scorer {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
 }
 
 /// Status of a RoutingPolicy.

@@ -2,7 +2,7 @@
 //! route without any policy gets. Documented in `docs/reference.md`; changing one changes
 //! behaviour for every user who relied on it.
 
-use crate::crd::{ResponseModel, RetryOn, Strategy};
+use crate::crd::{ResponseModel, RetryOn, Scorer, Strategy};
 use crate::table::{Health, Overrides, Policy, Retry, Scoring, Streaming, Timeouts};
 
 /// Namespace of objects that name none (standalone files).
@@ -76,26 +76,36 @@ pub fn policy() -> Policy {
             simple_below: None,
             complex_above: None,
             disabled: false,
+            scorer: Scorer::V2,
+            cheap_share: None,
         },
         response_model: ResponseModel::Upstream,
         streaming: Streaming { assemble: true },
     }
 }
 
-/// Default complexity thresholds `(simple_below, complex_above)` of each cost/quality strategy,
-/// calibrated on the labelled prompts in `sidecar/tests/data/complexity-prompts.jsonl` so that
-/// `cost-optimized` sends about 70 % of that traffic to cheap targets, `quality-first` about
-/// 30 % (70 % to capable ones), and `balanced` weighs cost and quality evenly: symmetric
-/// thresholds around the middle, so requests go where their class says (see
-/// `docs/scoring.md`). Other strategies do not score.
-pub const fn scoring_thresholds(strategy: Strategy) -> (f64, f64) {
-    match strategy {
-        Strategy::CostOptimized => (COST_OPTIMIZED.0, COST_OPTIMIZED.1),
-        Strategy::QualityFirst => (QUALITY_FIRST.0, QUALITY_FIRST.1),
-        _ => (BALANCED.0, BALANCED.1),
-    }
+/// Default complexity thresholds `(simple_below, complex_above)` of each cost/quality strategy
+/// and scorer. `v2`'s are calibrated on public prompt sets (`scripts/eval-scorer`, figures in
+/// `docs/scoring.md`) so that, on that mix, `cost-optimized` sends about 70 % to cheap
+/// targets, `balanced` about half, `quality-first` about 30 %. `v1`'s are those it shipped
+/// with, calibrated on `sidecar/tests/data/complexity-prompts.jsonl`. A team's own mix shifts
+/// these shares; `spec.scoring.cheapShare` holds a share on it instead. Other strategies do
+/// not score.
+pub const fn scoring_thresholds(strategy: Strategy, scorer: Scorer) -> (f64, f64) {
+    let t = match (scorer, strategy) {
+        (Scorer::V1, Strategy::CostOptimized) => COST_OPTIMIZED,
+        (Scorer::V1, Strategy::QualityFirst) => QUALITY_FIRST,
+        (Scorer::V1, _) => BALANCED,
+        (Scorer::V2, Strategy::CostOptimized) => V2_COST_OPTIMIZED,
+        (Scorer::V2, Strategy::QualityFirst) => V2_QUALITY_FIRST,
+        (Scorer::V2, _) => V2_BALANCED,
+    };
+    (t.0, t.1)
 }
 
+const V2_COST_OPTIMIZED: (f64, f64) = (0.62, 0.77);
+const V2_BALANCED: (f64, f64) = (0.32, 0.66);
+const V2_QUALITY_FIRST: (f64, f64) = (0.15, 0.57);
 const COST_OPTIMIZED: (f64, f64) = (0.85, 0.95);
 const BALANCED: (f64, f64) = (0.40, 0.60);
 const QUALITY_FIRST: (f64, f64) = (0.15, 0.40);

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-pub use crate::crd::{Capability, MockBehavior, Op, Provider, Quality, ResponseModel, RetryOn, Strategy};
+pub use crate::crd::{
+    Capability, MockBehavior, Op, Provider, Quality, ResponseModel, RetryOn, Scorer, Strategy,
+};
 
 /// The format version this crate writes and reads (2: stream-idle and probe timeouts,
 /// same-target retry classes, the rate-limit wait, `responseModel`, `streaming`).
@@ -161,13 +163,24 @@ pub struct Scoring {
     pub simple_below: Option<f64>,
     pub complex_above: Option<f64>,
     pub disabled: bool,
+    /// Absent in tables written before scorers were versioned: those were tuned on `v1`.
+    #[serde(default = "scorer_v1")]
+    pub scorer: Scorer,
+    /// Share of scored requests for cheap targets; the sidecar derives the thresholds from
+    /// the route's recent scores, using [`Scoring::thresholds`] until it has seen enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cheap_share: Option<f64>,
+}
+
+const fn scorer_v1() -> Scorer {
+    Scorer::V1
 }
 
 impl Scoring {
     /// The thresholds in effect under `strategy`: `(simple_below, complex_above)`, with
     /// `complex_above` never below `simple_below`.
     pub fn thresholds(&self, strategy: Strategy) -> (f64, f64) {
-        let (lo, hi) = crate::defaults::scoring_thresholds(strategy);
+        let (lo, hi) = crate::defaults::scoring_thresholds(strategy, self.scorer);
         let lo = self.simple_below.unwrap_or(lo);
         (lo, self.complex_above.unwrap_or(hi).max(lo))
     }

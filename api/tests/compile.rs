@@ -562,3 +562,65 @@ fn demo_compiles_standalone() {
 fn manifest_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }
+
+fn with_scoring(scoring: &str) -> String {
+    let route = ROUTE.replace(
+        "  model: chat/default\n",
+        "  model: chat/default\n  policyRef: {name: costly}\n",
+    );
+    format!(
+        "{route}---\napiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata: {{name: costly, namespace: team-a}}\nspec:\n  strategy: cost-optimized\n  scoring: {scoring}\n"
+    )
+}
+
+/// The scorer defaults to `v2`; thresholds set without naming a scorer keep `v1`, on whose
+/// scale they were chosen; a named scorer is kept; a share compiles through.
+#[test]
+fn scorer_version_and_share_compile() {
+    use detour_api::table::Scorer;
+    let scoring = |yaml: &str| {
+        let c = compile_cluster(&with_scoring(yaml), &all_secrets("team-a"));
+        assert_eq!(diags(&c, &policy_key("team-a", "costly")), vec![], "{yaml}");
+        c.table.routes[0].policy.scoring.clone()
+    };
+    assert_eq!(scoring("{}").scorer, Scorer::V2);
+    assert_eq!(scoring("{simpleBelow: 0.5}").scorer, Scorer::V1);
+    assert_eq!(scoring("{simpleBelow: 0.5, scorer: v2}").scorer, Scorer::V2);
+    assert_eq!(scoring("{scorer: v1}").scorer, Scorer::V1);
+    let share = scoring("{cheapShare: 0.6}");
+    assert_eq!((share.scorer, share.cheap_share), (Scorer::V2, Some(0.6)));
+}
+
+/// A share and thresholds together are refused on the share's field; a share outside [0, 1]
+/// is refused with the range.
+#[test]
+fn share_with_thresholds_is_refused() {
+    let c = compile_cluster(
+        &with_scoring("{cheapShare: 0.6, complexAbove: 0.9}"),
+        &all_secrets("team-a"),
+    );
+    assert_eq!(
+        diags(&c, &policy_key("team-a", "costly")),
+        vec![(
+            "spec.scoring.cheapShare".to_owned(),
+            "cheapShare replaces simpleBelow and complexAbove: set the share or the thresholds".to_owned()
+        )]
+    );
+    let c = compile_cluster(&with_scoring("{cheapShare: 1.5}"), &all_secrets("team-a"));
+    assert_eq!(
+        diags(&c, &policy_key("team-a", "costly")),
+        vec![(
+            "spec.scoring.cheapShare".to_owned(),
+            "1.5 is out of range; use a number from 0 to 1".to_owned()
+        )]
+    );
+}
+
+/// A route table written before scorers were versioned has no `scorer`: it reads as `v1`,
+/// the scorer its thresholds were chosen for.
+#[test]
+fn tables_without_a_scorer_read_as_v1() {
+    let old = r#"{"simpleBelow": 0.4, "complexAbove": null, "disabled": false}"#;
+    let s: detour_api::table::Scoring = serde_json::from_str(old).unwrap();
+    assert_eq!((s.scorer, s.cheap_share), (detour_api::table::Scorer::V1, None));
+}

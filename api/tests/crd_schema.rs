@@ -371,6 +371,15 @@ fn invalid_objects_are_rejected_for_the_stated_reason() {
             ),
             "health.cooldown must not exceed health.maxCooldown",
         ),
+        (
+            "share and thresholds together",
+            set(
+                policy(),
+                "spec/scoring",
+                json!({"cheapShare": 0.6, "simpleBelow": 0.2}),
+            ),
+            "scoring.cheapShare replaces simpleBelow and complexAbove",
+        ),
     ];
     // The unmodified objects are valid: each case fails for its own reason only.
     assert_eq!(admission_errors(&route()), Vec::<String>::new());

@@ -5,7 +5,7 @@
 //! linear time.
 
 use bytes::{Bytes, BytesMut};
-use detour_api::table::{Scoring, Strategy};
+use detour_api::table::{Scorer, Scoring, Strategy};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -24,16 +24,21 @@ pub fn request_body(bytes: &[u8]) {
     let stream = map.get("stream").and_then(Value::as_bool) == Some(true);
     let _ = Needs::of(&map, bytes.len(), stream);
     let _ = crate::scoring::score_map(&map);
-    let scoring = Scoring {
-        simple_below: None,
-        complex_above: None,
-        disabled: false,
-    };
-    for s in [
-        Strategy::CostOptimized,
-        Strategy::Balanced,
-        Strategy::QualityFirst,
-    ] {
+    for (scorer, s) in [Scorer::V1, Scorer::V2].into_iter().flat_map(|v| {
+        [
+            Strategy::CostOptimized,
+            Strategy::Balanced,
+            Strategy::QualityFirst,
+        ]
+        .map(|s| (v, s))
+    }) {
+        let scoring = Scoring {
+            simple_below: None,
+            complex_above: None,
+            disabled: false,
+            scorer,
+            cheap_share: None,
+        };
         let d = decide(s, &scoring, &map);
         if let Some(v) = d.value {
             assert!((0.0..=1.0).contains(&v), "score out of range: {v}");

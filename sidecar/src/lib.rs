@@ -29,4 +29,5 @@ pub mod retry;
 pub mod routing;
 pub mod scoring;
 pub mod server;
+pub mod share;
 pub mod state;

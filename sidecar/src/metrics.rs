@@ -43,6 +43,7 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Bytes held under the buffer budget (set when scraped).
     pub buffered_bytes: IntGauge,
+    pub score_threshold: GaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -105,6 +106,14 @@ impl Metrics {
             &["route", "target"],
         )?;
         r.register(Box::new(cost.clone()))?;
+        let score_threshold = GaugeVec::new(
+            Opts::new(
+                "detour_score_threshold",
+                "Thresholds a route's cheapShare set from its recent scores, by route and bound (simple_below, complex_above).",
+            ),
+            &["route", "bound"],
+        )?;
+        r.register(Box::new(score_threshold.clone()))?;
         Ok(Self {
             requests: counter(
                 &r,
@@ -223,6 +232,7 @@ impl Metrics {
             )?,
             connections,
             buffered_bytes,
+            score_threshold,
             registry: r,
         })
     }
@@ -344,6 +354,15 @@ impl RouteMetrics {
                 .request_score
                 .with_label_values(&[self.route.as_str(), scorer])
         })
+    }
+
+    /// Exports the thresholds a share calibration set.
+    pub fn score_thresholds(&self, (simple_below, complex_above): (f64, f64)) {
+        let g = &self.m.score_threshold;
+        g.with_label_values(&[self.route.as_str(), "simple_below"])
+            .set(simple_below);
+        g.with_label_values(&[self.route.as_str(), "complex_above"])
+            .set(complex_above);
     }
 
     pub fn budget_exhausted(&self) -> &IntCounter {

@@ -306,7 +306,7 @@ impl Ctx {
             score: self.score.as_ref().map(|d| crate::audit::ScoreRecord {
                 value: d.value,
                 class: d.class.as_str(),
-                scorer: crate::scoring::SCORER_VERSION,
+                scorer: d.scorer.as_str(),
                 rule: d.rule(),
             }),
             stream: self.stream,
@@ -460,7 +460,7 @@ async fn serve(
     ctx.skipped = plan.skipped;
     if let Some(d) = &plan.score {
         if let Some(v) = d.value {
-            route.metrics.score(crate::scoring::SCORER_VERSION).observe(v);
+            route.metrics.score(d.scorer.as_str()).observe(v);
         }
         ctx.score = Some(d.clone());
     }

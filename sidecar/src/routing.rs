@@ -185,6 +185,10 @@ pub struct ScoreDecision {
     pub thresholds: (f64, f64),
     /// The feature that contributed most, or why there is no score.
     pub because: &'static str,
+    /// The scorer's version: a label of the score histogram and the audit line.
+    pub scorer: crate::scoring::Version,
+    /// Whether the thresholds came from the route's recent scores (`scoring.cheapShare`).
+    pub calibrated: bool,
 }
 
 impl ScoreDecision {
@@ -194,7 +198,8 @@ impl ScoreDecision {
         match (self.value, self.class) {
             (Some(v), Class::Simple) => {
                 format!(
-                    "score {v:.2} < simpleBelow {lo:.2} ({}): cheapest first",
+                    "score {v:.2} < simpleBelow {lo:.2}{} ({}): cheapest first",
+                    if self.calibrated { " from cheapShare" } else { "" },
                     self.because
                 )
             }
@@ -219,22 +224,34 @@ pub fn decide(
     scoring: &detour_api::table::Scoring,
     body: &Map<String, Value>,
 ) -> ScoreDecision {
-    let thresholds = scoring.thresholds(strategy);
+    decide_with(strategy, scoring, None, body)
+}
+
+/// [`decide`], with the thresholds a share calibration set, when it has.
+pub fn decide_with(
+    strategy: Strategy,
+    scoring: &detour_api::table::Scoring,
+    calibrated: Option<(f64, f64)>,
+    body: &Map<String, Value>,
+) -> ScoreDecision {
+    let thresholds = calibrated.unwrap_or_else(|| scoring.thresholds(strategy));
+    let version = match scoring.scorer {
+        detour_api::table::Scorer::V1 => crate::scoring::Version::V1,
+        detour_api::table::Scorer::V2 => crate::scoring::Version::V2,
+    };
+    let unscored = |because| ScoreDecision {
+        value: None,
+        class: Class::Unscored,
+        thresholds,
+        because,
+        scorer: version,
+        calibrated: calibrated.is_some(),
+    };
     if scoring.disabled {
-        return ScoreDecision {
-            value: None,
-            class: Class::Unscored,
-            thresholds,
-            because: "scorer disabled",
-        };
+        return unscored("scorer disabled");
     }
-    match crate::scoring::score_map(body) {
-        Err(_) => ScoreDecision {
-            value: None,
-            class: Class::Unscored,
-            thresholds,
-            because: "no prompt to score",
-        },
+    match crate::scoring::score_with(version, body) {
+        Err(_) => unscored("no prompt to score"),
         Ok(score) => {
             let (lo, hi) = thresholds;
             let class = if score.value < lo {
@@ -248,7 +265,9 @@ pub fn decide(
                 value: Some(score.value),
                 class,
                 thresholds,
-                because: score.features.top().unwrap_or("no signal"),
+                because: score.top.unwrap_or("no signal"),
+                scorer: version,
+                calibrated: calibrated.is_some(),
             }
         }
     }
@@ -440,7 +459,14 @@ pub fn plan(
         )));
     }
     let (mut ordered, score) = if scores(strategy) {
-        let decision = decide(strategy, &policy.scoring, tree(request)?);
+        let share = policy.scoring.cheap_share;
+        let calibrated = share.and_then(|_| route.scores.thresholds());
+        let decision = decide_with(strategy, &policy.scoring, calibrated, tree(request)?);
+        if let (Some(share), Some(v)) = (share, decision.value)
+            && let Some(t) = route.scores.observe(v, share)
+        {
+            route.metrics.score_thresholds(t);
+        }
         (order_by_score(candidates, decision.class), Some(decision))
     } else {
         (order(strategy, candidates), None)
@@ -626,6 +652,8 @@ mod tests {
             simple_below: None,
             complex_above: None,
             disabled: false,
+            scorer: detour_api::table::Scorer::V1,
+            cheap_share: None,
         };
         let simple = body("hi");
         let hard = body("Analyze, compare and prove the trade-offs step by step; design the algorithm.");

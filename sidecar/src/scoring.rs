@@ -28,8 +28,54 @@
 
 use serde_json::Value;
 
-/// Version of the feature set and weights; part of metrics and the audit line.
+pub mod v2;
+
+/// Version of the `v1` feature set and weights; part of metrics and the audit line.
 pub const SCORER_VERSION: &str = "v1";
+
+/// The scorers a policy can choose (`spec.scoring.scorer`). Each is frozen once released: a
+/// change of feature or weight is a new version, so scores stay comparable within one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// Keywords and characters over all user and system text (this module).
+    V1,
+    /// The latest instruction apart from pasted material, in estimated tokens ([`v2`]).
+    V2,
+}
+
+impl Version {
+    /// The label on `detour_request_score` and in the audit line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => SCORER_VERSION,
+            Self::V2 => "v2",
+        }
+    }
+}
+
+/// A score of any version: its value and the feature that raised it most.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    pub value: f64,
+    pub top: Option<&'static str>,
+    pub version: Version,
+}
+
+/// Scores a request body with the chosen scorer.
+pub fn score_with(version: Version, body: &serde_json::Map<String, Value>) -> Result<Scored, ScoreError> {
+    match version {
+        Version::V1 => score_map(body).map(|s| Scored {
+            value: s.value,
+            top: s.features.top(),
+            version,
+        }),
+        Version::V2 => v2::score_map(body).map(|s| Scored {
+            value: s.value,
+            top: s.features.top(),
+            version,
+        }),
+    }
+}
 
 /// How fast evidence turns into score: `score = 1 − e^(−STEEPNESS × evidence)`, where evidence
 /// is the weighted sum of the features. Monotone, so it never reorders requests; it spreads

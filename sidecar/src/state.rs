@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use detour_api::RouteTable;
-use detour_api::table::{Provider as ProviderKind, Route, Target};
+use detour_api::table::{Provider as ProviderKind, Route, Scorer, Target};
 use http::HeaderValue;
 use tokio::time::Instant;
 
@@ -20,6 +20,7 @@ use crate::health::{Breaker, Params};
 use crate::metrics::{Metrics, RouteMetrics, TargetMetrics};
 use crate::providers::{HttpClient, Provider, mock::Mock};
 use crate::retry::Budget;
+use crate::share::ScoreWindow;
 
 /// What identifies a target's health across reloads.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -104,6 +105,8 @@ pub struct RouteRt {
     pub targets: Vec<Arc<TargetRt>>,
     pub budget: Arc<Mutex<Budget>>,
     pub metrics: RouteMetrics,
+    /// Recent complexity scores, for a policy that asks for a share (`scoring.cheapShare`).
+    pub scores: Arc<ScoreWindow>,
 }
 
 impl RouteRt {
@@ -126,6 +129,8 @@ pub struct Snapshot {
 pub struct Registry {
     targets: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
     budgets: Mutex<HashMap<String, Arc<Mutex<Budget>>>>,
+    /// Score windows by route and scorer: a change of scorer starts a fresh window.
+    scores: Mutex<HashMap<(String, Scorer), Arc<ScoreWindow>>>,
 }
 
 impl Registry {
@@ -142,6 +147,12 @@ impl Registry {
             .lock()
             .map(|mut g| std::mem::take(&mut *g))
             .unwrap_or_default();
+        let mut old_scores = self
+            .scores
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        let mut new_scores = HashMap::new();
         let mut new_targets = HashMap::new();
         let mut new_budgets = HashMap::new();
         let mut routes = HashMap::new();
@@ -200,6 +211,9 @@ impl Registry {
                 gauges.push((target.clone(), gauge));
                 targets.push(target);
             }
+            let score_key = (route.model.clone(), route.policy.scoring.scorer);
+            let scores = old_scores.remove(&score_key).unwrap_or_default();
+            new_scores.insert(score_key, scores.clone());
             routes.insert(
                 route.model.clone(),
                 Arc::new(RouteRt {
@@ -208,6 +222,7 @@ impl Registry {
                     targets,
                     budget,
                     metrics: RouteMetrics::new(metrics, &route.model),
+                    scores,
                 }),
             );
         }
@@ -227,6 +242,9 @@ impl Registry {
         }
         if let Ok(mut g) = self.budgets.lock() {
             *g = new_budgets;
+        }
+        if let Ok(mut g) = self.scores.lock() {
+            *g = new_scores;
         }
         let mut models: Vec<String> = routes.keys().cloned().collect();
         models.sort();

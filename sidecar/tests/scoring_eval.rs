@@ -9,7 +9,7 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
-use detour_api::crd::Strategy;
+use detour_api::crd::{Scorer, Strategy};
 use detour_api::defaults::scoring_thresholds;
 use detour_sidecar::scoring::{SCORER_VERSION, score};
 use serde_json::Value;
@@ -44,7 +44,7 @@ fn dataset() -> Vec<Labelled> {
 }
 
 fn share_cheap(data: &[Labelled], strategy: Strategy) -> f64 {
-    let (simple_below, _) = scoring_thresholds(strategy);
+    let (simple_below, _) = scoring_thresholds(strategy, Scorer::V1);
     data.iter().filter(|d| d.score < simple_below).count() as f64 / data.len() as f64
 }
 
@@ -107,7 +107,7 @@ fn strategies_split_typical_traffic_as_documented() {
     ];
     println!("| strategy | simpleBelow | complexAbove | share to cheap targets |\n|---|---|---|---|");
     for (strategy, want) in rows {
-        let (lo, hi) = scoring_thresholds(strategy);
+        let (lo, hi) = scoring_thresholds(strategy, Scorer::V1);
         let got = share_cheap(&data, strategy);
         println!("| {strategy:?} | {lo} | {hi} | {:.0} % |", got * 100.0);
         assert!((got - want).abs() <= 0.10, "{strategy:?}: {got} vs {want}");

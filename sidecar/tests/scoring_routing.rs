@@ -1,7 +1,8 @@
 //! The cost/quality strategies end to end: over the labelled request set the repository ships,
 //! each strategy sends its documented share to the cheap target; unscorable requests and a
 //! disabled scorer go to the most capable target; the chosen order is the failover chain; and
-//! the score is explained in the `x-detour-score` header, the audit line and a histogram.
+//! the score is explained in the `x-detour-score` header, the audit line and a histogram; and a
+//! policy that asks for a share gets it on whatever mix it serves.
 
 #![expect(
     clippy::unwrap_used,
@@ -25,9 +26,11 @@ fn routes() -> String {
     };
     let mut yaml = String::new();
     for (name, strategy, extra) in [
-        ("co", "cost-optimized", ""),
-        ("bal", "balanced", ""),
-        ("qf", "quality-first", ""),
+        // The shares below were documented for `v1` on this request set.
+        ("co", "cost-optimized", "  scoring: {scorer: v1}\n"),
+        ("bal", "balanced", "  scoring: {scorer: v1}\n"),
+        ("qf", "quality-first", "  scoring: {scorer: v1}\n"),
+        ("share", "quality-first", "  scoring: {cheapShare: 0.5}\n"),
         ("off", "cost-optimized", "  scoring: {disabled: true}\n"),
         (
             "custom",
@@ -177,5 +180,65 @@ async fn score_is_explained_in_audit_and_metrics() {
         ),
         1.0
     );
+    sc.stop().await;
+}
+
+/// A policy asking for half its traffic on cheap targets gets about half, on a mix that is
+/// three quarters complex requests (where the fixed thresholds would send most to the capable
+/// target): after the warm-up, the thresholds come from the route's own scores, are exported
+/// as `detour_score_threshold` and named in the audit line.
+#[tokio::test]
+async fn a_share_holds_on_a_skewed_mix() {
+    let mut sc = start(&routes()).await;
+    let labelled: Vec<Value> = include_str!("data/complexity-prompts.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    let pick = |complex: bool| -> Vec<Value> {
+        labelled
+            .iter()
+            .filter(|r| (r["label"] == "complex") == complex)
+            .map(|r| r["body"].clone())
+            .collect()
+    };
+    let (complex, simple) = (pick(true), pick(false));
+    // Three complex requests for each simple one.
+    let mix = (0..).map(|i: usize| {
+        if i % 4 == 3 {
+            simple[(i / 4) % simple.len()].clone()
+        } else {
+            complex[(i - i / 4) % complex.len()].clone()
+        }
+    });
+    let mut cheap = 0u32;
+    let mut measured = 0u32;
+    for (i, body) in mix.take(520).enumerate() {
+        let (target, _) = served_by(&sc, "share/chat", body).await;
+        // The first 200 scores warm the window up; then the share holds.
+        if i >= 240 {
+            measured += 1;
+            cheap += u32::from(target == "cheap");
+        }
+    }
+    let share = f64::from(cheap) / f64::from(measured);
+    assert!((share - 0.5).abs() <= 0.1, "{share:.2} to cheap, want 0.50");
+    let metrics = sc.metrics().await;
+    let lo = metric(
+        &metrics,
+        "detour_score_threshold{bound=\"simple_below\",route=\"share/chat\"}",
+    );
+    let hi = metric(
+        &metrics,
+        "detour_score_threshold{bound=\"complex_above\",route=\"share/chat\"}",
+    );
+    assert!(lo > 0.0 && lo <= hi && hi <= 1.0, "{lo} {hi}");
+    let body = json!({"model": "share/chat", "messages": [{"role": "user", "content": "hello there"}]});
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(body.to_string()), &[])
+        .await;
+    let score = sc.audit_of(&r).await.score.expect("score in the audit line");
+    assert_eq!(score.scorer, "v2");
+    assert!(score.rule.contains("from cheapShare"), "{}", score.rule);
     sc.stop().await;
 }
