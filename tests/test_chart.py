@@ -190,6 +190,18 @@ def test_rbac_per_certificate_mode(chart) -> None:
         ]
 
 
+def test_route_write_is_not_aggregated(chart) -> None:
+    """Reading routes and policies is aggregated into view/edit/admin; writing them (a
+    privileged verb) is only in detour-route-editor, which nothing aggregates."""
+    docs = {d["metadata"]["name"]: d for d in by_kind(documents(chart, None), "ClusterRole")}
+    viewer, editor = docs["detour-route-viewer"], docs["detour-route-editor"]
+    aggregate = {k for k in viewer["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/aggregate-to-")}
+    assert aggregate == {f"rbac.authorization.k8s.io/aggregate-to-{r}" for r in ("view", "edit", "admin")}
+    assert {v for r in viewer["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+    assert not [k for k in editor["metadata"]["labels"] if "aggregate" in k]
+    assert {"create", "update", "patch"} <= {v for r in editor["rules"] for v in r["verbs"]}
+
+
 def test_rbac_check_catches_an_extra_grant(chart, manifest_check, tmp_path) -> None:
     """A grant the operator does not need fails the RBAC check."""
     docs = documents(chart, None)
