@@ -9,7 +9,7 @@
 //! logs or formats a key, a token or a secret: errors name the file or the STS status only.
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, header};
@@ -146,17 +146,17 @@ impl Source {
     }
 }
 
+/// What stays as it is in a percent-encoded URL or form component: RFC 3986's unreserved
+/// characters (SigV4's and STS's escaping); everything else is `%XX`.
+pub(crate) const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// `application/x-www-form-urlencoded` escaping.
 fn form_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 async fn assume_role(
@@ -244,38 +244,17 @@ fn parse_credentials(xml: &str) -> Option<Keys> {
     })
 }
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `2026-11-26T08:00:00Z` (fractional seconds ignored) or `…+00:00`.
+/// An RFC 3339 timestamp (`2026-11-26T08:00:00Z`, fractional seconds and offsets allowed).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|v| v.parse::<i64>().ok());
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if s.get(4..5) != Some("-") || s.get(10..11).is_none_or(|t| t != "T" && t != "t") {
-        return None;
-    }
-    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+    time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     /// An STS answer yields the three values and the expiry; nothing of them prints.
@@ -306,6 +285,17 @@ mod tests {
         );
     }
 
+    /// Form values keep only unreserved characters; the rest is `%XX` (UTF-8 bytes).
+    #[test]
+    fn form_values_are_escaped() {
+        assert_eq!(form_escape("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(
+            form_escape("arn:aws:iam::1:role/x y+z"),
+            "arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fx%20y%2Bz"
+        );
+        assert_eq!(form_escape("é"), "%C3%A9");
+    }
+
     /// Dates parse to the right instant, including leap years.
     #[test]
     fn parses_dates() {
@@ -318,7 +308,9 @@ mod tests {
         };
         assert_eq!(t("1970-01-01T00:00:00Z"), 0);
         assert_eq!(t("2024-02-29T12:00:00.123Z"), 1_709_208_000);
+        assert_eq!(t("2024-02-29T13:00:00+01:00"), 1_709_208_000);
         assert!(parse_rfc3339("nonsense").is_none());
+        assert!(parse_rfc3339("2024-02-30T12:00:00Z").is_none());
     }
 
     /// A loopback STS that answers `AssumeRoleWithWebIdentity` for one token, with
