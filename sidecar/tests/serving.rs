@@ -417,7 +417,8 @@ async fn idle_connections_are_closed_on_one_clock() {
 /// the write timeout, and its connection no longer counts as open.
 #[tokio::test]
 async fn a_client_that_never_reads_is_dropped() {
-    let big = "word ".repeat(8 * 1024 * 1024);
+    // 32 MiB in 32 words: the mock answers (and streams) word by word.
+    let big = format!("{} ", "x".repeat(1 << 20)).repeat(32);
     let routes = ROUTES.replace("one two three", &big);
     let sc = start_with_conn_limits(&routes, 1 << 20, limits(60_000, 300, 100)).await;
     let mut s = TcpStream::connect(sc.addr).await.unwrap();
@@ -495,4 +496,88 @@ async fn head_requests_get_no_body() {
         "no body after the first head: {text}"
     );
     sc.stop().await;
+}
+
+/// Answers every request with a stream that yields one event and then breaks.
+#[derive(Clone)]
+struct Breaks;
+
+impl tower::Service<Request<hyper::body::Incoming>> for Breaks {
+    type Response = detour_sidecar::body::Response;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<hyper::body::Incoming>) -> Self::Future {
+        // The break comes a moment after the event, as when an upstream fails mid-stream.
+        let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"data: one\n\n")))]);
+        let broken = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(detour_sidecar::body::Aborted)
+        });
+        let frames = futures_util::StreamExt::chain(first, broken);
+        std::future::ready(Ok(http::Response::new(BodyExt::boxed_unsync(StreamBody::new(
+            frames,
+        )))))
+    }
+}
+
+/// A response body that fails ends the transfer abnormally, over both protocols: over
+/// HTTP/1.1 the chunked body has no last chunk and the connection closes, over HTTP/2 the
+/// stream is reset; either way the client's read of the body fails after the first event.
+#[tokio::test]
+async fn a_broken_body_ends_the_transfer_abnormally() {
+    use std::sync::Arc;
+    let shared = Arc::new(detour_sidecar::proxy::Shared {
+        table: arc_swap::ArcSwapOption::empty(),
+        metrics: detour_sidecar::metrics::Metrics::new().unwrap(),
+        audit: detour_sidecar::audit::Audit::with_tap(false, tokio::sync::mpsc::unbounded_channel().0),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut conns = tokio::task::JoinSet::new();
+    let accepting = async {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            conns.spawn(detour_sidecar::conn::serve(
+                tcp,
+                Breaks,
+                Limits::default(),
+                shared.clone(),
+                shutdown.clone(),
+                slot,
+            ));
+        }
+    };
+    let checks = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1/x HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let text = read_to_close(&mut s).await;
+        assert!(
+            text.contains("transfer-encoding: chunked") && text.contains("data: one"),
+            "{text}"
+        );
+        assert!(!text.ends_with("0\r\n\r\n"), "a last chunk was sent: {text:?}");
+        for proto in BOTH {
+            let req = Request::get(format!("http://{addr}/v1/x"))
+                .body(full(""))
+                .unwrap();
+            let resp = client(proto).request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{proto:?}");
+            let read = resp.into_body().collect().await;
+            assert!(read.is_err(), "{proto:?}: the broken body read as whole");
+        }
+    };
+    tokio::select! {
+        () = accepting => unreachable!("the accept loop runs until the checks end"),
+        () = checks => {}
+    }
 }

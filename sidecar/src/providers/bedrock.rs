@@ -61,15 +61,7 @@ impl Bedrock {
 /// Percent-encodes a model id for the path (`:` and `/` of versioned ids and ARNs included),
 /// as the AWS SDKs do.
 fn path_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, credentials::UNRESERVED).to_string()
 }
 
 /// The one error mapper: an AWS error type (from `x-amzn-errortype`, the body's `__type`, or
