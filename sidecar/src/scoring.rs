@@ -2,11 +2,15 @@
 //! cost/quality strategies (`cost-optimized`, `balanced`, `quality-first`) compare with the
 //! policy's thresholds to send simple requests to cheap targets and hard ones to capable ones.
 //!
+//! Two scorers, chosen per policy ([`Version`], [`score_with`]): `v1`, this module, frozen as it
+//! shipped; and `v2` ([`v2`]), which reads the latest instruction apart from pasted material.
+//! The contract below holds for both; the feature table below is `v1`'s.
+//!
 //! Contract:
 //! - deterministic: the same body gives the same score, on any machine, forever within one
-//!   [`SCORER_VERSION`]; any change to a feature or weight bumps the version, which is a label
-//!   on the score histogram so a change of scorer is visible in metrics;
-//! - cheap: one pass over the prompt bytes plus one pass over its words, no allocation per
+//!   version ([`Version::as_str`]); any change to a feature or weight is a new version, which is
+//!   a label on the score histogram so a change of scorer is visible in metrics;
+//! - cheap: a few passes over the prompt bytes and one over its words, no allocation per
 //!   word, no regex, no network, no model (≤ 20 µs p99 for a 4 KB prompt is the budget);
 //! - explainable: [`Score::features`] keeps every feature's value, and [`Features::top`]
 //!   names the one that contributed most, for the audit line.
