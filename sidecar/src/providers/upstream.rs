@@ -9,10 +9,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt, stream};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
@@ -140,21 +140,45 @@ pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) ->
     answer_body(resp, call).await.map(Reply::Json)
 }
 
-/// Reads a whole body within `deadline` and `limit`.
+/// Reads a whole body within `deadline` and `limit`. The bytes are gathered into one buffer
+/// as they arrive (a body in one frame is kept as it came), so the peak is about the body's
+/// size, not twice it.
 pub async fn collect(body: Body, deadline: Instant, limit: usize) -> Result<Bytes, Failure> {
-    match timeout_at(deadline, Limited::new(body, limit).collect()).await {
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut first: Option<Bytes> = None;
+        let mut all = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| ())?.into_data() else {
+                continue;
+            };
+            let held = first.as_ref().map_or(0, Bytes::len) + all.len();
+            if held + data.len() > limit {
+                return Ok(None);
+            }
+            match first.take() {
+                None if all.is_empty() => first = Some(data),
+                taken => {
+                    if let Some(f) = taken {
+                        all.extend_from_slice(&f);
+                    }
+                    all.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(Some(first.unwrap_or_else(|| all.freeze())))
+    };
+    match timeout_at(deadline, read).await {
         Err(_) => Err(Failure::new(
             Class::Timeout,
             "upstream body did not finish in time",
         )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Failure::new(Class::BadResponse, "upstream body too large"))
-        }
-        Ok(Err(_)) => Err(Failure::new(
+        Ok(Ok(None)) => Err(Failure::new(Class::BadResponse, "upstream body too large")),
+        Ok(Err(())) => Err(Failure::new(
             Class::Reset,
             "upstream connection broke while reading the body",
         )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(Some(bytes))) => Ok(bytes),
     }
 }
 
