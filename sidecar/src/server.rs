@@ -139,12 +139,14 @@ pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Resu
     })?;
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let mut limits = opts.limits;
+    limits.max_connections = connection_cap(limits.max_connections, open_files_limit());
     let budget = Budget::new(opts.max_buffered_bytes);
     let svc = stack(shared.clone(), opts.max_body_bytes, budget.clone());
     tasks.spawn(accept_loop(
         listener,
         svc,
-        opts.limits,
+        limits,
         shared.clone(),
         rx.clone(),
         opts.drain_timeout,
@@ -293,6 +295,36 @@ fn admin_route<B>(shared: &Shared, budget: &Budget, req: &Request<B>) -> Respons
     }
 }
 
+/// File descriptors kept for the admin listener, the route table, logs and the like.
+const RESERVED_FDS: usize = 512;
+
+/// The API listener's connection cap: the configured one, lowered so that every app connection
+/// can also hold an upstream connection within the open-files limit (when it is known), so
+/// the process never runs out of descriptors and its probes keep answering.
+fn connection_cap(configured: usize, open_files: Option<usize>) -> usize {
+    let Some(limit) = open_files else {
+        return configured;
+    };
+    let fits = (limit.saturating_sub(RESERVED_FDS) / 2).max(1);
+    if fits < configured {
+        tracing::warn!(
+            configured,
+            open_files = limit,
+            cap = fits,
+            "--max-connections lowered to what the open-files limit allows (each app connection may hold an upstream one)"
+        );
+        return fits;
+    }
+    configured
+}
+
+/// The soft limit on open files (`/proc/self/limits`), where the system says.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 async fn accept_loop<S: Serve>(
     listener: TcpListener,
     svc: S,
@@ -345,4 +377,20 @@ async fn accept_loop<S: Serve>(
         }
     }
     conns.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cap leaves room for an upstream connection per app connection and the reserve;
+    /// an unknown or generous limit keeps the configured cap.
+    #[test]
+    fn the_cap_fits_the_open_files_limit() {
+        assert_eq!(connection_cap(10_000, None), 10_000);
+        assert_eq!(connection_cap(10_000, Some(1_048_576)), 10_000);
+        assert_eq!(connection_cap(10_000, Some(1_024)), 256);
+        assert_eq!(connection_cap(10_000, Some(100)), 1);
+        assert!(open_files_limit().is_some_and(|n| n > 0));
+    }
 }
