@@ -99,7 +99,7 @@ class FakeApiserver:
                                              "metadata": {"name": "default"}}]}
         if method == "GET" and path in (
             "/apis/detour.dev/v1alpha1/modelroutes", "/apis/detour.dev/v1alpha1/routingpolicies",
-            "/api/v1/secrets", "/api/v1/configmaps",
+            "/api/v1/configmaps", "/apis/detour.dev/v1alpha1/namespaces/shop/modelroutes",
         ):
             return 200, empty
         if method in ("POST",) and path.endswith("/leases"):
@@ -132,8 +132,6 @@ class FakeApiserver:
                     if op["op"] == "add" and op["path"].endswith("/caBundle"):
                         mwc["webhooks"][0]["clientConfig"]["caBundle"] = op["value"]
                 return 200, mwc
-        if method == "GET" and path == "/api/v1/namespaces/shop/configmaps/detour-routes":
-            return 404, not_found
         return 404, not_found
 
     def __enter__(self) -> FakeApiserver:

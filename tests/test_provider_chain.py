@@ -252,13 +252,14 @@ spec:
   model: chain/anthropic
   policyRef: {{name: p}}
   targets:
-    - {{name: openai, provider: openai, model: gpt-4o, endpoint: "{base}/oai/v1", credentials: {{apiKeyFile: "{key}"}}}}
-    - {{name: anthropic, provider: anthropic, model: claude-x, endpoint: "{base}/ant", credentials: {{apiKeyFile: "{key}"}}}}
+    - {{name: openai, provider: openai, model: gpt-4o, endpoint: "{base}/oai/v1", allowPlainHttp: true, credentials: {{apiKeyFile: "{key}"}}}}
+    - {{name: anthropic, provider: anthropic, model: claude-x, endpoint: "{base}/ant", allowPlainHttp: true, credentials: {{apiKeyFile: "{key}"}}}}
     - name: bedrock
       provider: bedrock
       model: "{bedrock_model}"
       region: {region}
       endpoint: "{base}/bed"
+      allowPlainHttp: true
       credentials: {{webIdentity: {{roleArn: "{role}", tokenFile: "{token}"}}}}
 ---
 apiVersion: detour.dev/v1alpha1
@@ -268,13 +269,14 @@ spec:
   model: chain/bedrock
   policyRef: {{name: p}}
   targets:
-    - {{name: openai, provider: openai, model: gpt-4o, endpoint: "{base}/oai2/v1", credentials: {{apiKeyFile: "{key}"}}}}
-    - {{name: anthropic, provider: anthropic, model: claude-x, endpoint: "{base}/ant-overloaded", credentials: {{apiKeyFile: "{key}"}}}}
+    - {{name: openai, provider: openai, model: gpt-4o, endpoint: "{base}/oai2/v1", allowPlainHttp: true, credentials: {{apiKeyFile: "{key}"}}}}
+    - {{name: anthropic, provider: anthropic, model: claude-x, endpoint: "{base}/ant-overloaded", allowPlainHttp: true, credentials: {{apiKeyFile: "{key}"}}}}
     - name: bedrock
       provider: bedrock
       model: "{bedrock_model}"
       region: {region}
       endpoint: "{base}/bed"
+      allowPlainHttp: true
       credentials: {{webIdentity: {{roleArn: "{role}", tokenFile: "{token}"}}}}
 """
 
@@ -298,7 +300,7 @@ def chain(tmp_path_factory):
     out, err = open(tmp / "stdout", "wb"), open(tmp / "stderr", "wb")
     env = dict(os.environ, AWS_ENDPOINT_URL_STS=f"{base}/sts/")
     proc = subprocess.Popen(
-        [BIN, "--routes", str(routes), "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
+        [BIN, "--routes", str(routes), "--credentials-dir", str(tmp), "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
         stdout=out, stderr=err, env=env,
     )
     try:

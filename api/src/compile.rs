@@ -31,6 +31,7 @@ use crate::crd::{
 };
 use crate::defaults;
 use crate::duration::parse_ms;
+use crate::egress::{self, AllowedHosts, TargetDest};
 use crate::table::{
     self, Condition, Cost, CredentialSource, Credentials, Excluded, Health, Match, Mock, ObjectRef,
     Overrides, Policy, Retry, Route, RouteTable, Scoring, Streaming, Target, Timeouts, WebIdentity,
@@ -45,10 +46,23 @@ pub enum Mode {
     Standalone,
 }
 
-/// The Secrets that exist, by namespace and name, with their keys. Names and keys only.
+/// What the operator could learn about a referenced Secret from its metadata alone (never
+/// its data, never even its key names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretState {
+    /// Labelled [`defaults::CREDENTIALS_LABEL`]`: "true"`: routes may use it.
+    OptedIn,
+    /// Exists without the opt-in label: no route may use it.
+    NotOptedIn,
+    /// The operator may not read it (no RoleBinding grants it in that namespace).
+    Unreadable,
+}
+
+/// The referenced Secrets that exist, by namespace and name, with their [`SecretState`].
+/// A Secret not in the index does not exist.
 #[derive(Clone, Debug, Default)]
 pub struct SecretIndex {
-    secrets: BTreeMap<(String, String), BTreeSet<String>>,
+    secrets: BTreeMap<(String, String), SecretState>,
 }
 
 impl SecretIndex {
@@ -56,20 +70,21 @@ impl SecretIndex {
         Self::default()
     }
 
-    /// Records that Secret `namespace/name` exists with these keys.
-    pub fn insert<I, K>(&mut self, namespace: &str, name: &str, keys: I)
-    where
-        I: IntoIterator<Item = K>,
-        K: Into<String>,
-    {
+    /// Records what is known of Secret `namespace/name`.
+    pub fn insert(&mut self, namespace: &str, name: &str, state: SecretState) {
         self.secrets
-            .entry((namespace.to_owned(), name.to_owned()))
-            .or_default()
-            .extend(keys.into_iter().map(Into::into));
+            .insert((namespace.to_owned(), name.to_owned()), state);
     }
 
-    fn keys(&self, namespace: &str, name: &str) -> Option<&BTreeSet<String>> {
-        self.secrets.get(&(namespace.to_owned(), name.to_owned()))
+    /// Records an opted-in Secret.
+    pub fn opted_in(&mut self, namespace: &str, name: &str) {
+        self.insert(namespace, name, SecretState::OptedIn);
+    }
+
+    fn state(&self, namespace: &str, name: &str) -> Option<SecretState> {
+        self.secrets
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
     }
 }
 
@@ -84,8 +99,12 @@ pub struct Input<'a> {
     /// The operator's namespace: a default policy there applies cluster-wide.
     pub cluster_namespace: Option<&'a str>,
     pub mode: Mode,
-    /// Where Secrets are mounted; [`defaults::CREDENTIALS_ROOT`] in a cluster.
+    /// Where Secrets are mounted; [`defaults::CREDENTIALS_ROOT`] in a cluster. Standalone,
+    /// the sidecar's `--credentials-dir`: every credential file must be inside it.
     pub credentials_root: &'a str,
+    /// The platform's allowlist of endpoint hosts; `None`: [`AllowedHosts::providers`] in a
+    /// cluster, [`AllowedHosts::standalone`] standalone.
+    pub allowed_hosts: Option<&'a AllowedHosts>,
 }
 
 impl<'a> Input<'a> {
@@ -103,6 +122,7 @@ impl<'a> Input<'a> {
             cluster_namespace: Some(cluster_namespace),
             mode: Mode::Cluster,
             credentials_root: defaults::CREDENTIALS_ROOT,
+            allowed_hosts: None,
         }
     }
 
@@ -115,6 +135,23 @@ impl<'a> Input<'a> {
             cluster_namespace: None,
             mode: Mode::Standalone,
             credentials_root: defaults::CREDENTIALS_ROOT,
+            allowed_hosts: None,
+        }
+    }
+
+    /// The platform's allowlist of endpoint hosts instead of the mode's default.
+    pub fn with_allowed_hosts(self, allowed_hosts: &'a AllowedHosts) -> Self {
+        Self {
+            allowed_hosts: Some(allowed_hosts),
+            ..self
+        }
+    }
+
+    /// Another credentials root (the standalone sidecar's `--credentials-dir`).
+    pub fn with_credentials_root(self, credentials_root: &'a str) -> Self {
+        Self {
+            credentials_root,
+            ..self
         }
     }
 }
@@ -166,7 +203,10 @@ pub enum Reason {
     PolicyNotFound,
     PolicyInvalid,
     SecretNotFound,
-    SecretKeyNotFound,
+    SecretNotOptedIn,
+    SecretNotReadable,
+    CredentialPathRefused,
+    DestinationRefused,
     StandaloneOnly,
     UnknownTarget,
     DuplicateModel,
@@ -181,7 +221,10 @@ impl Reason {
             Self::PolicyNotFound => "PolicyNotFound",
             Self::PolicyInvalid => "PolicyInvalid",
             Self::SecretNotFound => "SecretNotFound",
-            Self::SecretKeyNotFound => "SecretKeyNotFound",
+            Self::SecretNotOptedIn => "SecretNotOptedIn",
+            Self::SecretNotReadable => "SecretNotReadable",
+            Self::CredentialPathRefused => "CredentialPathRefused",
+            Self::DestinationRefused => "DestinationRefused",
             Self::StandaloneOnly => "StandaloneOnly",
             Self::UnknownTarget => "UnknownTarget",
             Self::DuplicateModel => "DuplicateModel",
@@ -879,7 +922,7 @@ fn check_route_shape(r: &ModelRoute, key: &ObjectKey, diags: &mut Diags) {
                 key,
                 format!("spec.targets[{i}].endpoint"),
                 Reason::InvalidSpec,
-                format!("{e:?} must start with http:// or https://"),
+                format!("{e:?} must start with https:// (or http:// where plain http is allowed)"),
             );
         }
         if let Some(w) = t.weight
@@ -1589,6 +1632,34 @@ fn resolve_target(
         None => None,
         Some(c) => resolve_credentials(c, t.provider, &at, key, input, diags),
     };
+    let standalone_hosts;
+    let cluster_hosts;
+    let allowed = match (input.allowed_hosts, input.mode) {
+        (Some(a), _) => a,
+        (None, Mode::Cluster) => {
+            cluster_hosts = AllowedHosts::providers();
+            &cluster_hosts
+        }
+        (None, Mode::Standalone) => {
+            standalone_hosts = AllowedHosts::standalone();
+            &standalone_hosts
+        }
+    };
+    let dest = TargetDest {
+        provider: t.provider,
+        endpoint: t.endpoint.as_deref(),
+        region: t.region.as_deref(),
+        has_credentials: t.credentials.is_some(),
+        allow_plain_http: t.allow_plain_http == Some(true),
+    };
+    if let Err(v) = egress::check_target(&dest, allowed) {
+        diags.error(
+            key,
+            format!("{at}.{}", v.field),
+            Reason::DestinationRefused,
+            format!("{}; this target is left out until then", v.message),
+        );
+    }
     if diags.0.len() > before {
         return None;
     }
@@ -1597,6 +1668,7 @@ fn resolve_target(
         provider: t.provider,
         model: t.model.clone(),
         endpoint: t.endpoint.clone(),
+        allow_plain_http: t.allow_plain_http == Some(true),
         region: t.region.clone(),
         api_version: t.api_version.clone(),
         credentials,
@@ -1650,75 +1722,94 @@ fn resolve_credentials(
         ..Credentials::default()
     };
     if let Some(secret) = &c.secret_name {
-        let present = input.secrets.map(|idx| idx.keys(&key.namespace, secret));
-        if let Some(None) = present {
-            diags.error(
-                key,
-                format!("{at}.secretName"),
+        let state = input.secrets.map(|idx| idx.state(&key.namespace, secret));
+        let refused = match state {
+            Some(None) => Some((
                 Reason::SecretNotFound,
                 format!(
-                    "Secret {secret:?} not found in namespace {:?}; create it (kubectl -n {} create secret generic {secret} --from-literal={}=...) or fix the name; this target is left out until then",
+                    "Secret {secret:?} not found in namespace {:?}; create it (kubectl -n {} create secret generic {secret} --from-literal={}=...), \
+                     label it {}=true, or fix the name; this target is left out until then",
                     key.namespace,
                     key.namespace,
-                    keys.api_key.as_deref().unwrap_or(defaults::API_KEY_KEY)
+                    keys.api_key.as_deref().unwrap_or(defaults::API_KEY_KEY),
+                    defaults::CREDENTIALS_LABEL,
                 ),
-            );
+            )),
+            Some(Some(SecretState::NotOptedIn)) => Some((
+                Reason::SecretNotOptedIn,
+                format!(
+                    "Secret {secret:?} is not labelled {label}: \"true\"; only Secrets their owner opted in may be \
+                     referenced by a route (kubectl -n {} label secret {secret} {label}=true); this target is left out until then",
+                    key.namespace,
+                    label = defaults::CREDENTIALS_LABEL,
+                ),
+            )),
+            Some(Some(SecretState::Unreadable)) => Some((
+                Reason::SecretNotReadable,
+                format!(
+                    "the operator may not read Secret {secret:?}'s metadata in namespace {:?}; bind the \
+                     ClusterRole detour-credentials-reader to the operator's ServiceAccount with a RoleBinding \
+                     in that namespace; this target is left out until then",
+                    key.namespace
+                ),
+            )),
+            Some(Some(SecretState::OptedIn)) | None => None,
+        };
+        if let Some((reason, message)) = refused {
+            diags.error(key, format!("{at}.secretName"), reason, message);
             return None;
         }
-        let present = present.flatten();
         let path = |k: &str| {
             CredentialSource::File(format!(
                 "{}/{secret}/{k}",
                 input.credentials_root.trim_end_matches('/')
             ))
         };
-        let require = |field: &str, name: &str, diags: &mut Diags| -> Option<CredentialSource> {
-            if let Some(keys) = present
-                && !keys.contains(name)
-            {
-                diags.error(
-                    key,
-                    format!("{at}.keys.{field}"),
-                    Reason::SecretKeyNotFound,
-                    format!(
-                        "Secret {secret:?} has no key {name:?} (it has: {}); add the key or set keys.{field} to one it has; this target is left out until then",
-                        keys.iter().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                );
-                return None;
-            }
-            Some(path(name))
-        };
+        // Key names are not checked against the Secret: the operator never reads them (only
+        // metadata). A wrong key shows as a file the sidecar cannot read (its health report
+        // and the attempt's error name the path).
         if provider == Provider::Bedrock {
             if c.web_identity.is_none() {
-                let id = keys
-                    .access_key_id
-                    .as_deref()
-                    .unwrap_or(defaults::ACCESS_KEY_ID_KEY);
-                let secret_key = keys
-                    .secret_access_key
-                    .as_deref()
-                    .unwrap_or(defaults::SECRET_ACCESS_KEY_KEY);
-                out.access_key_id = require("accessKeyId", id, diags);
-                out.secret_access_key = require("secretAccessKey", secret_key, diags);
-                out.session_token = match (&keys.session_token, present) {
-                    (Some(name), _) => require("sessionToken", name, diags),
-                    (None, Some(ks)) if ks.contains(defaults::SESSION_TOKEN_KEY) => {
-                        Some(path(defaults::SESSION_TOKEN_KEY))
-                    }
-                    (None, _) => None,
-                };
+                out.access_key_id = Some(path(
+                    keys.access_key_id
+                        .as_deref()
+                        .unwrap_or(defaults::ACCESS_KEY_ID_KEY),
+                ));
+                out.secret_access_key = Some(path(
+                    keys.secret_access_key
+                        .as_deref()
+                        .unwrap_or(defaults::SECRET_ACCESS_KEY_KEY),
+                ));
+                out.session_token = keys.session_token.as_deref().map(path);
             }
         } else {
-            let name = keys.api_key.as_deref().unwrap_or(defaults::API_KEY_KEY);
-            out.api_key = require("apiKey", name, diags);
+            out.api_key = Some(path(keys.api_key.as_deref().unwrap_or(defaults::API_KEY_KEY)));
         }
     }
     if let Some(var) = &c.api_key_env {
         out.api_key = Some(CredentialSource::Env(var.clone()));
     }
     if let Some(file) = &c.api_key_file {
-        out.api_key = Some(CredentialSource::File(file.clone()));
+        // Relative to the credentials root; either way it must end up inside it.
+        let root = input.credentials_root.trim_end_matches('/');
+        let full = if file.starts_with('/') {
+            file.clone()
+        } else {
+            format!("{root}/{file}")
+        };
+        if !egress::path_within(&full, root) {
+            diags.error(
+                key,
+                format!("{at}.apiKeyFile"),
+                Reason::CredentialPathRefused,
+                format!(
+                    "{file:?} is outside the credentials directory {root:?}; put the key file there \
+                     (or start the sidecar with --credentials-dir naming its directory)"
+                ),
+            );
+            return None;
+        }
+        out.api_key = Some(CredentialSource::File(full));
     }
     if let Some(w) = &c.web_identity {
         if provider != Provider::Bedrock {
@@ -1729,12 +1820,35 @@ fn resolve_credentials(
                 format!("is only for provider bedrock (provider is {provider})"),
             );
         }
+        let token_file = w
+            .token_file
+            .clone()
+            .unwrap_or_else(|| defaults::WEB_IDENTITY_TOKEN_FILE.to_owned());
+        let inside = egress::path_within(&token_file, defaults::WEB_IDENTITY_TOKEN_DIR)
+            || (input.mode == Mode::Standalone && egress::path_within(&token_file, input.credentials_root));
+        if !inside {
+            let allowed = match input.mode {
+                Mode::Cluster => format!(
+                    "the projected-token directory {:?}",
+                    defaults::WEB_IDENTITY_TOKEN_DIR
+                ),
+                Mode::Standalone => format!(
+                    "the projected-token directory {:?} or the credentials directory {:?}",
+                    defaults::WEB_IDENTITY_TOKEN_DIR,
+                    input.credentials_root
+                ),
+            };
+            diags.error(
+                key,
+                format!("{at}.webIdentity.tokenFile"),
+                Reason::CredentialPathRefused,
+                format!("{token_file:?} is not a file in {allowed}; only the pod's projected token may be sent to STS"),
+            );
+            return None;
+        }
         out.web_identity = Some(WebIdentity {
             role_arn: w.role_arn.clone(),
-            token_file: w
-                .token_file
-                .clone()
-                .unwrap_or_else(|| defaults::WEB_IDENTITY_TOKEN_FILE.to_owned()),
+            token_file,
         });
     }
     Some(out)

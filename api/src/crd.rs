@@ -82,6 +82,8 @@ pub struct PolicyRef {
         .message("endpoint is required for providers azure-openai and openai-compatible"),
     validation = Rule::new("self.provider == 'mock' || has(self.credentials) || self.provider == 'openai-compatible' || self.provider == 'bedrock'")
         .message("credentials are required for providers openai, azure-openai and anthropic"),
+    validation = Rule::new("!has(self.endpoint) || !self.endpoint.startsWith('http://') || !has(self.credentials) || (has(self.allowPlainHttp) && self.allowPlainHttp)")
+        .message("allowPlainHttp: credentials go over plain http:// only when the target sets allowPlainHttp: true (loopback or in-cluster Services only); use https://"),
 )]
 pub struct TargetSpec {
     /// Unique within the route; used in metrics, headers and `x-detour-target`.
@@ -98,9 +100,16 @@ pub struct TargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub endpoint: Option<String>,
-    /// Cloud region, required for `bedrock`.
+    /// Plain `http://` with credentials: allowed only with this set, and only to loopback or
+    /// an in-cluster Service (`<name>.<namespace>.svc`). Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    pub allow_plain_http: Option<bool>,
+    /// Cloud region, required for `bedrock`: the provider's region name, e.g. `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 4, max = 32),
+        regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+    )]
     pub region: Option<String>,
     /// API version for providers that version their API in the request (`azure-openai`'s
     /// `api-version`, `anthropic`'s `anthropic-version`).
@@ -172,9 +181,11 @@ impl fmt::Display for Provider {
 
 /// Where a target's credentials come from.
 ///
-/// In a cluster, `secretName` names a Secret in the route's namespace; the injection webhook
-/// mounts it read-only and the sidecar reads the files. `apiKeyEnv`/`apiKeyFile` are for the
-/// standalone sidecar (laptops, VMs) and are rejected by the operator.
+/// In a cluster, `secretName` names a Secret in the route's namespace that is labelled
+/// `detour.dev/credentials: "true"` (the Secret's owner opts it in; a route cannot); the
+/// injection webhook mounts it read-only in the pods that select the route and the sidecar
+/// reads the files. `apiKeyEnv`/`apiKeyFile` are for the standalone sidecar (laptops, VMs)
+/// and are rejected by the operator.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
@@ -236,9 +247,15 @@ pub struct WebIdentitySpec {
         regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
     )]
     pub role_arn: String,
-    /// Default `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`.
+    /// Default `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`. In a cluster it must
+    /// be a file in that projected-token directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(
+        length(min = 1, max = 4096),
+        regex(
+            pattern = r"^/var/run/secrets/eks\.amazonaws\.com/serviceaccount/[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+        )
+    )]
     pub token_file: Option<String>,
 }
 

@@ -21,6 +21,11 @@ pub const SECRET_ACCESS_KEY_KEY: &str = "aws-secret-access-key";
 pub const SESSION_TOKEN_KEY: &str = "aws-session-token";
 /// Where EKS projects the service-account token for IRSA.
 pub const WEB_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token";
+/// The projected-token directory: in a cluster, `webIdentity.tokenFile` must be a file in it.
+pub const WEB_IDENTITY_TOKEN_DIR: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount";
+/// The label that opts a Secret in to being referenced by ModelRoutes. Only Secrets carrying
+/// it with the value `"true"` are read, mounted or named in a route table.
+pub const CREDENTIALS_LABEL: &str = "detour.dev/credentials";
 
 /// The built-in policy.
 pub fn policy() -> Policy {

@@ -8,12 +8,14 @@ pub mod compile;
 pub mod crd;
 pub mod defaults;
 pub mod duration;
+pub mod egress;
 pub mod load;
 pub mod table;
 
 pub use compile::{
-    Compiled, Diagnostic, Input, Kind, Mode, ObjectKey, Readiness, Reason, SecretIndex, Severity, compile,
+    Compiled, Diagnostic, Input, Kind, Mode, ObjectKey, Readiness, Reason, SecretIndex, SecretState,
+    Severity, compile,
 };
 pub use crd::{ModelRoute, ModelRouteSpec, RoutingPolicy, RoutingPolicySpec};
-pub use load::{LoadError, compile_yaml, parse_yaml};
+pub use load::{LoadError, compile_yaml, compile_yaml_with, parse_yaml};
 pub use table::{RouteTable, TableError};

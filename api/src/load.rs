@@ -6,6 +6,7 @@ use thiserror::Error;
 
 use crate::compile::{Compiled, Input, compile};
 use crate::crd::{ModelRoute, RoutingPolicy};
+use crate::egress::AllowedHosts;
 
 const API_VERSION: &str = "detour.dev/v1alpha1";
 
@@ -142,8 +143,24 @@ fn typed<T: DeserializeOwned>(value: serde_norway::Value, doc: usize) -> Result<
     })
 }
 
-/// Parses and compiles a standalone routes file.
+/// Parses and compiles a standalone routes file with the standalone defaults (credentials
+/// under [`crate::defaults::CREDENTIALS_ROOT`], the providers' hosts and loopback allowed).
 pub fn compile_yaml(text: &str) -> Result<Compiled, LoadError> {
     let objects = parse_yaml(text)?;
     Ok(compile(&Input::standalone(&objects.routes, &objects.policies)))
+}
+
+/// Parses and compiles a standalone routes file with the sidecar's `--credentials-dir` and
+/// `--allowed-hosts`.
+pub fn compile_yaml_with(
+    text: &str,
+    credentials_root: &str,
+    allowed_hosts: &AllowedHosts,
+) -> Result<Compiled, LoadError> {
+    let objects = parse_yaml(text)?;
+    Ok(compile(
+        &Input::standalone(&objects.routes, &objects.policies)
+            .with_credentials_root(credentials_root)
+            .with_allowed_hosts(allowed_hosts),
+    ))
 }

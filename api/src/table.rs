@@ -196,6 +196,9 @@ pub struct Target {
     pub model: String,
     /// Base URL; `None` means the provider's public default.
     pub endpoint: Option<String>,
+    /// The target's opt-in to credentials over plain `http://` (loopback or in-cluster only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_http: bool,
     pub region: Option<String>,
     pub api_version: Option<String>,
     pub credentials: Option<Credentials>,

@@ -6,7 +6,8 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
-use detour_api::compile::{Kind, ObjectKey, Reason, Severity};
+use detour_api::compile::{Kind, ObjectKey, Reason, SecretState, Severity};
+use detour_api::egress::AllowedHosts;
 use detour_api::table::CredentialSource;
 use detour_api::{Compiled, Input, ModelRoute, RoutingPolicy, SecretIndex, compile, parse_yaml};
 use pretty_assertions::assert_eq;
@@ -24,9 +25,9 @@ fn example(name: &str) -> String {
 
 fn all_secrets(ns: &str) -> SecretIndex {
     let mut s = SecretIndex::new();
-    s.insert(ns, "openai", ["api-key"]);
-    s.insert(ns, "anthropic", ["api-key"]);
-    s.insert(ns, "aws-bedrock", ["aws-access-key-id", "aws-secret-access-key"]);
+    s.opted_in(ns, "openai");
+    s.opted_in(ns, "anthropic");
+    s.opted_in(ns, "aws-bedrock");
     s
 }
 
@@ -101,7 +102,7 @@ fn three_provider_chain_compiles_to_the_golden_table() {
     );
     assert_eq!(
         bedrock.session_token, None,
-        "no session token key in the Secret, none expected"
+        "no keys.sessionToken, no session token"
     );
 
     let golden_path = format!("{}/tests/golden/three-provider-chain.routes.json", manifest_dir());
@@ -192,7 +193,7 @@ fn input_order_does_not_change_the_table() {
     let (mut routes, mut policies) = objects(&yaml);
     let secrets = {
         let mut s = all_secrets("default");
-        s.insert("default", "azure-openai-eu", ["api-key"]);
+        s.opted_in("default", "azure-openai-eu");
         s
     };
     let a = compile(&Input::cluster(&routes, &policies, &secrets, OPERATOR_NS));
@@ -239,7 +240,7 @@ fn missing_policy_is_reported_on_the_route_field() {
 #[test]
 fn missing_secret_leaves_out_only_that_target() {
     let mut secrets = SecretIndex::new();
-    secrets.insert("team-a", "openai", ["api-key"]);
+    secrets.opted_in("team-a", "openai");
     let c = compile_cluster(ROUTE, &secrets);
     let key = route_key("team-a", "chat");
     assert_eq!(
@@ -247,7 +248,8 @@ fn missing_secret_leaves_out_only_that_target() {
         vec![(
             "spec.targets[1].credentials.secretName".to_owned(),
             "Secret \"anthropic\" not found in namespace \"team-a\"; create it (kubectl -n team-a create secret \
-             generic anthropic --from-literal=api-key=...) or fix the name; this target is left out until then"
+             generic anthropic --from-literal=api-key=...), label it detour.dev/credentials=true, or fix the name; \
+             this target is left out until then"
                 .to_owned()
         )]
     );
@@ -263,22 +265,301 @@ fn missing_secret_leaves_out_only_that_target() {
     assert_eq!(r.reason, "DegradedSecretNotFound");
 }
 
-/// A Secret without the expected key names the keys it does have.
+/// A Secret without the opt-in label is refused, naming the label and the command; the
+/// operator never learns (and the table never names) the Secret's keys.
 #[test]
-fn missing_secret_key_names_the_keys_present() {
+fn secret_without_the_opt_in_label_is_refused() {
     let mut secrets = all_secrets("team-a");
-    secrets.insert("team-a", "anthropic-other", ["token"]);
-    let yaml = ROUTE.replace("secretName: anthropic}", "secretName: anthropic-other}");
+    secrets.insert("team-a", "db-creds", SecretState::NotOptedIn);
+    let yaml = ROUTE.replace(
+        "secretName: anthropic}",
+        "secretName: db-creds, keys: {apiKey: password}}",
+    );
     let c = compile_cluster(&yaml, &secrets);
     assert_eq!(
         diags(&c, &route_key("team-a", "chat")),
         vec![(
-            "spec.targets[1].credentials.keys.apiKey".to_owned(),
-            "Secret \"anthropic-other\" has no key \"api-key\" (it has: token); add the key or set keys.apiKey to \
-             one it has; this target is left out until then"
+            "spec.targets[1].credentials.secretName".to_owned(),
+            "Secret \"db-creds\" is not labelled detour.dev/credentials: \"true\"; only Secrets their owner opted \
+             in may be referenced by a route (kubectl -n team-a label secret db-creds detour.dev/credentials=true); \
+             this target is left out until then"
                 .to_owned()
         )]
     );
+    assert_eq!(c.table.excluded.len(), 1);
+    assert!(
+        !c.table.to_json().contains("db-creds/"),
+        "no path to the Secret's files"
+    );
+    assert_eq!(
+        c.readiness(&route_key("team-a", "chat")).reason,
+        "DegradedSecretNotOptedIn"
+    );
+}
+
+/// A Secret the operator may not read (no RoleBinding in that namespace) is refused with
+/// the binding to create.
+#[test]
+fn unreadable_secret_names_the_role_binding_to_create() {
+    let mut secrets = all_secrets("team-a");
+    secrets.insert("team-a", "anthropic", SecretState::Unreadable);
+    let c = compile_cluster(ROUTE, &secrets);
+    let d: Vec<_> = c.diagnostics_for(&route_key("team-a", "chat")).collect();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].field, "spec.targets[1].credentials.secretName");
+    assert_eq!(d[0].reason, Reason::SecretNotReadable);
+    assert!(d[0].message.contains("RoleBinding"), "{}", d[0].message);
+}
+
+/// The attacks of a ModelRoute author without Secret read: an unlabelled Secret sent over
+/// plain http to a loopback listener, a region that turns the Bedrock and STS URLs into the
+/// listener, the pod's service-account token as the web-identity token. Each is refused at
+/// compile: nothing is served, and the table names no path to the Secret's files.
+#[test]
+fn exfiltration_routes_are_refused_at_compile() {
+    let yaml = r#"
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: exfil, namespace: team-a}
+spec:
+  model: exfil
+  targets:
+    - {name: t, provider: openai-compatible, model: m, endpoint: "http://127.0.0.1:8080/v1", credentials: {secretName: db-creds, keys: {apiKey: password}}}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: region-trick, namespace: team-a}
+spec:
+  model: region-trick
+  targets:
+    - {name: t, provider: bedrock, model: m, region: "x@127.0.0.1:8080/", credentials: {secretName: aws-bedrock}}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: token-trick, namespace: team-a}
+spec:
+  model: token-trick
+  targets:
+    - {name: t, provider: bedrock, model: m, region: us-east-1, credentials: {webIdentity: {roleArn: "arn:aws:iam::123456789012:role/x", tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token}}}
+"#;
+    let mut secrets = all_secrets("team-a");
+    secrets.insert("team-a", "db-creds", SecretState::NotOptedIn);
+    let c = compile_cluster(yaml, &secrets);
+    assert!(c.table.routes.is_empty(), "{:?}", c.table.routes);
+    let json = c.table.to_json();
+    assert!(!json.contains("/var/run/detour/credentials/"), "{json}");
+    assert!(!json.contains("serviceaccount/token\""), "{json}");
+    let first = |name: &str| {
+        c.diagnostics_for(&route_key("team-a", name))
+            .next()
+            .unwrap()
+            .clone()
+    };
+    let d = first("exfil");
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.targets[0].credentials.secretName", Reason::SecretNotOptedIn)
+    );
+    let d = first("region-trick");
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.targets[0].region", Reason::DestinationRefused)
+    );
+    let d = first("token-trick");
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        (
+            "spec.targets[0].credentials.webIdentity.tokenFile",
+            Reason::CredentialPathRefused
+        )
+    );
+    // With the Secret opted in, credentials over plain http still need the target's opt-in;
+    // with that too, loopback is still not a host the platform allowed.
+    secrets.opted_in("team-a", "db-creds");
+    let c = compile_cluster(yaml, &secrets);
+    let d = c
+        .diagnostics_for(&route_key("team-a", "exfil"))
+        .next()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.targets[0].allowPlainHttp", Reason::DestinationRefused)
+    );
+    let yaml = yaml.replace(
+        "endpoint: \"http://127.0.0.1:8080/v1\",",
+        "endpoint: \"http://127.0.0.1:8080/v1\", allowPlainHttp: true,",
+    );
+    let c = compile_cluster(&yaml, &secrets);
+    let d = c
+        .diagnostics_for(&route_key("team-a", "exfil"))
+        .next()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.targets[0].endpoint", Reason::DestinationRefused)
+    );
+    assert!(
+        d.message.contains("not in the platform's allowlist"),
+        "{}",
+        d.message
+    );
+}
+
+/// Each destination rule refuses the target with the field it is about and the rule.
+#[test]
+fn destination_rules_name_the_field_and_the_rule() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "{name: t, provider: openai, model: m, endpoint: \"http://api.openai.com/v1\", credentials: {secretName: openai}}",
+            "spec.targets[0].endpoint",
+            "plain http:// is allowed only to loopback or an in-cluster Service",
+        ),
+        (
+            "{name: t, provider: openai-compatible, model: m, endpoint: \"http://vllm.models.svc:8000/v1\", credentials: {secretName: openai}}",
+            "spec.targets[0].allowPlainHttp",
+            "credentials go over plain http:// only when the target sets allowPlainHttp: true",
+        ),
+        (
+            "{name: t, provider: openai-compatible, model: m, endpoint: \"https://169.254.169.254/latest\"}",
+            "spec.targets[0].endpoint",
+            "link-local or cloud-metadata address",
+        ),
+        (
+            "{name: t, provider: openai-compatible, model: m, endpoint: \"http://metadata.google.internal/v1\"}",
+            "spec.targets[0].endpoint",
+            "link-local or cloud-metadata address",
+        ),
+        (
+            "{name: t, provider: openai-compatible, model: m, endpoint: \"https://llm.evil.example/v1\", credentials: {secretName: openai}}",
+            "spec.targets[0].endpoint",
+            "host \"llm.evil.example\" is not in the platform's allowlist of endpoint hosts",
+        ),
+        (
+            "{name: t, provider: openai, model: m, endpoint: \"https://user:pw@api.openai.com/v1\", credentials: {secretName: openai}}",
+            "spec.targets[0].endpoint",
+            "must not carry user:password@",
+        ),
+        (
+            "{name: t, provider: bedrock, model: m, region: \"x@evil.example/\", credentials: {secretName: aws-bedrock}}",
+            "spec.targets[0].region",
+            "is not a region",
+        ),
+        (
+            "{name: t, provider: bedrock, model: m, region: us-east-1, credentials: {webIdentity: {roleArn: \"arn:aws:iam::123456789012:role/x\", tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token}}}",
+            "spec.targets[0].credentials.webIdentity.tokenFile",
+            "is not a file in the projected-token directory",
+        ),
+        (
+            "{name: t, provider: bedrock, model: m, region: us-east-1, credentials: {webIdentity: {roleArn: \"arn:aws:iam::123456789012:role/x\", tokenFile: /var/run/secrets/eks.amazonaws.com/serviceaccount/../../kubernetes.io/serviceaccount/token}}}",
+            "spec.targets[0].credentials.webIdentity.tokenFile",
+            "is not a file in the projected-token directory",
+        ),
+    ];
+    for (target, field, rule) in cases {
+        let yaml = format!(
+            "apiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {{name: r, namespace: team-a}}\nspec:\n  model: m\n  targets:\n    - {target}\n"
+        );
+        let c = compile_cluster(&yaml, &all_secrets("team-a"));
+        let d: Vec<_> = c.diagnostics_for(&route_key("team-a", "r")).collect();
+        assert_eq!(d[0].field, *field, "{target}");
+        assert!(d[0].message.contains(rule), "{target}: {}", d[0].message);
+        assert!(c.table.routes.is_empty(), "{target}");
+        let left_out: Vec<_> = c.table.excluded.iter().filter(|e| e.target.is_some()).collect();
+        assert_eq!(left_out.len(), 1, "{target}");
+        assert!(left_out[0].reason.starts_with(field), "{target}");
+    }
+}
+
+/// What the rules allow: https to the providers' hosts and to hosts the platform added,
+/// plain http with credentials to an in-cluster Service only with the opt-in, and plain
+/// http without credentials to loopback when the platform allows loopback.
+#[test]
+fn destination_rules_allow_what_the_platform_allows() {
+    let allowed =
+        AllowedHosts::parse(["*.openai.azure.com", "vllm.models.svc.cluster.local", "127.0.0.1"]).unwrap();
+    let yaml = r#"
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: r, namespace: team-a}
+spec:
+  model: m
+  targets:
+    - {name: az, provider: azure-openai, model: m, endpoint: "https://contoso.openai.azure.com", credentials: {secretName: openai}}
+    - {name: vllm, provider: openai-compatible, model: m, endpoint: "http://vllm.models.svc.cluster.local:8000/v1", allowPlainHttp: true, credentials: {secretName: openai}}
+    - {name: local, provider: openai-compatible, model: m, endpoint: "http://127.0.0.1:8000/v1"}
+    - {name: oai, provider: openai, model: m, credentials: {secretName: openai}}
+"#;
+    let (routes, policies) = objects(yaml);
+    let secrets = all_secrets("team-a");
+    let c = compile(&Input::cluster(&routes, &policies, &secrets, OPERATOR_NS).with_allowed_hosts(&allowed));
+    let d: Vec<_> = c
+        .diagnostics_for(&route_key("team-a", "r"))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        d,
+        vec![
+            "spec.targets[3].endpoint: host \"api.openai.com\" is not in the platform's allowlist of endpoint hosts \
+             (*.openai.azure.com, vllm.models.svc.cluster.local, 127.0.0.1); the operator's --allowed-hosts (chart value) \
+             or the standalone sidecar's --allowed-hosts decides it, not the route; this target is left out until then"
+        ],
+        "a narrowed allowlist applies to the providers' default hosts too"
+    );
+    let route = c.table.route("m").unwrap();
+    assert_eq!(route.targets.len(), 3);
+    assert!(route.targets[1].allow_plain_http);
+
+    let c = compile_cluster(yaml, &secrets);
+    let fields: Vec<_> = c
+        .diagnostics_for(&route_key("team-a", "r"))
+        .map(|d| d.field.clone())
+        .collect();
+    assert_eq!(
+        fields,
+        ["spec.targets[1].endpoint", "spec.targets[2].endpoint"],
+        "the cluster default allows only the providers' public hosts"
+    );
+}
+
+/// Standalone, credential files must be inside the credentials directory: a relative
+/// `apiKeyFile` resolves there, an absolute one elsewhere is refused naming the directory.
+#[test]
+fn standalone_credential_files_stay_inside_the_credentials_directory() {
+    let yaml = |file: &str| {
+        ROUTE.replace(
+            "credentials: {secretName: openai}",
+            &format!("credentials: {{apiKeyFile: {file}}}"),
+        )
+    };
+    let allowed = AllowedHosts::standalone();
+    let c = detour_api::compile_yaml_with(&yaml("openai.key"), "/home/me/keys", &allowed).unwrap();
+    let t = &c.table.route("chat/default").unwrap().targets[0];
+    assert_eq!(
+        t.credentials.as_ref().unwrap().api_key,
+        Some(CredentialSource::File("/home/me/keys/openai.key".into()))
+    );
+    assert_eq!(
+        c.table.route("chat/default").unwrap().targets[1]
+            .credentials
+            .as_ref()
+            .unwrap()
+            .api_key,
+        Some(CredentialSource::File("/home/me/keys/anthropic/api-key".into())),
+        "secretName resolves under the credentials directory"
+    );
+    for bad in ["/etc/passwd", "../x", "/home/me/keys/../.ssh/id_rsa"] {
+        let c = detour_api::compile_yaml_with(&yaml(bad), "/home/me/keys", &allowed).unwrap();
+        let d: Vec<_> = c.diagnostics_for(&route_key("team-a", "chat")).collect();
+        assert_eq!(d[0].field, "spec.targets[0].credentials.apiKeyFile", "{bad}");
+        assert_eq!(d[0].reason, Reason::CredentialPathRefused, "{bad}");
+        assert!(
+            d[0].message
+                .contains("outside the credentials directory \"/home/me/keys\""),
+            "{bad}"
+        );
+    }
 }
 
 /// Two routes claiming one model id: the oldest serves, the newer is left out, both are told.

@@ -239,6 +239,36 @@ fn invalid_objects_are_rejected_for_the_stated_reason() {
             "credentials: set secretName",
         ),
         (
+            "credentials over plain http without the opt-in",
+            set(
+                route(),
+                "spec/targets/1",
+                json!({"name": "vllm", "provider": "openai-compatible", "model": "m",
+                       "endpoint": "http://vllm.models.svc:8000/v1", "credentials": {"secretName": "vllm"}}),
+            ),
+            "allowPlainHttp: credentials go over plain http:// only when the target sets allowPlainHttp: true",
+        ),
+        (
+            "region that is not a region",
+            set(
+                route(),
+                "spec/targets/1",
+                json!({"name": "b", "provider": "bedrock", "model": "m", "region": "x@evil.example/"}),
+            ),
+            "/spec/targets/1/region: \"x@evil.example/\" does not match",
+        ),
+        (
+            "token file outside the projected-token directory",
+            set(
+                route(),
+                "spec/targets/1",
+                json!({"name": "b", "provider": "bedrock", "model": "m", "region": "us-east-1",
+                       "credentials": {"webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/x",
+                                                       "tokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"}}}),
+            ),
+            "/spec/targets/1/credentials/webIdentity/tokenFile: \"/var/run/secrets/kubernetes.io/serviceaccount/token\" does not match",
+        ),
+        (
             "route rule naming an unknown target",
             set(
                 route(),
@@ -384,6 +414,17 @@ fn invalid_objects_are_rejected_for_the_stated_reason() {
     // The unmodified objects are valid: each case fails for its own reason only.
     assert_eq!(admission_errors(&route()), Vec::<String>::new());
     assert_eq!(admission_errors(&policy()), Vec::<String>::new());
+    let opted_in = set(
+        route(),
+        "spec/targets/1",
+        json!({"name": "vllm", "provider": "openai-compatible", "model": "m", "allowPlainHttp": true,
+               "endpoint": "http://vllm.models.svc:8000/v1", "credentials": {"secretName": "vllm"}}),
+    );
+    assert_eq!(
+        admission_errors(&opted_in),
+        Vec::<String>::new(),
+        "the opt-in admits plain http"
+    );
     for (name, object, expected) in cases {
         let errors = admission_errors(&object);
         eprintln!("{name}: {errors:?}");

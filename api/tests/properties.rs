@@ -45,6 +45,7 @@ fn target() -> impl Strategy<Value = TargetSpec> {
             provider,
             model: "m".into(),
             endpoint: endpoint.then(|| "http://127.0.0.1:1".into()),
+            allow_plain_http: None,
             region: region.then(|| "us-east-1".into()),
             api_version: None,
             credentials: secret.map(|s| CredentialsSpec {
@@ -146,8 +147,8 @@ fn policy() -> impl Strategy<Value = RoutingPolicy> {
 fn secrets() -> SecretIndex {
     let mut s = SecretIndex::new();
     for ns in NAMESPACES {
-        s.insert(ns, "openai", ["api-key"]);
-        s.insert(ns, "anthropic", ["token"]);
+        s.opted_in(ns, "openai");
+        s.opted_in(ns, "anthropic");
     }
     s
 }

@@ -2,9 +2,9 @@
 //! along, so status only ever describes what was applied.
 //!
 //! 1. **dereference** ([`Inputs::gather`]): the namespace's ModelRoutes and RoutingPolicies
-//!    and the cluster-wide default policies (from the watch caches), and the *keys* of the
-//!    Secrets the routes reference (one GET each; see [`secret_keys`] for why and how values
-//!    are never kept);
+//!    and the cluster-wide default policies (from the watch caches), and whether each Secret
+//!    the routes reference is opted in (one metadata-only GET each, see [`secret_state`]: no
+//!    Secret value or key name ever reaches the operator);
 //! 2. **compile**: the pure [`detour_api::compile`];
 //! 3. **apply**: server-side apply of ConfigMap `detour-routes` (key `routes.json`) with the one
 //!    field manager [`MANAGER`]. A namespace whose last route was deleted keeps its ConfigMap
@@ -15,27 +15,29 @@
 //! 4. **status**: the whole status of every route and policy of the namespace, by SSA on the
 //!    status subresource, skipped when nothing changed; an Event when `Ready` transitions.
 //!
-//! Triggers: every namespace (metadata only) is a root object; changes to routes, policies,
-//! our ConfigMaps, and Secrets (metadata only, and only those a route names) map to the
-//! namespace they live in. A change to a default policy in the operator's namespace maps to
-//! every namespace that has routes.
+//! Triggers: every namespace (metadata only) is a root object; changes to routes, policies
+//! and our ConfigMaps map to the namespace they live in. A change to a default policy in the
+//! operator's namespace maps to every namespace that has routes. Secrets are not watched (the
+//! operator may not list them): a namespace whose routes wait for a Secret (missing, not
+//! opted in, not readable) is re-read every [`SECRET_RECHECK`] instead.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use detour_api::{Compiled, Input, Kind, ModelRoute, RoutingPolicy, SecretIndex, compile, defaults};
+use detour_api::egress::AllowedHosts;
+use detour_api::{
+    Compiled, Input, Kind, ModelRoute, Reason, RoutingPolicy, SecretIndex, SecretState, compile, defaults,
+};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, GetParams, ListParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use thiserror::Error;
 use tracing::{debug, info, instrument, warn};
 
@@ -52,13 +54,16 @@ pub const HASH_ANNOTATION: &str = "detour.dev/routes-hash";
 const RESYNC: Duration = Duration::from_secs(600);
 /// How long a reconcile waits for the watch caches to fill before backing off.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How soon a namespace is reconciled again while a route waits for a Secret (Secrets are
+/// not watched, so labelling one is noticed by this re-read).
+pub const SECRET_RECHECK: Duration = Duration::from_secs(30);
 
 /// What a reconcile can fail with. Each variant carries the object and the apiserver's answer.
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("the watch caches of ModelRoutes, RoutingPolicies and ConfigMaps have not synced yet")]
     NotSynced,
-    #[error("reading the keys of Secret {namespace}/{name}: {source}")]
+    #[error("reading the metadata of Secret {namespace}/{name}: {source}")]
     SecretRead {
         namespace: String,
         name: String,
@@ -79,13 +84,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("building the Secret keys request for {namespace}/{name}: {source}")]
-    Request {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::core::request::Error,
-    },
 }
 
 impl Error {
@@ -96,7 +94,6 @@ impl Error {
             Self::SecretRead { .. } => "secret_read",
             Self::ConfigMapApply { .. } => "configmap_apply",
             Self::StatusWrite { .. } => "status_write",
-            Self::Request { .. } => "request",
         }
     }
 }
@@ -121,6 +118,8 @@ pub struct Context {
     pub client: Client,
     /// The operator's namespace: default policies there apply to the whole cluster.
     pub operator_namespace: String,
+    /// The platform's allowlist of endpoint hosts (`--allowed-hosts`).
+    pub allowed_hosts: AllowedHosts,
     /// Watch cache of every ModelRoute.
     pub routes: Store<ModelRoute>,
     /// Watch cache of every RoutingPolicy.
@@ -159,44 +158,63 @@ pub struct Inputs {
     pub policies: Vec<RoutingPolicy>,
     /// Default policies of the operator's namespace (cluster scope), when this is not it.
     pub cluster_defaults: Vec<RoutingPolicy>,
-    /// The referenced Secrets that exist, with their keys.
+    /// The referenced Secrets that exist, and whether they are opted in.
     pub secrets: SecretIndex,
     /// Whether `detour-routes` exists here (then it is kept current even with no routes).
     pub has_config_map: bool,
 }
 
-/// Only the key names of a Secret: values are skipped by the deserializer (`IgnoredAny`), so
-/// they never become a Rust value, a log field or a metric.
-#[derive(Deserialize)]
-struct SecretKeys {
-    #[serde(default)]
-    data: BTreeMap<String, IgnoredAny>,
-}
-
-/// The keys of Secret `namespace/name`, or `None` when it does not exist.
+/// Whether Secret `namespace/name` exists and is opted in, from its metadata alone.
 ///
-/// Why a GET: metadata does not carry key names, and `compile` must tell a user that a key is
-/// missing (`SecretKeyNotFound`) rather than let the sidecar fail at request time. The
-/// apiserver has no field projection, so the response carries the values; we parse only the
-/// key names. RBAC-wise the operator needs `get` on Secrets anyway (its metadata watch
-/// needs `list`/`watch`), so this adds no privilege.
-pub async fn secret_keys(client: &Client, namespace: &str, name: &str) -> Result<Option<Vec<String>>, Error> {
-    let request = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/secrets"))
-        .get(name, &GetParams::default())
-        .map_err(|source| Error::Request {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            source,
-        })?;
-    match client.request::<SecretKeys>(request).await {
-        Ok(s) => Ok(Some(s.data.into_keys().collect())),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
+/// A metadata-only GET (`PartialObjectMetadata`): the apiserver sends neither values nor
+/// key names, so nothing of the Secret but its labels reaches the operator. The operator
+/// holds no cluster-wide Secret read: a namespace grants this `get` with a RoleBinding to
+/// the `detour-credentials-reader` ClusterRole; without it the answer is 403 and the route
+/// says so ([`SecretState::Unreadable`]).
+pub async fn secret_state(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<SecretState>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.get_metadata_opt(name).await {
+        Ok(None) => Ok(None),
+        Ok(Some(meta)) => {
+            let opted_in = meta
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(defaults::CREDENTIALS_LABEL))
+                .is_some_and(|v| v == "true");
+            Ok(Some(if opted_in {
+                SecretState::OptedIn
+            } else {
+                SecretState::NotOptedIn
+            }))
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(Some(SecretState::Unreadable)),
         Err(source) => Err(Error::SecretRead {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             source,
         }),
     }
+}
+
+/// The states of the Secrets `routes` reference, one metadata GET each.
+pub async fn secret_index(
+    client: &Client,
+    namespace: &str,
+    routes: &[ModelRoute],
+) -> Result<SecretIndex, Error> {
+    let names: BTreeSet<&str> = routes.iter().flat_map(referenced_secrets).collect();
+    let mut secrets = SecretIndex::new();
+    for name in names {
+        if let Some(state) = secret_state(client, namespace, name).await? {
+            secrets.insert(namespace, name, state);
+        }
+    }
+    Ok(secrets)
 }
 
 /// The Secret names a route's targets reference.
@@ -247,13 +265,7 @@ impl Inputs {
             .get(&ObjectRef::new(defaults::CONFIG_MAP).within(namespace))
             .is_some();
 
-        let names: BTreeSet<&str> = routes.iter().flat_map(referenced_secrets).collect();
-        let mut secrets = SecretIndex::new();
-        for name in names {
-            if let Some(keys) = secret_keys(&ctx.client, namespace, name).await? {
-                secrets.insert(namespace, name, keys);
-            }
-        }
+        let secrets = secret_index(&ctx.client, namespace, &routes).await?;
         Ok(Self {
             namespace: namespace.to_owned(),
             routes,
@@ -265,19 +277,17 @@ impl Inputs {
     }
 
     /// Phase 2: the pure compile.
-    pub fn compile(&self, operator_namespace: &str) -> Compiled {
+    pub fn compile(&self, operator_namespace: &str, allowed_hosts: &AllowedHosts) -> Compiled {
         let policies: Vec<RoutingPolicy> = self
             .policies
             .iter()
             .chain(&self.cluster_defaults)
             .cloned()
             .collect();
-        compile(&Input::cluster(
-            &self.routes,
-            &policies,
-            &self.secrets,
-            operator_namespace,
-        ))
+        compile(
+            &Input::cluster(&self.routes, &policies, &self.secrets, operator_namespace)
+                .with_allowed_hosts(allowed_hosts),
+        )
     }
 }
 
@@ -446,14 +456,28 @@ pub async fn reconcile(ns: Arc<PartialObjectMeta<Namespace>>, ctx: Arc<Context>)
     let namespace = ns.name_any();
     ctx.wait_synced().await?;
     let inputs = Inputs::gather(&ctx, &namespace).await?;
-    let compiled = inputs.compile(&ctx.operator_namespace);
+    let compiled = inputs.compile(&ctx.operator_namespace, &ctx.allowed_hosts);
     let applied = apply(&ctx, &inputs, &compiled).await?;
     write_statuses(&ctx, &inputs, &compiled, &applied).await?;
     if let Applied::ConfigMap { hash, .. } = &applied {
         debug!(routes = compiled.table.routes.len(), excluded = compiled.table.excluded.len(), %hash, "applied");
     }
     ctx.backoff.reset(&namespace);
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if waits_for_secret(&compiled) {
+        SECRET_RECHECK
+    } else {
+        RESYNC
+    }))
+}
+
+/// Whether a route waits for a Secret to appear, be labelled or become readable.
+pub fn waits_for_secret(compiled: &Compiled) -> bool {
+    compiled.diagnostics.iter().any(|d| {
+        matches!(
+            d.reason,
+            Reason::SecretNotFound | Reason::SecretNotOptedIn | Reason::SecretNotReadable
+        )
+    })
 }
 
 /// Requeues a failed namespace with exponential backoff (1 s doubling to 5 min), per
@@ -556,24 +580,11 @@ pub fn namespaces_for_policy(
     out
 }
 
-/// The namespace a Secret change affects: its own, only when a route there names it; every
-/// other Secret in the cluster is ignored.
-pub fn namespace_for_secret(
-    secret: &PartialObjectMeta<Secret>,
-    routes: &[Arc<ModelRoute>],
-) -> Option<String> {
-    let ns = secret.namespace()?;
-    let name = secret.name_any();
-    routes
-        .iter()
-        .any(|r| r.namespace().as_deref() == Some(ns.as_str()) && referenced_secrets(r).any(|n| n == name))
-        .then_some(ns)
-}
-
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     client: Client,
     operator_namespace: String,
+    allowed_hosts: AllowedHosts,
     reporter: Reporter,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -607,9 +618,6 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
-    let secret_events = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .touched_objects();
     let (namespaces, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let ns_events = reflector::reflector(
         ns_writer,
@@ -624,6 +632,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         operator_namespace: operator_namespace.clone(),
+        allowed_hosts,
         routes: routes.clone(),
         policies: policies.clone(),
         config_maps,
@@ -634,8 +643,7 @@ pub async fn run(
     });
 
     let in_ns = |ns: Option<String>| ns.map(|n| ObjectRef::<PartialObjectMeta<Namespace>>::new(&n));
-    let routes_for_policies = routes.clone();
-    let routes_for_secrets = routes;
+    let routes_for_policies = routes;
     info!(%operator_namespace, "starting the route controller");
     Controller::for_stream(ns_events, namespaces)
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
@@ -648,10 +656,6 @@ pub async fn run(
         })
         .watches_stream(cm_events, move |cm: PartialObjectMeta<ConfigMap>| {
             in_ns(cm.namespace())
-        })
-        .watches_stream(secret_events, move |s: PartialObjectMeta<Secret>| {
-            namespace_for_secret(&s, &routes_for_secrets.state())
-                .map(|n| ObjectRef::<PartialObjectMeta<Namespace>>::new(&n))
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -62,6 +62,7 @@ fn context(client: Client, world: World, backoff: Arc<Backoff>) -> Arc<Context> 
     Arc::new(Context {
         client: client.clone(),
         operator_namespace: OPERATOR_NS.to_owned(),
+        allowed_hosts: AllowedHosts::providers(),
         routes: store(world.routes),
         policies: store(world.policies),
         config_maps: store(cms),
@@ -98,12 +99,25 @@ where
     result
 }
 
-fn secret(keys: &[&str]) -> Value {
-    let data: serde_json::Map<String, Value> = keys
-        .iter()
-        .map(|k| ((*k).to_owned(), json!("c2VjcmV0")))
-        .collect();
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai", "namespace": NS}, "data": data})
+/// What the apiserver answers to a metadata-only GET of Secret `openai`: its metadata,
+/// labelled opted-in or not.
+fn secret_meta(opted_in: bool) -> Value {
+    let labels = if opted_in {
+        json!({"detour.dev/credentials": "true"})
+    } else {
+        json!({"team": "a"})
+    };
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+           "metadata": {"name": "openai", "namespace": NS, "labels": labels}})
+}
+
+/// How the scripted apiserver answers the Secret GET.
+#[derive(Clone, Copy)]
+enum SecretAnswer {
+    OptedIn,
+    NotOptedIn,
+    Missing,
+    Forbidden,
 }
 
 /// The route table inside an applied ConfigMap body.
@@ -128,12 +142,20 @@ fn condition<'a>(body: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-/// Expects the Secret GET and answers with `keys` (or 404 when `None`).
-async fn secret_get(v: &mut ApiServerVerifier, keys: Option<&[&str]>) {
+/// Expects the Secret GET, metadata only (no value or key name is ever sent to the
+/// operator), and answers it.
+async fn secret_get(v: &mut ApiServerVerifier, answer: SecretAnswer) {
     let call = v.expect("GET", "/api/v1/namespaces/team-a/secrets/openai").await;
-    match keys {
-        Some(keys) => call.reply(200, &secret(keys)),
-        None => call.fail(404, "NotFound"),
+    assert!(
+        call.accept.contains("as=PartialObjectMetadata"),
+        "{}",
+        call.accept
+    );
+    match answer {
+        SecretAnswer::OptedIn => call.reply(200, &secret_meta(true)),
+        SecretAnswer::NotOptedIn => call.reply(200, &secret_meta(false)),
+        SecretAnswer::Missing => call.fail(404, "NotFound"),
+        SecretAnswer::Forbidden => call.fail(403, "Forbidden"),
     }
 }
 
@@ -195,7 +217,7 @@ fn world(routes: Vec<ModelRoute>, policies: Vec<RoutingPolicy>) -> World {
 async fn create_applies_table_then_status_then_event() {
     let r = route(NS, "chat", "gpt/fast").build();
     let result = run(world(vec![r], vec![]), Arc::default(), |mut v| async move {
-        secret_get(&mut v, Some(&["api-key"])).await;
+        secret_get(&mut v, SecretAnswer::OptedIn).await;
         let cm = config_map_apply(&mut v).await;
         let table = table_of(&cm);
         assert_eq!(table.routes.len(), 1);
@@ -205,10 +227,6 @@ async fn create_applies_table_then_status_then_event() {
         assert_eq!(
             cm["metadata"]["annotations"]["detour.dev/routes-hash"],
             json!(table.hash)
-        );
-        assert!(
-            !cm.to_string().contains("c2VjcmV0"),
-            "a Secret value reached the ConfigMap"
         );
 
         let status = status_apply(&mut v, "modelroutes", "chat").await;
@@ -244,7 +262,7 @@ async fn update_keeps_transition_time_and_sends_no_event() {
     let old = route(NS, "chat", "gpt/fast").build();
     let compiled_old = {
         let mut secrets = SecretIndex::new();
-        secrets.insert(NS, "openai", ["api-key"]);
+        secrets.opted_in(NS, "openai");
         compile(&Input::cluster(
             std::slice::from_ref(&old),
             &[],
@@ -263,7 +281,7 @@ async fn update_keeps_transition_time_and_sends_no_event() {
         "2026-01-01T00:00:00Z",
     ));
     let result = run(world(vec![r], vec![]), Arc::default(), |mut v| async move {
-        secret_get(&mut v, Some(&["api-key"])).await;
+        secret_get(&mut v, SecretAnswer::OptedIn).await;
         let cm = config_map_apply(&mut v).await;
         assert_eq!(table_of(&cm).routes[0].targets.len(), 2);
         let status = status_apply(&mut v, "modelroutes", "chat").await;
@@ -282,7 +300,7 @@ async fn update_keeps_transition_time_and_sends_no_event() {
 async fn unchanged_status_is_not_rewritten() {
     let mut r = route(NS, "chat", "gpt/fast").build();
     let mut secrets = SecretIndex::new();
-    secrets.insert(NS, "openai", ["api-key"]);
+    secrets.opted_in(NS, "openai");
     let c = compile(&Input::cluster(
         std::slice::from_ref(&r),
         &[],
@@ -296,7 +314,7 @@ async fn unchanged_status_is_not_rewritten() {
         "2026-01-01T00:00:00Z",
     ));
     let result = run(world(vec![r], vec![]), Arc::default(), |mut v| async move {
-        secret_get(&mut v, Some(&["api-key"])).await;
+        secret_get(&mut v, SecretAnswer::OptedIn).await;
         config_map_apply(&mut v).await;
         v.done().await;
     })
@@ -341,7 +359,7 @@ async fn policy_missing_then_created() {
     let r = route(NS, "chat", "gpt/fast").policy("fast-failover").build();
     let before = r.clone();
     let result = run(world(vec![r], vec![]), Arc::default(), |mut v| async move {
-        secret_get(&mut v, Some(&["api-key"])).await;
+        secret_get(&mut v, SecretAnswer::OptedIn).await;
         let cm = config_map_apply(&mut v).await;
         let table = table_of(&cm);
         assert!(table.routes.is_empty());
@@ -365,7 +383,7 @@ async fn policy_missing_then_created() {
 
     let p = policy(NS, "fast-failover").build();
     let result = run(world(vec![before], vec![p]), Arc::default(), |mut v| async move {
-        secret_get(&mut v, Some(&["api-key"])).await;
+        secret_get(&mut v, SecretAnswer::OptedIn).await;
         let cm = config_map_apply(&mut v).await;
         assert_eq!(table_of(&cm).routes.len(), 1);
         let status = status_apply(&mut v, "modelroutes", "chat").await;
@@ -396,7 +414,7 @@ async fn duplicate_model_is_a_conflict_on_both() {
         world(vec![newer, older], vec![]),
         Arc::default(),
         |mut v| async move {
-            secret_get(&mut v, Some(&["api-key"])).await;
+            secret_get(&mut v, SecretAnswer::OptedIn).await;
             let cm = config_map_apply(&mut v).await;
             let table = table_of(&cm);
             assert_eq!(table.routes.len(), 1);
@@ -423,7 +441,7 @@ async fn two_defaults_are_a_conflict_on_both() {
     let p1 = policy(NS, "one").default_policy().build();
     let p2 = policy(NS, "two").default_policy().build();
     let result = run(world(vec![r], vec![p1, p2]), Arc::default(), |mut v| async move {
-        secret_get(&mut v, Some(&["api-key"])).await;
+        secret_get(&mut v, SecretAnswer::OptedIn).await;
         let cm = config_map_apply(&mut v).await;
         assert_eq!(table_of(&cm).routes[0].policy.source, "builtin");
         let route_status = status_apply(&mut v, "modelroutes", "chat").await;
@@ -445,7 +463,7 @@ async fn two_defaults_are_a_conflict_on_both() {
 async fn secret_missing_is_reported() {
     let r = route(NS, "chat", "gpt/fast").build();
     let result = run(world(vec![r], vec![]), Arc::default(), |mut v| async move {
-        secret_get(&mut v, None).await;
+        secret_get(&mut v, SecretAnswer::Missing).await;
         let cm = config_map_apply(&mut v).await;
         let table = table_of(&cm);
         assert!(table.routes.is_empty());
@@ -464,21 +482,34 @@ async fn secret_missing_is_reported() {
     assert!(result.is_ok(), "{result:?}");
 }
 
-/// A Secret without the key the route names: SecretKeyNotFound, naming the key.
+/// A Secret without the opt-in label, and one the operator may not read: each leaves the
+/// target out, says why in status and Event, and re-reads the namespace soon (Secrets are
+/// not watched).
 #[tokio::test]
-async fn secret_key_missing_is_reported() {
-    let r = route(NS, "chat", "gpt/fast").build();
-    let result = run(world(vec![r], vec![]), Arc::default(), |mut v| async move {
-        secret_get(&mut v, Some(&["token"])).await;
-        config_map_apply(&mut v).await;
-        let status = status_apply(&mut v, "modelroutes", "chat").await;
-        assert_eq!(ready(&status)["reason"], "SecretKeyNotFound");
-        assert!(ready(&status)["message"].as_str().unwrap().contains("api-key"));
-        event(&mut v).await;
-        v.done().await;
-    })
-    .await;
-    assert!(result.is_ok(), "{result:?}");
+async fn secret_not_opted_in_or_unreadable_is_reported() {
+    for (answer, reason, hint) in [
+        (
+            SecretAnswer::NotOptedIn,
+            "SecretNotOptedIn",
+            "detour.dev/credentials=true",
+        ),
+        (SecretAnswer::Forbidden, "SecretNotReadable", "RoleBinding"),
+    ] {
+        let r = route(NS, "chat", "gpt/fast").build();
+        let result = run(world(vec![r], vec![]), Arc::default(), |mut v| async move {
+            secret_get(&mut v, answer).await;
+            let cm = config_map_apply(&mut v).await;
+            assert!(table_of(&cm).routes.is_empty());
+            let status = status_apply(&mut v, "modelroutes", "chat").await;
+            assert_eq!(ready(&status)["reason"], reason);
+            assert!(ready(&status)["message"].as_str().unwrap().contains(hint));
+            let ev = event(&mut v).await;
+            assert_eq!(ev["reason"], reason);
+            v.done().await;
+        })
+        .await;
+        assert_eq!(result.unwrap(), Action::requeue(SECRET_RECHECK), "{reason}");
+    }
 }
 
 /// The apiserver fails the apply: the reconcile fails with the namespace in its error, no
@@ -490,7 +521,7 @@ async fn apiserver_error_then_recovery() {
     let r = route(NS, "chat", "gpt/fast").build();
     let again = r.clone();
     let result = run(world(vec![r], vec![]), backoff.clone(), |mut v| async move {
-        secret_get(&mut v, Some(&["api-key"])).await;
+        secret_get(&mut v, SecretAnswer::OptedIn).await;
         v.expect("PATCH", CM_PATH).await.fail(500, "InternalError");
         v.done().await;
     })
@@ -503,7 +534,7 @@ async fn apiserver_error_then_recovery() {
     assert_eq!(backoff.next(NS), Duration::from_secs(4));
 
     let result = run(world(vec![again], vec![]), backoff.clone(), |mut v| async move {
-        secret_get(&mut v, Some(&["api-key"])).await;
+        secret_get(&mut v, SecretAnswer::OptedIn).await;
         config_map_apply(&mut v).await;
         status_apply(&mut v, "modelroutes", "chat").await;
         event(&mut v).await;
@@ -553,9 +584,10 @@ fn event_regarding_uses_the_object_ref() {
 }
 
 /// The whole controller, wired as in production, against a fake apiserver answering by path:
-/// it checks the CRDs, lists and watches namespaces, routes, policies, our ConfigMaps and
-/// Secrets (metadata only where it should be), waits for the caches, reconciles the one
-/// namespace with a route (Secret keys, table, status, Event), and stops on shutdown.
+/// it checks the CRDs, lists and watches namespaces, routes, policies and our ConfigMaps
+/// (metadata only where it should be) and never lists or watches Secrets, waits for the
+/// caches, reconciles the one namespace with a route (one metadata GET of its Secret, table,
+/// status, Event), and stops on shutdown.
 #[tokio::test]
 async fn run_wires_watches_and_reconciles() {
     let (client, mut v) = mock_client();
@@ -563,6 +595,7 @@ async fn run_wires_watches_and_reconciles() {
     let controller = super::run(
         client,
         OPERATOR_NS.to_owned(),
+        AllowedHosts::providers(),
         Reporter::from("detour-operator"),
         Metrics::new().unwrap(),
         async move {
@@ -633,23 +666,14 @@ async fn run_wires_watches_and_reconciles() {
                     listed.insert("configmaps");
                     call.reply(200, &meta_list(json!([])));
                 }
-                ("GET", "/api/v1/secrets") => {
-                    // Secrets are watched as metadata only: values never reach the operator.
+                ("GET", "/api/v1/namespaces/team-a/secrets/openai") => {
                     assert!(
-                        call.accept.contains("as=PartialObjectMetadataList"),
+                        call.accept.contains("as=PartialObjectMetadata"),
                         "{}",
                         call.accept
                     );
-                    listed.insert("secrets");
-                    call.reply(
-                        200,
-                        &meta_list(
-                            json!([{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                                                       "metadata": {"name": "openai", "namespace": NS}}]),
-                        ),
-                    );
+                    call.reply(200, &secret_meta(true));
                 }
-                ("GET", "/api/v1/namespaces/team-a/secrets/openai") => call.reply(200, &secret(&["api-key"])),
                 ("PATCH", CM_PATH) => {
                     call.assert_apply();
                     assert_eq!(table_of(&call.body).routes.len(), 1);
@@ -667,15 +691,9 @@ async fn run_wires_watches_and_reconciles() {
                     // The reconcile of team-a is complete: stop the controller.
                     assert_eq!(
                         listed,
-                        [
-                            "configmaps",
-                            "modelroutes",
-                            "namespaces",
-                            "routingpolicies",
-                            "secrets"
-                        ]
-                        .into_iter()
-                        .collect()
+                        ["configmaps", "modelroutes", "namespaces", "routingpolicies"]
+                            .into_iter()
+                            .collect()
                     );
                     if let Some(stop) = stop.take() {
                         let _ = stop.send(());
@@ -692,7 +710,7 @@ async fn run_wires_watches_and_reconciles() {
     .await
     .expect("the controller did not reconcile and stop in time");
     result.unwrap();
-    assert!(watches >= 5, "{watches} watches");
+    assert!(watches >= 4, "{watches} watches");
 }
 
 /// A default policy in the operator's namespace serves routes of other namespaces that name
@@ -705,7 +723,7 @@ async fn cluster_default_policy_applies_to_other_namespaces() {
         world(vec![r], vec![cluster_default]),
         Arc::default(),
         |mut v| async move {
-            secret_get(&mut v, Some(&["api-key"])).await;
+            secret_get(&mut v, SecretAnswer::OptedIn).await;
             let cm = config_map_apply(&mut v).await;
             assert_eq!(table_of(&cm).routes[0].policy.source, "detour-system/house-rules");
             let status = status_apply(&mut v, "modelroutes", "chat").await;
@@ -720,7 +738,7 @@ async fn cluster_default_policy_applies_to_other_namespaces() {
 }
 
 /// Watch mapping: a policy in the operator's namespace wakes every namespace with routes;
-/// elsewhere only its own. A Secret wakes its namespace only when a route there names it.
+/// elsewhere only its own.
 #[test]
 fn watch_mappers() {
     let routes: Vec<Arc<ModelRoute>> = vec![
@@ -744,23 +762,4 @@ fn watch_mappers() {
         namespaces_for_policy(&local, OPERATOR_NS, &routes),
         ["team-a".to_owned()].into_iter().collect()
     );
-
-    let secret = |ns: &str, name: &str| -> PartialObjectMeta<Secret> {
-        ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            ..ObjectMeta::default()
-        }
-        .into_response_partial()
-    };
-    assert_eq!(
-        namespace_for_secret(&secret("team-a", "openai"), &routes).as_deref(),
-        Some("team-a")
-    );
-    assert_eq!(namespace_for_secret(&secret("team-b", "openai"), &routes), None);
-    assert_eq!(
-        namespace_for_secret(&secret("team-b", "anthropic"), &routes).as_deref(),
-        Some("team-b")
-    );
-    assert_eq!(namespace_for_secret(&secret("team-c", "openai"), &routes), None);
 }

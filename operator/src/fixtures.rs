@@ -24,6 +24,7 @@ pub fn target(name: &str, secret: &str) -> TargetSpec {
         provider: Provider::Openai,
         model: "gpt-4o-mini".to_owned(),
         endpoint: None,
+        allow_plain_http: None,
         region: None,
         api_version: None,
         credentials: Some(CredentialsSpec {
@@ -129,9 +130,9 @@ fn meta(namespace: &str, name: &str, generation: i64, created: &str) -> ObjectMe
     }
 }
 
-/// A Secret index holding one Secret with `keys`.
-pub fn secrets_with(namespace: &str, name: &str, keys: &[&str]) -> SecretIndex {
+/// A Secret index holding one opted-in Secret.
+pub fn opted_in(namespace: &str, name: &str) -> SecretIndex {
     let mut index = SecretIndex::new();
-    index.insert(namespace, name, keys.iter().copied());
+    index.opted_in(namespace, name);
     index
 }

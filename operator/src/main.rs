@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use detour_api::egress::AllowedHosts;
 use detour_operator::certs::{self, Manager, Reloadable, Source};
 use detour_operator::metrics::Metrics;
 use detour_operator::server::{self, App};
-use detour_operator::webhook::{Injector, Settings};
+use detour_operator::webhook::{Injector, Selection, Settings};
 use detour_operator::{controller, leader};
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
@@ -92,6 +93,16 @@ struct Args {
     /// pod before its listeners close.
     #[arg(long, default_value_t = 5)]
     shutdown_delay_seconds: u64,
+    /// The platform's allowlist of endpoint hosts, comma-separated: the only hosts a route's
+    /// targets may send requests and credentials to (`*` stands for exactly one DNS label).
+    /// Routes cannot extend it; `openai-compatible` and in-cluster hosts are added here.
+    /// Passed to every injected sidecar, which enforces it again.
+    #[arg(long, env = "DETOUR_ALLOWED_HOSTS", default_value_t = detour_api::egress::PROVIDER_HOSTS.join(","))]
+    allowed_hosts: String,
+    /// Which routes' Secrets a pod without annotation `detour.dev/routes` mounts: `none`
+    /// (default: a pod names its routes) or `all` (every route of its namespace).
+    #[arg(long, env = "DETOUR_DEFAULT_ROUTES", default_value = "none", value_parser = ["none", "all"])]
+    default_routes: String,
     /// `json` (default) or `text`.
     #[arg(long, default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -153,6 +164,12 @@ enum Ended {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let allowed_hosts =
+        AllowedHosts::parse_list(&args.allowed_hosts).map_err(|e| format!("--allowed-hosts: {e}"))?;
+    if allowed_hosts.patterns().is_empty() {
+        return Err("--allowed-hosts must name at least one host".to_owned());
+    }
+    let default_routes: Selection = args.default_routes.parse()?;
     let metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
     let client = kube::Client::try_default()
         .await
@@ -191,6 +208,8 @@ async fn run(args: Args) -> Result<(), String> {
         // Per pod, from its annotation.
         upstream_ca_configmap: None,
         allowed_images: args.sidecar_image_allowed.clone(),
+        allowed_hosts: allowed_hosts.clone(),
+        default_routes,
     };
     tasks.spawn(server_task(
         "webhook server",
@@ -288,7 +307,7 @@ async fn run(args: Args) -> Result<(), String> {
             let stopped = async move {
                 let _ = stop.changed().await;
             };
-            match controller::run(client, namespace, reporter, metrics, stopped).await {
+            match controller::run(client, namespace, allowed_hosts, reporter, metrics, stopped).await {
                 Ok(()) => Ended::Ok("route controller"),
                 Err(e) => Ended::Failed(e.to_string()),
             }

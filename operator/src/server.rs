@@ -5,6 +5,10 @@
 //!
 //! Each connection is a task in a `JoinSet` owned by its server; on shutdown the server stops
 //! accepting and gives open connections a grace period before dropping them.
+//!
+//! What one client can hold is bounded ([`Limits`]): open connections (more are closed at
+//! once), the TLS handshake, the request head and the request body each have a deadline, so
+//! a slow or silent client cannot pin connections, memory or the webhook's tasks.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,9 +22,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::TokioTimer;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -33,6 +38,31 @@ use crate::webhook::Injector;
 const MAX_BODY: usize = 4 * 1024 * 1024;
 /// How long open connections may finish after shutdown.
 const GRACE: Duration = Duration::from_secs(10);
+/// How long a request body may take to arrive once its head has.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds on what clients can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// From accept to a finished TLS handshake.
+    pub handshake_timeout: Duration,
+    /// From the connection (or the previous response) to a complete request head.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// The apiserver keeps a few connections per replica; 256 leaves room for many
+    /// apiservers and scrapers while bounding tasks and TLS state.
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -94,8 +124,17 @@ impl App {
                 }
             }
             (App::Webhook { injector }, Method::POST, "/mutate") => {
-                match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                    Ok(body) => {
+                let body =
+                    tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect());
+                match body.await {
+                    Err(_) => text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "the request body did not arrive within {}s\n",
+                            BODY_TIMEOUT.as_secs()
+                        ),
+                    ),
+                    Ok(Ok(body)) => {
                         let answer = injector.handle(&body.to_bytes()).await;
                         let mut r = text(StatusCode::OK, answer);
                         r.headers_mut().insert(
@@ -104,7 +143,7 @@ impl App {
                         );
                         r
                     }
-                    Err(e) => text(
+                    Ok(Err(e)) => text(
                         StatusCode::BAD_REQUEST,
                         format!("cannot read the request body: {e}\n"),
                     ),
@@ -123,13 +162,26 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
-/// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown` changes.
+/// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown` changes, with the
+/// default [`Limits`].
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: App,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with(listener, tls, app, Limits::default(), shutdown).await;
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown` changes.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: App,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
     let local = listener.local_addr().ok();
     info!(addr = ?local, tls = tls.is_some(), "serving");
@@ -143,16 +195,29 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    debug!(%peer, max = limits.max_connections, "too many connections; closing this one");
+                    drop(stream);
+                    continue;
+                };
                 let app = app.clone();
                 let tls = tls.clone();
                 connections.spawn(async move {
+                    let _permit = permit;
                     let service = service_fn(move |req| app.clone().handle(req));
-                    let builder = hyper::server::conn::http1::Builder::new();
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Some(limits.header_timeout));
                     let result = match tls {
-                        Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
-                            Err(e) => {
+                        Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).await,
+                            Ok(Err(e)) => {
                                 debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%peer, "TLS handshake timed out");
                                 return;
                             }
                         },
@@ -248,6 +313,98 @@ mod tests {
             metrics.contains("detour_operator_reconciles_total 1"),
             "{metrics}"
         );
+        stop.send_replace(true);
+        tasks.join_next().await.unwrap().unwrap();
+    }
+
+    /// A client that opens a connection and never completes its request head is
+    /// disconnected after the header timeout; one more connection than the limit is closed
+    /// at once while the others stay open.
+    #[tokio::test]
+    async fn silent_clients_time_out_and_connections_are_capped() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 2,
+            handshake_timeout: Duration::from_millis(300),
+            header_timeout: Duration::from_millis(300),
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve_with(
+            listener,
+            None,
+            App::Admin {
+                metrics: Metrics::new().unwrap(),
+                tls: Arc::new(Reloadable::default()),
+                draining: Arc::new(AtomicBool::new(false)),
+            },
+            limits,
+            shutdown,
+        ));
+        let started = tokio::time::Instant::now();
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The third connection is over the limit: closed without an answer.
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut buf))
+            .await
+            .expect("the connection over the limit is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf));
+        // The silent ones are cut after the header timeout, well before a test timeout.
+        for stream in [&mut slow, &mut second] {
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+                .await
+                .expect("a silent client is disconnected")
+                .ok();
+            assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        // Capacity is back: a well-behaved client is served.
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        stop.send_replace(true);
+        tasks.join_next().await.unwrap().unwrap();
+    }
+
+    /// A TLS client that connects and never says hello is disconnected after the handshake
+    /// timeout.
+    #[tokio::test]
+    async fn silent_tls_clients_time_out() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, _verifier) = mock_client();
+        let limits = Limits {
+            handshake_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve_with(
+            listener,
+            Some(tls_acceptor(Arc::new(Reloadable::default()))),
+            App::Webhook {
+                injector: Arc::new(Injector {
+                    client,
+                    settings: Settings::default(),
+                    metrics: Metrics::new().unwrap(),
+                }),
+            },
+            limits,
+            shutdown,
+        ));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut out))
+            .await
+            .expect("a client silent during the handshake is disconnected")
+            .ok();
+        assert!(out.is_empty());
         stop.send_replace(true);
         tasks.join_next().await.unwrap().unwrap();
     }

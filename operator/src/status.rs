@@ -130,7 +130,7 @@ pub fn transition<'a>(previous: &[Condition], next: &'a [Condition]) -> Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{route, secrets_with};
+    use crate::fixtures::{opted_in, route};
     use detour_api::{Input, SecretIndex, compile};
 
     fn compiled(routes: &[ModelRoute], secrets: &SecretIndex) -> Compiled {
@@ -140,7 +140,7 @@ mod tests {
     /// An unchanged verdict keeps its lastTransitionTime; a changed one takes `now`.
     #[test]
     fn last_transition_time_moves_only_on_change() {
-        let secrets = secrets_with("team-a", "openai", &["api-key"]);
+        let secrets = opted_in("team-a", "openai");
         let mut r = route("team-a", "chat", "gpt/fast").build();
         let c = compiled(std::slice::from_ref(&r), &secrets);
         let first = route_status(&c, &r, "detour-routes", "2026-01-01T00:00:00Z");

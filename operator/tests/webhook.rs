@@ -14,8 +14,8 @@
 
 use std::path::PathBuf;
 
-use detour_api::{Input, SecretIndex, compile, parse_yaml};
-use detour_operator::webhook::{self, Routes, Settings, Verdict};
+use detour_api::{SecretIndex, SecretState, parse_yaml};
+use detour_operator::webhook::{self, Routes, Selection, Settings, Verdict};
 use k8s_openapi::api::core::v1::Pod;
 use pretty_assertions::assert_eq;
 use serde_json::Value;
@@ -26,32 +26,35 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The namespace's compiled `routes.json`, from `routes.yaml`, both Secrets present.
-fn routes_json() -> String {
+/// The namespace's ModelRoutes from `routes.yaml`, and the Secrets' metadata as the webhook
+/// reads it: `openai`, `anthropic` and `aws-bedrock` opted in, `db-creds` not.
+fn namespace_routes() -> Routes {
     let objects = parse_yaml(&std::fs::read_to_string(data("routes.yaml")).unwrap()).unwrap();
     let mut secrets = SecretIndex::new();
-    secrets.insert("shop", "openai", ["api-key"]);
-    secrets.insert("shop", "anthropic", ["api-key"]);
-    let compiled = compile(&Input::cluster(
-        &objects.routes,
-        &objects.policies,
-        &secrets,
-        "detour-system",
-    ));
-    assert!(compiled.diagnostics.is_empty(), "{:?}", compiled.diagnostics);
-    compiled.table.to_json()
+    secrets.opted_in("shop", "openai");
+    secrets.opted_in("shop", "anthropic");
+    secrets.opted_in("shop", "aws-bedrock");
+    secrets.insert("shop", "db-creds", SecretState::NotOptedIn);
+    Routes {
+        routes: objects.routes,
+        secrets,
+    }
 }
 
 fn answer(body: &[u8], routes: &Routes) -> (Value, Option<Verdict>) {
+    let settings = Settings {
+        // The image inject-overrides asks for.
+        allowed_images: vec!["registry.local/detour-sidecar".to_owned()],
+        ..Settings::default()
+    };
+    answer_with(body, routes, &settings)
+}
+
+fn answer_with(body: &[u8], routes: &Routes, settings: &Settings) -> (Value, Option<Verdict>) {
     match webhook::parse(body) {
         Err(message) => (serde_json::to_value(webhook::malformed(&message)).unwrap(), None),
         Ok(request) => {
-            let settings = Settings {
-                // The image inject-overrides asks for.
-                allowed_images: vec!["registry.local/detour-sidecar".to_owned()],
-                ..Settings::default()
-            };
-            let (review, verdict, _) = webhook::respond(&request, &settings, routes);
+            let (review, verdict, _) = webhook::respond(&request, settings, routes);
             (serde_json::to_value(review).unwrap(), Some(verdict))
         }
     }
@@ -118,12 +121,16 @@ fn assert_idempotent(review: &Value, routes: &Routes) {
 }
 
 fn found() -> Routes {
-    Routes::Found(routes_json())
+    namespace_routes()
 }
 
-/// A labelled pod gets one native sidecar (first init container, restartPolicy Always) with
-/// the routes ConfigMap and both Secrets mounted read-only, a named metrics port, a readiness
-/// probe, a hardened securityContext, and OPENAI_BASE_URL on the app container.
+/// A labelled pod selecting every route (`detour.dev/routes: "*"`) gets one native sidecar
+/// (first init container, restartPolicy Always) with the routes ConfigMap and the two
+/// opted-in Secrets of `chat` mounted read-only — none of the attack routes' (an unlabelled
+/// Secret behind a plain-http loopback endpoint, a region that names another host, a token
+/// file outside the projected-token directory) — a named metrics port, a readiness probe, a
+/// hardened securityContext, the operator's allowlist in its environment, and
+/// OPENAI_BASE_URL on the app container.
 #[test]
 fn inject_basic() {
     let routes = found();
@@ -187,6 +194,12 @@ fn inject_basic() {
                 Some(true)
             ),
         ]
+    );
+    let env = sidecar.env.as_ref().unwrap();
+    assert_eq!(env[0].name, "DETOUR_ALLOWED_HOSTS");
+    assert_eq!(
+        env[0].value.as_deref(),
+        Some("api.openai.com,api.anthropic.com,*.openai.azure.com,bedrock-runtime.*.amazonaws.com")
     );
     let volumes = spec.volumes.unwrap();
     assert_eq!(volumes.len(), 3);
@@ -332,7 +345,7 @@ fn assert_denied(response: &Value, needle: &str) {
 /// A labelled pod in a namespace without routes is denied, naming what to create.
 #[test]
 fn deny_no_routes() {
-    let response = case("deny-no-routes", &Routes::Missing);
+    let response = case("deny-no-routes", &Routes::default());
     assert_denied(&response, "create a ModelRoute in this namespace");
 }
 
@@ -364,12 +377,74 @@ fn malformed_review() {
     assert_denied(&response, "malformed AdmissionReview");
 }
 
-/// A ConfigMap that is not a route table denies with the parse error.
+/// The request of `inject-basic` with `detour.dev/routes` set to `value` (or removed).
+fn selecting(value: Option<&str>) -> Vec<u8> {
+    let mut review: Value =
+        serde_json::from_slice(&std::fs::read(data("inject-basic.request.json")).unwrap()).unwrap();
+    let annotations = review["request"]["object"]["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap();
+    match value {
+        Some(v) => annotations.insert("detour.dev/routes".into(), Value::String(v.into())),
+        None => annotations.remove("detour.dev/routes"),
+    };
+    serde_json::to_vec(&review).unwrap()
+}
+
+/// The credential volumes a response's patch adds.
+fn credential_volumes(response: &Value) -> Vec<String> {
+    let patch = serde_json::to_value(patch_of(response).expect("a patch")).unwrap();
+    let text = patch.to_string();
+    let mut names: Vec<String> = text
+        .match_indices("\"detour-cred-")
+        .map(|(i, _)| text[i + 1..].split('"').next().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The attacks, one route each: a pod that selects only that route is injected with no
+/// credential volume at all, so nothing it names ever reaches the sidecar's filesystem.
 #[test]
-fn deny_bad_routes() {
-    let body = std::fs::read(data("inject-basic.request.json")).unwrap();
-    let (response, _) = answer(&body, &Routes::Found("{\"version\": 99}".into()));
-    assert_denied(&response, "not a valid route table");
+fn attack_routes_mount_nothing() {
+    for route in ["exfil", "region-trick", "token-trick"] {
+        let (response, verdict) = answer(&selecting(Some(route)), &found());
+        assert_eq!(verdict, Some(Verdict::Injected), "{route}");
+        assert_eq!(credential_volumes(&response), Vec::<String>::new(), "{route}");
+    }
+    let (response, _) = answer(&selecting(Some("chat, exfil")), &found());
+    assert_eq!(
+        credential_volumes(&response),
+        ["detour-cred-anthropic", "detour-cred-openai"]
+    );
+}
+
+/// Without the annotation a pod mounts the Secrets of no route by default (a new route never
+/// widens a running workload's mounts), and of every route with `--default-routes all`.
+#[test]
+fn default_selection_follows_the_setting() {
+    let (response, _) = answer(&selecting(None), &found());
+    assert_eq!(credential_volumes(&response), Vec::<String>::new());
+    let all = Settings {
+        default_routes: Selection::All,
+        ..Settings::default()
+    };
+    let (response, _) = answer_with(&selecting(None), &found(), &all);
+    assert_eq!(
+        credential_volumes(&response),
+        ["detour-cred-anthropic", "detour-cred-openai"]
+    );
+}
+
+/// A route name the namespace does not have is denied, naming the routes it has.
+#[test]
+fn deny_unknown_route() {
+    let (response, _) = answer(&selecting(Some("chat,chta")), &found());
+    assert_denied(
+        &response,
+        "names ModelRoute \"chta\", which namespace \"shop\" does not have (it has: chat, exfil, region-trick, token-trick)",
+    );
 }
 
 /// This package's directory, read when the test runs (cargo sets it), so a test binary built

@@ -19,6 +19,18 @@ pub struct Cli {
     #[arg(long, env = "DETOUR_ROUTES")]
     pub routes: Option<PathBuf>,
 
+    /// Where credential files are: standalone, `secretName: X` reads `<dir>/X/<key>` and a
+    /// relative `apiKeyFile` is read from here; in every mode the sidecar reads no credential
+    /// file outside it.
+    #[arg(long, env = "DETOUR_CREDENTIALS_DIR", default_value = detour_api::defaults::CREDENTIALS_ROOT)]
+    pub credentials_dir: PathBuf,
+
+    /// The hosts targets may send requests and credentials to, comma-separated (`*` stands
+    /// for exactly one DNS label). Default: the providers' public API hosts and loopback (a
+    /// local model server). In a pod the injector sets it to the operator's allowlist.
+    #[arg(long, env = "DETOUR_ALLOWED_HOSTS", default_value_t = default_allowed_hosts())]
+    pub allowed_hosts: String,
+
     /// The OpenAI-compatible API (HTTP/1.1 and h2c).
     #[arg(long, env = "DETOUR_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
@@ -83,4 +95,9 @@ pub struct Cli {
     /// why, then keep serving.
     #[arg(long)]
     pub demo: bool,
+}
+
+/// `--allowed-hosts`' default, for laptops: the providers' hosts and loopback.
+pub fn default_allowed_hosts() -> String {
+    detour_api::egress::AllowedHosts::standalone().to_list()
 }

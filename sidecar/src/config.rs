@@ -11,12 +11,19 @@
 //! both in-place writes and swaps. Only when the stamp changed is the file read, and only when
 //! its content hash changed is it parsed. Polling instead of inotify keeps the behaviour the
 //! same on every filesystem and adds no dependency; one stat every 250 ms costs nothing.
+//!
+//! Every table passes the sidecar's own destination and credential-path rules
+//! ([`crate::egress::Guard`]) before it serves: a `routes.json` that breaks one is invalid
+//! (the previous table keeps serving); standalone YAML is compiled with the guard's
+//! allowlist and credentials directory, so the compiler refuses the same things.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use detour_api::{RouteTable, Severity};
 use sha2::{Digest, Sha256};
+
+use crate::egress::{self, Guard};
 
 /// A route table source.
 #[derive(Debug, Clone)]
@@ -49,18 +56,27 @@ pub struct Loaded {
     pub notes: Vec<Note>,
 }
 
-/// Parses `text` read from `source`. Errors are one line naming the path and the field.
+/// Parses `text` read from `source` under the default [`Guard`]. Errors are one line naming
+/// the path and the field.
 pub fn parse(source: &Source, text: &str) -> Result<Loaded, String> {
+    parse_with(source, text, &Guard::default())
+}
+
+/// Parses `text` read from `source`, refusing what `guard` does not allow.
+pub fn parse_with(source: &Source, text: &str, guard: &Guard) -> Result<Loaded, String> {
     let path = source.path().display();
     match source {
-        Source::Json(_) => RouteTable::from_json(text)
-            .map(|table| Loaded {
+        Source::Json(_) => {
+            let table = RouteTable::from_json(text).map_err(|e| format!("{path}: {e}"))?;
+            egress::check_table(&table, guard).map_err(|e| format!("{path}: refused: {e}"))?;
+            Ok(Loaded {
                 table,
                 notes: Vec::new(),
             })
-            .map_err(|e| format!("{path}: {e}")),
+        }
         Source::Yaml(_) => {
-            let compiled = detour_api::compile_yaml(text).map_err(|e| format!("{path}: {e}"))?;
+            let compiled = detour_api::compile_yaml_with(text, &guard.credentials_root, &guard.allowed_hosts)
+                .map_err(|e| format!("{path}: {e}"))?;
             let notes: Vec<Note> = compiled
                 .diagnostics
                 .iter()
@@ -89,11 +105,16 @@ pub fn parse(source: &Source, text: &str) -> Result<Loaded, String> {
     }
 }
 
-/// Reads and parses `source`.
+/// Reads and parses `source` under the default [`Guard`].
 pub fn load(source: &Source) -> Result<Loaded, String> {
+    load_with(source, &Guard::default())
+}
+
+/// Reads and parses `source`, refusing what `guard` does not allow.
+pub fn load_with(source: &Source, guard: &Guard) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(source.path())
         .map_err(|e| format!("{}: cannot read: {e}", source.path().display()))?;
-    parse(source, &text)
+    parse_with(source, &text, guard)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +148,7 @@ pub enum Change {
 #[derive(Debug)]
 pub struct Watcher {
     source: Source,
+    guard: Guard,
     stamp: Option<Stamp>,
     hash: Option<[u8; 32]>,
     reported_missing: bool,
@@ -134,8 +156,13 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(source: Source) -> Self {
+        Self::with_guard(source, Guard::default())
+    }
+
+    pub fn with_guard(source: Source, guard: Guard) -> Self {
         Self {
             source,
+            guard,
             stamp: None,
             hash: None,
             reported_missing: false,
@@ -179,7 +206,7 @@ impl Watcher {
             return None;
         }
         self.hash = Some(hash);
-        Some(match parse(&self.source, &text) {
+        Some(match parse_with(&self.source, &text, &self.guard) {
             Ok(l) => Change::Loaded(l),
             Err(e) => Change::Invalid(e),
         })

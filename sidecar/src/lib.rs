@@ -17,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod deadline;
 pub mod demo;
+pub mod egress;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -47,7 +47,14 @@ async fn run(cli: Cli) -> ExitCode {
         Some(p) => Source::Yaml(p.clone()),
         None => Source::Json(cli.config.clone()),
     };
-    let initial = match config::load(&source) {
+    let guard = match detour_api::egress::AllowedHosts::parse_list(&cli.allowed_hosts) {
+        Ok(hosts) => detour_sidecar::egress::Guard::new(hosts, &cli.credentials_dir),
+        Err(e) => {
+            tracing::error!("--allowed-hosts: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let initial = match config::load_with(&source, &guard) {
         Ok(loaded) => Some(loaded),
         // Standalone: the file is the user's; refuse to start on it.
         Err(e) if matches!(source, Source::Yaml(_)) => {
@@ -76,6 +83,7 @@ async fn run(cli: Cli) -> ExitCode {
             ..Limits::default()
         },
         max_buffered_bytes: cli.max_buffered_bytes,
+        guard,
     };
     let (audit, tap) = if cli.demo {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -44,6 +44,8 @@ pub struct Options {
     pub limits: Limits,
     /// The process-wide budget for buffered request and answer bytes.
     pub max_buffered_bytes: usize,
+    /// What every table must respect (allowlist, credentials directory).
+    pub guard: crate::egress::Guard,
 }
 
 /// Why the sidecar could not start.
@@ -162,7 +164,7 @@ pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Resu
         Duration::from_secs(1),
     ));
     tasks.spawn(reload_loop(
-        Watcher::new(opts.source.clone()),
+        Watcher::with_guard(opts.source.clone(), opts.guard.clone()),
         shared.clone(),
         registry,
         http,

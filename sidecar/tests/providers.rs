@@ -1025,7 +1025,7 @@ fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Pa
     ));
     for (stub, kind) in targets {
         yaml.push_str(&format!(
-            "    - name: {stub}\n      provider: {}\n      model: \"{}\"\n      endpoint: {}\n",
+            "    - name: {stub}\n      provider: {}\n      model: \"{}\"\n      endpoint: {}\n      allowPlainHttp: true\n",
             kind.name(),
             kind.model(),
             fake.endpoint(stub, *kind)
@@ -1039,7 +1039,12 @@ fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Pa
             ));
         }
     }
-    let compiled = detour_api::compile_yaml(&yaml).unwrap();
+    let compiled = detour_api::compile_yaml_with(
+        &yaml,
+        &dir.display().to_string(),
+        &detour_api::egress::AllowedHosts::standalone(),
+    )
+    .unwrap();
     assert!(
         compiled.table.excluded.is_empty(),
         "{:?}",

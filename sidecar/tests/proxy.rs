@@ -642,7 +642,7 @@ async fn secrets_and_prompts_never_leak() {
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
     let target = |name: &str, stub: &str| {
         format!(
-            "    - name: {name}\n      provider: openai\n      model: up-{name}\n      endpoint: {}\n      credentials: {{apiKeyFile: {}}}\n",
+            "    - name: {name}\n      provider: openai\n      model: up-{name}\n      endpoint: {}\n      allowPlainHttp: true\n      credentials: {{apiKeyFile: {}}}\n",
             fake.endpoint(stub),
             key_file.display()
         )
@@ -673,6 +673,7 @@ async fn secrets_and_prompts_never_leak() {
     let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_detour-sidecar"))
         .args(["--routes", routes.to_str().unwrap()])
+        .args(["--credentials-dir", dir.path().to_str().unwrap()])
         .args([
             "--listen",
             &listen.to_string(),

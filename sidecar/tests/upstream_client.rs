@@ -744,7 +744,7 @@ async fn the_binary_takes_its_proxy_from_lower_case_environment_variables() {
     let routes = dir.path().join("routes.yaml");
     std::fs::write(
         &routes,
-        "apiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: m}\nspec:\n  model: m\n  targets:\n    - {name: t, provider: openai-compatible, model: up, endpoint: \"http://api.example.test:8080/v1\"}\n",
+        "apiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: m}\nspec:\n  model: m\n  targets:\n    - {name: t, provider: openai-compatible, model: up, endpoint: \"http://llm.models.svc:8080/v1\"}\n",
     )
     .unwrap();
     let free = || {
@@ -774,6 +774,8 @@ async fn the_binary_takes_its_proxy_from_lower_case_environment_variables() {
             format!("http://127.0.0.1:{}", fake_proxy.addr.port()),
         )
         .args(["--routes", routes.to_str().unwrap()])
+        // Plain http only to an in-cluster Service name, and only one the platform allows.
+        .args(["--allowed-hosts", "llm.models.svc"])
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -805,7 +807,7 @@ async fn the_binary_takes_its_proxy_from_lower_case_environment_variables() {
     let heads = fake_proxy.heads.lock().unwrap().clone();
     assert!(
         heads.first().is_some_and(
-            |h| h.starts_with("post http://api.example.test:8080/v1/chat/completions http/1.1\r\n")
+            |h| h.starts_with("post http://llm.models.svc:8080/v1/chat/completions http/1.1\r\n")
         ),
         "{heads:?}"
     );

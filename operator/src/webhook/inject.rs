@@ -1,13 +1,22 @@
-//! The injection itself, pure: a Pod, the injector's settings and the Secrets the namespace's
-//! routes read → skip, a JSON patch, or a denial that says why (linkerd's proxy-injector
+//! The injection itself, pure: a Pod, the injector's settings and the Secrets of the routes
+//! the pod selects → skip, a JSON patch, or a denial that says why (linkerd's proxy-injector
 //! shape: skip reasons → patch from small helpers → respond).
+//!
+//! Which Secrets: only those of the ModelRoutes the pod selects (annotation
+//! `detour.dev/routes: "chat,embed"`, `"*"` for all; without it the operator's
+//! `--default-routes`, `none` unless the platform chose `all`), and of those only the ones
+//! `compile` accepts with the same rules as the operator (opted-in Secret, allowed
+//! destination). The webhook computes this from the ModelRoutes and the Secrets' metadata
+//! itself, never from the `detour-routes` ConfigMap, which tenants may be able to write.
 //!
 //! What a patch adds (DESIGN.md, "Injection"):
 //! - the sidecar as a *native* sidecar: the first init container, `restartPolicy: Always`,
 //!   so it starts before the app and stops after it, and Jobs still complete;
 //! - volume `detour-routes` (the ConfigMap) mounted at `/etc/detour`;
-//! - one read-only Secret volume per referenced Secret, at
+//! - one read-only Secret volume per Secret of the selected routes, at
 //!   `/var/run/detour/credentials/<secret>` in the sidecar only;
+//! - `DETOUR_ALLOWED_HOSTS` on the sidecar: the operator's allowlist, which the sidecar
+//!   enforces again on every table it loads;
 //! - `OPENAI_BASE_URL=http://127.0.0.1:<port>/v1` on every app container that does not set
 //!   it already, unless `detour.dev/inject-env: "false"`;
 //! - with `detour.dev/upstream-ca-configmap: <name>`, that ConfigMap's `ca.crt` mounted in the
@@ -18,7 +27,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use detour_api::defaults;
+use detour_api::egress::AllowedHosts;
+use detour_api::{Input, ModelRoute, SecretIndex, compile, defaults};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
@@ -27,6 +37,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
@@ -46,6 +57,10 @@ pub const UPSTREAM_CA_ANNOTATION: &str = "detour.dev/upstream-ca-configmap";
 pub const UPSTREAM_CA_VOLUME: &str = "detour-upstream-ca";
 pub const UPSTREAM_CA_DIR: &str = "/etc/detour-upstream-ca";
 pub const UPSTREAM_CA_KEY: &str = "ca.crt";
+/// The ModelRoutes (by name, comma-separated, `*` for all) whose Secrets the pod mounts.
+pub const ROUTES_ANNOTATION: &str = "detour.dev/routes";
+/// The sidecar's environment variable carrying the operator's allowlist of endpoint hosts.
+pub const ALLOWED_HOSTS_ENV: &str = "DETOUR_ALLOWED_HOSTS";
 /// Set on injected pods, to the sidecar image.
 pub const INJECTED_ANNOTATION: &str = "detour.dev/injected";
 /// The sidecar container's name.
@@ -77,6 +92,32 @@ pub struct Settings {
     /// reference (`registry.example/detour-sidecar:1.2`). Empty: only `image`. See
     /// [`image_allowed`].
     pub allowed_images: Vec<String>,
+    /// The platform's allowlist of endpoint hosts (`--allowed-hosts`).
+    pub allowed_hosts: AllowedHosts,
+    /// Which routes a pod without [`ROUTES_ANNOTATION`] selects (`--default-routes`).
+    pub default_routes: Selection,
+}
+
+/// Which routes a pod without [`ROUTES_ANNOTATION`] gets the Secrets of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Selection {
+    /// None: a pod names its routes, so a new route never widens a running workload's mounts.
+    #[default]
+    None,
+    /// Every route of the namespace (single-tenant namespaces).
+    All,
+}
+
+impl std::str::FromStr for Selection {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "all" => Ok(Self::All),
+            other => Err(format!("{other:?} is not a route selection; use none or all")),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -91,6 +132,8 @@ impl Default for Settings {
             memory_limit: "128Mi".to_owned(),
             upstream_ca_configmap: None,
             allowed_images: Vec::new(),
+            allowed_hosts: AllowedHosts::providers(),
+            default_routes: Selection::None,
         }
     }
 }
@@ -115,12 +158,9 @@ impl Skip {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Deny {
     #[error(
-        "namespace {namespace:?} has no ConfigMap {cm}: create a ModelRoute in this namespace (kubectl get modelroutes -n {namespace}) before labelling pods {INJECT_LABEL}=true",
-        cm = defaults::CONFIG_MAP
+        "namespace {namespace:?} has no ModelRoute: create a ModelRoute in this namespace (kubectl get modelroutes -n {namespace}) before labelling pods {INJECT_LABEL}=true"
     )]
     NoRoutes { namespace: String },
-    #[error("ConfigMap {namespace}/{cm} is not a valid route table ({reason}); check the operator's logs", cm = defaults::CONFIG_MAP)]
-    BadRoutes { namespace: String, reason: String },
     #[error(
         "annotation {IMAGE_ANNOTATION}: image {image:?} is not allowed; this cluster's Detour allows {allowed} (operator flag --sidecar-image-allowed, chart value sidecar.image.overrideAllowlist)"
     )]
@@ -141,6 +181,14 @@ pub enum Deny {
     PortInUse { container: String, port: u16 },
     #[error("the pod already has a volume named {name:?}, which the injector needs; rename it")]
     VolumeInUse { name: String },
+    #[error(
+        "annotation {ROUTES_ANNOTATION} names ModelRoute {name:?}, which namespace {namespace:?} does not have (it has: {known}); fix the name or create the route first"
+    )]
+    UnknownRoute {
+        namespace: String,
+        name: String,
+        known: String,
+    },
 }
 
 impl Deny {
@@ -148,12 +196,12 @@ impl Deny {
     pub const fn reason(&self) -> &'static str {
         match self {
             Self::NoRoutes { .. } => "no_routes",
-            Self::BadRoutes { .. } => "bad_routes",
             Self::BadAnnotation { .. } => "bad_annotation",
             Self::ImageNotAllowed { .. } => "image_not_allowed",
             Self::HostNetwork { .. } => "host_network",
             Self::PortInUse { .. } => "port_in_use",
             Self::VolumeInUse { .. } => "volume_in_use",
+            Self::UnknownRoute { .. } => "unknown_route",
         }
     }
 }
@@ -165,14 +213,72 @@ pub enum Outcome {
     Patch(Patch),
 }
 
-/// The Secret names the route table's targets read (`targets[].credentials.secret`).
-pub fn secrets_of(table: &detour_api::RouteTable) -> BTreeSet<String> {
-    table
-        .routes
-        .iter()
-        .flat_map(|r| &r.targets)
-        .filter_map(|t| t.credentials.as_ref()?.secret.clone())
+/// The routes `pod` selects among the namespace's `routes`: [`ROUTES_ANNOTATION`]'s names
+/// (`*`: all; empty: none), else `settings.default_routes`. A name the namespace does not
+/// have is a denial: a typo would otherwise start a pod without its credentials.
+pub fn selected<'a>(
+    pod: &Pod,
+    namespace: &str,
+    settings: &Settings,
+    routes: &'a [ModelRoute],
+) -> Result<Vec<&'a ModelRoute>, Deny> {
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ROUTES_ANNOTATION));
+    let Some(value) = annotation else {
+        return Ok(match settings.default_routes {
+            Selection::None => Vec::new(),
+            Selection::All => routes.iter().collect(),
+        });
+    };
+    let names: BTreeSet<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.contains("*") {
+        return Ok(routes.iter().collect());
+    }
+    let by_name: BTreeMap<String, &ModelRoute> = routes.iter().map(|r| (r.name_any(), r)).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            by_name.get(name).copied().ok_or_else(|| Deny::UnknownRoute {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                known: by_name.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+        })
         .collect()
+}
+
+/// The Secrets to mount for `routes`: those `compile` accepts with the operator's rules
+/// (opted in per `secrets`, destination allowed by `allowed_hosts`). Each route is compiled
+/// on its own and without its policy, because only its targets decide what may be mounted.
+pub fn mounts(
+    routes: &[&ModelRoute],
+    secrets: &SecretIndex,
+    allowed_hosts: &AllowedHosts,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for route in routes {
+        let mut alone = (*route).clone();
+        alone.spec.policy_ref = None;
+        let compiled = compile(
+            &Input::cluster(std::slice::from_ref(&alone), &[], secrets, "").with_allowed_hosts(allowed_hosts),
+        );
+        out.extend(
+            compiled
+                .table
+                .routes
+                .iter()
+                .flat_map(|r| &r.targets)
+                .filter_map(|t| t.credentials.as_ref()?.secret.clone()),
+        );
+    }
+    out
 }
 
 /// Why `pod` is left alone, if it is: checked before anything else (and before the
@@ -410,6 +516,11 @@ pub fn sidecar(settings: &Settings, secrets: &BTreeSet<String>) -> Container {
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         restart_policy: Some("Always".to_owned()),
         args: Some(sidecar_args(settings)),
+        env: Some(vec![EnvVar {
+            name: ALLOWED_HOSTS_ENV.to_owned(),
+            value: Some(settings.allowed_hosts.to_list()),
+            value_from: None,
+        }]),
         ports: Some(vec![ContainerPort {
             name: Some(METRICS_PORT_NAME.to_owned()),
             container_port: i32::from(METRICS_PORT),

@@ -1,23 +1,24 @@
 //! The injection webhook: `POST /mutate` with an `admission.k8s.io/v1` AdmissionReview of a
 //! Pod, answered with a JSON patch, nothing, or a denial that says why.
 //!
-//! [`respond`] is pure (the review bytes and the namespace's `routes.json` in, the review out),
-//! so golden files cover it; [`Injector`] adds the one lookup, the ConfigMap, and metrics.
+//! [`respond`] is pure (the review, the namespace's ModelRoutes and what the metadata of the
+//! Secrets they name says in, the review out), so golden files cover it; [`Injector`] adds
+//! the lookups and metrics. The mounts come from the ModelRoutes and the Secrets' labels,
+//! never from the `detour-routes` ConfigMap: a tenant who can write that ConfigMap must not
+//! be able to choose what a pod mounts.
 
 pub mod inject;
 
-use std::collections::BTreeSet;
-
-use detour_api::{RouteTable, defaults};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use detour_api::{ModelRoute, SecretIndex};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-pub use inject::{Deny, Outcome, Settings, Skip};
+pub use inject::{Deny, Outcome, Selection, Settings, Skip};
 
 /// What became of one review, for metrics and logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,13 +39,13 @@ impl Verdict {
     }
 }
 
-/// The namespace's route table as the webhook found it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Routes {
-    /// `detour-routes` does not exist.
-    Missing,
-    /// Its `routes.json` text.
-    Found(String),
+/// The namespace as the webhook found it.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    /// Its ModelRoutes.
+    pub routes: Vec<ModelRoute>,
+    /// The Secrets the selected routes name, from their metadata (opted in or not).
+    pub secrets: SecretIndex,
 }
 
 /// Parses a review; `Err` carries the message of the denial a malformed review gets.
@@ -70,7 +71,8 @@ pub fn respond(
         return (response.into_review(), Verdict::Skipped(skip), None);
     }
     let namespace = request.namespace.clone().unwrap_or_default();
-    let decided = secrets_for(&namespace, routes).and_then(|secrets| inject::inject(pod, settings, &secrets));
+    let decided = secrets_for(pod, &namespace, settings, routes)
+        .and_then(|secrets| inject::inject(pod, settings, &secrets));
     match decided {
         Ok(Outcome::Skip(skip)) => (response.into_review(), Verdict::Skipped(skip), None),
         Ok(Outcome::Patch(patch)) => match response.clone().with_patch(patch) {
@@ -103,20 +105,25 @@ fn forbid(response: AdmissionResponse, message: &str) -> AdmissionResponse {
     response
 }
 
-/// The Secrets to mount, from the namespace's table; a pod that is not labelled never
-/// needs them, so `Missing` only denies labelled pods (checked by `inject` first).
-fn secrets_for(namespace: &str, routes: &Routes) -> Result<BTreeSet<String>, Deny> {
-    match routes {
-        Routes::Missing => Err(Deny::NoRoutes {
+/// The Secrets to mount: those of the routes the pod selects that pass the operator's rules.
+/// A namespace without routes denies labelled pods (their sidecar would have no table).
+fn secrets_for(
+    pod: &Pod,
+    namespace: &str,
+    settings: &Settings,
+    routes: &Routes,
+) -> Result<std::collections::BTreeSet<String>, Deny> {
+    if routes.routes.is_empty() {
+        return Err(Deny::NoRoutes {
             namespace: namespace.to_owned(),
-        }),
-        Routes::Found(text) => RouteTable::from_json(text)
-            .map(|t| inject::secrets_of(&t))
-            .map_err(|e| Deny::BadRoutes {
-                namespace: namespace.to_owned(),
-                reason: e.to_string(),
-            }),
+        });
     }
+    let selected = inject::selected(pod, namespace, settings, &routes.routes)?;
+    Ok(inject::mounts(
+        &selected,
+        &routes.secrets,
+        &settings.allowed_hosts,
+    ))
 }
 
 /// The answer to a malformed review.
@@ -152,11 +159,12 @@ impl Injector {
                     .and_then(|p| p.metadata.labels.as_ref())
                     .and_then(|l| l.get(inject::INJECT_LABEL))
                     .is_some_and(|v| v == "true");
-                let routes = if labelled {
-                    self.routes(request.namespace.as_deref().unwrap_or_default())
-                        .await
-                } else {
-                    Ok(Routes::Missing)
+                let routes = match (&request.object, labelled) {
+                    (Some(pod), true) => {
+                        self.routes(pod, request.namespace.as_deref().unwrap_or_default())
+                            .await
+                    }
+                    _ => Ok(Routes::default()),
                 };
                 match routes {
                     Ok(routes) => respond(&request, &self.settings, &routes),
@@ -183,19 +191,24 @@ impl Injector {
         serde_json::to_vec(&review).unwrap_or_default()
     }
 
-    async fn routes(&self, namespace: &str) -> Result<Routes, String> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
-        match api.get_opt(defaults::CONFIG_MAP).await {
-            Ok(None) => Ok(Routes::Missing),
-            Ok(Some(cm)) => Ok(cm
-                .data
-                .and_then(|mut d| d.remove(defaults::CONFIG_MAP_KEY))
-                .map_or(Routes::Missing, Routes::Found)),
-            Err(e) => Err(format!(
-                "detour-sidecar injection: cannot read ConfigMap {namespace}/{}: {e}",
-                defaults::CONFIG_MAP
-            )),
-        }
+    /// The namespace's ModelRoutes (one list), and the metadata of the Secrets the routes
+    /// `pod` selects name (one metadata-only GET each).
+    async fn routes(&self, pod: &Pod, namespace: &str) -> Result<Routes, String> {
+        let api: Api<ModelRoute> = Api::namespaced(self.client.clone(), namespace);
+        let routes = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("detour-sidecar injection: cannot list ModelRoutes in {namespace}: {e}"))?
+            .items;
+        // An unknown route name is denied by `respond`; the Secrets of the rest are read here.
+        let selected: Vec<ModelRoute> = match inject::selected(pod, namespace, &self.settings, &routes) {
+            Ok(s) => s.into_iter().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let secrets = crate::controller::secret_index(&self.client, namespace, &selected)
+            .await
+            .map_err(|e| format!("detour-sidecar injection: {e}"))?;
+        Ok(Routes { routes, secrets })
     }
 }
 
@@ -203,14 +216,17 @@ impl Injector {
 mod tests {
     use super::*;
     use crate::verifier::mock_client;
-    use detour_api::{Input, SecretIndex, compile};
     use serde_json::{Value, json};
 
-    fn review(labelled: bool) -> Vec<u8> {
+    fn review(labelled: bool, routes_annotation: Option<&str>) -> Vec<u8> {
         let labels = if labelled {
             json!({"detour.dev/inject": "true"})
         } else {
             json!({})
+        };
+        let annotations = match routes_annotation {
+            Some(a) => json!({"detour.dev/routes": a}),
+            None => json!({}),
         };
         serde_json::to_vec(&json!({
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -219,26 +235,27 @@ mod tests {
                 "kind": {"group": "", "version": "v1", "kind": "Pod"},
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "userInfo": {},
-                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": labels},
+                "object": {"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": "web", "labels": labels, "annotations": annotations},
                            "spec": {"containers": [{"name": "web", "image": "web"}]}}
             }
         }))
         .unwrap()
     }
 
-    fn routes_cm() -> Value {
-        let route: detour_api::ModelRoute = serde_json::from_value(json!({
+    fn route_list() -> Value {
+        json!({"apiVersion": "detour.dev/v1alpha1", "kind": "ModelRouteList", "metadata": {},
+        "items": [{
             "apiVersion": "detour.dev/v1alpha1", "kind": "ModelRoute",
             "metadata": {"name": "chat", "namespace": "shop"},
             "spec": {"model": "m", "targets": [{"name": "a", "provider": "openai", "model": "x",
                      "credentials": {"secretName": "openai"}}]}
-        }))
-        .unwrap();
-        let mut secrets = SecretIndex::new();
-        secrets.insert("shop", "openai", ["api-key"]);
-        let table = compile(&Input::cluster(&[route], &[], &secrets, "detour-system")).table;
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "detour-routes", "namespace": "shop"},
-               "data": {"routes.json": table.to_json()}})
+        }]})
+    }
+
+    fn secret_meta(labels: Value) -> Value {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": {"name": "openai", "namespace": "shop", "labels": labels}})
     }
 
     fn injector(client: Client) -> Injector {
@@ -249,28 +266,78 @@ mod tests {
         }
     }
 
-    const CM: &str = "/api/v1/namespaces/shop/configmaps/detour-routes";
+    const ROUTES: &str = "/apis/detour.dev/v1alpha1/namespaces/shop/modelroutes";
+    const SECRET: &str = "/api/v1/namespaces/shop/secrets/openai";
 
-    /// A labelled pod: the webhook reads the namespace's ConfigMap, mounts the Secret its
-    /// routes name, and counts an injection.
+    fn patch_text(answer: &Value) -> String {
+        let patch: Vec<u8> = serde_json::from_value(answer["response"]["patch"].clone()).unwrap();
+        String::from_utf8(patch).unwrap()
+    }
+
+    /// A labelled pod selecting a route: the webhook lists the namespace's ModelRoutes, reads
+    /// the metadata (only) of the Secret the route names, mounts it because it is opted in,
+    /// and counts an injection. It never reads the `detour-routes` ConfigMap.
     #[tokio::test]
-    async fn labelled_pod_reads_the_routes_and_is_patched() {
+    async fn labelled_pod_reads_routes_and_secret_metadata_and_is_patched() {
         let (client, mut v) = mock_client();
         let inj = injector(client);
-        let body = review(true);
+        let body = review(true, Some("chat"));
         let (answer, ()) = tokio::join!(inj.handle(&body), async {
-            v.expect("GET", CM).await.reply(200, &routes_cm());
+            v.expect("GET", ROUTES).await.reply(200, &route_list());
+            let call = v.expect("GET", SECRET).await;
+            assert!(
+                call.accept.contains("as=PartialObjectMetadata"),
+                "{}",
+                call.accept
+            );
+            call.reply(200, &secret_meta(json!({"detour.dev/credentials": "true"})));
         });
         let answer: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(answer["response"]["allowed"], true);
         assert_eq!(answer["response"]["uid"], "u-1");
-        let patch: Vec<u8> = serde_json::from_value(answer["response"]["patch"].clone()).unwrap();
-        assert!(String::from_utf8(patch).unwrap().contains("detour-cred-openai"));
+        assert!(patch_text(&answer).contains("detour-cred-openai"));
         assert!(
             inj.metrics
                 .render()
                 .contains("detour_operator_injections_total{outcome=\"injected\"} 1")
         );
+        v.done().await;
+    }
+
+    /// A Secret without the opt-in label is not mounted, even for a pod that selects its route.
+    #[tokio::test]
+    async fn secret_without_opt_in_is_not_mounted() {
+        let (client, mut v) = mock_client();
+        let inj = injector(client);
+        let body = review(true, Some("*"));
+        let (answer, ()) = tokio::join!(inj.handle(&body), async {
+            v.expect("GET", ROUTES).await.reply(200, &route_list());
+            v.expect("GET", SECRET).await.reply(200, &secret_meta(json!({})));
+        });
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(
+            !patch_text(&answer).contains("detour-cred-"),
+            "{}",
+            patch_text(&answer)
+        );
+        v.done().await;
+    }
+
+    /// Without the routes annotation the default (none) selects nothing: no Secret is read
+    /// and none is mounted.
+    #[tokio::test]
+    async fn no_selection_mounts_nothing() {
+        let (client, mut v) = mock_client();
+        let inj = injector(client);
+        let body = review(true, None);
+        let (answer, ()) = tokio::join!(inj.handle(&body), async {
+            v.expect("GET", ROUTES).await.reply(200, &route_list());
+        });
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(!patch_text(&answer).contains("detour-cred-"));
+        v.done().await;
     }
 
     /// An unlabelled pod costs no apiserver call.
@@ -278,21 +345,24 @@ mod tests {
     async fn unlabelled_pod_needs_no_lookup() {
         let (client, v) = mock_client();
         let inj = injector(client);
-        let answer: Value = serde_json::from_slice(&inj.handle(&review(false)).await).unwrap();
+        let answer: Value = serde_json::from_slice(&inj.handle(&review(false, None)).await).unwrap();
         assert_eq!(answer["response"]["allowed"], true);
         assert!(answer["response"].get("patch").is_none());
         v.done().await;
     }
 
-    /// No ConfigMap: denied (403) naming what to create; an apiserver error: denied naming
-    /// the ConfigMap and the error. Both are counted by reason.
+    /// No routes: denied (403) naming what to create; an apiserver error: denied naming
+    /// the lookup and the error. Both are counted by reason.
     #[tokio::test]
     async fn missing_routes_and_lookup_errors_deny() {
         let (client, mut v) = mock_client();
         let inj = injector(client);
-        let body = review(true);
+        let body = review(true, None);
         let (answer, ()) = tokio::join!(inj.handle(&body), async {
-            v.expect("GET", CM).await.fail(404, "NotFound");
+            v.expect("GET", ROUTES).await.reply(
+                200,
+                &json!({"apiVersion": "detour.dev/v1alpha1", "kind": "ModelRouteList", "metadata": {}, "items": []}),
+            );
         });
         let answer: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(answer["response"]["allowed"], false);
@@ -305,7 +375,7 @@ mod tests {
         );
 
         let (answer, ()) = tokio::join!(inj.handle(&body), async {
-            v.expect("GET", CM).await.fail(500, "InternalError");
+            v.expect("GET", ROUTES).await.fail(500, "InternalError");
         });
         let answer: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(answer["response"]["allowed"], false);
@@ -313,7 +383,7 @@ mod tests {
             answer["response"]["status"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("cannot read ConfigMap shop/detour-routes")
+                .contains("cannot list ModelRoutes in shop")
         );
         let metrics = inj.metrics.render();
         assert!(

@@ -14,6 +14,10 @@
 //!   `CONNECT` tunnel (TLS still ends at the upstream), plain HTTP as absolute-form requests.
 //!   Credentials in the proxy URL go in `Proxy-Authorization`.
 //! - Targets resolve their URLs to a [`Dest`] once, when they are loaded.
+//! - Destination rules on addresses ([`crate::egress::check_addr`]): a name's resolved
+//!   addresses that are link-local, cloud metadata, or loopback behind a name that is not
+//!   loopback are dropped before connecting (none left: a connect error naming the rule), and
+//!   every connection's peer is checked again, which covers address literals too.
 
 use std::fmt;
 use std::future::Future;
@@ -30,6 +34,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 pub use hyper_util::client::proxy::matcher::Matcher as Proxies;
@@ -190,7 +195,7 @@ impl HttpClient {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let mut tcp = HttpConnector::new();
+        let mut tcp = HttpConnector::new_with_resolver(GuardedResolver(GaiResolver::new()));
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         let proxies = Arc::new(proxies);
@@ -345,7 +350,7 @@ impl http_body::Body for Body {
 /// through a proxy, then TLS for HTTPS with ALPN `h2` / `http/1.1`.
 #[derive(Clone)]
 struct Connector {
-    tcp: HttpConnector,
+    tcp: HttpConnector<GuardedResolver>,
     tls: TlsConnector,
     proxies: Arc<Proxies>,
 }
@@ -396,6 +401,14 @@ impl Connector {
             Some(p) => (self.tcp.call(p.uri().clone()).await?, true),
         };
         let tcp = tcp.into_inner();
+        // The peer is the proxy when there is one, else the upstream: check it against the
+        // host this connection was opened for (address literals skip the resolver).
+        let opened_for = match &proxy {
+            Some(p) => p.uri().host().unwrap_or_default(),
+            None => dst.host().unwrap_or_default(),
+        };
+        let opened_for = opened_for.trim_start_matches('[').trim_end_matches(']');
+        crate::egress::check_addr(opened_for, &tcp.peer_addr()?)?;
         if !https {
             return Ok(TokioIo::new(Stream::Tcp(tcp, proxied)));
         }
@@ -404,6 +417,42 @@ impl Connector {
         let name = ServerName::try_from(host.to_owned())?;
         let tls = self.tls.connect(name, tcp).await?;
         Ok(TokioIo::new(Stream::Tls(Box::new(tls))))
+    }
+}
+
+/// The system resolver, with the addresses the destination rules refuse taken out.
+#[derive(Clone)]
+struct GuardedResolver(GaiResolver);
+
+impl Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_owned();
+        let resolving = self.0.call(name);
+        Box::pin(async move {
+            let mut refused = None;
+            let allowed: Vec<_> = resolving
+                .await?
+                .filter(|a| match crate::egress::check_addr(&host, a) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                        false
+                    }
+                })
+                .collect();
+            match refused {
+                Some(e) if allowed.is_empty() => Err(io::Error::new(io::ErrorKind::PermissionDenied, e)),
+                _ => Ok(allowed.into_iter()),
+            }
+        })
     }
 }
 

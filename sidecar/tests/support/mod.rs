@@ -389,9 +389,16 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// The standalone defaults (the providers' hosts and loopback), with credential files in the
+/// test's own directory.
+pub fn guard(dir: &std::path::Path) -> detour_sidecar::egress::Guard {
+    detour_sidecar::egress::Guard::new(detour_api::egress::AllowedHosts::standalone(), dir)
+}
+
 /// Starts a sidecar on `source` (already written).
 pub async fn start_with(source: Source, dir: tempfile::TempDir, max_body: usize) -> Sidecar {
-    start_with_limits(source, dir, max_body, detour_sidecar::conn::Limits::default()).await
+    let guard = guard(dir.path());
+    start_guarded(source, dir, max_body, guard).await
 }
 
 /// [`start_with`], with the API listener's connection limits.
@@ -401,7 +408,35 @@ pub async fn start_with_limits(
     max_body: usize,
     limits: detour_sidecar::conn::Limits,
 ) -> Sidecar {
-    let initial = config::load(&source).ok();
+    let guard = guard(dir.path());
+    start_guarded_with_limits(source, dir, max_body, guard, limits).await
+}
+
+/// Starts a sidecar on `source` under `guard`'s destination and credential-path rules.
+pub async fn start_guarded(
+    source: Source,
+    dir: tempfile::TempDir,
+    max_body: usize,
+    guard: detour_sidecar::egress::Guard,
+) -> Sidecar {
+    start_guarded_with_limits(
+        source,
+        dir,
+        max_body,
+        guard,
+        detour_sidecar::conn::Limits::default(),
+    )
+    .await
+}
+
+async fn start_guarded_with_limits(
+    source: Source,
+    dir: tempfile::TempDir,
+    max_body: usize,
+    guard: detour_sidecar::egress::Guard,
+    limits: detour_sidecar::conn::Limits,
+) -> Sidecar {
+    let initial = config::load_with(&source, &guard).ok();
     let (tx, rx) = mpsc::unbounded_channel();
     let opts = Options {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -414,6 +449,7 @@ pub async fn start_with_limits(
         upstream_max_idle: detour_sidecar::providers::client::MAX_IDLE_PER_ORIGIN,
         limits,
         max_buffered_bytes: 64 * 1024 * 1024,
+        guard,
     };
     let running = server::start(opts, Audit::with_tap(false, tx), initial)
         .await
@@ -446,7 +482,7 @@ pub async fn start_with_conn_limits(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
     std::fs::write(&path, yaml).unwrap();
-    if let Err(e) = config::load(&Source::Yaml(path.clone())) {
+    if let Err(e) = config::load_with(&Source::Yaml(path.clone()), &guard(dir.path())) {
         panic!("test routes do not compile: {e}");
     }
     start_with_limits(Source::Yaml(path), dir, max_body, limits).await

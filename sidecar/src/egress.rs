@@ -1,0 +1,208 @@
+//! Where this sidecar sends requests and credentials: the destination rules of
+//! [`detour_api::egress`], enforced here a second time, whatever the route table says.
+//!
+//! The operator's compiler already refused what breaks them, but the table reaches the
+//! sidecar through a ConfigMap that a tenant may be able to write, so the sidecar checks:
+//! - every table it loads ([`check_table`]): each target's destination against the allowlist
+//!   it was started with (`--allowed-hosts`, set by the injector from the operator's), every
+//!   credential file inside its credentials root (`--credentials-dir`), every web-identity
+//!   token file in the projected-token directory (or, for laptops, the credentials root).
+//!   A table that breaks a rule is refused whole and the previous one keeps serving;
+//! - every address a host resolves to ([`check_addr`]), before connecting: never link-local
+//!   or metadata, loopback only for an endpoint that names loopback, so DNS cannot turn an
+//!   allowed name into a way to the instance metadata service or the pod's own listeners.
+//!
+//! Pure functions; the upstream client's connector calls [`check_addr`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use detour_api::RouteTable;
+use detour_api::defaults;
+use detour_api::egress::{self, AllowedHosts, TargetDest};
+use detour_api::table::{CredentialSource, Target};
+
+pub use detour_api::egress::Refused;
+
+/// What the sidecar allows: the allowlist and the credentials root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub allowed_hosts: AllowedHosts,
+    /// Every credential file must be inside it.
+    pub credentials_root: String,
+}
+
+impl Default for Guard {
+    /// The standalone defaults: the providers' public hosts and loopback, credentials under
+    /// [`defaults::CREDENTIALS_ROOT`].
+    fn default() -> Self {
+        Self {
+            allowed_hosts: AllowedHosts::standalone(),
+            credentials_root: defaults::CREDENTIALS_ROOT.to_owned(),
+        }
+    }
+}
+
+impl Guard {
+    pub fn new(allowed_hosts: AllowedHosts, credentials_root: &Path) -> Self {
+        Self {
+            allowed_hosts,
+            credentials_root: credentials_root.display().to_string(),
+        }
+    }
+}
+
+/// A table target that breaks a rule: which, the field, and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("route {model:?} target {target:?}: {field}: {message}")]
+pub struct Violation {
+    pub model: String,
+    pub target: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Checks every target of `table`; the first violation refuses the table.
+pub fn check_table(table: &RouteTable, guard: &Guard) -> Result<(), Violation> {
+    for route in &table.routes {
+        for t in &route.targets {
+            check_target(t, guard).map_err(|(field, message)| Violation {
+                model: route.model.clone(),
+                target: t.name.clone(),
+                field,
+                message,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn check_target(t: &Target, guard: &Guard) -> Result<(), (String, String)> {
+    let dest = TargetDest {
+        provider: t.provider,
+        endpoint: t.endpoint.as_deref(),
+        region: t.region.as_deref(),
+        has_credentials: t.credentials.is_some(),
+        allow_plain_http: t.allow_plain_http,
+    };
+    egress::check_target(&dest, &guard.allowed_hosts).map_err(|v| (v.field.to_owned(), v.message))?;
+    let Some(c) = &t.credentials else {
+        return Ok(());
+    };
+    let root = guard.credentials_root.as_str();
+    for (field, source) in [
+        ("credentials.apiKey", &c.api_key),
+        ("credentials.accessKeyId", &c.access_key_id),
+        ("credentials.secretAccessKey", &c.secret_access_key),
+        ("credentials.sessionToken", &c.session_token),
+    ] {
+        if let Some(CredentialSource::File(path)) = source
+            && !egress::path_within(path, root)
+        {
+            return Err((
+                field.to_owned(),
+                format!(
+                    "{path:?} is outside the credentials directory {root:?}; the sidecar reads no other file"
+                ),
+            ));
+        }
+    }
+    if let Some(w) = &c.web_identity
+        && !(egress::path_within(&w.token_file, defaults::WEB_IDENTITY_TOKEN_DIR)
+            || egress::path_within(&w.token_file, root))
+    {
+        return Err((
+            "credentials.webIdentity.tokenFile".to_owned(),
+            format!(
+                "{:?} is not in the projected-token directory {:?} or the credentials directory {root:?}",
+                w.token_file,
+                defaults::WEB_IDENTITY_TOKEN_DIR
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The check of one resolved address of `host` before connecting to it.
+pub fn check_addr(host: &str, addr: &SocketAddr) -> Result<(), Refused> {
+    egress::check_resolved(host, addr.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(endpoint: &str, plain: bool, key_path: &str) -> RouteTable {
+        let json = serde_json::json!({
+            "version": 1, "hash": "", "excluded": [],
+            "routes": [{
+                "model": "m", "source": {"namespace": "shop", "name": "r"}, "rules": [],
+                "policy": defaults::policy(),
+                "targets": [{
+                    "name": "t", "provider": "openai-compatible", "model": "x",
+                    "endpoint": endpoint, "allowPlainHttp": plain, "region": null, "apiVersion": null,
+                    "credentials": {"secret": null, "apiKey": {"file": key_path}, "accessKeyId": null,
+                                    "secretAccessKey": null, "sessionToken": null, "webIdentity": null},
+                    "weight": 1, "cost": null, "quality": null, "contextWindow": null, "capabilities": null,
+                    "perAttemptMs": 1000, "firstByteMs": 1000, "streamIdleMs": 1000, "mock": null
+                }]
+            }]
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn cluster_guard() -> Guard {
+        Guard {
+            allowed_hosts: AllowedHosts::providers(),
+            credentials_root: defaults::CREDENTIALS_ROOT.to_owned(),
+        }
+    }
+
+    /// A tampered table is refused naming the target, the field and the rule: a host off the
+    /// allowlist, credentials over plain http, a key file outside the credentials root.
+    #[test]
+    fn tampered_tables_are_refused() {
+        let ok_key = "/var/run/detour/credentials/openai/api-key";
+        let e = check_table(&table("https://evil.example/v1", false, ok_key), &cluster_guard()).unwrap_err();
+        assert_eq!(e.field, "endpoint");
+        assert!(e.message.contains("not in the platform's allowlist"), "{e}");
+        assert!(
+            e.to_string().starts_with("route \"m\" target \"t\": endpoint:"),
+            "{e}"
+        );
+
+        let e = check_table(&table("http://127.0.0.1:9/v1", false, ok_key), &Guard::default()).unwrap_err();
+        assert_eq!(e.field, "allowPlainHttp", "{e}");
+
+        let e = check_table(
+            &table(
+                "https://api.openai.com/v1",
+                false,
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            ),
+            &cluster_guard(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "credentials.apiKey");
+        assert!(e.message.contains("outside the credentials directory"), "{e}");
+
+        assert!(
+            check_table(
+                &table("https://api.openai.com/v1", false, ok_key),
+                &cluster_guard()
+            )
+            .is_ok()
+        );
+        assert!(check_table(&table("http://127.0.0.1:9/v1", true, ok_key), &Guard::default()).is_ok());
+    }
+
+    /// Resolved addresses: metadata never, loopback only behind a loopback endpoint.
+    #[test]
+    fn resolved_addresses() {
+        let md: SocketAddr = "169.254.169.254:80".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert!(check_addr("llm.example", &md).is_err());
+        assert!(check_addr("llm.example", &lo).is_err());
+        assert!(check_addr("localhost", &lo).is_ok());
+    }
+}
