@@ -757,7 +757,9 @@ async fn attempt(
             Ok((held, rest)) => {
                 ttft = Some(t0.elapsed());
                 if mode == Mode::Stream {
-                    // Committed: the attempt ends, and is recorded, with the stream.
+                    // Committed: the attempt ends, and is recorded, with the stream. The wait
+                    // for its first event was the upstream's time, not the sidecar's.
+                    ctx.waited += t0.elapsed();
                     ctx.target = Some(target.clone());
                     return Ok(Success {
                         peeked: Peeked::Stream(held, rest),
@@ -1126,6 +1128,9 @@ enum End {
     Broken(Class),
     /// The client went away first (the target was serving: not its failure).
     ClientGone,
+    /// The client's `x-detour-timeout-ms` ran out while the target was still serving: a
+    /// broken stream for the client, not the target's failure.
+    ClientDeadline,
 }
 
 impl StreamGuard {
@@ -1137,6 +1142,7 @@ impl StreamGuard {
             End::Complete => (Class::Ok, Outcome::Ok, None),
             End::Broken(class) => (class, Outcome::StreamError, Some(class)),
             End::ClientGone => (Class::Ok, Outcome::Cancelled, None),
+            End::ClientDeadline => (Class::Ok, Outcome::StreamError, Some(Class::Timeout)),
         };
         if error.is_some() {
             self.target.metrics.stream_error();
@@ -1230,14 +1236,18 @@ impl StreamState {
         sse::encode(&Event::Done)
     }
 
-    /// The next event, within the idle bound and the client's deadline.
-    async fn next(&mut self) -> Result<Option<Result<Event, Failure>>, tokio::time::error::Elapsed> {
+    /// The next event, within the idle bound and the client's deadline; `Err(true)` when the
+    /// client's deadline passed first, `Err(false)` when the upstream was silent too long.
+    async fn next(&mut self) -> Result<Option<Result<Event, Failure>>, bool> {
         if let Some(ev) = self.held.pop_front() {
             return Ok(Some(Ok(ev)));
         }
         let idle = Instant::now() + self.idle;
+        let client_first = self.client.is_some_and(|c| c <= idle);
         let until = self.client.map_or(idle, |c| c.min(idle));
-        timeout_at(until, self.rest.next()).await
+        timeout_at(until, self.rest.next())
+            .await
+            .map_err(|_| client_first)
     }
 }
 
@@ -1247,6 +1257,17 @@ fn error_event(target: &str, class: Class) -> Bytes {
         "type": "upstream_error",
         "param": null,
         "code": class.as_str(),
+    }});
+    sse::encode(&Event::Data(v))
+}
+
+/// The error event of a stream cut by the client's own `x-detour-timeout-ms`.
+fn client_deadline_event() -> Bytes {
+    let v = json!({"error": {
+        "message": "the request's x-detour-timeout-ms passed while the answer was streaming; the response is incomplete",
+        "type": "timeout",
+        "param": null,
+        "code": Class::Timeout.as_str(),
     }});
     sse::encode(&Event::Data(v))
 }
@@ -1299,8 +1320,15 @@ fn stream_body(
             Ok(Some(Err(f))) => st.broken(f.class),
             // Ended before its finish_reason: a silent truncation is a broken stream.
             Ok(None) => st.broken(Class::Reset),
-            // Silent past `streamIdle`, or past the client's own deadline.
-            Err(_) => st.broken(Class::Timeout),
+            // Silent past `streamIdle`: the upstream's failure.
+            Err(false) => st.broken(Class::Timeout),
+            // Past the client's own deadline: the stream ends as broken for the client, but
+            // the target was serving and is not charged.
+            Err(true) => {
+                st.phase = Phase::Abort;
+                st.guard.end(End::ClientDeadline);
+                client_deadline_event()
+            }
         };
         Some((Ok(out), st))
     });

@@ -63,7 +63,8 @@ async fn breaker(sc: &Sidecar, route: &str, target: &str) -> f64 {
 /// A healthy stream that lasts longer than `perAttempt` and `total` (12 chunks 100 ms apart,
 /// 1.3 s against 400 ms and 1 s) completes: only `streamIdle` bounds a committed stream, and
 /// the healthy target is charged nothing. A stream silent for longer than `streamIdle` breaks
-/// with a `timeout` error event and no `[DONE]`.
+/// with a `timeout` error event and no `[DONE]`. The wait for the first event is not counted
+/// as the sidecar's overhead.
 #[tokio::test]
 async fn committed_streams_are_bounded_by_stream_idle_only() {
     let fake = Fake::start().await;
@@ -98,6 +99,8 @@ async fn committed_streams_are_bounded_by_stream_idle_only() {
     assert_eq!(rec.outcome, "ok");
     assert_eq!(rec.attempts.len(), 1);
     assert_eq!(rec.attempts[0].class, Class::Ok);
+    // The 100 ms before the first event were the upstream's, not the sidecar's overhead.
+    assert!(rec.overhead_us < 50_000, "{}", rec.overhead_us);
 
     let r = sc.chat_stream("stall").await;
     assert!(!r.complete, "a broken stream ends abnormally");
@@ -111,7 +114,8 @@ async fn committed_streams_are_bounded_by_stream_idle_only() {
 }
 
 /// The client's `x-detour-timeout-ms` bounds a committed stream too: a healthy stream still
-/// sending when it runs out breaks with a `timeout` error event and no `[DONE]`.
+/// sending when it runs out breaks with a `timeout` error event and no `[DONE]`, and the
+/// target, which was serving, is not charged (a one-failure breaker stays closed).
 #[tokio::test]
 async fn the_client_deadline_bounds_a_committed_stream() {
     let fake = Fake::start().await;
@@ -123,7 +127,8 @@ async fn the_client_deadline_bounds_a_committed_stream() {
             tail: Tail::Done,
         }],
     );
-    let yaml = policy("") + &route("long", "p", &[("primary", fake.endpoint("long"))]);
+    let yaml = policy("  health:\n    failureThreshold: 1\n")
+        + &route("long", "p", &[("primary", fake.endpoint("long"))]);
     let mut sc = start(&yaml).await;
     let body = json!({"model": "long", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let t = Instant::now();
@@ -142,6 +147,8 @@ async fn the_client_deadline_bounds_a_committed_stream() {
     assert_eq!(json_of(ev.last().unwrap())["error"]["code"], "timeout");
     let rec = sc.audit_of(&r).await;
     assert_eq!(rec.stream_error, Some(Class::Timeout));
+    assert_eq!(rec.attempts[0].class, Class::Ok, "the target was serving");
+    assert_eq!(breaker(&sc, "long", "primary").await, 0.0);
     sc.stop().await;
 }
 
