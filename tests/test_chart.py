@@ -45,6 +45,7 @@ ALL_ON = {
         "sidecar": {"namespaces": ["shop"], "egress": {"enabled": True, "providerCIDRs": ["203.0.113.0/24"]}},
     },
     "resourceQuota": {"enabled": True, "namespaces": ["shop", "web"], "modelRoutes": 5},
+    "credentials": {"allowedHosts": ["api.openai.com", "vllm.models.svc.cluster.local"], "namespaces": ["shop", "web"]},
 }
 CASES = {"default": None, "all-on": ALL_ON}
 # The certificate mode of each case: the default issues its own, all-on uses cert-manager.
@@ -170,7 +171,9 @@ def test_rbac_per_certificate_mode(chart) -> None:
     """Self-issued: the Role reaches only the webhook's TLS Secret by name (create alone, as
     RBAC cannot name it) and the ClusterRole patches only our webhook configuration. With
     cert-manager neither exists. In both, ConfigMaps only by the name detour-routes (create
-    alone) and the Lease only by its name."""
+    alone) and the Lease only by its name. No Secret rule in the operator's ClusterRole in
+    either mode: Secrets are read only through detour-credentials-reader (get, nothing else),
+    bound by a RoleBinding per listed namespace."""
     own, cm = documents(chart, None), documents(chart, ALL_ON)
     assert grants(rules_of(own, "Role"), "", "secrets") == [
         (("get", "patch"), ("detour-webhook-tls",)),
@@ -183,11 +186,20 @@ def test_rbac_per_certificate_mode(chart) -> None:
     assert grants(rules_of(cm, "ClusterRole"), "admissionregistration.k8s.io", "mutatingwebhookconfigurations") == []
     for docs in (own, cm):
         configmaps = grants(rules_of(docs, "ClusterRole"), "", "configmaps")
-        assert configmaps == [(("get", "list", "watch", "patch"), ("detour-routes",)), (("create",), ())]
+        assert configmaps == [(("list", "watch", "patch"), ("detour-routes",)), (("create",), ())]
+        assert grants(rules_of(docs, "ClusterRole"), "", "secrets") == []
+        (reader,) = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "detour-credentials-reader"]
+        assert reader["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
         assert grants(rules_of(docs, "Role"), "coordination.k8s.io", "leases") == [
             (("get", "update"), ("detour-operator",)),
             (("create",), ()),
         ]
+    bindings = [d for d in cm if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "detour-credentials-reader"]
+    assert [b["metadata"]["namespace"] for b in bindings] == ["shop", "web"]
+    for b in bindings:
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "detour-credentials-reader"}
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "detour-operator", "namespace": NAMESPACE}]
+    assert not [d for d in own if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "detour-credentials-reader"]
 
 
 def test_route_write_is_not_aggregated(chart) -> None:
@@ -303,6 +315,25 @@ def test_images_by_digest(chart) -> None:
     for bad in ["sha256:abc", "latest", "sha512:" + "a" * 64]:
         with pytest.raises(helm.HelmError):
             chart.validate_schema(chart.merge_values({"image": {"digest": bad}}))
+
+
+def test_endpoint_allowlist_and_default_routes_reach_the_operator(chart) -> None:
+    """credentials.allowedHosts becomes --allowed-hosts (the providers' public hosts by
+    default) and webhook.defaultRoutes --default-routes (none by default); the schema refuses
+    an empty list, a URL instead of a host, and an unknown selection."""
+    default = args_of(documents(chart, None))
+    assert "--allowed-hosts=api.openai.com,api.anthropic.com,*.openai.azure.com,bedrock-runtime.*.amazonaws.com" in default
+    assert "--default-routes=none" in default
+    args = args_of(documents(chart, {**ALL_ON, "webhook": {"defaultRoutes": "all"}}))
+    assert "--allowed-hosts=api.openai.com,vllm.models.svc.cluster.local" in args
+    assert "--default-routes=all" in args
+    for bad in [
+        {"credentials": {"allowedHosts": []}},
+        {"credentials": {"allowedHosts": ["https://evil.example/"]}},
+        {"webhook": {"defaultRoutes": "some"}},
+    ]:
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(chart.merge_values(bad))
 
 
 def test_image_override_allowlist_reaches_the_operator(chart) -> None:

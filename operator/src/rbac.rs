@@ -11,6 +11,10 @@
 //! MutatingWebhookConfiguration's `caBundle`) exist only when the operator issues the
 //! certificate itself; with cert-manager the operator reads mounted files and needs neither.
 //!
+//! No Secret of any other namespace is readable through these roles. The operator reads a
+//! referenced Secret's metadata (its opt-in label) only in namespaces that bind the
+//! ClusterRole [`CREDENTIALS_READER_ROLE`] ([`CREDENTIALS_READER`]) to its ServiceAccount.
+//!
 //! Change a call in the code, change it here, and the chart follows or its test fails.
 
 use detour_api::defaults;
@@ -22,6 +26,9 @@ pub const LEASE: &str = "detour-operator";
 pub const WEBHOOK_SECRET: &str = "detour-webhook-tls";
 /// The MutatingWebhookConfiguration whose `caBundle` the operator keeps current.
 pub const WEBHOOK_CONFIG: &str = "detour-injector";
+/// The ClusterRole a namespace binds (RoleBinding) to let the operator read the metadata of
+/// the Secrets its routes reference; the chart ships it unbound.
+pub const CREDENTIALS_READER_ROLE: &str = "detour-credentials-reader";
 
 /// One RBAC rule: verbs on one resource of one API group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,16 +81,13 @@ pub const CLUSTER: &[Rule] = &[
     rule("detour.dev", "routingpolicies/status", &["patch"]),
     // Namespaces are the controller's root objects (metadata only).
     rule("", "namespaces", &["list", "watch"]),
-    // Secrets: a metadata watch (triggers), and a GET of the referenced ones for their key
-    // names (values are discarded while parsing, see `controller::secret_keys`).
-    rule("", "secrets", &["get", "list", "watch"]),
     // The route tables, only those named `detour-routes`: watched (metadata, with a
     // `metadata.name` field selector, which is what lets RBAC restrict list and watch by
-    // name), applied, read by the webhook. No other ConfigMap can be read or written.
+    // name) and applied. No other ConfigMap can be read or written.
     named(
         "",
         "configmaps",
-        &["get", "list", "watch", "patch"],
+        &["list", "watch", "patch"],
         &[defaults::CONFIG_MAP],
     ),
     // The first apply in a namespace creates the table (authorised as create, by no name).
@@ -118,6 +122,11 @@ pub const NAMESPACED_SELF_ISSUED: &[Rule] = &[
     named("", "secrets", &["get", "patch"], &[WEBHOOK_SECRET]),
     rule("", "secrets", &["create"]),
 ];
+
+/// ClusterRole [`CREDENTIALS_READER_ROLE`], granted per namespace by a RoleBinding: the
+/// metadata GET of a Secret a route names (its `detour.dev/credentials` label), by the
+/// controller and the webhook. `get` only: no list or watch, so no Secret is enumerated.
+pub const CREDENTIALS_READER: &[Rule] = &[rule("", "secrets", &["get"])];
 
 /// The ClusterRole's rules in `certs` mode.
 pub fn cluster(certs: Certs) -> Vec<Rule> {
@@ -281,6 +290,23 @@ mod tests {
         assert!(!allows(&cluster, &cm("patch", Some("aws-auth"))));
         assert!(!allows(&cluster, &cm("list", None)), "an unselected list");
         assert!(allows(&cluster, &cm("create", None)));
+        assert!(
+            !allows(&cluster, &cm("get", Some("detour-routes"))),
+            "nobody reads it"
+        );
+        for certs in [Certs::SelfIssued, Certs::CertManager] {
+            for verb in ["get", "list", "watch"] {
+                let secrets = access(verb, "", "secrets", Some("db-creds"));
+                assert!(
+                    !allows(&self::cluster(certs), &secrets),
+                    "{verb} secrets cluster-wide"
+                );
+            }
+        }
+        let secret = |verb: &str| access(verb, "", "secrets", Some("openai"));
+        assert!(allows(CREDENTIALS_READER, &secret("get")));
+        assert!(!allows(CREDENTIALS_READER, &access("list", "", "secrets", None)));
+        assert!(!allows(CREDENTIALS_READER, &secret("watch")));
 
         let mwc = access(
             "patch",

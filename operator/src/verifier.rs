@@ -2,9 +2,9 @@
 //! scenario states, in order, the requests it expects (verb, path, field manager, body) and
 //! what the apiserver answers; anything else fails the test. Every call is also checked
 //! against [`crate::rbac`] (verb, resource and name), so the chart's RBAC cannot lag behind
-//! the code: [`mock_client`] grants only the rules of every certificate mode, so the
-//! controller's and the webhook's tests prove they need nothing about certificates;
-//! [`mock_client_for`] adds a mode's own rules.
+//! the code: [`mock_client`] grants only the rules of every certificate mode (plus the
+//! per-namespace credentials reader), so the controller's and the webhook's tests prove they
+//! need nothing about certificates; [`mock_client_for`] adds a mode's own rules.
 
 use http::{Request, Response};
 use kube::Client;
@@ -37,7 +37,13 @@ pub fn mock_client() -> (Client, ApiServerVerifier) {
 /// A client wired to a fresh verifier granting the rules of `certs` mode.
 pub fn mock_client_for(certs: rbac::Certs) -> (Client, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let granted = [rbac::cluster(certs), rbac::namespaced(certs)].concat();
+    // The credentials reader as if every namespace of the test had bound it.
+    let granted = [
+        rbac::cluster(certs),
+        rbac::namespaced(certs),
+        rbac::CREDENTIALS_READER.to_vec(),
+    ]
+    .concat();
     (
         Client::new(service, "default"),
         ApiServerVerifier { handle, granted },

@@ -6,7 +6,8 @@
 //!   does not know (a typo, a wrong indent) is reported with its path.
 //! - `manifest-check rbac FILE (self-issued|cert-manager)`: the ClusterRole and Role in FILE
 //!   must grant exactly the calls `detour_operator::rbac` lists for that certificate mode
-//!   (names included), no more and no less.
+//!   (names included), no more and no less, and so must the ClusterRole
+//!   `detour-credentials-reader` that namespaces bind.
 //!
 //! Prints one line per finding; exits non-zero when there is any. Used by tests/test_chart.py.
 
@@ -290,6 +291,19 @@ fn check_rbac(docs: &[Value], certs: Certs) -> Vec<String> {
         )),
         Some(Err(e)) => findings.push(format!("Role detour-operator does not parse: {e}")),
         None => findings.push("no Role detour-operator".to_owned()),
+    }
+    let what = format!("ClusterRole {}", rbac::CREDENTIALS_READER_ROLE);
+    let reader = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == rbac::CREDENTIALS_READER_ROLE);
+    match reader.map(ClusterRole::deserialize) {
+        Some(Ok(role)) => findings.extend(compare(
+            &what,
+            grants_of(role.rules.as_deref().unwrap_or_default()),
+            needed(rbac::CREDENTIALS_READER),
+        )),
+        Some(Err(e)) => findings.push(format!("{what} does not parse: {e}")),
+        None => findings.push(format!("no {what}")),
     }
     findings
 }
