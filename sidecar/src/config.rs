@@ -69,10 +69,18 @@ pub fn parse_with(source: &Source, text: &str, guard: &Guard) -> Result<Loaded, 
         Source::Json(_) => {
             let table = RouteTable::from_json(text).map_err(|e| format!("{path}: {e}"))?;
             egress::check_table(&table, guard).map_err(|e| format!("{path}: refused: {e}"))?;
-            Ok(Loaded {
-                table,
-                notes: Vec::new(),
-            })
+            let notes = egress::unreadable_credentials(&table)
+                .into_iter()
+                .map(|(model, target, file)| Note {
+                    error: false,
+                    message: format!(
+                        "route {model:?} target {target:?}: credential file {file} cannot be read; its requests \
+                         will fail until it can (is the key name right, and does this pod select the route \
+                         with detour.dev/routes?)"
+                    ),
+                })
+                .collect();
+            Ok(Loaded { table, notes })
         }
         Source::Yaml(_) => {
             let compiled = detour_api::compile_yaml_with(text, &guard.credentials_root, &guard.allowed_hosts)
