@@ -274,10 +274,11 @@ def assert_broken_stream(r, content):
 def test_01_a_healthy_stream_outlives_per_attempt_and_total(upstream, tmp_path):
     """A committed stream is bounded by the gap between events, not by `perAttempt` or
     `total`: a 2.5 s stream under a 1 s per-attempt and total deadline arrives whole,
-    charged to nobody; the client's own `x-detour-timeout-ms` still ends it."""
+    charged to nobody; the client's own `x-detour-timeout-ms` still ends it, without charging
+    the healthy target. The upstream's wait for its first event is not the sidecar's overhead."""
     upstream.script("s01", "ok", chunks=25, interval_ms=100)
     routes = manifest({"p": policy(timeouts={"perAttempt": "1s", "total": "1s", "firstByte": "400ms",
-                                             "streamIdle": "600ms"})},
+                                             "streamIdle": "600ms"}, health={"failureThreshold": 1})},
                       {"llm/long": ("p", [upstream.target("primary", "s01"), upstream.target("backup", "s01b")])})
     with sidecar(tmp_path, routes) as sc:
         r = post(sc, "llm/long", True)
@@ -291,12 +292,17 @@ def test_01_a_healthy_stream_outlives_per_attempt_and_total(upstream, tmp_path):
         assert metric(sc, "detour_attempts_total", target="primary") == 1
         assert metric(sc, "detour_stream_errors_total") == 0
         assert breaker(sc, "llm/long", "primary") == 0
+        # The first event came after 100 ms: upstream time, not overhead.
+        assert audit(sc, r)["overhead_us"] < 50_000, audit(sc, r)
 
-        # The client's own deadline still bounds a committed stream.
+        # The client's own deadline still bounds a committed stream, and says nothing about
+        # the target's health: a 1-failure breaker stays closed.
         r = post(sc, "llm/long", True, headers={"x-detour-timeout-ms": "1200"})
         assert_broken_stream(r, r.content())
         assert 1.1 <= r.elapsed < 2.0, r.elapsed
         assert 8 <= len(r.content().split()) < 20, r.content()
+        assert breaker(sc, "llm/long", "primary") == 0
+        assert post(sc, "llm/long", True, headers={"x-detour-timeout-ms": "300"}).headers["x-detour-target"] == "primary"
 
 
 def test_01_realtime_a_stream_longer_than_30s_completes_under_the_defaults(upstream, tmp_path):
