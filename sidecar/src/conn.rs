@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Version, header};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -38,7 +38,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 use tower::{Service, ServiceExt};
 
-use crate::body::{Body, Response};
+use crate::body::{Guarded, Response};
 use crate::layers::request_id::RequestId;
 use crate::proxy::Shared;
 
@@ -250,7 +250,8 @@ struct Tracked<S> {
 }
 
 impl<S: Serve> hyper::service::Service<Request<Incoming>> for Tracked<S> {
-    type Response = http::Response<TrackedBody>;
+    /// Each request counts as in flight until its body is done (or dropped).
+    type Response = http::Response<Guarded<Active>>;
     type Error = std::convert::Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -269,37 +270,8 @@ impl<S: Serve> hyper::service::Service<Request<Incoming>> for Tracked<S> {
                 }
                 *resp.body_mut() = crate::body::full(Bytes::new());
             }
-            Ok(resp.map(|body| TrackedBody {
-                body,
-                _active: active,
-            }))
+            Ok(resp.map(|body| Guarded::new(body, active)))
         })
-    }
-}
-
-/// A response body that keeps its request counted as in flight.
-struct TrackedBody {
-    body: Body,
-    _active: Active,
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = <Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

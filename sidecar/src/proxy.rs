@@ -523,13 +523,7 @@ async fn serve(
             for n in 1..=policy.retry.attempts.max(1) {
                 if n > 1 {
                     let now = Instant::now();
-                    let granted = route
-                        .budget
-                        .lock()
-                        .map(|mut b| b.try_withdraw(now))
-                        .unwrap_or(false);
-                    if !granted {
-                        route.metrics.budget_exhausted().inc();
+                    if !route.withdraw_retry(now) {
                         break;
                     }
                     let delay = backoff(&policy.retry, n - 1, fastrand::f64());
@@ -658,16 +652,7 @@ fn rate_limit_wait(
     if waited + wait > max || wait >= deadline.remaining(now) {
         return None;
     }
-    let granted = route
-        .budget
-        .lock()
-        .map(|mut b| b.try_withdraw(now))
-        .unwrap_or(false);
-    if !granted {
-        route.metrics.budget_exhausted().inc();
-        return None;
-    }
-    Some(wait)
+    route.withdraw_retry(now).then_some(wait)
 }
 
 fn book_fallback(metrics: &Metrics, route: &str, from: &str, to: &str, reason: &'static str) {

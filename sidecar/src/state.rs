@@ -113,6 +113,20 @@ impl RouteRt {
     pub fn target(&self, name: &str) -> Option<&Arc<TargetRt>> {
         self.targets.iter().find(|t| t.cfg.name == name)
     }
+
+    /// Pays for one retry (or rate-limit wait) from the route's retry budget; a refusal is
+    /// counted in `detour_retry_budget_exhausted_total`.
+    pub fn withdraw_retry(&self, now: Instant) -> bool {
+        let granted = self
+            .budget
+            .lock()
+            .map(|mut b| b.try_withdraw(now))
+            .unwrap_or(false);
+        if !granted {
+            self.metrics.budget_exhausted().inc();
+        }
+        granted
+    }
 }
 
 /// The table being served.

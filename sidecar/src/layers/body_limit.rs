@@ -7,18 +7,16 @@
 //! proxy needs the whole JSON body anyway to route by `model` and to replay it on failover.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::{Request, StatusCode, header};
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use crate::body::{Body, Response};
+use crate::body::{Body, Guarded, Response};
 use crate::budget::{Budget, Reservation};
 use crate::error::ApiError;
 use crate::layers::request_id::Refused;
@@ -185,34 +183,8 @@ where
             }
             // The body stays reserved until the answer is done: the proxy may replay it
             // until then.
-            Ok(resp.map(|body| Body::new(Holding { body, _held: held })))
+            Ok(resp.map(|body| Body::new(Guarded::new(body, held))))
         })
-    }
-}
-
-/// An answer that keeps its request's body reserved until it is done.
-struct Holding {
-    body: Body,
-    _held: Reservation,
-}
-
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = <Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
