@@ -411,6 +411,35 @@ static WORD_BYTES: [bool; 256] = {
     table
 };
 
+/// The byte range of the next run of word characters in `rest`; byte by byte when the text is
+/// ASCII (`ascii`), char by char otherwise. Shared by both scorers' word splitters, which differ
+/// only in what a word character is.
+pub(crate) fn word_span(
+    rest: &str,
+    ascii: bool,
+    is_word_byte: impl Fn(u8) -> bool,
+    is_word_char: impl Fn(char) -> bool,
+) -> Option<(usize, usize)> {
+    if ascii {
+        let bytes = rest.as_bytes();
+        let start = bytes.iter().position(|&b| is_word_byte(b))?;
+        let len = bytes
+            .get(start..)?
+            .iter()
+            .take_while(|&&b| is_word_byte(b))
+            .count();
+        Some((start, start + len))
+    } else {
+        let (start, _) = rest.char_indices().find(|&(_, c)| is_word_char(c))?;
+        let tail = rest.get(start..)?;
+        let len = tail
+            .char_indices()
+            .find(|&(_, c)| !is_word_char(c))
+            .map_or(tail.len(), |(i, _)| i);
+        Some((start, start + len))
+    }
+}
+
 /// Splits text into words: runs of letters, digits and `_ - # '`. ASCII text is split byte by
 /// byte (the common case, and the hot loop of the scorer); other text char by char.
 struct Words<'a> {
@@ -424,24 +453,7 @@ impl<'a> Words<'a> {
         let is_word_byte = |b: u8| WORD_BYTES[usize::from(b)];
         let is_word_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '#' | '\'');
         let rest = self.s.get(self.pos..)?;
-        let (start, end) = if self.ascii {
-            let bytes = rest.as_bytes();
-            let start = bytes.iter().position(|&b| is_word_byte(b))?;
-            let len = bytes
-                .get(start..)?
-                .iter()
-                .take_while(|&&b| is_word_byte(b))
-                .count();
-            (start, start + len)
-        } else {
-            let (start, _) = rest.char_indices().find(|&(_, c)| is_word_char(c))?;
-            let tail = rest.get(start..)?;
-            let len = tail
-                .char_indices()
-                .find(|&(_, c)| !is_word_char(c))
-                .map_or(tail.len(), |(i, _)| i);
-            (start, start + len)
-        };
+        let (start, end) = word_span(rest, self.ascii, is_word_byte, is_word_char)?;
         self.pos += end;
         rest.get(start..end)
     }

@@ -26,7 +26,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{ScoreError, WORD_BYTES, saturate};
+use super::{ScoreError, WORD_BYTES, saturate, word_span};
 
 /// Weight of earlier user turns and of the system prompt against the latest user turn.
 pub const HISTORY: f64 = 0.35;
@@ -737,24 +737,7 @@ impl<'a> Words<'a> {
             }
         };
         let rest = self.s.get(self.pos..)?;
-        let (start, end) = if self.ascii {
-            let bytes = rest.as_bytes();
-            let start = bytes.iter().position(|&b| is_word_byte(b))?;
-            let len = bytes
-                .get(start..)?
-                .iter()
-                .take_while(|&&b| is_word_byte(b))
-                .count();
-            (start, start + len)
-        } else {
-            let (start, _) = rest.char_indices().find(|&(_, c)| is_word_char(c))?;
-            let tail = rest.get(start..)?;
-            let len = tail
-                .char_indices()
-                .find(|&(_, c)| !is_word_char(c))
-                .map_or(tail.len(), |(i, _)| i);
-            (start, start + len)
-        };
+        let (start, end) = word_span(rest, self.ascii, is_word_byte, is_word_char)?;
         self.pos += end;
         rest.get(start..end)
     }
