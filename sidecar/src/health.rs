@@ -24,11 +24,16 @@
 //! - Latency is tracked as an EWMA of successful attempts (TTFT for streams); above
 //!   `latency_threshold` the target is *degraded*: still used, but after the healthy ones.
 //!
+//! - [`Breaker::report`] is the read-only view the admin port's `GET /v1/health` publishes
+//!   (state, counts in the window, latency, last failure): a copy of a few fields taken under
+//!   the breaker's lock, which is never held across an await.
+//!
 //! All times are `tokio::time::Instant`, so the tests run on a paused clock.
 
 use std::time::Duration;
 
 use detour_api::table::Health;
+use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::class::Class;
@@ -142,6 +147,32 @@ pub struct Breaker {
     ewma_ms: Option<f64>,
     /// Counts half-open periods, to tell a probe's verdict from a stale one.
     period: u32,
+    /// The class and time of the latest failure, for the health report.
+    last_failure: Option<(Class, Instant)>,
+}
+
+/// One target's breaker as `GET /v1/health` reports it: a snapshot, times relative to the
+/// moment it was taken (so no two clocks need to agree).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// `closed`, `half-open` or `open`.
+    pub state: &'static str,
+    pub consecutive_failures: u32,
+    /// Attempts and failures counted in the error-rate window.
+    pub window_requests: u32,
+    pub window_failures: u32,
+    /// `window_failures / window_requests` (0 without requests).
+    pub error_rate: f64,
+    /// EWMA of successful attempts' latency, if any succeeded.
+    pub latency_ms: Option<f64>,
+    /// Slower than the policy's latency threshold.
+    pub degraded: bool,
+    /// The class of the latest failure, and how long ago it was.
+    pub last_failure_class: Option<&'static str>,
+    pub last_failure_ago_ms: Option<u64>,
+    /// While open: how long until the target is probed again.
+    pub open_for_ms: Option<u64>,
 }
 
 impl Breaker {
@@ -156,6 +187,36 @@ impl Breaker {
             buckets: [Bucket::default(); BUCKETS as usize],
             ewma_ms: None,
             period: 0,
+            last_failure: None,
+        }
+    }
+
+    /// The breaker as it stands at `now`, without changing it (a cooldown that ran out reads
+    /// as half-open, as the next admission would see it).
+    pub fn report(&self, now: Instant) -> Report {
+        let (window_requests, window_failures) = self.window(now);
+        let (state, open_for_ms) = match self.state {
+            State::Open { until } if until > now => ("open", Some(millis(until - now))),
+            State::Open { .. } | State::HalfOpen { .. } => ("half-open", None),
+            State::Closed => ("closed", None),
+        };
+        Report {
+            state,
+            consecutive_failures: self.consecutive,
+            window_requests,
+            window_failures,
+            error_rate: if window_requests == 0 {
+                0.0
+            } else {
+                f64::from(window_failures) / f64::from(window_requests)
+            },
+            latency_ms: self.ewma_ms,
+            degraded: self.degraded(),
+            last_failure_class: self.last_failure.map(|(c, _)| c.as_str()),
+            last_failure_ago_ms: self
+                .last_failure
+                .map(|(_, at)| millis(now.saturating_duration_since(at))),
+            open_for_ms,
         }
     }
 
@@ -241,6 +302,9 @@ impl Breaker {
 
     /// Records the verdict of a request admitted as `admission`.
     pub fn record(&mut self, now: Instant, admission: Admission, verdict: Verdict) {
+        if let Verdict::Failure { class, .. } = verdict {
+            self.last_failure = Some((class, now));
+        }
         if let Verdict::Success(latency) = verdict {
             let ms = latency.as_secs_f64() * 1_000.0;
             self.ewma_ms = Some(match self.ewma_ms {
@@ -368,18 +432,77 @@ impl Breaker {
         }
     }
 
-    fn rate_exceeded(&self, now: Instant) -> bool {
+    /// Attempts and failures in the window ending at `now`.
+    fn window(&self, now: Instant) -> (u32, u32) {
         let index = self.bucket_index(now);
         let (mut total, mut failed) = (0u32, 0u32);
         for b in &self.buckets {
             if index.saturating_sub(b.index) < u64::from(BUCKETS) && b.total > 0 {
-                total += b.total;
-                failed += b.failed;
+                total = total.saturating_add(b.total);
+                failed = failed.saturating_add(b.failed);
             }
         }
+        (total, failed)
+    }
+
+    fn rate_exceeded(&self, now: Instant) -> bool {
+        let (total, failed) = self.window(now);
         total >= self.params.min_requests
             && f64::from(failed) >= self.params.error_rate_threshold * f64::from(total)
     }
+}
+
+/// `GET /v1/health`: every target of the table being served, by route. Version 1; fields are
+/// only ever added within a version.
+#[derive(Clone, Debug, Serialize)]
+pub struct Document<'a> {
+    pub version: u32,
+    /// The route table's hash (`detour_config_info`), `None` before one is loaded.
+    pub table: Option<&'a str>,
+    pub routes: Vec<RouteReport<'a>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteReport<'a> {
+    pub route: &'a str,
+    pub targets: Vec<TargetReport<'a>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReport<'a> {
+    pub name: &'a str,
+    #[serde(flatten)]
+    pub breaker: Report,
+}
+
+/// The health document of `table` at `now`. Each breaker's lock is taken once, for a copy.
+pub fn document(table: Option<&crate::state::Snapshot>, now: Instant) -> Document<'_> {
+    let routes = table.map_or_else(Vec::new, |t| {
+        t.models
+            .iter()
+            .filter_map(|m| t.routes.get(m))
+            .map(|r| RouteReport {
+                route: &r.route.model,
+                targets: r
+                    .targets
+                    .iter()
+                    .map(|t| TargetReport {
+                        name: &t.cfg.name,
+                        breaker: t.state.breaker().report(now),
+                    })
+                    .collect(),
+            })
+            .collect()
+    });
+    Document {
+        version: 1,
+        table: table.map(|t| t.hash.as_str()),
+        routes,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -685,5 +808,34 @@ mod tests {
             );
         }
         assert_eq!(b.state(Instant::now()), State::Closed);
+    }
+
+    /// The report reads the window, the streak, the last failure and the time left open,
+    /// and reading it changes nothing (a cooldown that ran out reads as half-open).
+    #[tokio::test(start_paused = true)]
+    async fn report_is_a_read_only_snapshot() {
+        let mut b = Breaker::new(params(), Instant::now());
+        hit(&mut b, Verdict::Success(Duration::from_millis(40)));
+        hit(&mut b, fail());
+        let r = b.report(Instant::now());
+        assert_eq!(r.state, "closed");
+        assert_eq!((r.window_requests, r.window_failures), (2, 1));
+        assert!((r.error_rate - 0.5).abs() < 1e-9);
+        assert_eq!(r.consecutive_failures, 1);
+        assert_eq!(r.latency_ms, Some(40.0));
+        assert_eq!(r.last_failure_class, Some("5xx"));
+        tokio::time::advance(Duration::from_millis(250)).await;
+        hit(&mut b, fail());
+        hit(&mut b, fail());
+        let r = b.report(Instant::now());
+        assert_eq!(r.state, "open");
+        assert_eq!(r.open_for_ms, Some(1_000));
+        assert_eq!(r.last_failure_ago_ms, Some(0));
+        assert_eq!(r.window_requests, 0, "a trip starts a fresh window");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let r = b.report(Instant::now());
+        assert_eq!((r.state, r.open_for_ms), ("half-open", None));
+        assert_eq!(r.last_failure_ago_ms, Some(1_000));
+        assert!(matches!(b.peek(), State::Open { .. }), "reporting moved nothing");
     }
 }

@@ -253,7 +253,7 @@ const ADMIN_LIMITS: Limits = Limits {
     linger: Duration::from_secs(1),
 };
 
-/// The admin listener's service: `/metrics`, `/healthz`, `/readyz`.
+/// The admin listener's service: `/metrics`, `/healthz`, `/readyz`, `/v1/health`.
 #[derive(Clone)]
 struct Admin(Arc<Shared>, Budget);
 
@@ -289,6 +289,22 @@ fn admin_route<B>(shared: &Shared, budget: &Budget, req: &Request<B>) -> Respons
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             r
+        }
+        "/v1/health" => {
+            let table = shared.table.load();
+            let doc = crate::health::document(table.as_deref(), tokio::time::Instant::now());
+            match serde_json::to_vec(&doc) {
+                Ok(json) => {
+                    let mut r = http::Response::new(body::full(Bytes::from(json)));
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r
+                }
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode the health report\n",
+                ),
+            }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if shared.table.load().is_some() => text(StatusCode::OK, "ready\n"),

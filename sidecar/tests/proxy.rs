@@ -116,7 +116,8 @@ async fn client_error_is_returned_not_retried() {
 }
 
 /// After `failureThreshold` consecutive failures the primary's breaker opens and the dead
-/// primary stops receiving traffic, while every request is still answered.
+/// primary stops receiving traffic, while every request is still answered; metrics and the
+/// admin port's `GET /v1/health` report it open.
 #[tokio::test]
 async fn breaker_opens_and_dead_primary_stops_receiving_traffic() {
     let fake = Fake::start().await;
@@ -154,6 +155,21 @@ async fn breaker_opens_and_dead_primary_stops_receiving_traffic() {
         ),
         8.0
     );
+    // The admin port's health document says the same, per route and target.
+    let doc: serde_json::Value = serde_json::from_str(&sc.admin_get("/v1/health").await).unwrap();
+    assert_eq!(doc["version"], 1);
+    let route = &doc["routes"][0];
+    assert_eq!(route["route"], "m");
+    let (primary, backup) = (&route["targets"][0], &route["targets"][1]);
+    assert_eq!(primary["name"], "primary");
+    assert_eq!(primary["state"], "open");
+    assert_eq!(primary["lastFailureClass"], "5xx");
+    assert!(primary["openForMs"].as_u64().unwrap() > 50_000, "{primary}");
+    assert_eq!(backup["state"], "closed");
+    assert_eq!(backup["windowRequests"], 11);
+    assert_eq!(backup["errorRate"], 0.0);
+    assert!(backup["latencyMs"].as_f64().is_some());
+    assert!(backup["lastFailureClass"].is_null());
     sc.stop().await;
 }
 

@@ -574,7 +574,12 @@ impl Sidecar {
     }
 
     pub async fn metrics(&self) -> String {
-        let req = Request::get(format!("http://{}/metrics", self.admin))
+        self.admin_get("/metrics").await
+    }
+
+    /// The body of a GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> String {
+        let req = Request::get(format!("http://{}{path}", self.admin))
             .body(Full::new(Bytes::new()))
             .unwrap();
         let resp = self.client.request(req).await.unwrap();
