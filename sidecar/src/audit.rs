@@ -1,6 +1,8 @@
 //! One JSON line per request on stdout: what was asked of which route, which targets were
 //! tried with what result, who served it. Never prompt text, never a key: the record is
-//! built only from the route table, closed enums and numbers.
+//! built only from the route table, closed enums and numbers, and — for an attempt that
+//! could not reach its upstream — the sidecar's own words for why (the credential file or
+//! variable, or the connection phase that failed; never a value).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,6 +18,10 @@ pub struct AttemptRecord {
     pub class: Class,
     pub status: Option<u16>,
     pub latency_ms: f64,
+    /// Why a `credentials` or `connect-error` attempt failed: the file or variable named
+    /// (never its value), or DNS / refused / TLS / timeout with the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<std::borrow::Cow<'static, str>>,
 }
 
 /// A target passed over without an attempt.
@@ -226,12 +232,14 @@ mod tests {
                         class: Class::RateLimited,
                         status: Some(429),
                         latency_ms: 12.0,
+                        detail: None,
                     },
                     AttemptRecord {
                         target: "backup".to_owned(),
                         class: Class::Ok,
                         status: None,
                         latency_ms: 0.001,
+                        detail: None,
                     },
                 ]
             } else {

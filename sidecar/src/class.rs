@@ -39,11 +39,15 @@ pub enum Class {
     /// each provider's own wording). Another target with a larger window may serve it; it
     /// says nothing about the target's health.
     ContextLength,
+    /// The target's credential could not be had (a key file missing or unreadable, an unset
+    /// environment variable, a token exchange that failed): the request never left the
+    /// sidecar. The next target may serve it; it says nothing about the provider's health.
+    Credentials,
 }
 
 impl Class {
     /// How many classes there are.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 
     /// A dense index (`0..COUNT`), for per-class tables.
     pub const fn index(self) -> usize {
@@ -64,15 +68,18 @@ impl Class {
             Self::ClientError => "client-error",
             Self::BadResponse => "bad-response",
             Self::ContextLength => "context-length",
+            Self::Credentials => "credentials",
         }
     }
 
     /// The policy trigger (`retry.on`, `retry.sameTarget`) this class falls under; `None` for
-    /// classes that never move on (success, client errors) and for `context-length`, which
-    /// moves on by its own rule (to a target with a larger context window).
+    /// classes that never move on (success, client errors), for `context-length`, which
+    /// moves on by its own rule (to a target with a larger context window), and for
+    /// `credentials`, which always moves on to the next target (whatever `retry.on` says:
+    /// no other class of failure is as certain to repeat on the same target).
     pub const fn trigger(self) -> Option<RetryOn> {
         match self {
-            Self::Ok | Self::ClientError | Self::ContextLength => None,
+            Self::Ok | Self::ClientError | Self::ContextLength | Self::Credentials => None,
             // A 2xx we cannot parse is the server's fault: treat it like a 5xx.
             Self::ServerError | Self::BadResponse => Some(RetryOn::ServerError),
             Self::RateLimited => Some(RetryOn::RateLimited),
@@ -86,12 +93,19 @@ impl Class {
 
     /// Whether the breaker counts this as the target being unhealthy. A client error, a
     /// content filter or a prompt too long for the model says nothing about the provider's
-    /// health.
+    /// health, nor does a credential the sidecar could not read (the provider was never
+    /// called).
     pub const fn is_health_failure(self) -> bool {
         !matches!(
             self,
-            Self::Ok | Self::ClientError | Self::ContentFilter | Self::ContextLength
+            Self::Ok | Self::ClientError | Self::ContentFilter | Self::ContextLength | Self::Credentials
         )
+    }
+
+    /// Whether the upstream was never called: the breaker takes no verdict from it (neither
+    /// a failure nor a success with a latency that was never measured).
+    pub const fn never_sent(self) -> bool {
+        matches!(self, Self::Credentials)
     }
 }
 
@@ -120,10 +134,25 @@ mod tests {
             Class::ClientError,
             Class::BadResponse,
             Class::ContextLength,
+            Class::Credentials,
         ];
         assert_eq!(all.len(), Class::COUNT);
         for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index(), i);
         }
+    }
+
+    /// A credential failure is no health signal and no policy trigger: the breaker ignores
+    /// it and the failover loop always moves on.
+    #[test]
+    fn credentials_is_not_a_health_signal() {
+        assert!(!Class::Credentials.is_health_failure());
+        assert!(Class::Credentials.never_sent());
+        assert_eq!(Class::Credentials.trigger(), None);
+        assert_eq!(Class::Credentials.as_str(), "credentials");
+        assert_eq!(
+            crate::health::Verdict::of(Class::Credentials, std::time::Duration::ZERO, None),
+            crate::health::Verdict::Cancelled
+        );
     }
 }

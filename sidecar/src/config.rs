@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use detour_api::{RouteTable, Severity};
 use sha2::{Digest, Sha256};
 
+use crate::credentials;
 use crate::egress::{self, Guard};
 
 /// A route table source.
@@ -69,23 +70,13 @@ pub fn parse_with(source: &Source, text: &str, guard: &Guard) -> Result<Loaded, 
         Source::Json(_) => {
             let table = RouteTable::from_json(text).map_err(|e| format!("{path}: {e}"))?;
             egress::check_table(&table, guard).map_err(|e| format!("{path}: refused: {e}"))?;
-            let notes = egress::unreadable_credentials(&table)
-                .into_iter()
-                .map(|(model, target, file)| Note {
-                    error: false,
-                    message: format!(
-                        "route {model:?} target {target:?}: credential file {file} cannot be read; its requests \
-                         will fail until it can (is the key name right, and does this pod select the route \
-                         with detour.dev/routes?)"
-                    ),
-                })
-                .collect();
+            let notes = credential_notes(&table, true);
             Ok(Loaded { table, notes })
         }
         Source::Yaml(_) => {
             let compiled = detour_api::compile_yaml_with(text, &guard.credentials_root, &guard.allowed_hosts)
                 .map_err(|e| format!("{path}: {e}"))?;
-            let notes: Vec<Note> = compiled
+            let mut notes: Vec<Note> = compiled
                 .diagnostics
                 .iter()
                 .map(|d| Note {
@@ -105,12 +96,33 @@ pub fn parse_with(source: &Source, text: &str, guard: &Guard) -> Result<Loaded, 
                     format!("no route could be compiled: {}", errors.join("; "))
                 });
             }
+            notes.extend(credential_notes(&compiled.table, false));
             Ok(Loaded {
                 table: compiled.table,
                 notes,
             })
         }
     }
+}
+
+/// A warning per credential of `table` that cannot be had now ([`credentials::problems`]):
+/// logged whenever a table loads, so a wrong key name or a missing file shows at start-up
+/// and on each reload, not only as failed requests. `cluster`: add where a pod's Secrets
+/// come from.
+fn credential_notes(table: &RouteTable, cluster: bool) -> Vec<Note> {
+    credentials::problems(table)
+        .into_iter()
+        .map(|p| Note {
+            error: false,
+            message: if cluster {
+                format!(
+                    "{p} (is the key name right, and does this pod select the route with detour.dev/routes?)"
+                )
+            } else {
+                p.to_string()
+            },
+        })
+        .collect()
 }
 
 /// Reads and parses `source` under the default [`Guard`].

@@ -123,36 +123,6 @@ fn check_target(t: &Target, guard: &Guard) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// The credential files of `table` that cannot be read now, as `route, target, path`: the
-/// operator never reads a Secret's keys, so a wrong key name, or a route whose Secret this
-/// pod does not mount (it does not select the route), shows here when the table loads.
-pub fn unreadable_credentials(table: &RouteTable) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for route in &table.routes {
-        for t in &route.targets {
-            let Some(c) = &t.credentials else { continue };
-            let files = [
-                &c.api_key,
-                &c.access_key_id,
-                &c.secret_access_key,
-                &c.session_token,
-            ]
-            .into_iter()
-            .filter_map(|s| match s {
-                Some(CredentialSource::File(path)) => Some(path.clone()),
-                _ => None,
-            })
-            .chain(c.web_identity.as_ref().map(|w| w.token_file.clone()));
-            for path in files {
-                if std::fs::metadata(&path).map_or(true, |m| !m.is_file()) {
-                    out.push((route.model.clone(), t.name.clone(), path));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The check of one resolved address of `host` before connecting to it.
 pub fn check_addr(host: &str, addr: &SocketAddr) -> Result<(), Refused> {
     egress::check_resolved(host, addr.ip())
@@ -224,20 +194,6 @@ mod tests {
             .is_ok()
         );
         assert!(check_table(&table("http://127.0.0.1:9/v1", true, ok_key), &Guard::default()).is_ok());
-    }
-
-    /// A credential file that is missing is named, with its route and target, at load.
-    #[test]
-    fn unreadable_credential_files_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("api-key");
-        let t = table("https://api.openai.com/v1", false, &key.display().to_string());
-        assert_eq!(
-            unreadable_credentials(&t),
-            vec![("m".to_owned(), "t".to_owned(), key.display().to_string())]
-        );
-        std::fs::write(&key, "k").unwrap();
-        assert!(unreadable_credentials(&t).is_empty());
     }
 
     /// Resolved addresses: metadata never, loopback only behind a loopback endpoint.

@@ -114,7 +114,9 @@ pub enum Verdict {
 impl Verdict {
     /// The verdict an attempt of class `class` gives.
     pub fn of(class: Class, latency: Duration, retry_after: Option<Duration>) -> Self {
-        if class.is_health_failure() {
+        if class.never_sent() {
+            Self::Cancelled
+        } else if class.is_health_failure() {
             Self::Failure { class, retry_after }
         } else {
             Self::Success(latency)

@@ -23,6 +23,7 @@
 //! abnormally ([`body::Aborted`]), so even clients that ignore error events see a failed
 //! transfer.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -168,6 +169,8 @@ struct AttemptEnd {
     retry_after: Option<Duration>,
     elapsed: Duration,
     latency: Duration,
+    /// The failure's own words, kept for the classes whose cause is the sidecar's to name.
+    detail: Option<Cow<'static, str>>,
 }
 
 impl Ctx {
@@ -227,6 +230,7 @@ impl Ctx {
             class,
             status: end.status,
             latency_ms: ms(end.elapsed),
+            detail: end.detail.clone(),
         });
     }
 
@@ -547,6 +551,11 @@ async fn serve(
                             too_long.refused(target, f);
                             break;
                         }
+                        if f.class == Class::Credentials {
+                            // Nothing was sent: the next target may have its credential, and
+                            // this one will not have it a few milliseconds from now.
+                            break;
+                        }
                         let Some(trigger) = f.class.trigger() else {
                             return passthrough(ctx, target, f);
                         };
@@ -772,6 +781,7 @@ async fn attempt(
             retry_after: None,
             elapsed,
             latency: ttft.unwrap_or(elapsed),
+            detail: None,
         },
         Err(f) => AttemptEnd {
             class: f.class,
@@ -779,6 +789,7 @@ async fn attempt(
             retry_after: f.retry_after,
             elapsed,
             latency: elapsed,
+            detail: matches!(f.class, Class::Credentials | Class::ConnectError).then(|| f.detail.clone()),
         },
     };
     ctx.record(target, admission, &end);
@@ -1044,10 +1055,11 @@ fn exhausted(mut ctx: Ctx, route: &RouteRt, targets: &[Arc<TargetRt>], deadline:
         .iter()
         .map(|a| {
             format!(
-                "{}: {}{} after {} ms",
+                "{}: {}{}{} after {} ms",
                 a.target,
                 a.class,
                 a.status.map(|s| format!(" ({s})")).unwrap_or_default(),
+                a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
                 a.latency_ms.round()
             )
         })
@@ -1138,6 +1150,7 @@ impl StreamGuard {
             retry_after: None,
             elapsed: self.pending.t0.elapsed(),
             latency: self.ttft,
+            detail: None,
         };
         ctx.record(&self.target, self.pending.admission, &end);
         self.pending.probe.disarm();

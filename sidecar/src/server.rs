@@ -25,7 +25,7 @@ use crate::layers::router::Router;
 use crate::metrics::Metrics;
 use crate::providers::HttpClient;
 use crate::proxy::Shared;
-use crate::state::Registry;
+use crate::state::{Registry, Snapshot};
 
 /// How the sidecar runs.
 #[derive(Debug, Clone)]
@@ -307,10 +307,50 @@ fn admin_route<B>(shared: &Shared, budget: &Budget, req: &Request<B>) -> Respons
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if shared.table.load().is_some() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "no route table loaded\n"),
+        "/readyz" => match shared.table.load().as_deref() {
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "no route table loaded\n"),
+            Some(snapshot) => {
+                let unready = routes_without_credentials(snapshot);
+                if unready.is_empty() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    let mut r = http::Response::new(body::full(Bytes::from(unready.join("\n") + "\n")));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    r
+                }
+            }
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The routes none of whose targets has a usable credential, one line each naming every
+/// target's problem (`/readyz` fails on them). A route with at least one target that may
+/// serve is ready: failover covers the others. Checked on each probe, so a key file that
+/// appears later (kubelet mounts a Secret after the container starts) makes the pod ready.
+fn routes_without_credentials(snapshot: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for model in &snapshot.models {
+        let Some(route) = snapshot.routes.get(model) else {
+            continue;
+        };
+        let mut why = Vec::new();
+        for t in &route.targets {
+            let problems = crate::credentials::target_problems(&t.cfg);
+            if problems.is_empty() {
+                why.clear();
+                break;
+            }
+            why.push(format!("{}: {}", t.cfg.name, problems.join(", ")));
+        }
+        if !why.is_empty() {
+            out.push(format!(
+                "route {model:?}: no target has a usable credential: {}",
+                why.join("; ")
+            ));
+        }
+    }
+    out
 }
 
 /// File descriptors kept for the admin listener, the route table, logs and the like.

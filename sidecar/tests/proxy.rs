@@ -87,6 +87,78 @@ async fn fails_over_on_each_class() {
     sc.stop().await;
 }
 
+/// A target whose key file is missing fails as `credentials`, naming the file, without being
+/// called: the request goes to the next target even when the policy does not fail over on
+/// connection errors, and the breaker does not open however often it happens. A route whose
+/// only target lacks its key answers 503 naming the file, and `/readyz` says which route and
+/// why until the file appears.
+#[tokio::test]
+async fn missing_key_file_is_a_credentials_failure_not_a_health_signal() {
+    let fake = Fake::start().await;
+    let mut yaml = policy("p", "  health:\n    failureThreshold: 1\n    cooldown: 1m\n").replace(
+        r#"on: ["5xx", "429", "timeout", "connect-error"]"#,
+        r#"on: ["5xx"]"#,
+    );
+    let keyed = |name: &str, file: &str| {
+        format!(
+            "    - name: {name}\n      provider: openai-compatible\n      model: up-{name}\n      endpoint: {}\n      allowPlainHttp: true\n      credentials: {{apiKeyFile: {file}}}\n",
+            fake.endpoint(name)
+        )
+    };
+    yaml.push_str(&route("m", "p", &[("backup", fake.endpoint("backup"))]).replace(
+        "  targets:\n",
+        &format!("  targets:\n{}", keyed("primary", "missing-key")),
+    ));
+    yaml.push_str(&route("only", "p", &[]).replace(
+        "  targets:\n",
+        &format!("  targets:\n{}", keyed("lone", "missing-key")),
+    ));
+    let mut sc = start(&yaml).await;
+    let key_path = sc.dir.path().join("missing-key");
+    let missing = format!("key file {} does not exist", key_path.display());
+    for _ in 0..3 {
+        let r = sc.chat("m", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-detour-target"), "backup");
+        let rec = sc.audit_of(&r).await;
+        assert_eq!(rec.attempts[0].class, Class::Credentials, "{rec:?}");
+        assert_eq!(rec.attempts[0].detail.as_deref(), Some(missing.as_str()));
+    }
+    assert_eq!(fake.hits("primary"), 0, "never called without its key");
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, r#"detour_breaker_state{route="m",target="primary"}"#),
+        0.0,
+        "a missing key is no health signal"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"detour_attempts_total{class="credentials",route="m",target="primary"}"#
+        ),
+        3.0
+    );
+
+    let r = sc.chat("only", &[]).await;
+    assert_eq!(r.status, 503);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains(&format!("lone: credentials ({missing})")),
+        "{message}"
+    );
+    assert_eq!(r.json()["error"]["attempts"][0]["detail"], missing.as_str());
+    let (status, why) = sc.admin_status("/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        why,
+        format!("route \"only\": no target has a usable credential: lone: {missing}\n")
+    );
+
+    std::fs::write(&key_path, "sk-test\n").unwrap();
+    assert_eq!(sc.admin_status("/readyz").await, (200, "ready\n".to_owned()));
+    sc.stop().await;
+}
+
 /// An upstream client error (400) is returned as the upstream sent it, not retried and not
 /// failed over.
 #[tokio::test]

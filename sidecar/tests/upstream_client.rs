@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_sidecar::providers::client::{HttpClient, IDLE_TIMEOUT, MAX_IDLE_PER_ORIGIN, Proxies};
+use detour_sidecar::providers::client::{
+    ConnectKind, HttpClient, IDLE_TIMEOUT, MAX_IDLE_PER_ORIGIN, Proxies,
+};
 use http::{Method, Request};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -322,6 +324,39 @@ async fn nothing_listening_is_a_connect_error() {
         .await
         .unwrap_err();
     assert!(err.is_connect(), "{err}");
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Refused), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{port} refused the connection")),
+        "{err}"
+    );
+}
+
+/// A name that does not resolve is told apart from a refused connection, naming the host.
+#[tokio::test]
+async fn unresolvable_name_is_a_dns_connect_error() {
+    let client = direct(None);
+    let err = client
+        .request(post("http://nothing-here.invalid/v1/chat/completions"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Dns), "{err}");
+    assert!(
+        err.to_string().contains("cannot resolve nothing-here.invalid:80"),
+        "{err}"
+    );
+}
+
+/// A link-local address (the metadata service) is refused by the destination rules before
+/// any byte is sent, and the error says so.
+#[tokio::test]
+async fn link_local_is_refused_by_the_destination_rules() {
+    let client = direct(None);
+    let err = client
+        .request(post("http://169.254.169.254/latest/meta-data/"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.connect_kind(), Some(ConnectKind::DestinationRule), "{err}");
 }
 
 /// A CA and a `localhost` server certificate it signed; returns the CA's PEM and the
@@ -376,6 +411,8 @@ async fn https_upstream_with_a_private_ca() {
     let default = direct(None);
     let err = default.request(post(&url)).await.unwrap_err();
     assert!(err.is_connect(), "{err}");
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Tls), "{err}");
+    assert!(err.to_string().contains("TLS handshake with localhost:"), "{err}");
     assert_eq!(up.requests(), 3, "nothing was sent over the untrusted connection");
 }
 

@@ -452,7 +452,7 @@ impl Adapter for Anthropic {
         let key = self
             .key
             .current()
-            .map_err(|m| Failure::new(Class::ConnectError, m))?;
+            .map_err(|m| Failure::new(Class::Credentials, m))?;
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(&self.url)
@@ -471,7 +471,7 @@ impl Adapter for Anthropic {
             .map_err(|_| Failure::new(Class::ConnectError, "endpoint is not a valid URL"))?;
         if let Some(key) = key {
             let mut value = HeaderValue::try_from(key.expose())
-                .map_err(|_| Failure::new(Class::ConnectError, "the API key is not a valid header value"))?;
+                .map_err(|_| Failure::new(Class::Credentials, "the API key is not a valid header value"))?;
             value.set_sensitive(true);
             req.headers_mut().insert("x-api-key", value);
         }

@@ -61,7 +61,7 @@ fn auth_header(key: &Secret) -> Result<(HeaderName, HeaderValue), Failure> {
         None => (HeaderName::from_static("api-key"), raw.to_owned()),
     };
     let mut value = HeaderValue::try_from(value)
-        .map_err(|_| Failure::new(Class::ConnectError, "the API key is not a valid header value"))?;
+        .map_err(|_| Failure::new(Class::Credentials, "the API key is not a valid header value"))?;
     value.set_sensitive(true);
     Ok((name, value))
 }
@@ -71,7 +71,7 @@ impl Adapter for Azure {
         let key = self
             .key
             .current()
-            .map_err(|m| Failure::new(Class::ConnectError, m))?;
+            .map_err(|m| Failure::new(Class::Credentials, m))?;
         let dest = self.uris.get(call.endpoint)?;
         let mut req = upstream::post(dest, call)?;
         if let Some(key) = key {

@@ -522,11 +522,11 @@ impl Adapter for Bedrock {
             {
                 Err(_) => {
                     return Err(Failure::new(
-                        call.first_byte_class(),
+                        Class::Credentials,
                         "the STS credential exchange did not finish in time",
                     ));
                 }
-                Ok(r) => r.map_err(|e| Failure::new(Class::ConnectError, e.to_string()))?,
+                Ok(r) => r.map_err(|e| Failure::new(Class::Credentials, e.to_string()))?,
             };
         let uri = format!(
             "{}/model/{}/{}",

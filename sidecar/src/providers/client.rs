@@ -62,9 +62,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No connection could be made (name resolution, TCP, proxy, TLS or the URL itself): the
-    /// upstream never saw the request.
-    #[error("could not connect to the upstream: {0}")]
-    Connect(String),
+    /// upstream never saw the request. `kind` says in which step.
+    #[error("could not connect to the upstream: {kind}: {message}")]
+    Connect { kind: ConnectKind, message: String },
     /// The upstream answered something that is not HTTP as it should be.
     #[error("invalid HTTP response from the upstream: {0}")]
     Protocol(String),
@@ -73,10 +73,76 @@ pub enum Error {
     Io(String),
 }
 
+/// The step in which a connection could not be made, told apart so that an attempt's detail
+/// says what to fix: a name that does not resolve, nothing listening, a certificate, a
+/// network that drops packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectKind {
+    /// The host name did not resolve.
+    Dns,
+    /// The host (or the proxy) refused the TCP connection: nothing listens on that port.
+    Refused,
+    /// The TLS handshake failed (certificate, name, protocol).
+    Tls,
+    /// No connection within [`CONNECT_TIMEOUT`] (or the OS's own connect timeout).
+    Timeout,
+    /// The HTTP proxy could not be used (its `CONNECT` failed, or it is not `http://`).
+    Proxy,
+    /// The destination rules refused every address (link-local, metadata, or loopback behind
+    /// a name that is not loopback).
+    DestinationRule,
+    /// Anything else (an invalid URL, a socket error).
+    Other,
+}
+
+impl ConnectKind {
+    /// The word used in attempt details.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::Refused => "refused",
+            Self::Tls => "tls",
+            Self::Timeout => "timeout",
+            Self::Proxy => "proxy",
+            Self::DestinationRule => "destination-rule",
+            Self::Other => "connect",
+        }
+    }
+}
+
+impl fmt::Display for ConnectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A connection that could not be made, as the connector saw it (in the client error's
+/// source chain, where [`Error::from_client`] finds it).
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {message}")]
+struct ConnectFailure {
+    kind: ConnectKind,
+    message: String,
+}
+
+impl ConnectFailure {
+    fn boxed(kind: ConnectKind, message: String) -> BoxError {
+        Box::new(Self { kind, message })
+    }
+}
+
 impl Error {
     /// Whether no connection was made, so the upstream never saw the request.
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_))
+        matches!(self, Self::Connect { .. })
+    }
+
+    /// In which step the connection failed, for a connect error.
+    pub fn connect_kind(&self) -> Option<ConnectKind> {
+        match self {
+            Self::Connect { kind, .. } => Some(*kind),
+            _ => None,
+        }
     }
 
     /// Whether the upstream answered, but not in valid HTTP.
@@ -84,12 +150,28 @@ impl Error {
         matches!(self, Self::Protocol(_))
     }
 
-    fn from_client(e: &hyper_util::client::legacy::Error) -> Self {
-        let text = chain(e);
-        if e.is_connect() {
-            return Self::Connect(text);
+    fn connect_other(message: String) -> Self {
+        Self::Connect {
+            kind: ConnectKind::Other,
+            message,
         }
-        Self::from_chain(e, text)
+    }
+
+    fn from_client(e: &hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            while let Some(err) = cur {
+                if let Some(f) = err.downcast_ref::<ConnectFailure>() {
+                    return Self::Connect {
+                        kind: f.kind,
+                        message: f.message.clone(),
+                    };
+                }
+                cur = err.source();
+            }
+            return Self::connect_other(chain(e));
+        }
+        Self::from_chain(e, chain(e))
     }
 
     fn from_hyper(e: &hyper::Error) -> Self {
@@ -251,7 +333,7 @@ impl HttpClient {
     pub async fn request(&self, req: Request<Bytes>) -> Result<Response<Body>, Error> {
         let dest = self
             .dest(req.uri())
-            .ok_or_else(|| Error::Connect("not an http or https URL with a host".into()))?;
+            .ok_or_else(|| Error::connect_other("not an http or https URL with a host".into()))?;
         let path = dest.path.clone();
         let (mut parts, body) = req.into_parts();
         parts.uri = path;
@@ -299,7 +381,7 @@ impl Dest {
         } else {
             let mut p = self.url.clone().into_parts();
             p.path_and_query = parts.uri.path_and_query().cloned();
-            Uri::from_parts(p).map_err(|e| Error::Connect(format!("invalid request target: {e}")))?
+            Uri::from_parts(p).map_err(|e| Error::connect_other(format!("invalid request target: {e}")))?
         };
         if let Some(auth) = &self.proxy_auth {
             parts.headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
@@ -367,11 +449,67 @@ impl Service<Uri> for Connector {
     fn call(&mut self, dst: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let host = dst.host().unwrap_or_default().to_owned();
             tokio::time::timeout(CONNECT_TIMEOUT, this.connect(dst))
                 .await
-                .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
+                .map_err(|_| {
+                    ConnectFailure::boxed(
+                        ConnectKind::Timeout,
+                        format!("no connection to {host} within {}s", CONNECT_TIMEOUT.as_secs()),
+                    )
+                })?
         })
     }
+}
+
+/// What a failed TCP connect (through hyper-util's `HttpConnector`, whose error says
+/// `dns error` for resolution and carries the OS error otherwise) was, in words naming
+/// `what` (the upstream's or the proxy's host and port).
+fn tcp_failure(e: &(dyn std::error::Error + 'static), what: &str) -> BoxError {
+    let detail = chain(e);
+    let mut cur = Some(e);
+    let mut dns = false;
+    while let Some(err) = cur {
+        if err.to_string() == "dns error" {
+            dns = true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(refused) = io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<crate::egress::Refused>())
+            {
+                return ConnectFailure::boxed(ConnectKind::DestinationRule, format!("{what}: {refused}"));
+            }
+            let kind = match io.kind() {
+                _ if dns => ConnectKind::Dns,
+                io::ErrorKind::ConnectionRefused => ConnectKind::Refused,
+                io::ErrorKind::TimedOut => ConnectKind::Timeout,
+                _ => ConnectKind::Other,
+            };
+            let message = match kind {
+                ConnectKind::Dns => format!("cannot resolve {what}: {io}"),
+                ConnectKind::Refused => format!("{what} refused the connection (is anything listening?)"),
+                ConnectKind::Timeout => format!("{what} did not accept the connection in time"),
+                _ => format!("{what}: {detail}"),
+            };
+            return ConnectFailure::boxed(kind, message);
+        }
+        cur = err.source();
+    }
+    if dns {
+        return ConnectFailure::boxed(ConnectKind::Dns, format!("cannot resolve {what}: {detail}"));
+    }
+    ConnectFailure::boxed(ConnectKind::Other, format!("{what}: {detail}"))
+}
+
+/// `host:port` of a URI, for messages.
+fn host_port(u: &Uri) -> String {
+    let port = u.port_u16().unwrap_or(if u.scheme() == Some(&Scheme::HTTPS) {
+        443
+    } else {
+        80
+    });
+    format!("{}:{port}", u.host().unwrap_or_default())
 }
 
 impl Connector {
@@ -379,26 +517,42 @@ impl Connector {
         let https = dst.scheme() == Some(&Scheme::HTTPS);
         let proxy = self.proxies.intercept(&dst);
         let (tcp, proxied) = match &proxy {
-            None => (self.tcp.call(dst.clone()).await?, false),
+            None => (
+                self.tcp
+                    .call(dst.clone())
+                    .await
+                    .map_err(|e| tcp_failure(&e, &host_port(&dst)))?,
+                false,
+            ),
             Some(p) if p.uri().scheme() != Some(&Scheme::HTTP) => {
-                return Err(format!(
-                    "proxy {}: only http:// proxies are supported",
-                    p.uri().host().unwrap_or_default()
-                )
-                .into());
+                return Err(ConnectFailure::boxed(
+                    ConnectKind::Proxy,
+                    format!(
+                        "proxy {}: only http:// proxies are supported",
+                        p.uri().host().unwrap_or_default()
+                    ),
+                ));
             }
             Some(p) if https => {
                 let mut tunnel = Tunnel::new(p.uri().clone(), self.tcp.clone());
                 if let Some(auth) = p.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                let io = tunnel
-                    .call(dst.clone())
-                    .await
-                    .map_err(|e| format!("proxy CONNECT failed: {e:?}"))?;
+                let io = tunnel.call(dst.clone()).await.map_err(|e| {
+                    ConnectFailure::boxed(
+                        ConnectKind::Proxy,
+                        format!("proxy {} CONNECT failed: {e:?}", host_port(p.uri())),
+                    )
+                })?;
                 (io, false)
             }
-            Some(p) => (self.tcp.call(p.uri().clone()).await?, true),
+            Some(p) => (
+                self.tcp
+                    .call(p.uri().clone())
+                    .await
+                    .map_err(|e| tcp_failure(&e, &format!("proxy {}", host_port(p.uri()))))?,
+                true,
+            ),
         };
         let tcp = tcp.into_inner();
         // The peer is the proxy when there is one, else the upstream: check it against the
@@ -408,15 +562,38 @@ impl Connector {
             None => dst.host().unwrap_or_default(),
         };
         let opened_for = opened_for.trim_start_matches('[').trim_end_matches(']');
-        crate::egress::check_addr(opened_for, &tcp.peer_addr()?)?;
+        crate::egress::check_addr(opened_for, &tcp.peer_addr()?)
+            .map_err(|e| ConnectFailure::boxed(ConnectKind::DestinationRule, format!("{opened_for}: {e}")))?;
         if !https {
             return Ok(TokioIo::new(Stream::Tcp(tcp, proxied)));
         }
         let host = dst.host().ok_or("no host")?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_owned())?;
-        let tls = self.tls.connect(name, tcp).await?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+            ConnectFailure::boxed(
+                ConnectKind::Tls,
+                format!("{host} is not a valid TLS server name: {e}"),
+            )
+        })?;
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| {
+            ConnectFailure::boxed(
+                ConnectKind::Tls,
+                format!(
+                    "TLS handshake with {} failed: {}",
+                    host_port(&dst),
+                    tls_reason(&e)
+                ),
+            )
+        })?;
         Ok(TokioIo::new(Stream::Tls(Box::new(tls))))
+    }
+}
+
+/// rustls' own words for a failed handshake (tokio-rustls wraps them in an `io::Error`).
+fn tls_reason(e: &io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(r) => r.to_string(),
+        None => e.to_string(),
     }
 }
 

@@ -26,8 +26,7 @@ mod upstream;
 use std::borrow::Cow;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -38,6 +37,7 @@ use tokio::time::Instant;
 use crate::class::Class;
 pub use answer::Answer;
 
+pub use crate::credentials::{KeySource, Secret};
 pub use client::HttpClient;
 
 /// The OpenAI endpoint a request is for.
@@ -334,106 +334,9 @@ impl Provider {
     }
 }
 
-/// A secret value. Its `Debug` and `Display` print `*****`; the value is reachable only
-/// through [`Secret::expose`], called where the header is built.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
-
-impl Secret {
-    pub fn new(value: &str) -> Self {
-        Self(Arc::from(value.trim()))
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
-}
-
-/// Where a key comes from, re-read when its file changes (kubelet rotates Secret files).
-#[derive(Debug)]
-pub enum KeySource {
-    None,
-    /// Read once from the environment at load.
-    Fixed(Option<Secret>),
-    File {
-        path: String,
-        cache: Mutex<FileCache>,
-    },
-}
-
-#[derive(Debug, Default)]
-pub struct FileCache {
-    checked: Option<Instant>,
-    stamp: Option<(SystemTime, u64)>,
-    value: Option<Secret>,
-}
-
-/// How often a key file is stat'ed at most.
-const KEY_RECHECK: Duration = Duration::from_secs(1);
-
-impl KeySource {
-    pub fn from_config(source: Option<&detour_api::table::CredentialSource>) -> Self {
-        use detour_api::table::CredentialSource;
-        match source {
-            None => Self::None,
-            Some(CredentialSource::Env(var)) => Self::Fixed(std::env::var(var).ok().map(|v| Secret::new(&v))),
-            Some(CredentialSource::File(path)) => Self::File {
-                path: path.clone(),
-                cache: Mutex::new(FileCache::default()),
-            },
-        }
-    }
-
-    /// The current key: `Ok(None)` when none is configured, `Err` when one is configured but
-    /// cannot be read (the message names the source, never the value).
-    pub fn current(&self) -> Result<Option<Secret>, Cow<'static, str>> {
-        match self {
-            Self::None => Ok(None),
-            Self::Fixed(Some(s)) => Ok(Some(s.clone())),
-            Self::Fixed(None) => Err("the API key's environment variable is not set".into()),
-            Self::File { path, cache } => {
-                let Ok(mut cache) = cache.lock() else {
-                    return Err("key cache poisoned".into());
-                };
-                let now = Instant::now();
-                let fresh = cache
-                    .checked
-                    .is_some_and(|t| now.saturating_duration_since(t) < KEY_RECHECK);
-                if !fresh {
-                    cache.checked = Some(now);
-                    let stamp = std::fs::metadata(path)
-                        .ok()
-                        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-                    if stamp != cache.stamp || cache.value.is_none() {
-                        cache.stamp = stamp;
-                        cache.value = std::fs::read_to_string(path).ok().map(|v| Secret::new(&v));
-                    }
-                }
-                match cache.value.clone() {
-                    Some(v) => Ok(Some(v)),
-                    None => Err(Cow::Owned(format!("the API key file {path} cannot be read"))),
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detour_api::table::CredentialSource;
 
     /// The upstream body is the client's with only `model` replaced.
     #[test]
@@ -467,31 +370,5 @@ mod tests {
             out,
             serde_json::json!({"model": "up", "n": 1, "stream": true, "stream_options": {"include_usage": true}})
         );
-    }
-
-    /// A key prints as `*****` in Debug and Display.
-    #[test]
-    fn secret_never_prints() {
-        let s = Secret::new("sk-very-secret\n");
-        assert_eq!(format!("{s} {s:?}"), "***** *****");
-        assert_eq!(s.expose(), "sk-very-secret");
-    }
-
-    /// A key file is re-read when it changes (kubelet rotates mounted Secrets), and an
-    /// unreadable file is an error naming the path, not the value.
-    #[tokio::test(start_paused = true)]
-    async fn key_file_is_reread_on_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("api-key");
-        std::fs::write(&path, "first").unwrap();
-        let src = KeySource::from_config(Some(&CredentialSource::File(path.display().to_string())));
-        assert_eq!(src.current().unwrap().unwrap().expose(), "first");
-        std::fs::write(&path, "second-longer").unwrap();
-        tokio::time::advance(KEY_RECHECK).await;
-        assert_eq!(src.current().unwrap().unwrap().expose(), "second-longer");
-        std::fs::remove_file(&path).unwrap();
-        tokio::time::advance(KEY_RECHECK).await;
-        let err = src.current().unwrap_err();
-        assert!(err.contains("api-key") && !err.contains("second"), "{err}");
     }
 }

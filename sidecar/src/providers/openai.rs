@@ -99,12 +99,12 @@ impl Adapter for OpenAi {
         let key = self
             .key
             .current()
-            .map_err(|m| Failure::new(Class::ConnectError, m))?;
+            .map_err(|m| Failure::new(Class::Credentials, m))?;
         let dest = self.uris.get(call.endpoint)?;
         let mut req = upstream::post(dest, call)?;
         if let Some(key) = key {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-                .map_err(|_| Failure::new(Class::ConnectError, "the API key is not a valid header value"))?;
+                .map_err(|_| Failure::new(Class::Credentials, "the API key is not a valid header value"))?;
             value.set_sensitive(true);
             req.headers_mut().insert(header::AUTHORIZATION, value);
         }

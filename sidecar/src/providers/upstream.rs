@@ -58,8 +58,8 @@ fn head(
             first_byte_class,
             "no response from upstream in time",
         )),
-        Ok(Err(e)) if e.is_connect() => {
-            Err(Failure::new(Class::ConnectError, "could not connect to upstream"))
+        Ok(Err(client::Error::Connect { kind, message })) => {
+            Err(Failure::new(Class::ConnectError, format!("{kind}: {message}")))
         }
         Ok(Err(e)) if e.is_protocol() => Err(Failure::new(
             Class::BadResponse,

@@ -573,6 +573,17 @@ impl Sidecar {
         self.send("GET", path, Bytes::new(), &[]).await
     }
 
+    /// A GET on the admin listener: status and body text.
+    pub async fn admin_status(&self, path: &str) -> (u16, String) {
+        let req = Request::get(format!("http://{}{path}", self.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
     pub async fn metrics(&self) -> String {
         self.admin_get("/metrics").await
     }
