@@ -8,6 +8,17 @@
 //! budgeted: it sends each request to each provider at most `attempts` times, so it does not
 //! multiply load on any provider — it is the point of Detour, and the breaker already keeps
 //! traffic away from targets that keep failing.
+//!
+//! Why not tower's `retry::budget::TpsBudget`, whose shape is the same (deposits per request
+//! over a 10-slot window plus a per-second reserve): its semantics differ where it matters.
+//! - It quantises the ratio to `1/n`: each request deposits 1 and a retry costs
+//!   `floor(1 / ratio)`, so a policy's `budgetRatio: 0.4` would allow 50 % and `0.3` 33 %;
+//!   here the ratio is exact.
+//! - Its parameters are fixed at construction, so a reload that changes them would have to
+//!   start a new budget and forget the window; here [`Budget::set_params`] keeps the history.
+//! - Its constructor `assert!`s its parameter ranges (a panic on configuration input), and it
+//!   `expect`s its internal `Mutex` on every call; this one is a plain value (the route's
+//!   state holds it under its own lock) and has no panicking path.
 
 use std::time::Duration;
 

@@ -479,10 +479,10 @@ async fn request_errors() {
 }
 
 /// The client's body reaches an OpenAI-compatible upstream byte for byte — key order,
-/// spacing, number spelling — with only `model` replaced. An unpaired surrogate escape is
-/// refused by the first reading. A number too large for a float, which only a full parse
-/// refuses, is passed on where nothing reads it and refused with 400 where routing must read
-/// the body (a target declares capabilities).
+/// spacing, number spelling — with only `model` replaced. A value that only a full parse
+/// refuses (an unpaired surrogate escape, a number too large for a float) is passed on where
+/// nothing reads it — the upstream decides — and refused with 400 where routing must read the
+/// body (a target declares capabilities). A key the first reading reads is checked in full.
 #[tokio::test]
 async fn request_body_passes_through_with_only_model_replaced() {
     let fake = Fake::start().await;
@@ -512,29 +512,36 @@ async fn request_body_passes_through_with_only_model_replaced() {
             )
     );
 
-    let lone = r#"{"model":"plain","messages":[{"role":"user","content":"\ud800"}]}"#;
+    let bad_key = r#"{"model":"plain","\ud800":1}"#;
     let r = sc
-        .send("POST", "/v1/chat/completions", Bytes::from(lone), &[])
+        .send("POST", "/v1/chat/completions", Bytes::from(bad_key), &[])
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], "invalid_json");
     assert_eq!(fake.hits("t"), 1);
 
+    let lone =
+        |model: &str| format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"\ud800"}}]}}"#);
     let huge = |model: &str| {
         format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"seed":1e400}}"#)
     };
-    let r = sc
-        .send("POST", "/v1/chat/completions", Bytes::from(huge("plain")), &[])
-        .await;
-    assert_eq!(
-        r.status, 200,
-        "nothing in the sidecar reads the number: the upstream decides"
-    );
-    let r = sc
-        .send("POST", "/v1/chat/completions", Bytes::from(huge("caps")), &[])
-        .await;
-    assert_eq!(r.status, 400);
-    assert_eq!(r.json()["error"]["code"], "invalid_json");
+    for body in [lone("plain"), huge("plain")] {
+        let r = sc
+            .send("POST", "/v1/chat/completions", Bytes::from(body), &[])
+            .await;
+        assert_eq!(
+            r.status, 200,
+            "nothing in the sidecar reads the value: the upstream decides"
+        );
+    }
+    assert_eq!(fake.hits("t"), 3);
+    for body in [lone("caps"), huge("caps")] {
+        let r = sc
+            .send("POST", "/v1/chat/completions", Bytes::from(body), &[])
+            .await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json()["error"]["code"], "invalid_json");
+    }
     assert_eq!(fake.hits("c"), 0);
     sc.stop().await;
 }

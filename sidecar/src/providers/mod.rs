@@ -17,7 +17,6 @@ pub mod azure;
 pub mod bedrock;
 pub(crate) mod chat;
 pub mod client;
-mod json;
 pub mod mock;
 pub mod openai;
 pub mod sse;
