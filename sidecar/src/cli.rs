@@ -31,6 +31,19 @@ pub struct Cli {
     #[arg(long, env = "DETOUR_ALLOWED_HOSTS", default_value_t = default_allowed_hosts())]
     pub allowed_hosts: String,
 
+    /// Standalone (`--routes`) and testing only: send the requests of every target named
+    /// TARGET to URL instead of the endpoint in the YAML, so the YAML a cluster uses runs
+    /// unchanged against local fakes or a local model server. Repeatable; the environment
+    /// variable takes a comma-separated list. Plain `http://` is allowed to loopback only (the
+    /// override is the opt-in); the other destination rules apply as to any endpoint.
+    #[arg(
+        long = "endpoint-override",
+        env = "DETOUR_ENDPOINT_OVERRIDES",
+        value_name = "TARGET=URL",
+        value_delimiter = ','
+    )]
+    pub endpoint_overrides: Vec<String>,
+
     /// The OpenAI-compatible API (HTTP/1.1 and h2c).
     #[arg(long, env = "DETOUR_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,

@@ -74,8 +74,13 @@ pub fn parse_with(source: &Source, text: &str, guard: &Guard) -> Result<Loaded, 
             Ok(Loaded { table, notes })
         }
         Source::Yaml(_) => {
-            let compiled = detour_api::compile_yaml_with(text, &guard.credentials_root, &guard.allowed_hosts)
-                .map_err(|e| format!("{path}: {e}"))?;
+            let mut compiled =
+                detour_api::compile_yaml_with(text, &guard.credentials_root, &guard.allowed_hosts)
+                    .map_err(|e| format!("{path}: {e}"))?;
+            if !guard.endpoint_overrides.is_empty() {
+                egress::apply_overrides(&mut compiled.table, &guard.endpoint_overrides)?;
+                egress::check_table(&compiled.table, guard).map_err(|e| format!("{path}: refused: {e}"))?;
+            }
             let mut notes: Vec<Note> = compiled
                 .diagnostics
                 .iter()

@@ -24,12 +24,74 @@ use detour_api::table::{CredentialSource, Target};
 
 pub use detour_api::egress::Refused;
 
-/// What the sidecar allows: the allowlist and the credentials root.
+/// What the sidecar allows: the allowlist and the credentials root; and, standalone, the
+/// endpoints the person running it replaced on the command line (checked by the same rules).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guard {
     pub allowed_hosts: AllowedHosts,
     /// Every credential file must be inside it.
     pub credentials_root: String,
+    /// `--endpoint-override`: standalone YAML only.
+    pub endpoint_overrides: Vec<EndpointOverride>,
+}
+
+/// `--endpoint-override TARGET=URL`: every target named `TARGET` (in any route) sends its
+/// requests to `URL` instead of its own endpoint — for running the YAML a cluster uses against
+/// local fakes or a local model server, without editing it. Standalone only. The result must
+/// pass the same destination rules as any table: the host on the allowlist, plain `http://`
+/// only to loopback (where the override itself is the opt-in `allowPlainHttp` would be) or
+/// an in-cluster Service, never link-local.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointOverride {
+    pub target: String,
+    pub url: String,
+}
+
+impl EndpointOverride {
+    /// Parses `TARGET=URL`; the error names what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (target, url) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: expected TARGET=URL (a target name, then its endpoint)"))?;
+        let (target, url) = (target.trim(), url.trim().trim_end_matches('/'));
+        if target.is_empty() {
+            return Err(format!("{text:?}: the target name is empty"));
+        }
+        egress::parse_endpoint(url).map_err(|e| format!("{text:?}: the URL {e}"))?;
+        Ok(Self {
+            target: target.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// Applies `overrides` to `table` (see [`EndpointOverride`]); an override that names no
+/// target of the table is an error, so a typo does not silently send traffic elsewhere.
+pub fn apply_overrides(table: &mut RouteTable, overrides: &[EndpointOverride]) -> Result<(), String> {
+    for o in overrides {
+        let mut found = false;
+        for t in table
+            .routes
+            .iter_mut()
+            .flat_map(|r| r.targets.iter_mut())
+            .filter(|t| t.name == o.target)
+        {
+            found = true;
+            t.endpoint = Some(o.url.clone());
+            let loopback = egress::parse_endpoint(&o.url)
+                .is_ok_and(|e| !e.https && egress::place_of(&e.host) == egress::Place::Loopback);
+            if loopback {
+                t.allow_plain_http = true;
+            }
+        }
+        if !found {
+            return Err(format!(
+                "--endpoint-override {}={}: no route has a target named {:?}",
+                o.target, o.url, o.target
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Default for Guard {
@@ -39,6 +101,7 @@ impl Default for Guard {
         Self {
             allowed_hosts: AllowedHosts::standalone(),
             credentials_root: defaults::CREDENTIALS_ROOT.to_owned(),
+            endpoint_overrides: Vec::new(),
         }
     }
 }
@@ -48,6 +111,7 @@ impl Guard {
         Self {
             allowed_hosts,
             credentials_root: credentials_root.display().to_string(),
+            endpoint_overrides: Vec::new(),
         }
     }
 }
@@ -155,6 +219,7 @@ mod tests {
         Guard {
             allowed_hosts: AllowedHosts::providers(),
             credentials_root: defaults::CREDENTIALS_ROOT.to_owned(),
+            endpoint_overrides: Vec::new(),
         }
     }
 
@@ -194,6 +259,63 @@ mod tests {
             .is_ok()
         );
         assert!(check_table(&table("http://127.0.0.1:9/v1", true, ok_key), &Guard::default()).is_ok());
+    }
+
+    /// An override replaces the endpoint of every target so named; plain http is opted into
+    /// only for loopback, and the result still passes the destination rules.
+    #[test]
+    fn endpoint_overrides_are_applied_and_checked() {
+        let mut t = table(
+            "https://api.openai.com/v1",
+            false,
+            "/var/run/detour/credentials/s/api-key",
+        );
+        let o = EndpointOverride::parse("t=http://127.0.0.1:8080/v1/").unwrap();
+        apply_overrides(&mut t, &[o]).unwrap();
+        let target = &t.routes[0].targets[0];
+        assert_eq!(target.endpoint.as_deref(), Some("http://127.0.0.1:8080/v1"));
+        assert!(target.allow_plain_http);
+        assert!(check_table(&t, &Guard::default()).is_ok());
+
+        let mut t = table(
+            "https://api.openai.com/v1",
+            false,
+            "/var/run/detour/credentials/s/api-key",
+        );
+        apply_overrides(
+            &mut t,
+            &[EndpointOverride::parse("t=http://evil.example/v1").unwrap()],
+        )
+        .unwrap();
+        assert!(!t.routes[0].targets[0].allow_plain_http);
+        assert!(
+            check_table(&t, &Guard::default()).is_err(),
+            "plain http elsewhere is refused"
+        );
+
+        let mut t = table(
+            "https://api.openai.com/v1",
+            false,
+            "/var/run/detour/credentials/s/api-key",
+        );
+        apply_overrides(
+            &mut t,
+            &[EndpointOverride::parse("t=http://169.254.169.254/").unwrap()],
+        )
+        .unwrap();
+        assert!(
+            check_table(&t, &Guard::default()).is_err(),
+            "link-local is refused"
+        );
+
+        let err = apply_overrides(
+            &mut t,
+            &[EndpointOverride::parse("nope=https://x.example").unwrap()],
+        )
+        .unwrap_err();
+        assert!(err.contains("no route has a target named \"nope\""), "{err}");
+        assert!(EndpointOverride::parse("no-equals").is_err());
+        assert!(EndpointOverride::parse("t=ftp://x").is_err());
     }
 
     /// Resolved addresses: metadata never, loopback only behind a loopback endpoint.

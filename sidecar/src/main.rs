@@ -47,13 +47,34 @@ async fn run(cli: Cli) -> ExitCode {
         Some(p) => Source::Yaml(p.clone()),
         None => Source::Json(cli.config.clone()),
     };
-    let guard = match detour_api::egress::AllowedHosts::parse_list(&cli.allowed_hosts) {
+    let mut guard = match detour_api::egress::AllowedHosts::parse_list(&cli.allowed_hosts) {
         Ok(hosts) => detour_sidecar::egress::Guard::new(hosts, &cli.credentials_dir),
         Err(e) => {
             tracing::error!("--allowed-hosts: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if !cli.endpoint_overrides.is_empty() {
+        if cli.routes.is_none() {
+            tracing::error!(
+                "--endpoint-override is for the standalone sidecar (--routes FILE.yaml) only; in a cluster, \
+                 set the target's endpoint in its ModelRoute"
+            );
+            return ExitCode::FAILURE;
+        }
+        for o in &cli.endpoint_overrides {
+            match detour_sidecar::egress::EndpointOverride::parse(o) {
+                Ok(o) => {
+                    tracing::warn!(target = %o.target, url = %o.url, "endpoint overridden (--endpoint-override)");
+                    guard.endpoint_overrides.push(o);
+                }
+                Err(e) => {
+                    tracing::error!("--endpoint-override {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     let initial = match config::load_with(&source, &guard) {
         Ok(loaded) => Some(loaded),
         // Standalone: the file is the user's; refuse to start on it.
