@@ -22,6 +22,10 @@ pub struct AttemptRecord {
     /// (never its value), or DNS / refused / TLS / timeout with the host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<std::borrow::Cow<'static, str>>,
+    /// The provider's own id of the request (its `x-request-id`, `request-id`, …), to cite
+    /// to the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
 }
 
 /// A target passed over without an attempt.
@@ -59,6 +63,9 @@ pub struct AuditRecord {
     pub stream: bool,
     pub target: Option<String>,
     pub provider: Option<&'static str>,
+    /// The serving provider's own id of the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
     pub fallback_count: u32,
     pub attempts: Vec<AttemptRecord>,
     pub skipped: Vec<SkipRecord>,
@@ -224,6 +231,7 @@ mod tests {
             stream: full,
             target: full.then(|| "backup".to_owned()),
             provider: full.then_some("anthropic"),
+            upstream_request_id: full.then(|| "req_011CX".to_owned()),
             fallback_count: u32::from(full),
             attempts: if full {
                 vec![
@@ -233,6 +241,7 @@ mod tests {
                         status: Some(429),
                         latency_ms: 12.0,
                         detail: None,
+                        upstream_request_id: None,
                     },
                     AttemptRecord {
                         target: "backup".to_owned(),
@@ -240,6 +249,7 @@ mod tests {
                         status: None,
                         latency_ms: 0.001,
                         detail: None,
+                        upstream_request_id: Some("req_011CX".to_owned()),
                     },
                 ]
             } else {

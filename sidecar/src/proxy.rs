@@ -50,7 +50,7 @@ use crate::layers::request_id::RequestId;
 use crate::metrics::{Metrics, Outcome};
 use crate::providers::answer::{RequestBody, RequestError, Usage};
 use crate::providers::assemble::Assembler;
-use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, Reply, sse};
+use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, ReplyBody, UpstreamMeta, sse};
 use crate::retry::backoff;
 use crate::routing::{self, Overrides};
 use crate::state::{RouteRt, Snapshot, TargetRt, TargetState};
@@ -171,6 +171,8 @@ struct AttemptEnd {
     latency: Duration,
     /// The failure's own words, kept for the classes whose cause is the sidecar's to name.
     detail: Option<Cow<'static, str>>,
+    /// The provider's own id of the request, when its answer had one.
+    upstream_id: Option<String>,
 }
 
 impl Ctx {
@@ -231,6 +233,7 @@ impl Ctx {
             status: end.status,
             latency_ms: ms(end.elapsed),
             detail: end.detail.clone(),
+            upstream_request_id: end.upstream_id.clone(),
         });
     }
 
@@ -301,6 +304,9 @@ impl Ctx {
         }
         let served = matches!(outcome, Outcome::Ok | Outcome::StreamError | Outcome::Cancelled);
         let served_by = self.target.as_ref().filter(|_| served);
+        let upstream_request_id = served_by
+            .and_then(|_| self.attempts.last())
+            .and_then(|a| a.upstream_request_id.clone());
         self.shared.audit.write(AuditRecord {
             ts_ms: crate::audit::now_ms(),
             request_id: self.request_id,
@@ -316,6 +322,7 @@ impl Ctx {
             stream: self.stream,
             target: served_by.map(|t| t.cfg.name.clone()),
             provider: served_by.map(|t| t.provider_name()),
+            upstream_request_id,
             fallback_count: self.fallback_count,
             attempts: self.attempts,
             skipped: self.skipped,
@@ -745,8 +752,13 @@ async fn attempt(
     let busy = TargetBusy::new(&target.state);
     let mut probe = ProbeGuard::new(target, admission);
     let mut ttft = None;
-    let result = match target.provider.send(&call).await {
-        Ok(Reply::Stream(s)) => match first_event(target, s, &call, mode).await {
+    let mut meta = UpstreamMeta::default();
+    let sent = target.provider.send(&call).await.map(|reply| {
+        meta = reply.meta;
+        reply.body
+    });
+    let result = match sent {
+        Ok(ReplyBody::Stream(s)) => match first_event(target, s, &call, mode).await {
             Err(f) => Err(f),
             Ok((held, rest)) => {
                 ttft = Some(t0.elapsed());
@@ -760,6 +772,7 @@ async fn attempt(
                         busy,
                         pending: Some(Pending { admission, probe, t0 }),
                         ttft: ttft.unwrap_or_default(),
+                        meta,
                     });
                 }
                 // Boxed: the assembler's state would otherwise be part of every request's
@@ -770,9 +783,17 @@ async fn attempt(
                     .and_then(json_answer)
             }
         },
-        Ok(Reply::Json(answer)) => json_answer(answer),
+        Ok(ReplyBody::Json(answer)) => json_answer(answer),
         Err(f) => Err(f),
     };
+    // A failure returned to the client carries its upstream's headers; one from a stream
+    // that broke before it was committed has none of its own, so it gets the reply's.
+    let result = result.map_err(|mut f| {
+        if f.meta.is_empty() {
+            f.meta = std::mem::take(&mut meta);
+        }
+        f
+    });
     let elapsed = t0.elapsed();
     let end = match &result {
         Ok(_) => AttemptEnd {
@@ -782,6 +803,7 @@ async fn attempt(
             elapsed,
             latency: ttft.unwrap_or(elapsed),
             detail: None,
+            upstream_id: meta.request_id().map(str::to_owned),
         },
         Err(f) => AttemptEnd {
             class: f.class,
@@ -790,6 +812,7 @@ async fn attempt(
             elapsed,
             latency: elapsed,
             detail: matches!(f.class, Class::Credentials | Class::ConnectError).then(|| f.detail.clone()),
+            upstream_id: f.meta.request_id().map(str::to_owned),
         },
     };
     ctx.record(target, admission, &end);
@@ -799,6 +822,7 @@ async fn attempt(
         busy,
         pending: None,
         ttft: ttft.unwrap_or(elapsed),
+        meta,
     })
 }
 
@@ -925,6 +949,8 @@ struct Success {
     pending: Option<Pending>,
     /// Time to the first event (streams), or the whole attempt.
     ttft: Duration,
+    /// The headers of the upstream's answer the client reads.
+    meta: UpstreamMeta,
 }
 
 /// Answers with a successful attempt: the JSON body, or the stream from its first event
@@ -946,6 +972,7 @@ fn respond(
             let mut resp = http::Response::new(body::full(bytes));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            ok.meta.apply(resp.headers_mut());
             ctx.stamp(resp.headers_mut());
             ctx.finish(200, Outcome::Ok, None);
             resp
@@ -960,12 +987,14 @@ fn respond(
             );
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            ok.meta.apply(resp.headers_mut());
             ctx.stamp(resp.headers_mut());
             let guard = StreamGuard {
                 ctx: Some(ctx),
                 target: target.clone(),
                 pending,
                 ttft: ok.ttft,
+                upstream_id: ok.meta.request_id().map(str::to_owned),
                 _busy: ok.busy,
             };
             *resp.body_mut() = stream_body(guard, held, rest, client, route_model);
@@ -1034,6 +1063,7 @@ fn passthrough(mut ctx: Ctx, target: &TargetRt, f: Failure) -> Response {
             .into_response()
         }
     };
+    f.meta.apply(resp.headers_mut());
     ctx.commit();
     ctx.stamp(resp.headers_mut());
     let status = resp.status().as_u16();
@@ -1113,6 +1143,8 @@ struct StreamGuard {
     target: Arc<TargetRt>,
     pending: Pending,
     ttft: Duration,
+    /// The provider's own id of the request.
+    upstream_id: Option<String>,
     _busy: TargetBusy,
 }
 
@@ -1151,6 +1183,7 @@ impl StreamGuard {
             elapsed: self.pending.t0.elapsed(),
             latency: self.ttft,
             detail: None,
+            upstream_id: self.upstream_id.take(),
         };
         ctx.record(&self.target, self.pending.admission, &end);
         self.pending.probe.disarm();
@@ -1339,7 +1372,9 @@ mod tests {
 
     /// Each request in flight is one allocation the size of its whole future (every provider's
     /// attempt included), so 1,000 held streams cost 1,000 of them. Connecting, credential
-    /// exchanges and the upstream timeout are kept out of it (boxed or not doubled).
+    /// exchanges and the upstream timeout are kept out of it (boxed or not doubled). The upstream
+    /// headers the client reads ([`UpstreamMeta`]) are one pointer in each place an attempt's
+    /// answer or failure is held: 40 bytes over the former 5 KiB.
     #[test]
     fn a_request_in_flight_stays_small() {
         let shared = Arc::new(Shared {
@@ -1349,6 +1384,6 @@ mod tests {
         });
         let fut = handle(shared, Endpoint::Chat, Request::new(Bytes::new()));
         let size = size_of_val(&fut);
-        assert!(size <= 5 * 1024, "the request future is {size} bytes");
+        assert!(size <= 5 * 1024 + 64, "the request future is {size} bytes");
     }
 }

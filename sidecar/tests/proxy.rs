@@ -187,6 +187,54 @@ async fn client_error_is_returned_not_retried() {
     sc.stop().await;
 }
 
+/// The serving provider's request id reaches the client as `x-request-id` and the audit line,
+/// with its rate-limit headers: for a JSON answer after a failover (the backup's, not the
+/// failed primary's; the primary's id is in its attempt's record), for a stream, and for a
+/// client error returned as the upstream sent it. Other upstream headers stay behind.
+#[tokio::test]
+async fn upstream_request_id_and_rate_limits_reach_the_client() {
+    let fake = Fake::start().await;
+    fake.script(
+        "primary",
+        vec![Step::Status(503), Step::Stream(2), Step::Status(400)],
+    );
+    let yaml = policy("p", "")
+        + &route(
+            "m",
+            "p",
+            &[
+                ("primary", fake.endpoint("primary")),
+                ("backup", fake.endpoint("backup")),
+            ],
+        );
+    let mut sc = start(&yaml).await;
+    let r = sc.chat("m", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-detour-target"), "backup");
+    assert_eq!(r.header("x-request-id"), "req-backup-1");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), "999");
+    assert_eq!(r.header("openai-organization"), "");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.upstream_request_id.as_deref(), Some("req-backup-1"));
+    assert_eq!(
+        rec.attempts[0].upstream_request_id.as_deref(),
+        Some("req-primary-1")
+    );
+
+    let r = sc.chat_stream("m").await;
+    assert_eq!(r.header("x-detour-target"), "primary");
+    assert_eq!(r.header("x-request-id"), "req-primary-2");
+    assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.upstream_request_id.as_deref(), Some("req-primary-2"));
+
+    let r = sc.chat("m", &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("x-request-id"), "req-primary-3");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), "997");
+    sc.stop().await;
+}
+
 /// After `failureThreshold` consecutive failures the primary's breaker opens and the dead
 /// primary stops receiving traffic, while every request is still answered; metrics and the
 /// admin port's `GET /v1/health` report it open.

@@ -51,6 +51,7 @@ pub fn record_refusal(shared: &Shared, id: &str, endpoint: &'static str, status:
         stream: false,
         target: None,
         provider: None,
+        upstream_request_id: None,
         fallback_count: 0,
         attempts: Vec::new(),
         skipped: Vec::new(),

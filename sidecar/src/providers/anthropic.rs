@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, KeySource, Reply};
+use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, KeySource, Reply, UpstreamMeta};
 use crate::class::Class;
 
 /// Anthropic's public API base.
@@ -477,12 +477,15 @@ impl Adapter for Anthropic {
         }
         let resp = upstream::send(&self.client, call, req).await?;
         let status = resp.status();
+        let meta = UpstreamMeta::from_headers(resp.headers());
         if !status.is_success() {
             let ra = upstream::retry_after(resp.headers());
             let body = upstream::collect(resp.into_body(), call.deadline, upstream::MAX_ERROR_BODY)
                 .await
                 .unwrap_or_default();
-            return Err(map_error(status, ra, &body));
+            let mut f = map_error(status, ra, &body);
+            f.meta = meta;
+            return Err(f);
         }
         if call.stream {
             if !upstream::content_type_is(&resp, "text/event-stream") {
@@ -497,10 +500,10 @@ impl Adapter for Anthropic {
                 include_usage: call.include_usage()?,
                 ..Translator::default()
             };
-            return Ok(Reply::Stream(upstream::translated(events, translator)));
+            return Ok(Reply::stream(upstream::translated(events, translator)).meta(meta));
         }
         let v = upstream::json_body(resp, call).await?;
-        from_response(&v, upstream::now_unix()).map(Reply::Json)
+        from_response(&v, upstream::now_unix()).map(|a| Reply::json(a).meta(meta))
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, Reply};
+use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, Reply, UpstreamMeta};
 use crate::class::Class;
 
 const NAME: &str = "bedrock";
@@ -564,12 +564,15 @@ impl Adapter for Bedrock {
             .insert(header::USER_AGENT, HeaderValue::from_static(upstream::USER_AGENT));
         let resp = upstream::send(&self.client, call, req).await?;
         let status = resp.status();
+        let meta = UpstreamMeta::from_headers(resp.headers());
         if !status.is_success() {
             let headers = resp.headers().clone();
             let body = upstream::collect(resp.into_body(), call.deadline, upstream::MAX_ERROR_BODY)
                 .await
                 .unwrap_or_default();
-            return Err(map_error(status, &headers, &body));
+            let mut f = map_error(status, &headers, &body);
+            f.meta = meta;
+            return Err(f);
         }
         let request_id = resp
             .headers()
@@ -593,10 +596,10 @@ impl Adapter for Bedrock {
                 include_usage: call.include_usage()?,
                 ..Translator::default()
             };
-            return Ok(Reply::Stream(upstream::translated(events, translator)));
+            return Ok(Reply::stream(upstream::translated(events, translator)).meta(meta));
         }
         let v = upstream::json_body(resp, call).await?;
-        from_response(&v, &request_id, call.model, upstream::now_unix()).map(Reply::Json)
+        from_response(&v, &request_id, call.model, upstream::now_unix()).map(|a| Reply::json(a).meta(meta))
     }
 }
 

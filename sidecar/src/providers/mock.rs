@@ -125,18 +125,18 @@ impl Mock {
                         json!({"object": "embedding", "index": i, "embedding": v})
                     })
                     .collect();
-                Reply::Json(answer(&json!({
+                Reply::json(answer(&json!({
                     "object": "list", "data": data, "model": call.model,
                     "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
                 })))
             }
-            Endpoint::Chat if !call.stream => Reply::Json(answer(&json!({
+            Endpoint::Chat if !call.stream => Reply::json(answer(&json!({
                 "id": id, "object": "chat.completion", "created": 0, "model": call.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply},
                              "finish_reason": "stop"}],
                 "usage": usage,
             }))),
-            Endpoint::Completions if !call.stream => Reply::Json(answer(&json!({
+            Endpoint::Completions if !call.stream => Reply::json(answer(&json!({
                 "id": id, "object": "text_completion", "created": 0, "model": call.model,
                 "choices": [{"index": 0, "text": self.reply, "finish_reason": "stop", "logprobs": null}],
                 "usage": usage,
@@ -172,7 +172,7 @@ impl Mock {
                     "created": 0, "model": model, "choices": [last], "usage": usage,
                 }))));
                 events.push(Ok(Event::Done));
-                Reply::Stream(sse::from_events(stream::iter(events)))
+                Reply::stream(sse::from_events(stream::iter(events)))
             }
         })
     }

@@ -17,6 +17,7 @@ pub mod azure;
 pub mod bedrock;
 pub(crate) mod chat;
 pub mod client;
+pub mod meta;
 pub mod mock;
 pub mod openai;
 pub mod sse;
@@ -38,6 +39,7 @@ pub use answer::Answer;
 
 pub use crate::credentials::{KeySource, Secret};
 pub use client::HttpClient;
+pub use meta::UpstreamMeta;
 
 /// The OpenAI endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,17 +236,49 @@ impl Event {
 /// A stream of OpenAI-shaped events.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Failure>> + Send>>;
 
-/// What an upstream answered, already OpenAI-shaped.
-pub enum Reply {
+/// What an upstream answered, already OpenAI-shaped, with the head's headers the client reads.
+#[derive(Debug)]
+pub struct Reply {
+    pub body: ReplyBody,
+    pub meta: UpstreamMeta,
+}
+
+impl Reply {
+    /// A JSON answer without upstream headers (add them with [`Reply::meta`]).
+    pub fn json(answer: Answer) -> Self {
+        Self {
+            body: ReplyBody::Json(answer),
+            meta: UpstreamMeta::default(),
+        }
+    }
+
+    /// A stream without upstream headers (add them with [`Reply::meta`]).
+    pub fn stream(events: EventStream) -> Self {
+        Self {
+            body: ReplyBody::Stream(events),
+            meta: UpstreamMeta::default(),
+        }
+    }
+
+    /// The same reply with the headers of the upstream head it came with.
+    #[must_use]
+    pub fn meta(mut self, meta: UpstreamMeta) -> Self {
+        self.meta = meta;
+        self
+    }
+}
+
+/// The body of a [`Reply`].
+pub enum ReplyBody {
     Json(Answer),
     Stream(EventStream),
 }
 
-impl fmt::Debug for Reply {
+impl fmt::Debug for ReplyBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Json(_) => f.write_str("Reply::Json"),
-            Self::Stream(_) => f.write_str("Reply::Stream"),
+            Self::Json(_) => f.write_str("ReplyBody::Json"),
+            Self::Stream(_) => f.write_str("ReplyBody::Stream"),
         }
     }
 }
@@ -260,6 +294,9 @@ pub struct Failure {
     pub body: Option<Bytes>,
     /// Facts for logs and the error message. Never request content, never a key.
     pub detail: Cow<'static, str>,
+    /// The headers of the upstream's error answer the client reads (request id, rate limits),
+    /// when the failure is returned to it.
+    pub meta: UpstreamMeta,
 }
 
 impl Failure {
@@ -270,6 +307,7 @@ impl Failure {
             retry_after: None,
             body: None,
             detail: detail.into(),
+            meta: UpstreamMeta::default(),
         }
     }
 

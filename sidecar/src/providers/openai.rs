@@ -48,6 +48,7 @@ pub(super) fn map_error(status: StatusCode, retry_after: Option<Duration>, body:
         retry_after,
         body: Some(body),
         detail: format!("upstream answered {}", status.as_u16()).into(),
+        meta: super::UpstreamMeta::default(),
     }
 }
 

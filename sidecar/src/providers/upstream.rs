@@ -19,7 +19,7 @@ use tokio::time::{Instant, timeout_at};
 use super::assemble;
 pub use super::assemble::{Function, ToolCall};
 use super::client::{self, Body, Dest};
-use super::{Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, sse};
+use super::{Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, UpstreamMeta, sse};
 use crate::class::Class;
 
 /// Largest upstream JSON body accepted.
@@ -117,17 +117,20 @@ pub fn post(dest: &Dest, call: &Call<'_>) -> Result<Request<Bytes>, Failure> {
 pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) -> Result<Reply, Failure> {
     let resp = send_to(dest, call, req).await?;
     let status = resp.status();
+    let meta = UpstreamMeta::from_headers(resp.headers());
     if !status.is_success() {
         let ra = retry_after(resp.headers());
         let body = collect(resp.into_body(), call.deadline, MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
-        return Err(super::openai::map_error(status, ra, body));
+        let mut f = super::openai::map_error(status, ra, body);
+        f.meta = meta;
+        return Err(f);
     }
     // Asked for a stream only to assemble the answer, an upstream that ignores `stream` and
     // answers JSON has answered: take it as is.
     if call.assemble && content_type_is(&resp, "application/json") {
-        return answer_body(resp, call).await.map(Reply::Json);
+        return answer_body(resp, call).await.map(|a| Reply::json(a).meta(meta));
     }
     if call.stream {
         if !content_type_is(&resp, "text/event-stream") {
@@ -135,9 +138,9 @@ pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) ->
                 Failure::new(Class::BadResponse, "upstream did not answer a stream with SSE").status(status),
             );
         }
-        return Ok(Reply::Stream(sse::events(resp.into_body())));
+        return Ok(Reply::stream(sse::events(resp.into_body())).meta(meta));
     }
-    answer_body(resp, call).await.map(Reply::Json)
+    answer_body(resp, call).await.map(|a| Reply::json(a).meta(meta))
 }
 
 /// Reads a whole body within `deadline` and `limit`. The bytes are gathered into one buffer
@@ -244,6 +247,7 @@ pub fn translated_failure(
             if kind.is_empty() { "(no error type)" } else { kind }
         )
         .into(),
+        meta: UpstreamMeta::default(),
     }
 }
 

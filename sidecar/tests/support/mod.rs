@@ -216,7 +216,7 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
         .and_then(Value::as_str)
         .unwrap_or("none")
         .to_owned();
-    let step = {
+    let (step, hit) = {
         let mut g = stubs.lock().unwrap();
         let stub = g.entry(name.clone()).or_default();
         let step = if stub.script.is_empty() {
@@ -228,7 +228,7 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
         stub.last_headers = Some(headers);
         stub.last_body = Some(body.clone());
         stub.last_raw = Some(raw);
-        step
+        (step, stub.hits)
     };
     let ok = |model: &str| {
         json!({"id": "x", "object": "chat.completion", "created": 0, "model": model,
@@ -238,7 +238,7 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
     };
     let err =
         |msg: &str| json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
-    Ok(match step {
+    let mut resp = match step {
         Step::Ok => json_resp(200, &ok(&model)),
         Step::Status(s) => json_resp(s, &err("scripted status")),
         Step::RateLimited(secs) => {
@@ -269,7 +269,14 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
             400,
             &json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": code}}),
         ),
-    })
+    };
+    // Every answer names itself as a provider's does: `req-<stub>-<hit>`, with a rate-limit
+    // header.
+    let h = resp.headers_mut();
+    h.insert("x-request-id", format!("req-{name}-{hit}").parse().unwrap());
+    h.insert("x-ratelimit-remaining-requests", (1000 - hit).into());
+    h.insert("openai-organization", "org-not-for-the-client".parse().unwrap());
+    Ok(resp)
 }
 
 impl Fake {
