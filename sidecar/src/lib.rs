@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod deadline;
 pub mod demo;
 pub mod egress;
+pub mod encode;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -44,13 +44,14 @@ use crate::audit::{AttemptRecord, Audit, AuditRecord, SkipRecord};
 use crate::body::{self, Response};
 use crate::class::Class;
 use crate::deadline::Deadline;
+use crate::encode::{Encoder, Out};
 use crate::error::ApiError;
 use crate::health::{Admission, Verdict};
 use crate::layers::request_id::RequestId;
 use crate::metrics::{Metrics, Outcome};
 use crate::providers::answer::{RequestBody, RequestError, Usage};
 use crate::providers::assemble::Assembler;
-use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, ReplyBody, UpstreamMeta, sse};
+use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, ReplyBody, UpstreamMeta};
 use crate::retry::backoff;
 use crate::routing::{self, Overrides};
 use crate::state::{RouteRt, Snapshot, TargetRt, TargetState};
@@ -997,7 +998,7 @@ fn respond(
                 upstream_id: ok.meta.request_id().map(str::to_owned),
                 _busy: ok.busy,
             };
-            *resp.body_mut() = stream_body(guard, held, rest, client, route_model);
+            *resp.body_mut() = stream_body(guard, held, rest, client, Encoder::chat(route_model));
             resp
         }
         // A stream is always pending; answer it as an empty one rather than panic.
@@ -1218,8 +1219,8 @@ struct StreamState {
     idle: Duration,
     /// The client's own bound on the whole response.
     client: Option<Instant>,
-    /// The route whose id goes in each chunk's `model` (`None`: the upstream's is kept).
-    model: Option<Arc<RouteRt>>,
+    /// Writes what the stream sends in the client's wire format.
+    encoder: Encoder,
     /// A chunk with a `finish_reason` went out.
     finished: bool,
     phase: Phase,
@@ -1246,25 +1247,28 @@ async fn drain(rest: &mut EventStream) {
 }
 
 impl StreamState {
-    /// One chunk for the client: the route's model in when asked, usage counted.
+    /// One chunk for the client, usage counted.
     fn chunk(&mut self, a: &Answer) -> Bytes {
         self.finished |= a.finished();
         record_usage(&self.guard.target, a.usage());
-        sse::encode_answer(a, self.model.as_ref().map(|r| r.route.model.as_str()))
+        self.encoder.encode(Out::Chunk(a))
     }
 
     /// The stream broke: one error event, then the body ends abnormally.
     fn broken(&mut self, class: Class) -> Bytes {
         self.phase = Phase::Abort;
         self.guard.end(End::Broken(class));
-        error_event(&self.guard.target.cfg.name, class)
+        self.encoder.encode(Out::Broken {
+            target: &self.guard.target.cfg.name,
+            class,
+        })
     }
 
     /// The stream is complete.
     fn complete(&mut self, phase: Phase) -> Bytes {
         self.phase = phase;
         self.guard.end(End::Complete);
-        sse::encode(&Event::Done)
+        self.encoder.encode(Out::Complete)
     }
 
     /// The next event, within the idle bound and the client's deadline; `Err(true)` when the
@@ -1282,33 +1286,12 @@ impl StreamState {
     }
 }
 
-fn error_event(target: &str, class: Class) -> Bytes {
-    let v = json!({"error": {
-        "message": format!("upstream target {target} failed mid-stream ({class}); the response is incomplete"),
-        "type": "upstream_error",
-        "param": null,
-        "code": class.as_str(),
-    }});
-    sse::encode(&Event::Data(v))
-}
-
-/// The error event of a stream cut by the client's own `x-detour-timeout-ms`.
-fn client_deadline_event() -> Bytes {
-    let v = json!({"error": {
-        "message": "the request's x-detour-timeout-ms passed while the answer was streaming; the response is incomplete",
-        "type": "timeout",
-        "param": null,
-        "code": Class::Timeout.as_str(),
-    }});
-    sse::encode(&Event::Data(v))
-}
-
 fn stream_body(
     guard: StreamGuard,
     held: VecDeque<Event>,
     rest: EventStream,
     client: Option<Instant>,
-    model: Option<Arc<RouteRt>>,
+    encoder: Encoder,
 ) -> body::Body {
     let idle = Duration::from_millis(guard.target.cfg.stream_idle_ms);
     let state = StreamState {
@@ -1317,7 +1300,7 @@ fn stream_body(
         rest,
         idle,
         client,
-        model,
+        encoder,
         finished: false,
         phase: Phase::Open,
     };
@@ -1343,7 +1326,7 @@ fn stream_body(
             Ok(Some(Ok(Event::Raw(a)))) => st.chunk(&a),
             Ok(Some(Ok(Event::Opaque(raw)))) => {
                 st.guard.target.metrics.stream_anomaly();
-                sse::encode(&Event::Opaque(raw))
+                st.encoder.encode(Out::Opaque(raw))
             }
             Ok(Some(Ok(Event::Done))) => st.complete(Phase::Drain),
             // Several OpenAI-compatible servers end a complete answer without `[DONE]`.
@@ -1358,7 +1341,7 @@ fn stream_body(
             Err(true) => {
                 st.phase = Phase::Abort;
                 st.guard.end(End::ClientDeadline);
-                client_deadline_event()
+                st.encoder.encode(Out::ClientDeadline)
             }
         };
         Some((Ok(out), st))
