@@ -526,6 +526,42 @@ async fn request_errors() {
     sc.stop().await;
 }
 
+/// `GET /v1/models/{id}` answers a route id in OpenAI's model shape, its `/` sent as it is or
+/// percent-encoded; an unknown id is OpenAI's 404 `model_not_found`; other methods are 405.
+#[tokio::test]
+async fn retrieve_one_model() {
+    let fake = Fake::start().await;
+    let yaml = policy("p", "") + &route("known/a", "p", &[("t", fake.endpoint("t"))]);
+    let sc = start(&yaml).await;
+    for path in [
+        "/v1/models/known/a",
+        "/v1/models/known%2Fa",
+        "/v1/models/known%2fa/",
+    ] {
+        let r = sc.get(path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.json(),
+            json!({"id": "known/a", "object": "model", "created": 0, "owned_by": "detour"}),
+            "{path}"
+        );
+        assert!(!r.header("x-detour-request-id").is_empty());
+    }
+    let r = sc.get("/v1/models/nope%2Fx").await;
+    assert_eq!(r.status, 404);
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "model_not_found");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("'nope/x'"),
+        "{e}"
+    );
+    let r = sc.send("DELETE", "/v1/models/known/a", Bytes::new(), &[]).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(fake.hits("t"), 0);
+    sc.stop().await;
+}
+
 /// The client's body reaches an OpenAI-compatible upstream byte for byte — key order,
 /// spacing, number spelling — with only `model` replaced. A value that only a full parse
 /// refuses (an unpaired surrogate escape, a number too large for a float) is passed on where

@@ -1,6 +1,6 @@
 //! Innermost service: dispatches by method and path to the proxy (`POST /v1/chat/completions`,
-//! `/v1/completions`, `/v1/embeddings`) or answers `GET /v1/models` from the table being
-//! served. Anything else is a 404 (or 405) in OpenAI's error shape.
+//! `/v1/completions`, `/v1/embeddings`) or answers `GET /v1/models` and `GET /v1/models/{id}`
+//! from the table being served. Anything else is a 404 (or 405) in OpenAI's error shape.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,23 +29,49 @@ impl Router {
     }
 }
 
+/// One route id as OpenAI's model object.
+fn model_object(id: &str) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "detour"})
+}
+
+fn json_response(v: &serde_json::Value) -> Response {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    let mut resp = http::Response::new(body::full(bytes));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
 fn models(shared: &Shared) -> Response {
     let data: Vec<serde_json::Value> = shared
         .table
         .load()
         .as_ref()
-        .map(|s| {
-            s.models
-                .iter()
-                .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "detour"}))
-                .collect()
-        })
+        .map(|s| s.models.iter().map(|m| model_object(m)).collect())
         .unwrap_or_default();
-    let bytes = serde_json::to_vec(&json!({"object": "list", "data": data})).unwrap_or_default();
-    let mut resp = http::Response::new(body::full(bytes));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    json_response(&json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`: `raw` is the path after `/v1/models/`, percent-encoded or not (route
+/// ids contain `/`; some clients send it as `%2F`, some as it is).
+fn model(shared: &Shared, raw: &str) -> Response {
+    let id = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    let known = shared
+        .table
+        .load()
+        .as_ref()
+        .is_some_and(|s| s.routes.contains_key(id.as_ref()));
+    if known {
+        return json_response(&model_object(&id));
+    }
+    // OpenAI's answer for a model that does not exist; the id is the client's own.
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!("The model '{id}' does not exist: this sidecar serves only its route ids (GET /v1/models)"),
+    )
+    .into_response()
 }
 
 impl Service<Request<Bytes>> for Router {
@@ -67,9 +93,14 @@ impl Service<Request<Bytes>> for Router {
                 return Box::pin(async move { Ok(models(&shared)) });
             }
             "/v1/models" => None,
+            path if path.starts_with("/v1/models/") && req.method() == Method::GET => {
+                let resp = model(&shared, &path["/v1/models/".len()..]);
+                return Box::pin(async move { Ok(resp) });
+            }
+            path if path.starts_with("/v1/models/") => None,
             path => {
                 let msg = format!(
-                    "no route for {path}; this sidecar serves POST /v1/chat/completions, /v1/completions, /v1/embeddings and GET /v1/models"
+                    "no route for {path}; this sidecar serves POST /v1/chat/completions, /v1/completions, /v1/embeddings and GET /v1/models, /v1/models/{{id}}"
                 );
                 return Box::pin(async move {
                     Ok(
