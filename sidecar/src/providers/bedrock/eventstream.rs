@@ -1,15 +1,19 @@
-//! The `application/vnd.amazon.eventstream` framing of ConverseStream, decoded.
+//! The `application/vnd.amazon.eventstream` framing of ConverseStream, decoded by the AWS
+//! SDK's own `aws-smithy-eventstream`.
 //!
 //! A message is: a 12-byte prelude (total length, headers length — both big-endian u32 —
 //! and the CRC32 of those 8 bytes), the headers, the payload, and the CRC32 of everything
-//! before it. A header is a 1-byte name length, the name, a 1-byte value type and the value
-//! (types 0–9: true, false, byte, short, int, long, bytes, string, timestamp, uuid). Only
-//! string headers are kept (`:message-type`, `:event-type`, `:exception-type`, …); other
-//! values are skipped by their size. A bad CRC or a length that does not add up is a
-//! [`Class::BadResponse`]; a body that ends inside a message is a [`Class::Reset`].
+//! before it. Here: the prelude's CRC is checked as soon as it arrives (garbage fails at once
+//! instead of after the length it declares), no message above [`MAX_MESSAGE`] is waited for,
+//! and a complete message is handed to the crate, which checks lengths, headers and CRCs.
+//! Only string headers are kept (`:message-type`, `:event-type`, `:exception-type`, …). A
+//! message the crate refuses is a [`Class::BadResponse`]; a body that ends inside a message
+//! is a [`Class::Reset`].
 
 use std::collections::HashMap;
 
+use aws_smithy_eventstream::frame::{read_message_from, write_message_to};
+use aws_smithy_types::event_stream::{Header, HeaderValue, Message as Wire};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, stream};
 use http_body_util::BodyExt;
@@ -19,7 +23,6 @@ use crate::class::Class;
 
 /// Largest message accepted (the service's own limit is 16 MiB).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
-const PRELUDE: usize = 12;
 
 /// One decoded message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,87 +42,42 @@ fn bad(detail: &'static str) -> Failure {
 }
 
 fn be_u32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at + 4)?;
-    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-fn parse_headers(mut h: &[u8]) -> Result<HashMap<String, String>, Failure> {
-    let mut out = HashMap::new();
-    while !h.is_empty() {
-        let name_len = usize::from(h[0]);
-        let name = h
-            .get(1..1 + name_len)
-            .ok_or_else(|| bad("event-stream header name truncated"))?;
-        let name = String::from_utf8_lossy(name).into_owned();
-        h = &h[1 + name_len..];
-        let (&kind, rest) = h
-            .split_first()
-            .ok_or_else(|| bad("event-stream header type missing"))?;
-        h = rest;
-        let fixed = match kind {
-            0 | 1 => Some(0),
-            2 => Some(1),
-            3 => Some(2),
-            4 => Some(4),
-            5 | 8 => Some(8),
-            9 => Some(16),
-            6 | 7 => None,
-            _ => return Err(bad("event-stream header of unknown type")),
-        };
-        if let Some(n) = fixed {
-            if h.len() < n {
-                return Err(bad("event-stream header value truncated"));
-            }
-            h = &h[n..];
-            continue;
-        }
-        let len = h
-            .get(..2)
-            .map(|s| usize::from(u16::from_be_bytes([s[0], s[1]])))
-            .ok_or_else(|| bad("event-stream header length missing"))?;
-        let value = h
-            .get(2..2 + len)
-            .ok_or_else(|| bad("event-stream header value truncated"))?;
-        if kind == 7 {
-            out.insert(name, String::from_utf8_lossy(value).into_owned());
-        }
-        h = &h[2 + len..];
-    }
-    Ok(out)
+    let s = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_be_bytes(s.try_into().ok()?))
 }
 
 /// Takes one complete message off the front of `buf`, if there is one.
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, Failure> {
-    if buf.len() < PRELUDE {
-        return Ok(None);
-    }
-    let (Some(total), Some(headers_len), Some(prelude_crc)) =
-        (be_u32(buf, 0), be_u32(buf, 4), be_u32(buf, 8))
+    let (Some(total), Some(prelude_crc), Some(prelude)) = (be_u32(buf, 0), be_u32(buf, 8), buf.get(..8))
     else {
         return Ok(None);
     };
-    if crc32fast::hash(&buf[..8]) != prelude_crc {
+    if crc32fast::hash(prelude) != prelude_crc {
         return Err(bad("event-stream prelude CRC mismatch"));
     }
     let total = usize::try_from(total).map_err(|_| bad("event-stream message too large"))?;
-    let headers_len = usize::try_from(headers_len).map_err(|_| bad("event-stream headers too large"))?;
     if total > MAX_MESSAGE {
         return Err(bad("event-stream message too large"));
-    }
-    if total < PRELUDE + 4 + headers_len {
-        return Err(bad("event-stream lengths do not add up"));
     }
     if buf.len() < total {
         return Ok(None);
     }
-    let msg = buf.split_to(total);
-    let crc = be_u32(&msg, total - 4).ok_or_else(|| bad("event-stream message CRC missing"))?;
-    if crc32fast::hash(&msg[..total - 4]) != crc {
-        return Err(bad("event-stream message CRC mismatch"));
-    }
-    let headers = parse_headers(&msg[PRELUDE..PRELUDE + headers_len])?;
-    let payload = Bytes::copy_from_slice(&msg[PRELUDE + headers_len..total - 4]);
-    Ok(Some(Message { headers, payload }))
+    let frame = read_message_from(buf.split_to(total).freeze()).map_err(|e| {
+        tracing::debug!(error = %e, "bedrock event-stream message refused");
+        bad("event-stream message malformed (lengths, headers or CRC)")
+    })?;
+    let headers = frame
+        .headers()
+        .iter()
+        .filter_map(|h| match h.value() {
+            HeaderValue::String(v) => Some((h.name().as_str().to_owned(), v.as_str().to_owned())),
+            _ => None,
+        })
+        .collect();
+    Ok(Some(Message {
+        headers,
+        payload: frame.payload().clone(),
+    }))
 }
 
 /// Decodes a streaming body into messages.
@@ -182,24 +140,18 @@ where
 
 /// Encodes a message with string headers (tests, and the fakes that speak this format).
 pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
-    let mut h = Vec::new();
-    for (name, value) in headers {
-        h.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
-        h.extend_from_slice(name.as_bytes());
-        h.push(7);
-        h.extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
-        h.extend_from_slice(value.as_bytes());
+    let frame = Wire::new_from_parts(
+        headers
+            .iter()
+            .map(|(name, value)| Header::new(name.to_string(), HeaderValue::String(value.to_string().into())))
+            .collect(),
+        Bytes::copy_from_slice(payload),
+    );
+    let mut out = Vec::new();
+    if let Err(e) = write_message_to(&frame, &mut out) {
+        tracing::debug!(error = %e, "event-stream message not encodable");
+        out.clear();
     }
-    let total = PRELUDE + h.len() + payload.len() + 4;
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(&u32::try_from(h.len()).unwrap_or(u32::MAX).to_be_bytes());
-    let prelude_crc = crc32fast::hash(&out);
-    out.extend_from_slice(&prelude_crc.to_be_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_be_bytes());
     out
 }
 
@@ -243,14 +195,32 @@ mod tests {
         );
     }
 
-    /// Non-string headers are skipped by their size; the string ones still parse.
+    /// Headers of other types are read past; the string ones are kept.
     #[test]
-    fn skips_other_header_types() {
-        let mut h = vec![3, b'a', b'b', b'c', 4, 0, 0, 0, 9, 2, b'x', b'y', 0];
-        h.extend([1, b'k', 7, 0, 1, b'v']);
-        let got = parse_headers(&h).unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got.get("k").map(String::as_str), Some("v"));
+    fn keeps_only_string_headers() {
+        let frame = Wire::new(&b"{}"[..])
+            .add_header(Header::new("abc", HeaderValue::Int32(9)))
+            .add_header(Header::new("flag", HeaderValue::Bool(true)))
+            .add_header(Header::new("k", HeaderValue::String("v".into())))
+            .add_header(Header::new("id", HeaderValue::Uuid(7)));
+        let mut bytes = Vec::new();
+        write_message_to(&frame, &mut bytes).unwrap();
+        let got = decode(&mut BytesMut::from(&bytes[..])).unwrap().unwrap();
+        assert_eq!(got.headers.len(), 1);
+        assert_eq!(got.header("k"), Some("v"));
+        assert_eq!(&got.payload[..], b"{}");
+    }
+
+    /// A prelude declaring more than the service's limit fails at once, without waiting for
+    /// (or buffering) what it declares.
+    #[test]
+    fn refuses_oversized_messages_from_the_prelude() {
+        let mut prelude = (u32::try_from(MAX_MESSAGE).unwrap() + 1).to_be_bytes().to_vec();
+        prelude.extend(0u32.to_be_bytes());
+        let crc = crc32fast::hash(&prelude).to_be_bytes();
+        prelude.extend(crc);
+        let err = decode(&mut BytesMut::from(&prelude[..])).unwrap_err();
+        assert_eq!(err.class, Class::BadResponse);
     }
 
     /// A corrupted byte fails the CRC; a truncated prelude waits for more.
@@ -290,7 +260,6 @@ mod tests {
                 bytes[8..12].copy_from_slice(&crc);
             }
             let _ = decode(&mut BytesMut::from(&bytes[..]));
-            let _ = parse_headers(&bytes);
         }
     }
 }
