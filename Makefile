@@ -1,8 +1,11 @@
 # Task list. Each target is a thin wrapper over a script that works without make.
-.PHONY: demo test lint generate licenses bench
+.PHONY: demo install test lint generate licenses bench
 
 demo:      ## the standalone sidecar on examples/demo.yaml, failover visible, no cluster or keys
 	scripts/demo
+
+install:   ## detour-sidecar into ~/.cargo/bin (cargo install; needs only the Rust toolchain)
+	cargo install --locked --path sidecar
 
 test:      ## the whole suite: installs what it needs, fmt, clippy, CRD drift, Rust and end-to-end tests
 	scripts/test

@@ -48,9 +48,11 @@ pub struct Cli {
     #[arg(long, env = "DETOUR_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
 
-    /// `/metrics`, `/healthz`, `/readyz`.
-    #[arg(long, env = "DETOUR_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
-    pub admin_listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`. Default: `127.0.0.1:9090` standalone (`--routes`),
+    /// where nothing else needs it; `0.0.0.0:9090` with `--config` (a pod, where Prometheus
+    /// and the kubelet's probes reach it from outside the pod; the injector also passes it).
+    #[arg(long, env = "DETOUR_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Largest request body accepted; larger ones get 413.
     #[arg(long, env = "DETOUR_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
@@ -110,7 +112,52 @@ pub struct Cli {
     pub demo: bool,
 }
 
+/// The admin port when `--admin-listen` is not given.
+pub const ADMIN_PORT: u16 = 9090;
+
+impl Cli {
+    /// `--admin-listen`, or its default for the mode: loopback standalone, every interface
+    /// when serving an operator's table.
+    pub fn admin_listen(&self) -> SocketAddr {
+        self.admin_listen.unwrap_or_else(|| {
+            let ip = if self.routes.is_some() {
+                std::net::Ipv4Addr::LOCALHOST
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED
+            };
+            SocketAddr::from((ip, ADMIN_PORT))
+        })
+    }
+}
+
 /// `--allowed-hosts`' default, for laptops: the providers' hosts and loopback.
 pub fn default_allowed_hosts() -> String {
     detour_api::egress::AllowedHosts::standalone().to_list()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("detour-sidecar").chain(args.iter().copied())).unwrap()
+    }
+
+    /// Standalone, the admin listener stays on loopback unless asked; serving an operator's
+    /// table (a pod) it listens on every interface, so Prometheus and the probes reach it; an
+    /// explicit address wins in both modes.
+    #[test]
+    fn admin_listener_defaults_by_mode() {
+        assert_eq!(
+            parse(&["--routes", "r.yaml"]).admin_listen().to_string(),
+            "127.0.0.1:9090"
+        );
+        assert_eq!(parse(&[]).admin_listen().to_string(), "0.0.0.0:9090");
+        assert_eq!(
+            parse(&["--routes", "r.yaml", "--admin-listen", "0.0.0.0:9191"])
+                .admin_listen()
+                .to_string(),
+            "0.0.0.0:9191"
+        );
+    }
 }

@@ -10,14 +10,22 @@ use detour_sidecar::config::{self, Source};
 use detour_sidecar::conn::Limits;
 use detour_sidecar::server::{self, Options};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("DETOUR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Human logs on stderr; stdout carries only the audit lines (and the demo's report).
+    // Human logs on stderr; stdout carries only the audit lines (and the demo's report, while
+    // which the log lines are held so they cannot split its table on a terminal).
+    let logs = detour_sidecar::demo::LogGate::default();
+    let writer = if cli.demo {
+        BoxMakeWriter::new(logs.clone())
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false);
     if cli.log_format == "json" {
         builder.json().init();
@@ -39,10 +47,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli))
+    runtime.block_on(run(cli, logs))
 }
 
-async fn run(cli: Cli) -> ExitCode {
+async fn run(cli: Cli, logs: detour_sidecar::demo::LogGate) -> ExitCode {
     let source = match &cli.routes {
         Some(p) => Source::Yaml(p.clone()),
         None => Source::Json(cli.config.clone()),
@@ -90,7 +98,7 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let opts = Options {
         listen: cli.listen,
-        admin_listen: cli.admin_listen,
+        admin_listen: cli.admin_listen(),
         max_body_bytes: cli.max_body_bytes,
         source,
         reload_interval: Duration::from_millis(cli.reload_interval_ms.max(10)),
@@ -120,7 +128,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     if let Some(tap) = tap {
-        detour_sidecar::demo::run(&running, tap).await;
+        detour_sidecar::demo::run(&running, tap, &logs).await;
     }
     wait_for_signal().await;
     tracing::info!("shutting down: draining in-flight requests");

@@ -412,10 +412,16 @@ pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, mut req: Request<By
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "model_not_found",
-            format!(
-                "the model {model:?} is not served by this sidecar; known models: {}",
-                known()
-            ),
+            match routing::closest_model(model, &snapshot.models) {
+                Some(near) => format!(
+                    "the model {model:?} is not served by this sidecar; did you mean {near:?}? known models: {}",
+                    known()
+                ),
+                None => format!(
+                    "the model {model:?} is not served by this sidecar; known models: {}",
+                    known()
+                ),
+            },
         )
         .param("model");
         return ctx.reject(e, Outcome::Rejected);

@@ -503,6 +503,47 @@ fn describe(n: &Needs) -> String {
     parts.join(", ")
 }
 
+/// The known route id closest to an unknown `model`, for a "did you mean" in the 404: the
+/// smallest edit distance (Levenshtein over characters, ignoring ASCII case), if it is at most
+/// a third of the id's length (and at least 2 edits are allowed), ties to the first in
+/// `known`'s order. Bounded work whatever the request sends: only ids whose length is within
+/// the allowed distance are compared, so a megabyte-long `model` costs nothing.
+pub fn closest_model<'a>(model: &str, known: &'a [String]) -> Option<&'a str> {
+    let model: Vec<char> = model.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let mut best: Option<(usize, &str)> = None;
+    for id in known {
+        let cand: Vec<char> = id.chars().map(|c| c.to_ascii_lowercase()).collect();
+        let allowed = (cand.len() / 3).max(2);
+        if model.len().abs_diff(cand.len()) > allowed {
+            continue;
+        }
+        let d = edit_distance(&model, &cand);
+        if d <= allowed && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, id.as_str()));
+        }
+    }
+    best.map(|(_, id)| id)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), one row of memory.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == cb {
+                diag
+            } else {
+                1 + diag.min(above).min(row[j])
+            };
+            diag = above;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,5 +725,52 @@ mod tests {
             decide(Strategy::CostOptimized, &scoring, embed.as_object().unwrap()).class,
             Class::Unscored
         );
+    }
+}
+
+#[cfg(test)]
+mod did_you_mean {
+    use super::*;
+
+    fn known() -> Vec<String> {
+        ["fast/cheap", "smart/balanced", "smart/best"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// Levenshtein distance on a few known pairs, including the empty string.
+    #[test]
+    fn edit_distance_counts_edits() {
+        let d =
+            |a: &str, b: &str| edit_distance(&a.chars().collect::<Vec<_>>(), &b.chars().collect::<Vec<_>>());
+        assert_eq!(d("kitten", "sitting"), 3);
+        assert_eq!(d("", "abc"), 3);
+        assert_eq!(d("abc", ""), 3);
+        assert_eq!(d("flaw", "lawn"), 2);
+        assert_eq!(d("same", "same"), 0);
+        assert_eq!(d("ünï", "uni"), 2);
+    }
+
+    /// A typo, a wrong separator or a wrong case suggests the route meant; the nearest of two
+    /// close ids wins.
+    #[test]
+    fn suggests_the_closest_route() {
+        let k = known();
+        assert_eq!(closest_model("smart-balanced", &k), Some("smart/balanced"));
+        assert_eq!(closest_model("Smart/Balanced", &k), Some("smart/balanced"));
+        assert_eq!(closest_model("fast/chep", &k), Some("fast/cheap"));
+        assert_eq!(closest_model("smart/bets", &k), Some("smart/best"));
+        assert_eq!(closest_model("smart/balance", &k), Some("smart/balanced"));
+    }
+
+    /// A model that resembles no route (an upstream model name sent by mistake, an empty
+    /// string, a huge id) suggests nothing.
+    #[test]
+    fn suggests_nothing_when_nothing_is_close() {
+        let k = known();
+        assert_eq!(closest_model("gpt-4o-mini", &k), None);
+        assert_eq!(closest_model("", &k), None);
+        assert_eq!(closest_model(&"x".repeat(1_000_000), &k), None);
+        assert_eq!(closest_model("claude", &[]), None);
     }
 }

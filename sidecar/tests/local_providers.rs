@@ -114,3 +114,28 @@ macro_rules! suite {
 
 suite!(openai_compatible_provider, "openai-compatible", openai_compatible);
 suite!(mock_provider, "mock", mock);
+
+/// `--demo` on `examples/demo.yaml` prints the fallback rate the README shows, and reaches it
+/// with no sleeps of its own: the burst waits for the Retry-After pause rather than for a
+/// fixed time, so a slow machine prints the same table.
+#[tokio::test]
+async fn demo_prints_the_readme_fallback_rate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let yaml = std::fs::read_to_string(root.join("examples/demo.yaml")).unwrap();
+    let mut sc = start(&yaml).await;
+    let tap = std::mem::replace(&mut sc.audit, tokio::sync::mpsc::unbounded_channel().1);
+    let logs = detour_sidecar::demo::LogGate::default();
+    let (fallbacks, total) = detour_sidecar::demo::run(sc.running.as_ref().unwrap(), tap, &logs)
+        .await
+        .unwrap();
+    let printed = format!(
+        "{fallbacks} of {total} requests = {:.0}%",
+        100.0 * fallbacks / total
+    );
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&printed),
+        "README does not show the demo's rate: {printed}"
+    );
+    sc.stop().await;
+}

@@ -480,7 +480,8 @@ async fn first_byte_timeout_fails_over() {
 }
 
 /// Bodies over the limit get 413, malformed JSON 400, unknown and missing models 404 naming
-/// the model and the known ones; all in OpenAI's error shape and with the x-detour headers.
+/// the model and the known ones (with a "did you mean" when one is close); all in OpenAI's
+/// error shape and with the x-detour headers.
 #[tokio::test]
 async fn request_errors() {
     let fake = Fake::start().await;
@@ -513,7 +514,12 @@ async fn request_errors() {
     assert_eq!(r.status, 404);
     let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(msg.contains("\"nope/x\"") && msg.contains("known/a"), "{msg}");
+    assert!(!msg.contains("did you mean"), "{msg}");
     assert_eq!(r.json()["error"]["param"], "model");
+    let r = sc.chat("known-a", &[]).await;
+    assert_eq!(r.status, 404);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("did you mean \"known/a\"?"), "{msg}");
 
     let r = sc
         .send("POST", "/v1/chat/completions", Bytes::from_static(b"{}"), &[])
