@@ -437,11 +437,16 @@ def test_operator_network_policy(chart) -> None:
         "ports": [{"port": "metrics", "protocol": "TCP"}],
         "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
     }
-    assert spec["egress"] == [{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]
+    fleet = {"ports": [{"port": 9090, "protocol": "TCP"}],
+             "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"detour.dev/inject": "true"}}}]}
+    assert spec["egress"] == [fleet, {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]
 
     spec = network_policies(documents(chart, ALL_ON))[(NAMESPACE, "detour-operator")]
     assert spec["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
-    assert spec["egress"] == [{"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}]
+    assert spec["egress"] == [fleet, {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}]
+    # Without fleet health the operator reaches the apiserver only.
+    spec = network_policies(documents(chart, {"fleet": {"enabled": False}}))[(NAMESPACE, "detour-operator")]
+    assert spec["egress"] == [{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]
 
     spec = network_policies(documents(chart, {"networkPolicy": {"metricsFrom": []}}))[(NAMESPACE, "detour-operator")]
     assert [r["ports"][0]["port"] for r in spec["ingress"]] == ["webhook"]
@@ -457,9 +462,15 @@ def test_sidecar_network_policies(chart) -> None:
     admin = policies[("shop", "detour-sidecar-admin")]
     assert admin["podSelector"] == {"matchLabels": {"detour.dev/inject": "true"}}
     assert admin["policyTypes"] == ["Ingress"]
-    monitoring, others = admin["ingress"]
+    monitoring, operator, others = admin["ingress"]
     assert monitoring["ports"] == [{"port": 9090, "protocol": "TCP"}]
     assert monitoring["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # Fleet health: the operator's pods, and only them, also reach the admin port.
+    assert operator["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert operator["from"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "detour", "app.kubernetes.io/component": "operator"}},
+    }]
     assert "from" not in others
     tcp = [(p["port"], p["endPort"]) for p in others["ports"] if p["protocol"] == "TCP"]
     assert tcp == [(1, 9089), (9091, 65535)], "every TCP port but 9090"
@@ -471,8 +482,8 @@ def test_sidecar_network_policies(chart) -> None:
 
     values = {"networkPolicy": {"sidecar": {"namespaces": ["shop"], "allowOtherPorts": False, "egress": {"enabled": True}}}}
     policies = network_policies(documents(chart, values))
-    (only,) = policies[("shop", "detour-sidecar-admin")]["ingress"]
-    assert only["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert [r["ports"] for r in policies[("shop", "detour-sidecar-admin")]["ingress"]] == [
+        [{"port": 9090, "protocol": "TCP"}]] * 2, "monitoring and the operator, nothing else"
     v4, v6 = policies[("shop", "detour-provider-egress")]["egress"][1]["to"]
     assert v4["ipBlock"]["cidr"] == "0.0.0.0/0"
     assert {"169.254.0.0/16", "10.0.0.0/8", "127.0.0.0/8"} <= set(v4["ipBlock"]["except"])

@@ -99,7 +99,7 @@ class FakeApiserver:
                                              "metadata": {"name": "default"}}]}
         if method == "GET" and path in (
             "/apis/detour.dev/v1alpha1/modelroutes", "/apis/detour.dev/v1alpha1/routingpolicies",
-            "/api/v1/configmaps", "/apis/detour.dev/v1alpha1/namespaces/shop/modelroutes",
+            "/api/v1/configmaps", "/apis/detour.dev/v1alpha1/namespaces/shop/modelroutes", "/api/v1/pods",
         ):
             return 200, empty
         if method in ("POST",) and path.endswith("/leases"):

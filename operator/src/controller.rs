@@ -587,6 +587,7 @@ pub async fn run(
     allowed_hosts: AllowedHosts,
     reporter: Reporter,
     metrics: Metrics,
+    fleet: Option<crate::fleet_gather::Config>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RunError> {
     check_crds(&client).await?;
@@ -629,6 +630,8 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
 
+    let fleet_client = client.clone();
+    let fleet_metrics = metrics.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         operator_namespace: operator_namespace.clone(),
@@ -645,7 +648,7 @@ pub async fn run(
     let in_ns = |ns: Option<String>| ns.map(|n| ObjectRef::<PartialObjectMeta<Namespace>>::new(&n));
     let routes_for_policies = routes;
     info!(%operator_namespace, "starting the route controller");
-    Controller::for_stream(ns_events, namespaces)
+    let controller = Controller::for_stream(ns_events, namespaces)
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .watches_stream(route_events, move |r: ModelRoute| in_ns(r.namespace()))
         .watches_stream(policy_events, move |p: RoutingPolicy| {
@@ -665,8 +668,19 @@ pub async fn run(
                 Err(e) => debug!(error = %e, "controller event"),
             }
             std::future::ready(())
-        })
-        .await;
+        });
+    match fleet {
+        // Fleet health runs beside the controller, on the leader only: one replica asks the
+        // pods, and stops when the controller does.
+        Some(config) => {
+            let fleet = crate::fleet_gather::start(fleet_client, config, fleet_metrics);
+            tokio::select! {
+                () = controller => {}
+                () = fleet => warn!("fleet health stopped"),
+            }
+        }
+        None => controller.await,
+    }
     info!("route controller stopped");
     Ok(())
 }

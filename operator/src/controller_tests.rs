@@ -598,6 +598,7 @@ async fn run_wires_watches_and_reconciles() {
         AllowedHosts::providers(),
         Reporter::from("detour-operator"),
         Metrics::new().unwrap(),
+        None,
         async move {
             let _ = stopped.await;
         },

@@ -18,7 +18,7 @@ use detour_operator::certs::{self, Manager, Reloadable, Source};
 use detour_operator::metrics::Metrics;
 use detour_operator::server::{self, App};
 use detour_operator::webhook::{Injector, Selection, Settings};
-use detour_operator::{controller, leader};
+use detour_operator::{controller, fleet_gather, leader};
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -103,6 +103,27 @@ struct Args {
     /// (default: a pod names its routes) or `all` (every route of its namespace).
     #[arg(long, env = "DETOUR_DEFAULT_ROUTES", default_value = "none", value_parser = ["none", "all"])]
     default_routes: String,
+    /// Fleet health: gather each injected pod's breakers (`/v1/health` on its admin port),
+    /// write them into ModelRoute status, and send each namespace's view back to its pods.
+    /// `false` turns it off: no pod is polled, sidecars run alone.
+    #[arg(long, env = "DETOUR_FLEET", default_value_t = true, action = clap::ArgAction::Set)]
+    fleet: bool,
+    /// How often each injected pod is asked for its health (milliseconds).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(200..=60_000))]
+    fleet_interval_ms: u64,
+    /// How long one pod may take to answer (milliseconds).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=30_000))]
+    fleet_timeout_ms: u64,
+    /// Pods asked at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    fleet_concurrency: u64,
+    /// Pods holding a target open (on their own observations) that make it open for every pod
+    /// of the namespace...
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    fleet_open_pods: u32,
+    /// ...or this share of the namespace's reporting pods, whichever comes first.
+    #[arg(long, default_value_t = 0.2)]
+    fleet_open_share: f64,
     /// `json` (default) or `text`.
     #[arg(long, default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -170,6 +191,25 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("--allowed-hosts must name at least one host".to_owned());
     }
     let default_routes: Selection = args.default_routes.parse()?;
+    if !(args.fleet_open_share > 0.0 && args.fleet_open_share <= 1.0) {
+        return Err(format!(
+            "--fleet-open-share must be a share in (0, 1], such as 0.2; got {}",
+            args.fleet_open_share
+        ));
+    }
+    let fleet = args.fleet.then(|| {
+        let mut config = fleet_gather::Config {
+            interval: Duration::from_millis(args.fleet_interval_ms),
+            timeout: Duration::from_millis(args.fleet_timeout_ms.min(args.fleet_interval_ms)),
+            concurrency: usize::try_from(args.fleet_concurrency).unwrap_or(64),
+            ..fleet_gather::Config::default()
+        };
+        config.params.open_pods = args.fleet_open_pods;
+        config.params.open_share = args.fleet_open_share;
+        // A report counts for a few rounds: one missed poll does not make a pod unknown.
+        config.params.stale_after = (config.interval * 3 + config.timeout).max(Duration::from_secs(5));
+        config
+    });
     let metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
     let client = kube::Client::try_default()
         .await
@@ -210,6 +250,8 @@ async fn run(args: Args) -> Result<(), String> {
         allowed_images: args.sidecar_image_allowed.clone(),
         allowed_hosts: allowed_hosts.clone(),
         default_routes,
+        fleet: args.fleet,
+        fleet_key: None,
     };
     tasks.spawn(server_task(
         "webhook server",
@@ -307,7 +349,17 @@ async fn run(args: Args) -> Result<(), String> {
             let stopped = async move {
                 let _ = stop.changed().await;
             };
-            match controller::run(client, namespace, allowed_hosts, reporter, metrics, stopped).await {
+            match controller::run(
+                client,
+                namespace,
+                allowed_hosts,
+                reporter,
+                metrics,
+                fleet,
+                stopped,
+            )
+            .await
+            {
                 Ok(()) => Ended::Ok("route controller"),
                 Err(e) => Ended::Failed(e.to_string()),
             }

@@ -3,7 +3,9 @@
 //! Label values come from enum discriminants only (the error kind, the injection outcome),
 //! never from object names or error text, so cardinality is bounded by the code.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the operator exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -21,6 +23,14 @@ pub struct Metrics {
     pub webhook_denials: IntCounterVec,
     /// Webhook serving certificates issued by the operator.
     pub certificates_issued: IntCounter,
+    /// Fleet-health polls of sidecars, by `result` (`ok`, `failed`).
+    pub fleet_polls: IntCounterVec,
+    /// Wall time of one fleet-health round (every injected pod asked once).
+    pub fleet_round_duration: Histogram,
+    /// Injected pods in the fleet (reporting or not).
+    pub fleet_pods: IntGauge,
+    /// `status.targets` writes, and Events on target transitions.
+    pub fleet_status_writes: IntCounter,
 }
 
 impl Metrics {
@@ -65,6 +75,32 @@ impl Metrics {
             "detour_operator_certificates_issued_total",
             "Webhook serving certificates issued by the operator",
         ))?;
+        let fleet_polls = IntCounterVec::new(
+            Opts::new(
+                "detour_operator_fleet_polls_total",
+                "Fleet-health polls of sidecar admin ports, by result",
+            ),
+            &["result"],
+        )?;
+        let fleet_round_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "detour_operator_fleet_round_duration_seconds",
+                "Duration of one fleet-health round (every injected pod asked once)",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]),
+        )?;
+        let fleet_pods = IntGauge::with_opts(Opts::new(
+            "detour_operator_fleet_pods",
+            "Injected pods the operator gathers health from",
+        ))?;
+        let fleet_status_writes = IntCounter::with_opts(Opts::new(
+            "detour_operator_fleet_status_writes_total",
+            "ModelRoute status writes for the live health of targets",
+        ))?;
+        registry.register(Box::new(fleet_polls.clone()))?;
+        registry.register(Box::new(fleet_round_duration.clone()))?;
+        registry.register(Box::new(fleet_pods.clone()))?;
+        registry.register(Box::new(fleet_status_writes.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
@@ -79,6 +115,10 @@ impl Metrics {
             injections,
             webhook_denials,
             certificates_issued,
+            fleet_polls,
+            fleet_round_duration,
+            fleet_pods,
+            fleet_status_writes,
         })
     }
 

@@ -92,6 +92,10 @@ pub const CLUSTER: &[Rule] = &[
     ),
     // The first apply in a namespace creates the table (authorised as create, by no name).
     rule("", "configmaps", &["create"]),
+    // Fleet health: the injected pods' IPs, admin ports and fleet keys (a watch with label
+    // selector `detour.dev/inject=true`; RBAC cannot restrict list/watch by label). Read
+    // only; the operator never changes a pod.
+    rule("", "pods", &["list", "watch"]),
     // Events on transitions (kube's Recorder creates, then patches a series).
     rule("events.k8s.io", "events", &["create", "patch"]),
 ];

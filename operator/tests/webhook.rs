@@ -452,3 +452,30 @@ fn deny_unknown_route() {
 fn manifest_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }
+
+/// With fleet health on, the sidecar gets its pod's fleet key in its environment (and only
+/// then); two keys drawn for two pods differ.
+#[test]
+fn fleet_key_reaches_the_sidecar_environment() {
+    let key = webhook::inject::fleet_key().unwrap();
+    assert_eq!(key.len(), 64);
+    assert_ne!(Some(&key), webhook::inject::fleet_key().as_ref());
+    let with = Settings {
+        fleet: true,
+        fleet_key: Some(key.clone()),
+        ..Settings::default()
+    };
+    let (response, _) = answer_with(&selecting(None), &found(), &with);
+    let patch = serde_json::to_value(patch_of(&response).expect("a patch"))
+        .unwrap()
+        .to_string();
+    assert!(
+        patch.contains(&format!(r#"{{"name":"DETOUR_FLEET_KEY","value":"{key}"}}"#)),
+        "{patch}"
+    );
+    let (response, _) = answer_with(&selecting(None), &found(), &Settings::default());
+    let patch = serde_json::to_value(patch_of(&response).expect("a patch"))
+        .unwrap()
+        .to_string();
+    assert!(!patch.contains("DETOUR_FLEET_KEY"));
+}

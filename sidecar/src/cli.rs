@@ -102,6 +102,12 @@ pub struct Cli {
     #[arg(long, env = "DETOUR_UPSTREAM_MAX_IDLE", default_value_t = crate::providers::client::MAX_IDLE_PER_ORIGIN)]
     pub upstream_max_idle: usize,
 
+    /// The key the operator presents when it sends the fleet's view (set by the injector;
+    /// from the environment, so it is not on the command line). Without it the sidecar takes
+    /// no view and runs alone.
+    #[arg(long, env = "DETOUR_FLEET_KEY", hide_env_values = true)]
+    pub fleet_key: Option<String>,
+
     /// Log format on stderr: `text` or `json`.
     #[arg(long, env = "DETOUR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

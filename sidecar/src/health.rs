@@ -24,6 +24,13 @@
 //! - Latency is tracked as an EWMA of successful attempts (TTFT for streams); above
 //!   `latency_threshold` the target is *degraded*: still used, but after the healthy ones.
 //!
+//! - **The fleet** (the operator's view of every pod of the namespace) can hold a *closed*
+//!   target open ([`Breaker::fleet`]): open for one cooldown, then probed like any open
+//!   target. The breaker's own observations stay authoritative: its own probe that succeeds
+//!   closes it and overrules the fleet until the fleet stops saying open; its own failures
+//!   trip it as always (then it is open on its own account); a view that is not renewed
+//!   within its time to live lapses, and a target held only by the fleet closes — without the
+//!   operator the breaker is exactly what it is alone. Holding never escalates the cooldown.
 //! - [`Breaker::report`] is the read-only view the admin port's `GET /v1/health` publishes
 //!   (state, counts in the window, latency, last failure): a copy of a few fields taken under
 //!   the breaker's lock, which is never held across an await.
@@ -151,6 +158,19 @@ pub struct Breaker {
     period: u32,
     /// The class and time of the latest failure, for the health report.
     last_failure: Option<(Class, Instant)>,
+    fleet: Fleet,
+}
+
+/// What the fleet's view did to a breaker.
+#[derive(Clone, Copy, Debug, Default)]
+struct Fleet {
+    /// The latest view holds the target open, valid until then.
+    open_until: Option<Instant>,
+    /// Open or probing only because the fleet said so (not this pod's own observation).
+    held: bool,
+    /// This pod's own probe succeeded while the fleet said open: ignore the fleet until it
+    /// stops saying so.
+    overruled: bool,
 }
 
 /// One target's breaker as `GET /v1/health` reports it: a snapshot, times relative to the
@@ -175,6 +195,9 @@ pub struct Report {
     pub last_failure_ago_ms: Option<u64>,
     /// While open: how long until the target is probed again.
     pub open_for_ms: Option<u64>,
+    /// Open or probing only because the fleet holds it open (the operator counts only pods
+    /// that hold a target open on their own observations).
+    pub fleet: bool,
 }
 
 impl Breaker {
@@ -190,14 +213,47 @@ impl Breaker {
             ewma_ms: None,
             period: 0,
             last_failure: None,
+            fleet: Fleet::default(),
         }
+    }
+
+    /// The fleet's view at `now`: whether it holds this target open, and for how long the
+    /// view stands without a newer one. Holds a closed target open for one cooldown (no
+    /// escalation); releases a target it held when the fleet no longer says open.
+    pub fn fleet(&mut self, now: Instant, open: bool, ttl: Duration) {
+        if !open {
+            self.release_fleet();
+            return;
+        }
+        self.fleet.open_until = Some(now + ttl);
+        if !self.fleet.overruled && self.state == State::Closed {
+            self.state = State::Open {
+                until: now + self.params.cooldown,
+            };
+            self.fleet.held = true;
+        }
+    }
+
+    /// Held open only because the fleet says so (as of `now`).
+    pub fn fleet_held(&self, now: Instant) -> bool {
+        self.fleet.held && self.fleet.open_until.is_some_and(|u| now < u)
+    }
+
+    /// Forgets the fleet's view; a target it held (open or probing) closes.
+    fn release_fleet(&mut self) {
+        if self.fleet.held && matches!(self.state, State::Open { .. } | State::HalfOpen { .. }) {
+            self.state = State::Closed;
+        }
+        self.fleet = Fleet::default();
     }
 
     /// The breaker as it stands at `now`, without changing it (a cooldown that ran out reads
     /// as half-open, as the next admission would see it).
     pub fn report(&self, now: Instant) -> Report {
         let (window_requests, window_failures) = self.window(now);
+        let lapsed = self.fleet.held && !self.fleet_held(now);
         let (state, open_for_ms) = match self.state {
+            _ if lapsed => ("closed", None),
             State::Open { until } if until > now => ("open", Some(millis(until - now))),
             State::Open { .. } | State::HalfOpen { .. } => ("half-open", None),
             State::Closed => ("closed", None),
@@ -219,6 +275,7 @@ impl Breaker {
                 .last_failure
                 .map(|(_, at)| millis(now.saturating_duration_since(at))),
             open_for_ms,
+            fleet: self.fleet_held(now),
         }
     }
 
@@ -233,6 +290,10 @@ impl Breaker {
 
     /// The current state, moving Open to HalfOpen when the cooldown is over.
     pub fn state(&mut self, now: Instant) -> State {
+        if self.fleet.open_until.is_some_and(|u| now >= u) {
+            // The operator stopped renewing its view: run alone.
+            self.release_fleet();
+        }
         if let State::Open { until } = self.state
             && now >= until
         {
@@ -383,6 +444,10 @@ impl Breaker {
                 let succeeded = succeeded + 1;
                 if succeeded >= self.params.half_open_probes {
                     self.state = State::Closed;
+                    // Our own probe says it serves: that overrules a fleet that still says
+                    // open, until the fleet stops saying so.
+                    self.fleet.held = false;
+                    self.fleet.overruled = self.fleet.open_until.is_some();
                     self.consecutive = 0;
                     self.buckets = [Bucket::default(); BUCKETS as usize];
                 } else {
@@ -403,6 +468,8 @@ impl Breaker {
         let open_for = retry_after.map_or(cooldown, |ra| ra.max(cooldown));
         self.trips = self.trips.saturating_add(1);
         self.last_trip = Some(now);
+        // Open on our own observations now, whatever the fleet says.
+        self.fleet.held = false;
         self.consecutive = 0;
         self.buckets = [Bucket::default(); BUCKETS as usize];
         self.state = State::Open {
@@ -839,5 +906,97 @@ mod tests {
         assert_eq!((r.state, r.open_for_ms), ("half-open", None));
         assert_eq!(r.last_failure_ago_ms, Some(1_000));
         assert!(matches!(b.peek(), State::Open { .. }), "reporting moved nothing");
+    }
+
+    /// The fleet holds a closed target open for one cooldown without escalating it, reports
+    /// it as held, and releases it when the fleet stops saying open.
+    #[tokio::test(start_paused = true)]
+    async fn the_fleet_holds_a_closed_target_open_until_it_says_otherwise() {
+        let mut b = Breaker::new(params(), Instant::now());
+        let ttl = Duration::from_secs(10);
+        b.fleet(Instant::now(), true, ttl);
+        assert!(matches!(b.admit(Instant::now()), Admission::Rejected { .. }));
+        let r = b.report(Instant::now());
+        assert_eq!((r.state, r.fleet, r.open_for_ms), ("open", true, Some(1_000)));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        b.fleet(Instant::now(), false, ttl);
+        assert_eq!(b.state(Instant::now()), State::Closed);
+        assert!(!b.report(Instant::now()).fleet);
+        // No trip was counted: the next real trip opens for the base cooldown.
+        for _ in 0..3 {
+            hit(&mut b, fail());
+        }
+        let now = Instant::now();
+        assert_eq!(
+            b.state(now),
+            State::Open {
+                until: now + Duration::from_secs(1)
+            }
+        );
+        assert!(!b.report(now).fleet, "open on its own observations");
+    }
+
+    /// After the hold's cooldown the pod probes on its own: a successful probe closes it and
+    /// overrules the fleet (a view that still says open is ignored) until the fleet stops
+    /// saying open; a failed probe opens it on the pod's own account.
+    #[tokio::test(start_paused = true)]
+    async fn the_pods_own_probe_overrules_the_fleet() {
+        let ttl = Duration::from_secs(10);
+        let mut b = Breaker::new(params(), Instant::now());
+        b.fleet(Instant::now(), true, ttl);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(hit(&mut b, ok()), Admission::Probe { .. }));
+        assert!(matches!(hit(&mut b, ok()), Admission::Probe { .. }));
+        assert_eq!(b.state(Instant::now()), State::Closed);
+        b.fleet(Instant::now(), true, ttl);
+        assert_eq!(
+            b.state(Instant::now()),
+            State::Closed,
+            "overruled by its own probe"
+        );
+        b.fleet(Instant::now(), false, ttl);
+        b.fleet(Instant::now(), true, ttl);
+        assert!(b.fleet_held(Instant::now()), "a new open episode holds it again");
+
+        let mut b = Breaker::new(params(), Instant::now());
+        b.fleet(Instant::now(), true, ttl);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        hit(&mut b, fail());
+        let now = Instant::now();
+        assert!(matches!(b.state(now), State::Open { .. }));
+        assert!(!b.fleet_held(now));
+        b.fleet(now, false, ttl);
+        assert!(
+            matches!(b.state(now), State::Open { .. }),
+            "its own trip stays open"
+        );
+    }
+
+    /// A view that is not renewed within its time to live lapses: a target held only by the
+    /// fleet closes (the operator is gone, the pod runs alone); its own trips never lapse.
+    #[tokio::test(start_paused = true)]
+    async fn an_unrenewed_view_lapses() {
+        let p = Params {
+            cooldown: Duration::from_secs(60),
+            max_cooldown: Duration::from_secs(60),
+            ..params()
+        };
+        let mut b = Breaker::new(p, Instant::now());
+        b.fleet(Instant::now(), true, Duration::from_secs(6));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(matches!(b.admit(Instant::now()), Admission::Rejected { .. }));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            b.report(Instant::now()).state,
+            "closed",
+            "the report sees the lapse"
+        );
+        assert_eq!(b.admit(Instant::now()), Admission::Allowed);
+        for _ in 0..3 {
+            hit(&mut b, fail());
+        }
+        b.fleet(Instant::now(), true, Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(b.admit(Instant::now()), Admission::Rejected { .. }));
     }
 }

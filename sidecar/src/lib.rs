@@ -21,6 +21,7 @@ pub mod demo;
 pub mod egress;
 pub mod encode;
 pub mod error;
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod health;

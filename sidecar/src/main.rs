@@ -113,6 +113,7 @@ async fn run(cli: Cli, logs: detour_sidecar::demo::LogGate) -> ExitCode {
         },
         max_buffered_bytes: cli.max_buffered_bytes,
         guard,
+        fleet_key: cli.fleet_key.filter(|k| !k.is_empty()).map(Into::into),
     };
     let (audit, tap) = if cli.demo {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub first_byte: HistogramVec,
     pub overhead: HistogramVec,
     pub breaker_state: IntGaugeVec,
+    pub fleet_held: IntGaugeVec,
     pub degraded: IntGaugeVec,
     pub in_flight: IntGauge,
     pub tokens: IntCounterVec,
@@ -165,6 +166,12 @@ impl Metrics {
                 &r,
                 "detour_breaker_state",
                 "Circuit state per target: 0 closed, 1 half-open, 2 open.",
+                &["route", "target"],
+            )?,
+            fleet_held: gauge(
+                &r,
+                "detour_breaker_fleet_held",
+                "1 while the target is open or probing only because the fleet holds it open (the operator's view), not on this pod's own observations.",
                 &["route", "target"],
             )?,
             degraded: gauge(
@@ -391,6 +398,7 @@ pub struct TargetMetrics {
     attempt_duration: [Cell<Histogram>; Class::COUNT],
     requests: RequestCells,
     breaker_state: Cell<IntGauge>,
+    fleet_held: Cell<IntGauge>,
     degraded: Cell<IntGauge>,
     first_byte: Cell<Histogram>,
     tokens: [Cell<IntCounter>; 2],
@@ -410,6 +418,7 @@ impl TargetMetrics {
             attempt_duration: Default::default(),
             requests: RequestCells::default(),
             breaker_state: Cell::new(),
+            fleet_held: Cell::new(),
             degraded: Cell::new(),
             first_byte: Cell::new(),
             tokens: Default::default(),
@@ -454,6 +463,14 @@ impl TargetMetrics {
         self.breaker_state.get_or_init(|| {
             self.m
                 .breaker_state
+                .with_label_values(&[self.route.as_str(), self.target.as_str()])
+        })
+    }
+
+    pub fn fleet_held(&self) -> &IntGauge {
+        self.fleet_held.get_or_init(|| {
+            self.m
+                .fleet_held
                 .with_label_values(&[self.route.as_str(), self.target.as_str()])
         })
     }

@@ -46,6 +46,8 @@ pub struct Options {
     pub max_buffered_bytes: usize,
     /// What every table must respect (allowlist, credentials directory).
     pub guard: crate::egress::Guard,
+    /// The key the operator presents with the fleet's view (`None`: no view is taken).
+    pub fleet_key: Option<Arc<str>>,
 }
 
 /// Why the sidecar could not start.
@@ -154,7 +156,7 @@ pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Resu
         opts.drain_timeout,
     ));
     // Its own connection cap: probes are answered while the API listener is full.
-    let admin_svc = HostLayer.layer(Admin(shared.clone(), budget));
+    let admin_svc = HostLayer.layer(Admin(shared.clone(), budget, opts.fleet_key.clone()));
     tasks.spawn(accept_loop(
         admin,
         admin_svc,
@@ -253,21 +255,97 @@ const ADMIN_LIMITS: Limits = Limits {
     linger: Duration::from_secs(1),
 };
 
-/// The admin listener's service: `/metrics`, `/healthz`, `/readyz`, `/v1/health`.
+/// The admin listener's service: `/metrics`, `/healthz`, `/readyz`, `/v1/health` (GET; POST
+/// with the fleet's view and key).
 #[derive(Clone)]
-struct Admin(Arc<Shared>, Budget);
+struct Admin(Arc<Shared>, Budget, Option<Arc<str>>);
 
-impl<B> Service<Request<B>> for Admin {
+impl Service<Request<hyper::body::Incoming>> for Admin {
     type Response = Response;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Response, Infallible>>;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        std::future::ready(Ok(admin_route(&self.0, &self.1, &req)))
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        if req.method() == http::Method::POST && req.uri().path() == "/v1/health" {
+            let (shared, key) = (self.0.clone(), self.2.clone());
+            return Box::pin(async move { Ok(take_fleet_view(&shared, key.as_deref(), req).await) });
+        }
+        let r = admin_route(&self.0, &self.1, &req);
+        Box::pin(std::future::ready(Ok(r)))
+    }
+}
+
+/// `POST /v1/health`: the operator's question, carrying the fleet's view. The view is taken
+/// with this pod's key only; the answer is the health document, as for `GET`.
+async fn take_fleet_view(
+    shared: &Shared,
+    key: Option<&str>,
+    req: Request<hyper::body::Incoming>,
+) -> Response {
+    let refuse = |status: StatusCode, why: crate::fleet::Refused| {
+        tracing::warn!(%why, "fleet view refused");
+        let mut r = http::Response::new(body::full(Bytes::from(format!("{why}\n"))));
+        *r.status_mut() = status;
+        r
+    };
+    let Some(key) = key else {
+        return refuse(StatusCode::FORBIDDEN, crate::fleet::Refused::NotEnabled);
+    };
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if !crate::fleet::authorized(authorization, key) {
+        return refuse(StatusCode::UNAUTHORIZED, crate::fleet::Refused::BadKey);
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), crate::fleet::MAX_VIEW_BYTES);
+    let body =
+        match tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::collect(limited)).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    crate::fleet::Refused::Invalid(format!("unreadable body: {e}")),
+                );
+            }
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    crate::fleet::Refused::Invalid("body not sent within 5s".to_owned()),
+                );
+            }
+        };
+    let view = match crate::fleet::parse(&body) {
+        Ok(v) => v,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+    };
+    let now = tokio::time::Instant::now();
+    let table = shared.table.load();
+    if let Some(table) = table.as_deref() {
+        crate::fleet::apply(table, &view, now);
+    }
+    health_document(table.as_deref(), now)
+}
+
+fn health_document(table: Option<&Snapshot>, now: tokio::time::Instant) -> Response {
+    match serde_json::to_vec(&crate::health::document(table, now)) {
+        Ok(json) => {
+            let mut r = http::Response::new(body::full(Bytes::from(json)));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(_) => {
+            let mut r = http::Response::new(body::full(Bytes::from_static(
+                b"cannot encode the health report\n",
+            )));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
     }
 }
 

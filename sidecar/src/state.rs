@@ -81,6 +81,7 @@ impl TargetRt {
         let out = f(&mut b);
         let after = b.state(now);
         let degraded = b.degraded();
+        let held = b.fleet_held(now);
         drop(b);
         if before.gauge() != after.gauge() {
             let to = ["closed", "half-open", "open"]
@@ -91,6 +92,7 @@ impl TargetRt {
             self.metrics.breaker_transition(after.gauge());
         }
         self.metrics.breaker_state().set(after.gauge());
+        self.metrics.fleet_held().set(i64::from(held));
         self.metrics.degraded().set(i64::from(degraded));
         out
     }
@@ -246,6 +248,9 @@ impl Registry {
         for key in old_targets.keys() {
             let _ = metrics
                 .breaker_state
+                .remove_label_values(&[key.route.as_str(), key.name.as_str()]);
+            let _ = metrics
+                .fleet_held
                 .remove_label_values(&[key.route.as_str(), key.name.as_str()]);
         }
         for (target, gauge) in gauges {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use detour_sidecar::class::Class;
 use serde_json::json;
-use support::{Fake, Step, compiled_json, kubelet_publish, metric, policy, route, start, wait_for};
+use support::{
+    FLEET_KEY, Fake, Step, compiled_json, kubelet_publish, metric, policy, route, start, wait_for,
+};
 
 /// Each failure class of the primary fails over to the backup, which serves the request;
 /// the attempt is classified once, as that class. (A hung provider is left at the first-byte
@@ -290,6 +292,68 @@ async fn breaker_opens_and_dead_primary_stops_receiving_traffic() {
     assert_eq!(backup["errorRate"], 0.0);
     assert!(backup["latencyMs"].as_f64().is_some());
     assert!(backup["lastFailureClass"].is_null());
+    sc.stop().await;
+}
+
+/// The fleet's view, sent with the pod's key, holds a healthy primary open: requests go to
+/// the backup without touching it, the health report and metrics say it is held by the
+/// fleet, and a view without it hands it back. A wrong key or a malformed view is refused
+/// and changes nothing.
+#[tokio::test]
+async fn the_fleet_view_holds_a_target_open() {
+    let fake = Fake::start().await;
+    let yaml = policy("p", "  health:\n    failureThreshold: 3\n    cooldown: 1m\n")
+        + &route(
+            "m",
+            "p",
+            &[
+                ("primary", fake.endpoint("primary")),
+                ("backup", fake.endpoint("backup")),
+            ],
+        );
+    let sc = start(&yaml).await;
+    let open = r#"{"version":1,"ttlMs":10000,"open":[{"route":"m","target":"primary","podsOpen":2,"podsReporting":5}]}"#;
+    let (status, _) = sc.admin_post("/v1/health", "wrong", open).await;
+    assert_eq!(status, 401);
+    let (status, why) = sc
+        .admin_post("/v1/health", FLEET_KEY, r#"{"version":7,"ttlMs":1}"#)
+        .await;
+    assert_eq!(status, 400);
+    assert!(why.contains("version 7"), "{why}");
+    assert_eq!(sc.chat("m", &[]).await.header("x-detour-target"), "primary");
+
+    let (status, doc) = sc.admin_post("/v1/health", FLEET_KEY, open).await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let primary = &doc["routes"][0]["targets"][0];
+    assert_eq!(
+        (primary["state"].as_str(), primary["fleet"].as_bool()),
+        (Some("open"), Some(true))
+    );
+    for _ in 0..3 {
+        assert_eq!(sc.chat("m", &[]).await.header("x-detour-target"), "backup");
+    }
+    assert_eq!(fake.hits("primary"), 1, "held open: not tried");
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, r#"detour_breaker_fleet_held{route="m",target="primary"}"#),
+        1.0
+    );
+
+    let (status, _) = sc
+        .admin_post(
+            "/v1/health",
+            FLEET_KEY,
+            r#"{"version":1,"ttlMs":10000,"open":[]}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(sc.chat("m", &[]).await.header("x-detour-target"), "primary");
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, r#"detour_breaker_fleet_held{route="m",target="primary"}"#),
+        0.0
+    );
     sc.stop().await;
 }
 

@@ -72,6 +72,9 @@ pub const ROUTES_DIR: &str = "/etc/detour";
 /// The sidecar's metrics port and its name (the PodMonitor selects it by name).
 pub const METRICS_PORT: u16 = 9090;
 pub const METRICS_PORT_NAME: &str = "detour-metrics";
+/// The sidecar's environment variable carrying its key for the fleet's view: the operator
+/// reads it from the pod (its pod watch) and presents it when it sends the view.
+pub const FLEET_KEY_ENV: &str = "DETOUR_FLEET_KEY";
 /// The env var that points OpenAI clients at the sidecar.
 pub const BASE_URL_ENV: &str = "OPENAI_BASE_URL";
 
@@ -96,6 +99,10 @@ pub struct Settings {
     pub allowed_hosts: AllowedHosts,
     /// Which routes a pod without [`ROUTES_ANNOTATION`] selects (`--default-routes`).
     pub default_routes: Selection,
+    /// Fleet health is on (`--fleet`): each injected sidecar gets a key of its own.
+    pub fleet: bool,
+    /// The key of the pod being injected ([`FLEET_KEY_ENV`]), drawn per review when `fleet`.
+    pub fleet_key: Option<String>,
 }
 
 /// Which routes a pod without [`ROUTES_ANNOTATION`] gets the Secrets of.
@@ -134,8 +141,21 @@ impl Default for Settings {
             allowed_images: Vec::new(),
             allowed_hosts: AllowedHosts::providers(),
             default_routes: Selection::None,
+            fleet: false,
+            fleet_key: None,
         }
     }
+}
+
+/// A fresh fleet key: 32 random bytes, hex. `None` if the system has no randomness (the pod
+/// is then injected without one and runs alone).
+pub fn fleet_key() -> Option<String> {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Why a pod is left alone.
@@ -516,11 +536,19 @@ pub fn sidecar(settings: &Settings, secrets: &BTreeSet<String>) -> Container {
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         restart_policy: Some("Always".to_owned()),
         args: Some(sidecar_args(settings)),
-        env: Some(vec![EnvVar {
-            name: ALLOWED_HOSTS_ENV.to_owned(),
-            value: Some(settings.allowed_hosts.to_list()),
-            value_from: None,
-        }]),
+        env: Some(
+            std::iter::once(EnvVar {
+                name: ALLOWED_HOSTS_ENV.to_owned(),
+                value: Some(settings.allowed_hosts.to_list()),
+                value_from: None,
+            })
+            .chain(settings.fleet_key.as_ref().map(|key| EnvVar {
+                name: FLEET_KEY_ENV.to_owned(),
+                value: Some(key.clone()),
+                value_from: None,
+            }))
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some(METRICS_PORT_NAME.to_owned()),
             container_port: i32::from(METRICS_PORT),

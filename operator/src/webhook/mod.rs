@@ -167,6 +167,15 @@ impl Injector {
                     _ => Ok(Routes::default()),
                 };
                 match routes {
+                    // With fleet health on, each pod's sidecar gets a key of its own for the
+                    // fleet's view (the operator reads it back from the pod it polls).
+                    Ok(routes) if self.settings.fleet => {
+                        let settings = Settings {
+                            fleet_key: inject::fleet_key(),
+                            ..self.settings.clone()
+                        };
+                        respond(&request, &settings, &routes)
+                    }
                     Ok(routes) => respond(&request, &self.settings, &routes),
                     Err(message) => {
                         let response = forbid(AdmissionResponse::from(&request), &message);

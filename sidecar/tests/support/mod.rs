@@ -419,6 +419,9 @@ pub async fn start_with_limits(
     start_guarded_with_limits(source, dir, max_body, guard, limits).await
 }
 
+/// The fleet key of the sidecars the tests start.
+pub const FLEET_KEY: &str = "test-fleet-key";
+
 /// Starts a sidecar on `source` under `guard`'s destination and credential-path rules.
 pub async fn start_guarded(
     source: Source,
@@ -457,6 +460,7 @@ async fn start_guarded_with_limits(
         limits,
         max_buffered_bytes: 64 * 1024 * 1024,
         guard,
+        fleet_key: Some(FLEET_KEY.into()),
     };
     let running = server::start(opts, Audit::with_tap(false, tx), initial)
         .await
@@ -602,6 +606,18 @@ impl Sidecar {
             .unwrap();
         let resp = self.client.request(req).await.unwrap();
         String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// A POST of `body` to the admin listener with `Authorization: Bearer <key>`: status and body.
+    pub async fn admin_post(&self, path: &str, key: &str, body: &str) -> (u16, String) {
+        let req = Request::post(format!("http://{}{path}", self.admin))
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        (status, text)
     }
 
     /// The audit record of the response.
