@@ -38,6 +38,8 @@ pub enum Out<'a> {
 pub enum Encoder {
     /// OpenAI's chunk SSE, as chat completions and completions define it.
     Chat(Chat),
+    /// The Responses API's typed events (boxed: it keeps the items streamed so far).
+    Responses(Box<crate::responses::stream::Encoder>),
 }
 
 impl Encoder {
@@ -47,10 +49,16 @@ impl Encoder {
         Self::Chat(Chat { model })
     }
 
+    /// The Responses API's typed events; `echo`: the request fields the response repeats.
+    pub fn responses(echo: crate::responses::Echo, model: Option<Arc<RouteRt>>) -> Self {
+        Self::Responses(Box::new(crate::responses::stream::Encoder::new(echo, model)))
+    }
+
     /// The bytes for the client.
     pub fn encode(&mut self, out: Out<'_>) -> Bytes {
         match self {
             Self::Chat(c) => c.encode(out),
+            Self::Responses(r) => r.encode(out),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod layers;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
+pub mod responses;
 pub mod retry;
 pub mod routing;
 pub mod scoring;

@@ -52,6 +52,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::providers::answer::{RequestBody, RequestError, Usage};
 use crate::providers::assemble::Assembler;
 use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, ReplyBody, UpstreamMeta};
+use crate::responses::Echo;
 use crate::retry::backoff;
 use crate::routing::{self, Overrides};
 use crate::state::{RouteRt, Snapshot, TargetRt, TargetState};
@@ -159,6 +160,9 @@ struct Ctx {
     overhead: Option<Duration>,
     /// The response went to the server (time after that is not overhead nor waiting).
     committed: bool,
+    /// A Responses API request translated to chat: the request fields its answer echoes
+    /// (`None`: the client speaks the endpoint itself).
+    responses: Option<Echo>,
     _in_flight: InFlight,
 }
 
@@ -177,7 +181,7 @@ struct AttemptEnd {
 }
 
 impl Ctx {
-    fn new(shared: Arc<Shared>, request_id: String, endpoint: Endpoint) -> Self {
+    fn new(shared: Arc<Shared>, request_id: String, endpoint: Endpoint, responses: Option<Echo>) -> Self {
         shared.metrics.in_flight.inc();
         let gauge = shared.metrics.in_flight.clone();
         Self {
@@ -196,6 +200,7 @@ impl Ctx {
             waited: Duration::ZERO,
             overhead: None,
             committed: false,
+            responses,
             _in_flight: InFlight(gauge),
         }
     }
@@ -311,7 +316,11 @@ impl Ctx {
         self.shared.audit.write(AuditRecord {
             ts_ms: crate::audit::now_ms(),
             request_id: self.request_id,
-            endpoint: self.endpoint.path(),
+            endpoint: if self.responses.is_some() {
+                "responses"
+            } else {
+                self.endpoint.path()
+            },
             route: self.route.as_ref().map(|r| r.route.model.clone()),
             rule: self.rule,
             score: self.score.as_ref().map(|d| crate::audit::ScoreRecord {
@@ -364,12 +373,39 @@ fn header_str(req: &Request<Bytes>, name: HeaderName) -> Option<&str> {
 }
 
 /// Serves one OpenAI API request.
-pub async fn handle(shared: Arc<Shared>, endpoint: Endpoint, mut req: Request<Bytes>) -> Response {
+///
+/// Not `async fn` wrappers (here and in [`handle_responses`]): one would hold the request
+/// twice, as its argument and inside the future it awaits.
+pub fn handle(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    req: Request<Bytes>,
+) -> impl Future<Output = Response> + Send {
+    handle_as(shared, endpoint, req, None)
+}
+
+/// Serves a Responses API request translated to a chat request (`req`'s body): the same
+/// routing, failover and stream contract; the answer and the stream are written back as
+/// Responses (see [`crate::responses`]).
+pub fn handle_responses(
+    shared: Arc<Shared>,
+    req: Request<Bytes>,
+    echo: Echo,
+) -> impl Future<Output = Response> + Send {
+    handle_as(shared, Endpoint::Chat, req, Some(echo))
+}
+
+async fn handle_as(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    mut req: Request<Bytes>,
+    responses: Option<Echo>,
+) -> Response {
     let request_id = req
         .extensions_mut()
         .remove::<RequestId>()
         .map_or_else(String::new, |r| r.0);
-    let ctx = Ctx::new(shared.clone(), request_id, endpoint);
+    let ctx = Ctx::new(shared.clone(), request_id, endpoint, responses);
     let Some(snapshot) = shared.table.load_full() else {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -973,7 +1009,10 @@ fn respond(
     match (ok.peeked, ok.pending) {
         (Peeked::Json(answer), _) => {
             drop(ok.busy);
-            let bytes = answer.with_model(route_model.as_ref().map(|r| r.route.model.as_str()));
+            let mut bytes = answer.with_model(route_model.as_ref().map(|r| r.route.model.as_str()));
+            if let Some(echo) = &ctx.responses {
+                bytes = crate::responses::json_answer(&bytes, echo);
+            }
             record_usage(target, answer.usage());
             ctx.commit();
             let mut resp = http::Response::new(body::full(bytes));
@@ -1004,7 +1043,11 @@ fn respond(
                 upstream_id: ok.meta.request_id().map(str::to_owned),
                 _busy: ok.busy,
             };
-            *resp.body_mut() = stream_body(guard, held, rest, client, Encoder::chat(route_model));
+            let encoder = match guard.ctx.as_ref().and_then(|c| c.responses.clone()) {
+                Some(echo) => Encoder::responses(echo, route_model),
+                None => Encoder::chat(route_model),
+            };
+            *resp.body_mut() = stream_body(guard, held, rest, client, encoder);
             resp
         }
         // A stream is always pending; answer it as an empty one rather than panic.

@@ -70,6 +70,7 @@ fn endpoint_of(path: &str) -> &'static str {
         "/v1/completions" => "completions",
         "/v1/embeddings" => "embeddings",
         "/v1/models" => "models",
+        "/v1/responses" => "responses",
         p if p.starts_with("/v1/models/") => "models",
         _ => "none",
     }

@@ -1,5 +1,5 @@
 //! Innermost service: dispatches by method and path to the proxy (`POST /v1/chat/completions`,
-//! `/v1/completions`, `/v1/embeddings`) or answers `GET /v1/models` and `GET /v1/models/{id}`
+//! `/v1/completions`, `/v1/embeddings`; `/v1/responses` through its translation) or answers `GET /v1/models` and `GET /v1/models/{id}`
 //! from the table being served. Anything else is a 404 (or 405) in OpenAI's error shape.
 
 use std::convert::Infallible;
@@ -93,6 +93,10 @@ impl Service<Request<Bytes>> for Router {
                 return Box::pin(async move { Ok(models(&shared)) });
             }
             "/v1/models" => None,
+            "/v1/responses" if req.method() == Method::POST => {
+                return Box::pin(crate::responses::handle(shared, req).map(Ok));
+            }
+            "/v1/responses" => None,
             path if path.starts_with("/v1/models/") && req.method() == Method::GET => {
                 let resp = model(&shared, &path["/v1/models/".len()..]);
                 return Box::pin(async move { Ok(resp) });
@@ -100,7 +104,7 @@ impl Service<Request<Bytes>> for Router {
             path if path.starts_with("/v1/models/") => None,
             path => {
                 let msg = format!(
-                    "no route for {path}; this sidecar serves POST /v1/chat/completions, /v1/completions, /v1/embeddings and GET /v1/models, /v1/models/{{id}}"
+                    "no route for {path}; this sidecar serves POST /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings and GET /v1/models, /v1/models/{{id}}"
                 );
                 return Box::pin(async move {
                     Ok(
