@@ -23,11 +23,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use kube::ResourceExt;
-
 use crate::crd::{
-    CredentialsSpec, ModelRoute, Provider, ResponseModel, RetryOn, RoutingPolicy, RoutingPolicySpec,
-    RuleSpec, Scorer, Strategy, TargetSpec,
+    CredentialsSpec, ModelRoute, ObjectMeta, Provider, ResponseModel, RetryOn, RoutingPolicy,
+    RoutingPolicySpec, RuleSpec, Scorer, Strategy, TargetSpec,
 };
 use crate::defaults;
 use crate::duration::parse_ms;
@@ -371,7 +369,7 @@ fn key_of_route(r: &ModelRoute) -> ObjectKey {
     ObjectKey {
         kind: Kind::ModelRoute,
         namespace: namespace_of(r),
-        name: r.name_any(),
+        name: r.object_name(),
     }
 }
 
@@ -379,12 +377,13 @@ fn key_of_policy(p: &RoutingPolicy) -> ObjectKey {
     ObjectKey {
         kind: Kind::RoutingPolicy,
         namespace: namespace_of(p),
-        name: p.name_any(),
+        name: p.object_name(),
     }
 }
 
-fn namespace_of<K: ResourceExt>(o: &K) -> String {
-    o.namespace().unwrap_or_else(|| defaults::NAMESPACE.to_owned())
+fn namespace_of<K: ObjectMeta>(o: &K) -> String {
+    o.object_namespace()
+        .unwrap_or_else(|| defaults::NAMESPACE.to_owned())
 }
 
 struct Diags(Vec<Diagnostic>);
@@ -432,7 +431,7 @@ pub fn compile(input: &Input<'_>) -> Compiled {
     route_order.sort_by_cached_key(|r| {
         by_identity(
             namespace_of(*r),
-            r.name_any(),
+            r.object_name(),
             serde_json::to_string(&r.spec).unwrap_or_default(),
         )
     });
@@ -440,7 +439,7 @@ pub fn compile(input: &Input<'_>) -> Compiled {
     policy_order.sort_by_cached_key(|p| {
         by_identity(
             namespace_of(*p),
-            p.name_any(),
+            p.object_name(),
             serde_json::to_string(&p.spec).unwrap_or_default(),
         )
     });
@@ -457,7 +456,7 @@ pub fn compile(input: &Input<'_>) -> Compiled {
     let mut defaults_by_ns: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
     for p in policy_order.iter().copied() {
         if p.spec.default == Some(true)
-            && let Some((key, _)) = policies.get(&(namespace_of(p), p.name_any()))
+            && let Some((key, _)) = policies.get(&(namespace_of(p), p.object_name()))
         {
             defaults_by_ns
                 .entry(key.namespace.as_str())
@@ -694,12 +693,7 @@ pub fn compile(input: &Input<'_>) -> Compiled {
     let created: BTreeMap<ObjectKey, Option<String>> = input
         .routes
         .iter()
-        .map(|r| {
-            (
-                key_of_route(r),
-                r.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
-            )
-        })
+        .map(|r| (key_of_route(r), r.created_at()))
         .collect();
     let mut losers: BTreeSet<usize> = BTreeSet::new();
     for (model, mut idx) in by_model {

@@ -9,7 +9,9 @@
 
 use std::fmt;
 
+#[cfg(feature = "k8s")]
 use kube::{CustomResource, KubeSchema};
+#[cfg(feature = "k8s")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,38 +22,42 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 /// One model id that clients send, and the ordered providers that may serve it.
-#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[kube(
-    group = "detour.dev",
-    version = "v1alpha1",
-    kind = "ModelRoute",
-    plural = "modelroutes",
-    shortname = "mr",
-    category = "detour",
-    namespaced,
-    status = "ModelRouteStatus",
-    derive = "PartialEq",
-    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.model"}"#,
-    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".spec.targets[0].name"}"#,
-    printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targetCount"}"#,
-    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".status.policy"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "k8s", derive(CustomResource, KubeSchema))]
+#[cfg_attr(
+    feature = "k8s",
+    kube(
+        group = "detour.dev",
+        version = "v1alpha1",
+        kind = "ModelRoute",
+        plural = "modelroutes",
+        shortname = "mr",
+        category = "detour",
+        namespaced,
+        status = "ModelRouteStatus",
+        derive = "PartialEq",
+        printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.model"}"#,
+        printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".spec.targets[0].name"}"#,
+        printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targetCount"}"#,
+        printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".status.policy"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("self.targets.all(t, self.targets.filter(u, u.name == t.name).size() == 1)")
         .message("spec.targets: target names must be unique within a route").reason(Reason::FieldValueDuplicate),
     validation = Rule::new("!has(self.rules) || self.rules.all(r, !has(r.then.targets) || r.then.targets.all(n, self.targets.exists(t, t.name == n)))")
         .message("spec.rules[].then.targets: every name must be one of spec.targets[].name"),
-)]
+))]
 pub struct ModelRouteSpec {
     /// The id clients send in the request body's `model` field, e.g. `smart/balanced`.
-    #[schemars(length(min = 1, max = 256))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 256)))]
     pub model: String,
     /// The providers that may serve this model, in order: the first is the primary.
-    #[schemars(length(min = 1, max = 16))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 16)))]
     pub targets: Vec<TargetSpec>,
     /// The RoutingPolicy (same namespace) that says how to choose and when to fail over.
     /// When absent, the namespace's default policy, then the cluster's, then built-in defaults.
@@ -60,22 +66,24 @@ pub struct ModelRouteSpec {
     /// Tag rules that apply to this route only, evaluated before the policy's rules. Kept here
     /// so the apiserver can check that they name this route's targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[cfg_attr(feature = "k8s", schemars(length(max = 32)))]
     pub rules: Option<Vec<RuleSpec>>,
 }
 
 /// A reference to a RoutingPolicy in the route's namespace.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRef {
-    #[schemars(length(min = 1, max = 253))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 253)))]
     pub name: String,
 }
 
 /// One upstream that may serve a route.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("self.provider != 'bedrock' || has(self.region)")
         .message("region is required for provider bedrock, e.g. region: us-east-1"),
     validation = Rule::new("!(self.provider in ['azure-openai', 'openai-compatible']) || has(self.endpoint)")
@@ -84,21 +92,27 @@ pub struct PolicyRef {
         .message("credentials are required for providers openai, azure-openai and anthropic"),
     validation = Rule::new("!has(self.endpoint) || !self.endpoint.startsWith('http://') || !has(self.credentials) || (has(self.allowPlainHttp) && self.allowPlainHttp)")
         .message("allowPlainHttp: credentials go over plain http:// only when the target sets allowPlainHttp: true (loopback or in-cluster Services only); use https://"),
-)]
+))]
 pub struct TargetSpec {
     /// Unique within the route; used in metrics, headers and `x-detour-target`.
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
     )]
     pub name: String,
     pub provider: Provider,
     /// The upstream model name (for `azure-openai`, the deployment name).
-    #[schemars(length(min = 1, max = 256))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 256)))]
     pub model: String,
     /// Base URL of the provider's API, e.g. `https://api.openai.com/v1`. Defaults per provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))
+    )]
     pub endpoint: Option<String>,
     /// Plain `http://` with credentials: allowed only with this set, and only to loopback or
     /// an in-cluster Service (`<name>.<namespace>.svc`). Default false.
@@ -106,15 +120,18 @@ pub struct TargetSpec {
     pub allow_plain_http: Option<bool>,
     /// Cloud region, required for `bedrock`: the provider's region name, e.g. `us-east-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 4, max = 32),
-        regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(
+            length(min = 4, max = 32),
+            regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+        )
     )]
     pub region: Option<String>,
     /// API version for providers that version their API in the request (`azure-openai`'s
     /// `api-version`, `anthropic`'s `anthropic-version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 64)))]
     pub api_version: Option<String>,
     /// Where the key comes from: a Secret (never the value itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,7 +139,7 @@ pub struct TargetSpec {
     /// Share of traffic under the `weighted` strategy. Default 1; 0 takes it out of rotation
     /// while keeping it as a fallback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0, max = 1000)))]
     pub weight: Option<u32>,
     /// Price in USD per million tokens, for the cost-aware strategies and the cost metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,11 +149,11 @@ pub struct TargetSpec {
     pub quality: Option<Quality>,
     /// Largest prompt plus completion, in tokens, the upstream model accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 1)))]
     pub context_window: Option<u32>,
     /// What the upstream model supports. When absent, the target is assumed to support all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 8))]
+    #[cfg_attr(feature = "k8s", schemars(length(max = 8)))]
     pub capabilities: Option<Vec<Capability>>,
     /// Overrides of the policy's per-attempt, first-byte and stream-idle timeouts for this
     /// target.
@@ -148,7 +165,8 @@ pub struct TargetSpec {
 }
 
 /// The upstream API family a target speaks.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Provider {
     Openai,
@@ -186,18 +204,22 @@ impl fmt::Display for Provider {
 /// injection webhook mounts it read-only in the pods that select the route and the sidecar
 /// reads the files. `apiKeyEnv`/`apiKeyFile` are for the standalone sidecar (laptops, VMs)
 /// and are rejected by the operator.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("has(self.secretName) || has(self.apiKeyEnv) || has(self.apiKeyFile) || has(self.webIdentity)")
         .message("credentials: set secretName (or, standalone only, apiKeyEnv or apiKeyFile)"),
-)]
+))]
 pub struct CredentialsSpec {
     /// A Secret in the route's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        )
     )]
     pub secret_name: Option<String>,
     /// Which keys of the Secret hold what; each has a default.
@@ -205,11 +227,14 @@ pub struct CredentialsSpec {
     pub keys: Option<CredentialKeys>,
     /// Standalone only: read the API key from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))
+    )]
     pub api_key_env: Option<String>,
     /// Standalone only: read the API key from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 4096)))]
     pub api_key_file: Option<String>,
     /// `bedrock` only: assume this role with the pod's projected service-account token (IRSA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,60 +242,82 @@ pub struct CredentialsSpec {
 }
 
 /// Key names inside the Secret.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialKeys {
     /// Default `api-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))
+    )]
     pub api_key: Option<String>,
     /// `bedrock`: default `aws-access-key-id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))
+    )]
     pub access_key_id: Option<String>,
     /// `bedrock`: default `aws-secret-access-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))
+    )]
     pub secret_access_key: Option<String>,
     /// `bedrock`: optional, default `aws-session-token` when present in the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))
+    )]
     pub session_token: Option<String>,
 }
 
 /// AWS web identity (IRSA): a role and the projected token that proves the pod's identity.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebIdentitySpec {
-    #[schemars(
-        length(min = 20, max = 2048),
-        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(
+            length(min = 20, max = 2048),
+            regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
+        )
     )]
     pub role_arn: String,
     /// Default `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`. In a cluster it must
     /// be a file in that projected-token directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 4096),
-        regex(
-            pattern = r"^/var/run/secrets/eks\.amazonaws\.com/serviceaccount/[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(
+            length(min = 1, max = 4096),
+            regex(
+                pattern = r"^/var/run/secrets/eks\.amazonaws\.com/serviceaccount/[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+            )
         )
     )]
     pub token_file: Option<String>,
 }
 
 /// Price in USD per million tokens.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CostSpec {
-    #[schemars(range(min = 0.0, max = 10000.0))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0.0, max = 10000.0)))]
     pub input: f64,
-    #[schemars(range(min = 0.0, max = 10000.0))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0.0, max = 10000.0)))]
     pub output: f64,
 }
 
 /// A capability tier, lowest first.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Quality {
     Basic,
@@ -280,7 +327,8 @@ pub enum Quality {
 }
 
 /// What a request may need from a model.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Capability {
     Tools,
@@ -290,46 +338,49 @@ pub enum Capability {
 }
 
 /// Per-target timeout overrides.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("!has(self.firstByte) || !has(self.perAttempt) || duration(self.firstByte) <= duration(self.perAttempt)")
         .message("timeouts.firstByte must not exceed timeouts.perAttempt"),
     validation = Rule::new("!has(self.streamIdle) || duration(self.streamIdle) > duration('0s')")
         .message("timeouts.streamIdle must be greater than 0"),
-)]
+))]
 pub struct TargetTimeoutsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub per_attempt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub first_byte: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub stream_idle: Option<String>,
 }
 
 /// The in-process `mock` provider's script: what it answers, in order, cycling.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MockSpec {
     /// Each entry is one of `ok`, `5xx`, `429`, `hang`, `slow`; the mock cycles through them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 64)))]
     pub script: Option<Vec<MockBehavior>>,
     /// Added latency before answering (also the delay of `slow`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub latency: Option<String>,
     /// The text the mock answers with. Default: a sentence naming the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[cfg_attr(feature = "k8s", schemars(length(max = 4096)))]
     pub reply: Option<String>,
 }
 
 /// One scripted answer of the `mock` provider.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 pub enum MockBehavior {
     #[serde(rename = "ok")]
     Ok,
@@ -344,7 +395,8 @@ pub enum MockBehavior {
 }
 
 /// Status of a ModelRoute, written whole by the operator on every reconcile.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelRouteStatus {
     #[serde(default)]
@@ -363,29 +415,33 @@ pub struct ModelRouteStatus {
 }
 
 /// How to choose a target and when to fail over.
-#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
-#[kube(
-    group = "detour.dev",
-    version = "v1alpha1",
-    kind = "RoutingPolicy",
-    plural = "routingpolicies",
-    shortname = "rp",
-    category = "detour",
-    namespaced,
-    status = "RoutingPolicyStatus",
-    derive = "PartialEq",
-    printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy"}"#,
-    printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.default"}"#,
-    printcolumn = r#"{"name":"Routes","type":"integer","jsonPath":".status.routeCount"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(CustomResource, KubeSchema))]
+#[cfg_attr(
+    feature = "k8s",
+    kube(
+        group = "detour.dev",
+        version = "v1alpha1",
+        kind = "RoutingPolicy",
+        plural = "routingpolicies",
+        shortname = "rp",
+        category = "detour",
+        namespaced,
+        status = "RoutingPolicyStatus",
+        derive = "PartialEq",
+        printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy"}"#,
+        printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.default"}"#,
+        printcolumn = r#"{"name":"Routes","type":"integer","jsonPath":".status.routeCount"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("!has(self.responseModel) || !has(self.exposeUpstreamModel) || (self.responseModel == 'upstream') == self.exposeUpstreamModel")
         .message("responseModel and the deprecated exposeUpstreamModel disagree; remove exposeUpstreamModel"),
-)]
+))]
 pub struct RoutingPolicySpec {
     /// How the first target is chosen. Default `priority` (the route's order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,7 +454,7 @@ pub struct RoutingPolicySpec {
     pub health: Option<HealthSpec>,
     /// Tag rules, in order; the first match wins; unmatched requests use the defaults above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[cfg_attr(feature = "k8s", schemars(length(max = 64)))]
     pub rules: Option<Vec<RuleSpec>>,
     /// What a single request may change with `x-detour-*` headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -425,7 +481,8 @@ pub struct RoutingPolicySpec {
 }
 
 /// What the `model` field of an answer names.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ResponseModel {
     /// The model the serving provider reported.
@@ -436,7 +493,8 @@ pub enum ResponseModel {
 }
 
 /// Streaming behaviour.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamingSpec {
     /// Send non-streaming requests to targets with the `streaming` capability as streams and
@@ -447,7 +505,8 @@ pub struct StreamingSpec {
 }
 
 /// Target selection strategies.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Only the first target; no fallback.
@@ -472,19 +531,20 @@ pub enum Strategy {
 }
 
 /// Retries and backoff.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetrySpec {
     /// Attempts per target before moving to the next (1 = no retry on the same target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 1, max = 10)))]
     pub attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSpec>,
     /// What fails an attempt over. Default `5xx`, `429`, `timeout`, `connect-error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 5))]
-    #[x_kube(validation = Rule::new("self.all(x, self.filter(y, y == x).size() == 1)").message("retry.on: each trigger at most once"))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 5)))]
+    #[cfg_attr(feature = "k8s", x_kube(validation = Rule::new("self.all(x, self.filter(y, y == x).size() == 1)").message("retry.on: each trigger at most once")))]
     pub on: Option<Vec<RetryOn>>,
     /// Retries on the same target, as a share of requests, so an outage never multiplies load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -493,11 +553,11 @@ pub struct RetrySpec {
     /// on; any other class moves to the next target at once. Default `5xx`, `connect-error`.
     /// `timeout` is allowed by explicit opt-in; `429` is governed by `rateLimit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 3))]
-    #[x_kube(
+    #[cfg_attr(feature = "k8s", schemars(length(max = 3)))]
+    #[cfg_attr(feature = "k8s", x_kube(
         validation = Rule::new("self.all(x, self.filter(y, y == x).size() == 1)").message("retry.sameTarget: each class at most once"),
         validation = Rule::new("self.all(x, x in ['5xx', 'connect-error', 'timeout'])").message("retry.sameTarget: only 5xx, connect-error and timeout may be retried on the same target"),
-    )]
+    ))]
     pub same_target: Option<Vec<RetryOn>>,
     /// Waiting for a rate-limited provider when no other target can serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -505,41 +565,44 @@ pub struct RetrySpec {
 }
 
 /// What a request does when every target it may use is rate-limited.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// The longest a request waits, in total, for a `Retry-After` when no other target can
     /// serve (the wait must also fit the deadline and the retry budget). `0s` never waits.
     /// Default `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub max_wait: Option<String>,
 }
 
 /// Exponential backoff between attempts on the same target.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("!has(self.base) || !has(self.max) || duration(self.base) <= duration(self.max)")
         .message("backoff.base must not exceed backoff.max"),
-)]
+))]
 pub struct BackoffSpec {
     /// Default `80ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub base: Option<String>,
     /// Default `2s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub max: Option<String>,
     /// Share of each delay that is randomised, 0..1. Default 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0.0, max = 1.0)))]
     pub jitter: Option<f64>,
 }
 
 /// Failure classes that trigger a retry or a fallback.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 pub enum RetryOn {
     #[serde(rename = "5xx")]
     ServerError,
@@ -554,121 +617,129 @@ pub enum RetryOn {
 }
 
 /// The retry budget.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BudgetSpec {
     /// Retries allowed as a share of requests over the last 10 s, 0..1. Default 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0.0, max = 1.0)))]
     pub ratio: Option<f64>,
     /// Retries per second always allowed, whatever the ratio. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100000))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0, max = 100000)))]
     pub min_per_second: Option<u32>,
 }
 
 /// Deadlines.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("!has(self.total) || !has(self.perAttempt) || duration(self.perAttempt) <= duration(self.total)")
         .message("timeouts.perAttempt must not exceed timeouts.total"),
     validation = Rule::new("!has(self.firstByte) || !has(self.perAttempt) || duration(self.firstByte) <= duration(self.perAttempt)")
         .message("timeouts.firstByte must not exceed timeouts.perAttempt"),
     validation = Rule::new("!has(self.streamIdle) || duration(self.streamIdle) > duration('0s')")
         .message("timeouts.streamIdle must be greater than 0"),
-)]
+))]
 pub struct TimeoutsSpec {
     /// One non-streaming attempt, from connect to the last byte. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub per_attempt: Option<String>,
     /// Time to a stream's first event (for a non-streaming request sent as a stream, too).
     /// Default `15s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub first_byte: Option<String>,
     /// The longest gap between two events of a stream once it is under way. Default `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub stream_idle: Option<String>,
     /// Everything until the answer is committed: all attempts and backoffs. A stream already
     /// sending is bounded only by `streamIdle` and the client's `x-detour-timeout-ms`.
     /// Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub total: Option<String>,
 }
 
 /// Circuit breaking per target.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("!has(self.cooldown) || !has(self.maxCooldown) || duration(self.cooldown) <= duration(self.maxCooldown)")
         .message("health.cooldown must not exceed health.maxCooldown"),
-)]
+))]
 pub struct HealthSpec {
     /// Consecutive failures that open the circuit. Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 1, max = 1000)))]
     pub failure_threshold: Option<u32>,
     /// Error rate over a rolling window that opens the circuit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<ErrorRateSpec>,
     /// How long an open target is skipped. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub cooldown: Option<String>,
     /// Repeated failed probes double the cooldown up to this. Default: `cooldown` (no growth,
     /// so a recovered target serves again within one cooldown and one probe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub max_cooldown: Option<String>,
     /// The first-byte bound of a half-open probe (a stream's, or a non-streaming request sent
     /// as a stream), so probing a provider that is still silent costs the probing request
     /// little before it fails over. Default `5s` (never more than the target's `firstByte`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub probe_first_byte: Option<String>,
     /// Live requests let through while half-open; all must succeed to close. Default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 1, max = 100)))]
     pub half_open_probes: Option<u32>,
     /// Observed latency above this marks a target degraded: tried after healthy ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub latency_threshold: Option<String>,
 }
 
 /// Error-rate breaker.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ErrorRateSpec {
     /// Share of failed attempts, 0..1, that opens the circuit. Default 0.5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0.0, max = 1.0)))]
     pub threshold: Option<f64>,
     /// Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub window: Option<String>,
     /// Attempts in the window before the rate counts. Default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100000))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 1, max = 100000)))]
     pub min_requests: Option<u32>,
 }
 
 /// A tag rule: a condition and what to do when it matches.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("has(self.when.all) != has(self.when.any)").message("when: set exactly one of all or any"),
     validation = Rule::new("has(self.then.targets) || has(self.then.strategy)").message("then: set targets, strategy or both"),
-)]
+))]
 pub struct RuleSpec {
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
     )]
     pub name: String,
     pub when: WhenSpec,
@@ -676,40 +747,46 @@ pub struct RuleSpec {
 }
 
 /// `all` or `any` of the conditions.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WhenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 16))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 16)))]
     pub all: Option<Vec<ConditionSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 16))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 16)))]
     pub any: Option<Vec<ConditionSpec>>,
 }
 
 /// One test of one request tag.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("self.op == 'exists' || self.op == 'in' || has(self.value)").message("value is required for this op"),
     validation = Rule::new("self.op != 'in' || has(self.values)").message("values is required for op in"),
     validation = Rule::new("!(self.op in ['gt', 'lt']) || !has(self.value) || self.value.matches('^-?[0-9]+(\\\\.[0-9]+)?$')")
         .message("value must be a number for gt and lt"),
-)]
+))]
 pub struct ConditionSpec {
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9_.-]+$"))
+    )]
     pub tag: String,
     pub op: Op,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[cfg_attr(feature = "k8s", schemars(length(max = 256)))]
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 64)))]
     pub values: Option<Vec<String>>,
 }
 
 /// Comparison operators of tag conditions.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Op {
     Eq,
@@ -723,12 +800,13 @@ pub enum Op {
 }
 
 /// What a matching rule does.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ThenSpec {
     /// Only these targets, in this order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 16))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 16)))]
     pub targets: Option<Vec<String>>,
     /// A different strategy for matching requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -736,7 +814,8 @@ pub struct ThenSpec {
 }
 
 /// Per-request overrides a policy allows.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OverridesSpec {
     /// Allow `x-detour-target: NAME` to force one target. Default false.
@@ -748,14 +827,15 @@ pub struct OverridesSpec {
 }
 
 /// Thresholds on the complexity score for `cost-optimized`, `balanced`, `quality-first`.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
+#[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("!has(self.simpleBelow) || !has(self.complexAbove) || self.simpleBelow <= self.complexAbove")
         .message("scoring.simpleBelow must not exceed scoring.complexAbove"),
     validation = Rule::new("!has(self.cheapShare) || (!has(self.simpleBelow) && !has(self.complexAbove))")
         .message("scoring.cheapShare replaces simpleBelow and complexAbove: set the share or the thresholds"),
-)]
+))]
 pub struct ScoringSpec {
     /// The complexity scorer: `v2` (default) or `v1`, kept for policies tuned on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -764,15 +844,15 @@ pub struct ScoringSpec {
     /// sidecar sets `simpleBelow` at that quantile of the route's recent scores (and
     /// `complexAbove` halfway through the rest), so the share holds whatever the traffic mix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0.0, max = 1.0)))]
     pub cheap_share: Option<f64>,
     /// Scores below this are simple requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0.0, max = 1.0)))]
     pub simple_below: Option<f64>,
     /// Scores above this are complex requests; between the two, the more capable target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 0.0, max = 1.0)))]
     pub complex_above: Option<f64>,
     /// Turn the scorer off: the most capable healthy target serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -780,7 +860,8 @@ pub struct ScoringSpec {
 }
 
 /// Versions of the complexity scorer (see `docs/scoring.md`).
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Scorer {
     /// Keywords and characters over all user and system text.
@@ -800,7 +881,8 @@ impl Scorer {
 }
 
 /// Status of a RoutingPolicy.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingPolicyStatus {
     #[serde(default)]
@@ -813,7 +895,8 @@ pub struct RoutingPolicyStatus {
 }
 
 /// A status condition, shaped like `metav1.Condition`.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// `Ready` or `Conflict`.
@@ -830,4 +913,120 @@ pub struct Condition {
     pub last_transition_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// What [`crate::compile()`] reads of an object's metadata, in either build of this crate.
+pub trait ObjectMeta {
+    /// `metadata.name` (empty when absent).
+    fn object_name(&self) -> String;
+    /// `metadata.namespace`, when set.
+    fn object_namespace(&self) -> Option<String>;
+    /// `metadata.creationTimestamp` as RFC 3339, when set.
+    fn created_at(&self) -> Option<String>;
+}
+
+#[cfg(feature = "k8s")]
+macro_rules! object_meta_from_kube {
+    ($($t:ty),*) => {$(
+        impl ObjectMeta for $t {
+            fn object_name(&self) -> String {
+                kube::ResourceExt::name_any(self)
+            }
+            fn object_namespace(&self) -> Option<String> {
+                kube::ResourceExt::namespace(self)
+            }
+            fn created_at(&self) -> Option<String> {
+                self.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string())
+            }
+        }
+    )*};
+}
+#[cfg(feature = "k8s")]
+object_meta_from_kube!(ModelRoute, RoutingPolicy);
+
+#[cfg(not(feature = "k8s"))]
+pub use plain::{Metadata, ModelRoute, RoutingPolicy};
+
+/// The two resources as a routes file holds them, for builds without the `k8s` feature (the
+/// sidecar): the same serde shape as the derived custom resources (`metadata`, `spec`,
+/// `status`; `apiVersion` and `kind` are checked by [`crate::load`]), without linking the
+/// Kubernetes crates.
+#[cfg(not(feature = "k8s"))]
+mod plain {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{ModelRouteSpec, ModelRouteStatus, ObjectMeta, RoutingPolicySpec, RoutingPolicyStatus};
+
+    /// The part of `metadata` a routes file may carry; other fields are accepted and ignored.
+    #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct Metadata {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub namespace: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub creation_timestamp: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub generation: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub labels: Option<BTreeMap<String, String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub annotations: Option<BTreeMap<String, String>>,
+    }
+
+    macro_rules! object {
+        ($(#[$doc:meta])* $name:ident, $spec:ty, $status:ty) => {
+            $(#[$doc])*
+            #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+            pub struct $name {
+                #[serde(default)]
+                pub metadata: Metadata,
+                pub spec: $spec,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub status: Option<$status>,
+            }
+
+            impl $name {
+                /// An object named `name` (no namespace) with `spec`.
+                pub fn new(name: &str, spec: $spec) -> Self {
+                    Self {
+                        metadata: Metadata {
+                            name: Some(name.to_owned()),
+                            ..Metadata::default()
+                        },
+                        spec,
+                        status: None,
+                    }
+                }
+            }
+
+            impl ObjectMeta for $name {
+                fn object_name(&self) -> String {
+                    self.metadata.name.clone().unwrap_or_default()
+                }
+                fn object_namespace(&self) -> Option<String> {
+                    self.metadata.namespace.clone()
+                }
+                fn created_at(&self) -> Option<String> {
+                    self.metadata.creation_timestamp.clone()
+                }
+            }
+        };
+    }
+
+    object!(
+        /// One model id that clients send, and the ordered providers that may serve it.
+        ModelRoute,
+        ModelRouteSpec,
+        ModelRouteStatus
+    );
+    object!(
+        /// How to choose a target and when to fail over.
+        RoutingPolicy,
+        RoutingPolicySpec,
+        RoutingPolicyStatus
+    );
 }
