@@ -13,8 +13,9 @@
 //! same on every filesystem and adds no dependency; one stat every 250 ms costs nothing.
 //!
 //! Every table passes the sidecar's own destination and credential-path rules
-//! ([`crate::egress::Guard`]) before it serves: a `routes.json` that breaks one is invalid
-//! (the previous table keeps serving); standalone YAML is compiled with the guard's
+//! ([`crate::egress::Guard`]) before it serves: a `routes.json` target that breaks one is
+//! left out with an error naming it, and a table with nothing left is invalid (the previous
+//! table keeps serving); standalone YAML is compiled with the guard's
 //! allowlist and credentials directory, so the compiler refuses the same things.
 
 use std::os::unix::fs::MetadataExt as _;
@@ -68,9 +69,23 @@ pub fn parse_with(source: &Source, text: &str, guard: &Guard) -> Result<Loaded, 
     let path = source.path().display();
     match source {
         Source::Json(_) => {
-            let table = RouteTable::from_json(text).map_err(|e| format!("{path}: {e}"))?;
-            egress::check_table(&table, guard).map_err(|e| format!("{path}: refused: {e}"))?;
-            let notes = credential_notes(&table, true);
+            let mut table = RouteTable::from_json(text).map_err(|e| format!("{path}: {e}"))?;
+            let refused = egress::withhold_refused(&mut table, guard);
+            if table.routes.is_empty() {
+                let reasons: Vec<String> = refused.iter().map(ToString::to_string).collect();
+                return Err(format!("{path}: refused: {}", reasons.join("; ")));
+            }
+            let mut notes: Vec<Note> = refused
+                .into_iter()
+                .map(|v| Note {
+                    error: true,
+                    message: format!(
+                        "{path}: {v}; this target is left out (if the platform has since allowed it, restart the \
+                         pod: its sidecar keeps the allowlist and credentials directory it was started with)"
+                    ),
+                })
+                .collect();
+            notes.extend(credential_notes(&table, true));
             Ok(Loaded { table, notes })
         }
         Source::Yaml(_) => {

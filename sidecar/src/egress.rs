@@ -3,11 +3,13 @@
 //!
 //! The operator's compiler already refused what breaks them, but the table reaches the
 //! sidecar through a ConfigMap that a tenant may be able to write, so the sidecar checks:
-//! - every table it loads ([`check_table`]): each target's destination against the allowlist
-//!   it was started with (`--allowed-hosts`, set by the injector from the operator's), every
-//!   credential file inside its credentials root (`--credentials-dir`), every web-identity
-//!   token file in the projected-token directory (or, for laptops, the credentials root).
-//!   A table that breaks a rule is refused whole and the previous one keeps serving;
+//! - every table it loads ([`withhold_refused`]): each target's destination against the
+//!   allowlist it was started with (`--allowed-hosts`, set by the injector from the
+//!   operator's), every credential file inside its credentials root (`--credentials-dir`),
+//!   every web-identity token file in the projected-token directory (or, for laptops, the
+//!   credentials root). A target that breaks a rule is left out, named in an error at load;
+//!   the rest of the table serves (a table with nothing left is refused and the previous one
+//!   keeps serving);
 //! - every address a host resolves to ([`check_addr`]), before connecting: never link-local
 //!   or metadata, loopback only for an endpoint that names loopback, so DNS cannot turn an
 //!   allowed name into a way to the instance metadata service or the pod's own listeners.
@@ -20,7 +22,7 @@ use std::path::Path;
 use detour_api::RouteTable;
 use detour_api::defaults;
 use detour_api::egress::{self, AllowedHosts, TargetDest};
-use detour_api::table::{CredentialSource, Target};
+use detour_api::table::{CredentialSource, Excluded, Target};
 
 pub use detour_api::egress::Refused;
 
@@ -126,19 +128,68 @@ pub struct Violation {
     pub message: String,
 }
 
-/// Checks every target of `table`; the first violation refuses the table.
+/// Checks every target of `table`; the first violation is returned.
 pub fn check_table(table: &RouteTable, guard: &Guard) -> Result<(), Violation> {
     for route in &table.routes {
         for t in &route.targets {
-            check_target(t, guard).map_err(|(field, message)| Violation {
-                model: route.model.clone(),
-                target: t.name.clone(),
-                field,
-                message,
-            })?;
+            check_target(t, guard).map_err(|(field, message)| violation(&route.model, t, field, message))?;
         }
     }
     Ok(())
+}
+
+fn violation(model: &str, t: &Target, field: String, message: String) -> Violation {
+    Violation {
+        model: model.to_owned(),
+        target: t.name.clone(),
+        field,
+        message,
+    }
+}
+
+/// Leaves out of `table` every target that breaks a rule, as the compiler leaves out what it
+/// refuses: the target goes, rules stop naming it, a route left with no target goes, and each
+/// is listed in `excluded`. What is left never reaches a refused place; the rest of the table
+/// keeps working, so a pod started with an older allowlist still takes the routes it allows.
+/// Returns the violations, to log.
+pub fn withhold_refused(table: &mut RouteTable, guard: &Guard) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for route in &mut table.routes {
+        let mut kept = Vec::with_capacity(route.targets.len());
+        for t in std::mem::take(&mut route.targets) {
+            match check_target(&t, guard) {
+                Ok(()) => kept.push(t),
+                Err((field, message)) => {
+                    let v = violation(&route.model, &t, field, message);
+                    table.excluded.push(Excluded {
+                        model: route.model.clone(),
+                        source: route.source.clone(),
+                        target: Some(t.name.clone()),
+                        reason: format!("{}: {} (refused by the sidecar)", v.field, v.message),
+                    });
+                    for rule in &mut route.rules {
+                        if let Some(names) = &mut rule.targets {
+                            names.retain(|n| *n != t.name);
+                        }
+                    }
+                    found.push(v);
+                }
+            }
+        }
+        route.targets = kept;
+    }
+    table.routes.retain(|route| {
+        if route.targets.is_empty() {
+            table.excluded.push(Excluded {
+                model: route.model.clone(),
+                source: route.source.clone(),
+                target: None,
+                reason: "every target was refused by the sidecar".to_owned(),
+            });
+        }
+        !route.targets.is_empty()
+    });
+    found
 }
 
 fn check_target(t: &Target, guard: &Guard) -> Result<(), (String, String)> {
@@ -259,6 +310,61 @@ mod tests {
             .is_ok()
         );
         assert!(check_table(&table("http://127.0.0.1:9/v1", true, ok_key), &Guard::default()).is_ok());
+    }
+
+    /// A pod started with an older allowlist leaves out only the targets it does not allow:
+    /// the route keeps its allowed targets, its rules stop naming the refused one, a route with
+    /// nothing left goes, and each is listed in `excluded` with the field and the rule.
+    #[test]
+    fn refused_targets_are_left_out_and_the_rest_serves() {
+        let ok_key = "/var/run/detour/credentials/openai/api-key";
+        let mut t = table("https://api.openai.com/v1", false, ok_key);
+        let mut refused = t.routes[0].targets[0].clone();
+        refused.name = "new-host".to_owned();
+        refused.endpoint = Some("https://llm.internal.example/v1".to_owned());
+        t.routes[0].targets.push(refused.clone());
+        t.routes[0].rules.push(
+            serde_json::from_value(serde_json::json!({
+                "name": "r", "when": "all", "conditions": [], "targets": ["new-host", "t"], "strategy": null
+            }))
+            .unwrap(),
+        );
+        let mut only_refused = t.routes[0].clone();
+        only_refused.model = "n".to_owned();
+        only_refused.targets = vec![refused];
+        only_refused.rules.clear();
+        t.routes.push(only_refused);
+
+        let found = withhold_refused(&mut t, &cluster_guard());
+
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .all(|v| v.field == "endpoint" && v.target == "new-host"),
+            "{found:?}"
+        );
+        assert_eq!(t.routes.len(), 1);
+        let names: Vec<&str> = t.routes[0].targets.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["t"]);
+        assert_eq!(
+            t.routes[0].rules[0].targets.as_deref(),
+            Some(&["t".to_owned()][..])
+        );
+        let excluded: Vec<(&str, Option<&str>)> = t
+            .excluded
+            .iter()
+            .map(|e| (e.model.as_str(), e.target.as_deref()))
+            .collect();
+        assert_eq!(
+            excluded,
+            [("m", Some("new-host")), ("n", Some("new-host")), ("n", None)]
+        );
+        assert!(
+            t.excluded[0].reason.contains("not in the platform's allowlist"),
+            "{:?}",
+            t.excluded[0]
+        );
     }
 
     /// An override replaces the endpoint of every target so named; plain http is opted into

@@ -36,7 +36,10 @@ impl Default for Ids {
 
 /// A Response object. `usage` is the chat usage (or null); `status` one of `in_progress`,
 /// `completed`, `incomplete`, `failed`.
-#[expect(clippy::too_many_arguments, reason = "each is one field of the Response object")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one field of the Response object"
+)]
 pub fn response(
     ids: &Ids,
     echo: &Map<String, Value>,
