@@ -29,6 +29,12 @@
 //!   event, then ends cleanly without `[DONE]`; a plain request gets the `5xx` answer.
 //! - `bad-event`: a stream carries one undecodable event after `after` content chunks and is
 //!   otherwise normal; a plain request is answered normally.
+//! - `tool-call`: the answer is one call of the request's first tool (`get_weather` when it
+//!   names none) with arguments `{"city":"Paris"}`, id `call_fake_1`, finish reason
+//!   `tool_calls`; a stream sends the arguments in two pieces.
+//!
+//! Every answer names itself as a provider's does: `x-request-id: req_<stub>_<n>` (`n` counts
+//! the requests of all stubs) and `x-ratelimit-remaining-requests: 99`.
 //!
 //! Parameters (any mode where they make sense):
 //! - `chunks=N`: content chunks of a stream, and pieces of a plain answer's text (default 3).
@@ -269,7 +275,12 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Action {
                 .pointer("/stream_options/include_usage")
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false);
-            let (script, guard) = {
+            let tool = request
+                .pointer("/tools/0/function/name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("get_weather")
+                .to_owned();
+            let (script, mut guard) = {
                 let mut s = lock(&state);
                 let entry = s.scripts.entry(stub.clone()).or_insert_with(Script::ok);
                 let script = entry.clone();
@@ -312,7 +323,24 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Action {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            answer(&script, &stub, &model, stream, include_usage, guard)
+            let n = guard.index;
+            let mut action = if script.mode == "tool-call" {
+                guard.finish("answered");
+                Action::Answer(tool_call(&model, &tool, stream, include_usage))
+            } else {
+                answer(&script, &stub, &model, stream, include_usage, guard)
+            };
+            if let Action::Answer(r) = &mut action {
+                let h = r.headers_mut();
+                if let Ok(v) = http::HeaderValue::from_str(&format!("req_{stub}_{n}")) {
+                    h.insert("x-request-id", v);
+                }
+                h.insert(
+                    "x-ratelimit-remaining-requests",
+                    http::HeaderValue::from_static("99"),
+                );
+            }
+            action
         }
         _ => Action::Answer(json(
             StatusCode::NOT_FOUND,
@@ -410,6 +438,58 @@ fn answer(
     resp.headers_mut()
         .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
     Action::Answer(resp)
+}
+
+/// The `tool-call` mode's answer: one call of `tool`.
+fn tool_call(model: &str, tool: &str, stream: bool, include_usage: bool) -> Response<Body> {
+    let usage = serde_json::json!({"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15});
+    if !stream {
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+                    "tool_calls": [{"id": "call_fake_1", "type": "function",
+                                    "function": {"name": tool, "arguments": "{\"city\":\"Paris\"}"}}]},
+                    "logprobs": null, "finish_reason": "tool_calls"}],
+                "usage": usage,
+            }),
+        );
+    }
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let v = serde_json::json!({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+        });
+        Bytes::from(format!("data: {v}\n\n"))
+    };
+    let mut text = Vec::new();
+    text.push(chunk(
+        serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_fake_1",
+            "type": "function", "function": {"name": tool, "arguments": ""}}]}),
+        None,
+    ));
+    for piece in ["{\"city\":", "\"Paris\"}"] {
+        text.push(chunk(
+            serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            None,
+        ));
+    }
+    text.push(chunk(serde_json::json!({}), Some("tool_calls")));
+    if include_usage {
+        let v = serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+            "model": model, "choices": [], "usage": usage});
+        text.push(Bytes::from(format!("data: {v}\n\n")));
+    }
+    text.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let all: Vec<u8> = text.concat();
+    let full = Full::new(Bytes::from(all)).map_err(|never| match never {});
+    let mut resp = Response::new(UnsyncBoxBody::new(full));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    resp
 }
 
 /// One step of a scripted body.
