@@ -996,12 +996,13 @@ fn check_rule_shape(rule: &RuleSpec, at: &str, key: &ObjectKey, diags: &mut Diag
         }
         _ => {}
     }
-    if rule.then.targets.is_none() && rule.then.strategy.is_none() {
+    if rule.then.targets.is_none() && rule.then.strategy.is_none() && rule.then.continue_on_failure.is_none()
+    {
         diags.error(
             key,
             format!("{at}.then"),
             Reason::InvalidSpec,
-            "set targets, strategy or both".to_owned(),
+            "set targets, strategy, continueOnFailure, or more than one".to_owned(),
         );
     }
     let (list, name) = match (&rule.when.all, &rule.when.any) {
@@ -1495,6 +1496,11 @@ fn resolve_policy(
                 .as_ref()
                 .and_then(|s| s.assemble)
                 .unwrap_or(d.streaming.assemble),
+            continue_on_failure: spec
+                .streaming
+                .as_ref()
+                .and_then(|s| s.continue_on_failure)
+                .unwrap_or(d.streaming.continue_on_failure),
         },
     };
     if let (Some(m), Some(expose)) = (spec.response_model, spec.expose_upstream_model)
@@ -1546,6 +1552,7 @@ fn resolve_rule(rule: &RuleSpec, served: &BTreeSet<&str>) -> table::Rule {
                 .collect()
         }),
         strategy: rule.then.strategy,
+        continue_on_failure: rule.then.continue_on_failure,
     }
 }
 

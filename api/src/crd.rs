@@ -502,6 +502,12 @@ pub struct StreamingSpec {
     /// is left as fast as for a stream. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assemble: Option<bool>,
+    /// When a chat stream that already reached the client breaks before its end (cut, reset,
+    /// stall past `streamIdle`, an upstream error event), ask the next eligible target to
+    /// finish the answer and splice it into the same stream (see docs/sidecar.md). Never for
+    /// `n > 1`, `logprobs`, JSON response formats or an unfinished tool call. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_on_failure: Option<bool>,
 }
 
 /// Target selection strategies.
@@ -811,6 +817,9 @@ pub struct ThenSpec {
     /// A different strategy for matching requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    /// Overrides the policy's `streaming.continueOnFailure` for matching requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_on_failure: Option<bool>,
 }
 
 /// Per-request overrides a policy allows.

@@ -85,7 +85,10 @@ pub fn policy() -> Policy {
             cheap_share: None,
         },
         response_model: ResponseModel::Upstream,
-        streaming: Streaming { assemble: true },
+        streaming: Streaming {
+            assemble: true,
+            continue_on_failure: false,
+        },
     }
 }
 

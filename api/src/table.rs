@@ -93,6 +93,19 @@ pub struct Policy {
 pub struct Streaming {
     /// Non-streaming requests go to streaming-capable targets as streams and are assembled.
     pub assemble: bool,
+    /// A committed chat stream that breaks before its `finish_reason` is finished by the next
+    /// eligible target. Written only when true, so tables without it stay readable by
+    /// sidecars that predate it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub continue_on_failure: bool,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
+const fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Retries on the same target and the budget that bounds them.
@@ -273,6 +286,9 @@ pub struct Rule {
     /// every named target was left out (see `excluded`): matching requests then get a 503.
     pub targets: Option<Vec<String>>,
     pub strategy: Option<Strategy>,
+    /// Overrides the policy's `streaming.continueOnFailure` for matching requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_on_failure: Option<bool>,
 }
 
 /// How a rule's conditions combine.

@@ -80,6 +80,7 @@ fn rule() -> impl Strategy<Value = RuleSpec> {
         then: ThenSpec {
             targets: (!targets.is_empty()).then_some(targets),
             strategy: None,
+            continue_on_failure: None,
         },
     })
 }

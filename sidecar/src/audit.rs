@@ -36,6 +36,27 @@ pub struct SkipRecord {
     pub reason: &'static str,
 }
 
+/// A committed stream that broke, and what was done about it (`streaming.continueOnFailure`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ContinuationRecord {
+    /// The target whose stream broke, and how.
+    pub from: String,
+    pub class: Class,
+    /// Text delivered to the client before the break: bytes, and chunks that carried text
+    /// (one token each for providers that stream per token).
+    pub bytes: u64,
+    pub chunks: u64,
+    /// The target asked to continue; `None` when none was.
+    pub to: Option<String>,
+    /// `prefill` or `prompt`, when a target was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub style: Option<&'static str>,
+    /// `ok` (the continuation was spliced in), the failed attempt's class, or why no target
+    /// was asked (`tool-call`, `n`, `logprobs`, `json-format`, `too-long`, `deadline`,
+    /// `budget`, `no-target`).
+    pub result: &'static str,
+}
+
 /// How a cost/quality strategy placed the request.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScoreRecord {
@@ -75,6 +96,8 @@ pub struct AuditRecord {
     pub overhead_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_error: Option<Class>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub continuations: Vec<ContinuationRecord>,
 }
 
 impl AuditRecord {
@@ -268,6 +291,7 @@ mod tests {
             latency_ms: 1234.5,
             overhead_us: 37,
             stream_error: full.then_some(Class::Reset),
+            continuations: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod class;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod continuation;
 pub mod credentials;
 pub mod deadline;
 pub mod demo;

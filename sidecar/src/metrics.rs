@@ -32,6 +32,10 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub cost: GaugeVec,
     pub stream_errors: IntCounterVec,
+    /// Broken streams the policy asked to continue, by route, the target that broke (from),
+    /// the target asked to continue (to, `none` when none was) and result (`ok`, the failed
+    /// attempt's class, or why none was asked).
+    pub stream_continuations: IntCounterVec,
     pub stream_anomalies: IntCounterVec,
     pub breaker_transitions: IntCounterVec,
     pub budget_exhausted: IntCounterVec,
@@ -188,6 +192,12 @@ impl Metrics {
                 &["route", "target", "kind"],
             )?,
             cost,
+            stream_continuations: counter(
+                &r,
+                "detour_stream_continuations_total",
+                "Broken streams continued by another target, by route, from, to and result.",
+                &["route", "from", "to", "result"],
+            )?,
             stream_errors: counter(
                 &r,
                 "detour_stream_errors_total",

@@ -40,9 +40,10 @@ use tokio::time::{Instant, sleep, timeout_at};
 
 use detour_api::table::{Capability, Policy, ResponseModel};
 
-use crate::audit::{AttemptRecord, Audit, AuditRecord, SkipRecord};
+use crate::audit::{AttemptRecord, Audit, AuditRecord, ContinuationRecord, SkipRecord};
 use crate::body::{self, Response};
 use crate::class::Class;
+use crate::continuation::{self, Partial, Refusal, Splice, Style};
 use crate::deadline::Deadline;
 use crate::encode::{Encoder, Out};
 use crate::error::ApiError;
@@ -62,6 +63,9 @@ pub const H_TAGS: HeaderName = HeaderName::from_static("x-detour-tags");
 pub const H_TARGET: HeaderName = HeaderName::from_static("x-detour-target");
 pub const H_FALLBACK: HeaderName = HeaderName::from_static("x-detour-fallback");
 pub const H_TIMEOUT: HeaderName = HeaderName::from_static("x-detour-timeout-ms");
+/// `off`: do not continue this request's stream on another target if it breaks (allowed
+/// when the policy sets `overrides.allowDisableFallback`).
+pub const H_CONTINUE: HeaderName = HeaderName::from_static("x-detour-continue");
 /// Response headers.
 pub const H_REQUEST_ID: HeaderName = HeaderName::from_static("x-detour-request-id");
 /// The route's id (the `model` the client sent), whatever the body's `model` says.
@@ -279,6 +283,17 @@ impl Ctx {
 
     /// Writes the request's metrics and audit line.
     fn finish(self, status: u16, outcome: Outcome, stream_error: Option<Class>) {
+        self.finish_stream(status, outcome, stream_error, Vec::new());
+    }
+
+    /// [`Ctx::finish`] with the breaks of a stream and their continuations.
+    fn finish_stream(
+        self,
+        status: u16,
+        outcome: Outcome,
+        stream_error: Option<Class>,
+        continuations: Vec<ContinuationRecord>,
+    ) {
         let latency = self.start.elapsed();
         let overhead = self
             .overhead
@@ -341,6 +356,7 @@ impl Ctx {
             latency_ms: ms(latency),
             overhead_us: u64::try_from(overhead.as_micros()).unwrap_or(u64::MAX),
             stream_error,
+            continuations,
         });
     }
 
@@ -510,6 +526,10 @@ async fn serve(
         Ok(p) => p,
         Err(e) => return ctx.reject(*e, Outcome::Rejected),
     };
+    let continue_off = match continue_off(req, &route) {
+        Ok(off) => off,
+        Err(e) => return ctx.reject(*e, Outcome::Rejected),
+    };
     ctx.rule = plan.rule.clone();
     ctx.skipped = plan.skipped;
     if let Some(d) = &plan.score {
@@ -531,6 +551,11 @@ async fn serve(
         body,
         stream,
         policy,
+        // Only chat streams are continued (see `continuation`).
+        continues: stream
+            && endpoint == Endpoint::Chat
+            && !continue_off
+            && continues(&route, plan.rule.as_deref()),
     };
     // The previous target passed over and why, to book `detour_fallbacks_total` on the move.
     let mut prev: Option<(&str, &'static str)> = None;
@@ -593,7 +618,12 @@ async fn serve(
                     }
                 }
                 match attempt(&mut ctx, target, &ask, &deadline, admission).await {
-                    Ok(ok) => return respond(ctx, &route, target, ok, deadline.client),
+                    Ok(ok) => {
+                        let resume = ask
+                            .continues
+                            .then(|| Resume::new(&route, &plan.targets, target, ask.body.raw()));
+                        return respond(ctx, &route, target, ok, deadline.client, resume);
+                    }
                     Err(f) => {
                         last_class = f.class;
                         if f.class == Class::ContextLength {
@@ -644,6 +674,37 @@ async fn serve(
         return passthrough(ctx, &target, f);
     }
     exhausted(ctx, &route, &plan.targets, &deadline)
+}
+
+/// Whether a broken stream is continued: the matching rule's `continueOnFailure`, else the
+/// policy's `streaming.continueOnFailure` (looked up when a stream commits, to keep it out of
+/// every request's future).
+fn continues(route: &RouteRt, rule: Option<&str>) -> bool {
+    let rule = rule.and_then(|name| route.route.rules.iter().find(|r| r.name == name));
+    rule.and_then(|r| r.continue_on_failure)
+        .unwrap_or(route.route.policy.streaming.continue_on_failure)
+}
+
+/// Whether the request turns continuation off (`x-detour-continue: off`), which the policy
+/// must allow (`overrides.allowDisableFallback`).
+fn continue_off(req: &Request<Bytes>, route: &RouteRt) -> Result<bool, Box<ApiError>> {
+    match header_str(req, H_CONTINUE).map(str::trim) {
+        None | Some("on") => Ok(false),
+        Some("off") if route.route.policy.overrides.allow_disable_fallback => Ok(true),
+        Some("off") => Err(Box::new(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "override_not_allowed",
+            format!(
+                "x-detour-continue: off is not allowed for model {:?}: its policy {} does not set overrides.allowDisableFallback",
+                route.route.model, route.route.policy.source
+            ),
+        ))),
+        Some(_) => Err(Box::new(ApiError::invalid(
+            "invalid_header",
+            "x-detour-continue must be \"off\" or \"on\"",
+        ))),
+    }
 }
 
 /// What a `context-length` refusal leaves to try: only targets whose context window is larger
@@ -728,6 +789,8 @@ struct Ask<'a> {
     /// The client asked for a stream.
     stream: bool,
     policy: &'a Policy,
+    /// A committed stream that breaks is continued by the next target.
+    continues: bool,
 }
 
 /// How an attempt asks its target.
@@ -1004,6 +1067,7 @@ fn respond(
     target: &Arc<TargetRt>,
     ok: Success,
     client: Option<Instant>,
+    resume: Option<Box<Resume>>,
 ) -> Response {
     let route_model = (route.route.policy.response_model == ResponseModel::Route).then(|| route.clone());
     match (ok.peeked, ok.pending) {
@@ -1041,13 +1105,15 @@ fn respond(
                 pending,
                 ttft: ok.ttft,
                 upstream_id: ok.meta.request_id().map(str::to_owned),
+                recorded: false,
+                continuations: Vec::new(),
                 _busy: ok.busy,
             };
             let encoder = match guard.ctx.as_ref().and_then(|c| c.responses.clone()) {
                 Some(echo) => Encoder::responses(echo, route_model),
                 None => Encoder::chat(route_model),
             };
-            *resp.body_mut() = stream_body(guard, held, rest, client, encoder);
+            *resp.body_mut() = stream_body(guard, held, rest, client, encoder, resume);
             resp
         }
         // A stream is always pending; answer it as an empty one rather than panic.
@@ -1195,6 +1261,10 @@ struct StreamGuard {
     ttft: Duration,
     /// The provider's own id of the request.
     upstream_id: Option<String>,
+    /// The attempt was recorded already (it broke, and a continuation was sought).
+    recorded: bool,
+    /// Breaks and continuations, for the audit line.
+    continuations: Vec<ContinuationRecord>,
     _busy: TargetBusy,
 }
 
@@ -1214,16 +1284,27 @@ enum End {
 
 impl StreamGuard {
     fn end(&mut self, end: End) {
-        let Some(mut ctx) = self.ctx.take() else {
-            return;
-        };
         let (class, outcome, error) = match end {
             End::Complete => (Class::Ok, Outcome::Ok, None),
             End::Broken(class) => (class, Outcome::StreamError, Some(class)),
             End::ClientGone => (Class::Ok, Outcome::Cancelled, None),
             End::ClientDeadline => (Class::Ok, Outcome::StreamError, Some(Class::Timeout)),
         };
-        if error.is_some() {
+        self.record(class, error.is_some());
+        if let Some(ctx) = self.ctx.take() {
+            ctx.finish_stream(200, outcome, error, std::mem::take(&mut self.continuations));
+        }
+    }
+
+    /// Records the serving target's attempt (once).
+    fn record(&mut self, class: Class, stream_error: bool) {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return;
+        };
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        if stream_error {
             self.target.metrics.stream_error();
         }
         let end = AttemptEnd {
@@ -1237,7 +1318,6 @@ impl StreamGuard {
         };
         ctx.record(&self.target, self.pending.admission, &end);
         self.pending.probe.disarm();
-        ctx.finish(200, outcome, error);
     }
 }
 
@@ -1273,6 +1353,47 @@ struct StreamState {
     /// A chunk with a `finish_reason` went out.
     finished: bool,
     phase: Phase,
+    /// Set when a break is continued by the next target (boxed: absent from most streams).
+    resume: Option<Box<Resume>>,
+}
+
+/// What continuing a broken stream needs (`streaming.continueOnFailure`).
+#[derive(Debug)]
+struct Resume {
+    route: Arc<RouteRt>,
+    /// Targets after the serving one, in the plan's order, not asked yet.
+    next: VecDeque<Arc<TargetRt>>,
+    /// The client's request body (a reference to the bytes already held).
+    raw: Bytes,
+    partial: Partial,
+    /// Rewrites the chunks of the target that continues.
+    splice: Option<Splice>,
+    /// The breaks so far, for the `detour` field of the final chunk.
+    breaks: Vec<serde_json::Value>,
+}
+
+/// A continuation is not started with less time than this before the client's
+/// `x-detour-timeout-ms`.
+const MIN_CONTINUATION: Duration = Duration::from_secs(1);
+
+impl Resume {
+    /// The targets after `serving` in the plan are the ones a break may be continued on.
+    fn new(route: &Arc<RouteRt>, plan: &[Arc<TargetRt>], serving: &Arc<TargetRt>, raw: &Bytes) -> Box<Self> {
+        let next = plan
+            .iter()
+            .skip_while(|t| !Arc::ptr_eq(t, serving))
+            .skip(1)
+            .cloned()
+            .collect();
+        Box::new(Self {
+            route: route.clone(),
+            next,
+            raw: raw.clone(),
+            partial: Partial::default(),
+            splice: None,
+            breaks: Vec::new(),
+        })
+    }
 }
 
 /// How long a broken stream waits between its error event and the abnormal end, so the server
@@ -1296,6 +1417,206 @@ async fn drain(rest: &mut EventStream) {
 }
 
 impl StreamState {
+    /// A chunk event for the client; `None` when a continuation's rewrite leaves nothing of it.
+    fn forward(&mut self, ev: Event) -> Option<Bytes> {
+        let Some(resume) = self.resume.as_mut() else {
+            return Some(match ev {
+                Event::Data(v) => self.chunk(&Answer::from_value(&v)),
+                Event::Raw(a) => self.chunk(&a),
+                _ => Bytes::new(),
+            });
+        };
+        let v = match (ev, &mut resume.splice) {
+            // The first stream's chunks go out as they came; only noted.
+            (Event::Raw(a), None) => {
+                if let Some(v) = a.to_value() {
+                    resume.partial.observe(&v);
+                }
+                return Some(self.chunk(&a));
+            }
+            (Event::Data(v), _) => v,
+            (Event::Raw(a), Some(_)) => a.to_value()?,
+            _ => return Some(Bytes::new()),
+        };
+        let v = match &mut resume.splice {
+            Some(s) => s.rewrite(v)?,
+            None => v,
+        };
+        resume.partial.observe(&v);
+        Some(self.chunk(&Answer::from_value(&v)))
+    }
+
+    /// The serving target's stream broke with `class`: asks the next eligible targets to
+    /// finish the answer. `true` when one took over (its events follow on `rest`).
+    async fn resume(&mut self, class: Class) -> bool {
+        let Some(mut resume) = self.resume.take() else {
+            return false;
+        };
+        let from = self.guard.target.clone();
+        // The broken attempt ends here, whatever follows.
+        self.guard.record(class, true);
+        let found = self.continue_on(&mut resume, &from, class).await;
+        let ok = found.is_some();
+        if let Some((target, ok)) = found {
+            let idle = Duration::from_millis(target.cfg.stream_idle_ms);
+            let Peeked::Stream(held, rest) = ok.peeked else {
+                return false;
+            };
+            let Some(pending) = ok.pending else {
+                return false;
+            };
+            self.guard.target = target;
+            self.guard.pending = pending;
+            self.guard.ttft = ok.ttft;
+            self.guard.recorded = false;
+            self.guard.upstream_id = ok.meta.request_id().map(str::to_owned);
+            self.guard._busy = ok.busy;
+            self.held = held;
+            self.rest = rest;
+            self.idle = idle;
+            self.finished = false;
+        } else if let Some(ctx) = self.guard.ctx.as_mut() {
+            // The stream ends as the broken one's: it is the target that served.
+            ctx.target = Some(from);
+        }
+        self.resume = Some(resume);
+        ok
+    }
+
+    /// Tries the targets after the broken one; the first that starts a stream continues.
+    async fn continue_on(
+        &mut self,
+        resume: &mut Resume,
+        from: &Arc<TargetRt>,
+        class: Class,
+    ) -> Option<(Arc<TargetRt>, Success)> {
+        let route = resume.route.clone();
+        let route_label = route.route.model.as_str();
+        let from_name = from.cfg.name.as_str();
+        let ctx = self.guard.ctx.as_mut()?;
+        let records = &mut self.guard.continuations;
+        let shared = ctx.shared.clone();
+        let metrics = &shared.metrics.stream_continuations;
+        let mut record =
+            |partial: &Partial, to: Option<&TargetRt>, style: Option<Style>, result: &'static str| {
+                metrics
+                    .with_label_values(&[
+                        route_label,
+                        from_name,
+                        to.map_or("none", |t| t.cfg.name.as_str()),
+                        result,
+                    ])
+                    .inc();
+                records.push(ContinuationRecord {
+                    from: from_name.to_owned(),
+                    class,
+                    bytes: partial.bytes,
+                    chunks: partial.chunks,
+                    to: to.map(|t| t.cfg.name.clone()),
+                    style: style.map(Style::as_str),
+                    result,
+                });
+            };
+        let refused = match RequestBody::parse(resume.raw.clone()) {
+            Ok(body) => match body.map() {
+                Ok(map) => resume
+                    .partial
+                    .refusal()
+                    .or_else(|| continuation::request_refusal(map))
+                    .map_or(Ok(map.clone()), Err),
+                Err(_) => Err(Refusal::Endpoint),
+            },
+            Err(_) => Err(Refusal::Endpoint),
+        };
+        let map = match refused {
+            Ok(map) => map,
+            Err(r) => {
+                record(&resume.partial, None, None, r.as_str());
+                return None;
+            }
+        };
+        let policy = &route.route.policy;
+        let now = Instant::now();
+        let client_ms = match self.client {
+            Some(c) => {
+                let left = c.saturating_duration_since(now);
+                if left < MIN_CONTINUATION {
+                    record(&resume.partial, None, None, Refusal::Deadline.as_str());
+                    return None;
+                }
+                Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+            }
+            None => None,
+        };
+        // The search for a continuation gets the policy's `total`, as the first answer did.
+        let deadline = Deadline::new(now, policy.timeouts.total_ms, client_ms);
+        let mut refusal = Refusal::NoTarget;
+        // The target passed over and why, to book `detour_fallbacks_total` on the move.
+        let mut previous = (from.clone(), class.as_str());
+        while let Some(target) = resume.next.pop_front() {
+            let now = Instant::now();
+            if deadline.expired(now) {
+                refusal = Refusal::Deadline;
+                break;
+            }
+            let admission = match target.with_breaker(now, "cooldown", |b| b.admit(now)) {
+                Admission::Rejected { .. } => {
+                    ctx.skipped.push(SkipRecord {
+                        target: target.cfg.name.clone(),
+                        reason: "circuit-open",
+                    });
+                    continue;
+                }
+                a => a,
+            };
+            if !route.withdraw_retry(now) {
+                refusal = Refusal::Budget;
+                break;
+            }
+            let style = Style::of(target.cfg.provider);
+            let Some(built) = continuation::request(&map, resume.partial.text(), style) else {
+                break;
+            };
+            let Ok(body) = RequestBody::parse(built.body.clone()) else {
+                break;
+            };
+            let ask = Ask {
+                endpoint: Endpoint::Chat,
+                body: &body,
+                stream: true,
+                policy,
+                continues: true,
+            };
+            book_fallback(
+                &shared.metrics,
+                route_label,
+                &previous.0.cfg.name,
+                &target.cfg.name,
+                previous.1,
+            );
+            ctx.fallback_count += 1;
+            match Box::pin(attempt(ctx, &target, &ask, &deadline, admission)).await {
+                Ok(ok) => {
+                    record(&resume.partial, Some(&target), Some(style), "ok");
+                    resume.breaks.push(json!({
+                        "from": from_name,
+                        "to": target.cfg.name,
+                        "class": class.as_str(),
+                    }));
+                    let marker = json!({"continued": resume.breaks});
+                    resume.splice = Some(Splice::new(&resume.partial, &built, marker));
+                    return Some((target, ok));
+                }
+                Err(f) => {
+                    record(&resume.partial, Some(&target), Some(style), f.class.as_str());
+                    previous = (target.clone(), f.class.as_str());
+                }
+            }
+        }
+        record(&resume.partial, None, None, refusal.as_str());
+        None
+    }
+
     /// One chunk for the client, usage counted.
     fn chunk(&mut self, a: &Answer) -> Bytes {
         self.finished |= a.finished();
@@ -1341,6 +1662,7 @@ fn stream_body(
     rest: EventStream,
     client: Option<Instant>,
     encoder: Encoder,
+    resume: Option<Box<Resume>>,
 ) -> body::Body {
     let idle = Duration::from_millis(guard.target.cfg.stream_idle_ms);
     let state = StreamState {
@@ -1352,6 +1674,7 @@ fn stream_body(
         encoder,
         finished: false,
         phase: Phase::Open,
+        resume,
     };
     let s = stream::unfold(state, |mut st| async move {
         match st.phase {
@@ -1370,28 +1693,38 @@ fn stream_body(
             }
             Phase::Ended => return None,
         }
-        let out = match st.next().await {
-            Ok(Some(Ok(Event::Data(v)))) => st.chunk(&Answer::from_value(&v)),
-            Ok(Some(Ok(Event::Raw(a)))) => st.chunk(&a),
-            Ok(Some(Ok(Event::Opaque(raw)))) => {
-                st.guard.target.metrics.stream_anomaly();
-                st.encoder.encode(Out::Opaque(raw))
+        let out = loop {
+            let class = match st.next().await {
+                Ok(Some(Ok(ev @ (Event::Data(_) | Event::Raw(_))))) => match st.forward(ev) {
+                    Some(out) => break out,
+                    None => continue,
+                },
+                Ok(Some(Ok(Event::Opaque(raw)))) => {
+                    st.guard.target.metrics.stream_anomaly();
+                    break st.encoder.encode(Out::Opaque(raw));
+                }
+                Ok(Some(Ok(Event::Done))) => break st.complete(Phase::Drain),
+                // Several OpenAI-compatible servers end a complete answer without `[DONE]`.
+                Ok(None) if st.finished => break st.complete(Phase::Ended),
+                Ok(Some(Err(f))) => f.class,
+                // Ended before its finish_reason: a silent truncation is a broken stream.
+                Ok(None) => Class::Reset,
+                // Silent past `streamIdle`: the upstream's failure.
+                Err(false) => Class::Timeout,
+                // Past the client's own deadline: the stream ends as broken for the client, but
+                // the target was serving and is not charged.
+                Err(true) => {
+                    st.phase = Phase::Abort;
+                    st.guard.end(End::ClientDeadline);
+                    break st.encoder.encode(Out::ClientDeadline);
+                }
+            };
+            // Broken before its finish_reason: the next target may finish the answer (boxed:
+            // the search is rare and large).
+            if st.resume.is_some() && Box::pin(st.resume(class)).await {
+                continue;
             }
-            Ok(Some(Ok(Event::Done))) => st.complete(Phase::Drain),
-            // Several OpenAI-compatible servers end a complete answer without `[DONE]`.
-            Ok(None) if st.finished => st.complete(Phase::Ended),
-            Ok(Some(Err(f))) => st.broken(f.class),
-            // Ended before its finish_reason: a silent truncation is a broken stream.
-            Ok(None) => st.broken(Class::Reset),
-            // Silent past `streamIdle`: the upstream's failure.
-            Err(false) => st.broken(Class::Timeout),
-            // Past the client's own deadline: the stream ends as broken for the client, but
-            // the target was serving and is not charged.
-            Err(true) => {
-                st.phase = Phase::Abort;
-                st.guard.end(End::ClientDeadline);
-                st.encoder.encode(Out::ClientDeadline)
-            }
+            break st.broken(class);
         };
         Some((Ok(out), st))
     });

@@ -60,6 +60,7 @@ pub fn record_refusal(shared: &Shared, id: &str, endpoint: &'static str, status:
         latency_ms: 0.0,
         overhead_us: 0,
         stream_error: None,
+        continuations: Vec::new(),
     });
 }
 

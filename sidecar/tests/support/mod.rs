@@ -63,6 +63,15 @@ pub enum Step {
     },
     /// 400 with this OpenAI error code and message.
     Refuse(&'static str, &'static str),
+    /// A stream with id `id`: a role chunk, then `texts` `gap_ms` apart, then `tail`.
+    Say {
+        id: &'static str,
+        texts: Vec<&'static str>,
+        gap_ms: u64,
+        tail: Tail,
+    },
+    /// A role chunk, some text and the start of a tool call; then the body ends.
+    ToolCut,
 }
 
 /// How a [`Step::Script`] stream ends.
@@ -144,6 +153,61 @@ fn sse(model: &str, n: usize, broken: bool) -> Response<FakeBody> {
 
 fn data(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// A stream of given texts (see [`Step::Say`]).
+fn say(model: &str, id: &str, texts: &[&str], gap_ms: u64, tail: &Tail, tool: bool) -> Response<FakeBody> {
+    let chunk = |delta: Value, finish: Value| {
+        data(
+            &json!({"id": id, "object": "chat.completion.chunk", "created": 7, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    let mut items: Vec<(u64, Result<Frame<Bytes>, std::io::Error>)> = vec![(
+        1,
+        Ok(Frame::data(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ))),
+    )];
+    items.extend(
+        texts
+            .iter()
+            .map(|t| (gap_ms, Ok(Frame::data(chunk(json!({"content": t}), Value::Null))))),
+    );
+    if tool {
+        let call = json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "lookup", "arguments": "{\"q\": "}}]});
+        items.push((gap_ms, Ok(Frame::data(chunk(call, Value::Null)))));
+    }
+    let usage = data(
+        &json!({"id": id, "object": "chat.completion.chunk", "created": 7, "model": model,
+        "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": texts.len(), "total_tokens": 5 + texts.len()}}),
+    );
+    let done = |items: &mut Vec<_>, delay: u64| {
+        items.push((delay, Ok(Frame::data(chunk(json!({}), json!("stop"))))));
+        items.push((0, Ok(Frame::data(usage.clone()))));
+        items.push((0, Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))));
+    };
+    match tail {
+        Tail::Done | Tail::NoDone | Tail::Opaque => done(&mut items, gap_ms),
+        Tail::Cut => {}
+        Tail::Stall(ms) => done(&mut items, *ms),
+        Tail::ErrorEvent => items.push((
+            gap_ms,
+            Ok(Frame::data(data(
+                &json!({"error": {"message": "overloaded", "type": "server_error"}}),
+            ))),
+        )),
+    }
+    let paced = stream::iter(items).then(|(delay, f)| async move {
+        tokio::time::sleep(Duration::from_millis(delay.max(1))).await;
+        f
+    });
+    let mut r = Response::new(StreamBody::new(paced).boxed_unsync());
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    r
 }
 
 /// A scripted stream (see [`Step::Script`]).
@@ -265,6 +329,13 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
         Step::Stream(n) => sse(&model, n, false),
         Step::StreamBreak(n) => sse(&model, n, true),
         Step::Script { n, gap_ms, tail } => scripted(&model, n, gap_ms, tail),
+        Step::Say {
+            id,
+            texts,
+            gap_ms,
+            tail,
+        } => say(&model, id, &texts, gap_ms, &tail, false),
+        Step::ToolCut => say(&model, "c1", &["Let me look."], 5, &Tail::Cut, true),
         Step::Refuse(code, message) => json_resp(
             400,
             &json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": code}}),
