@@ -737,7 +737,7 @@ pub struct ErrorRateSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "k8s", x_kube(
     validation = Rule::new("has(self.when.all) != has(self.when.any)").message("when: set exactly one of all or any"),
-    validation = Rule::new("has(self.then.targets) || has(self.then.strategy)").message("then: set targets, strategy or both"),
+    validation = Rule::new("has(self.then.targets) || has(self.then.strategy) || has(self.then.continueOnFailure)").message("then: set targets, strategy, continueOnFailure, or more than one"),
 ))]
 pub struct RuleSpec {
     #[cfg_attr(

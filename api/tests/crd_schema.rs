@@ -352,7 +352,7 @@ fn invalid_objects_are_rejected_for_the_stated_reason() {
         (
             "rule without action",
             set(policy(), "spec/rules/0/then", json!({})),
-            "then: set targets, strategy or both",
+            "then: set targets, strategy, continueOnFailure, or more than one",
         ),
         (
             "scoring thresholds crossed",
