@@ -9,6 +9,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::class::Class;
+use crate::providers::Failure;
+
 /// The budget; clones share it.
 #[derive(Debug, Clone)]
 pub struct Budget(Arc<Inner>);
@@ -24,6 +27,25 @@ struct Inner {
 #[error("the sidecar's buffer budget of {limit} bytes is in use by other requests (--max-buffered-bytes)")]
 pub struct Exhausted {
     pub limit: usize,
+}
+
+impl Exhausted {
+    /// An answer the budget has no room for, as an attempt's failure: 503
+    /// `buffer_budget_exhausted` for the client, as for a request body. Classed as a client
+    /// error: the target is not to blame (its breaker takes nothing from it), and another
+    /// target's answer would need the same room, so it is returned, not failed over.
+    pub fn failure(&self) -> Failure {
+        let mut f = Failure::new(Class::ClientError, "the buffer budget has no room for the answer")
+            .status(http::StatusCode::SERVICE_UNAVAILABLE);
+        let v = serde_json::json!({"error": {
+            "message": self.to_string(),
+            "type": "server_error",
+            "param": null,
+            "code": "buffer_budget_exhausted",
+        }});
+        f.body = Some(bytes::Bytes::from(v.to_string()));
+        f
+    }
 }
 
 impl Budget {

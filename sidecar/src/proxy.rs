@@ -42,6 +42,7 @@ use detour_api::table::{Capability, Policy, ResponseModel};
 
 use crate::audit::{AttemptRecord, Audit, AuditRecord, ContinuationRecord, SkipRecord};
 use crate::body::{self, Response};
+use crate::budget::Budget;
 use crate::class::Class;
 use crate::continuation::{self, Partial, Refusal, Splice, Style};
 use crate::deadline::Deadline;
@@ -81,6 +82,8 @@ pub struct Shared {
     pub table: ArcSwapOption<Snapshot>,
     pub metrics: Metrics,
     pub audit: Audit,
+    /// The process-wide budget for buffered request and answer bytes.
+    pub budget: Budget,
 }
 
 /// Keeps `detour_in_flight_requests` right whatever way a request ends.
@@ -846,6 +849,7 @@ async fn attempt(
             .min(ask.policy.health.probe_first_byte_ms),
         _ => target.cfg.first_byte_ms,
     };
+    let budget = ctx.shared.budget.clone();
     let call = Call {
         endpoint: ask.endpoint,
         request: ask.body,
@@ -854,6 +858,11 @@ async fn attempt(
         assemble: mode == Mode::Assemble,
         deadline: attempt_deadline,
         first_byte_deadline: (t0 + Duration::from_millis(first_byte_ms)).min(attempt_deadline),
+        budget: &budget,
+        // A large answer passes through only as the upstream wrote it: with the route's id
+        // to put in its `model` (anywhere in it), or to be answered as a Response object, it
+        // is held whole.
+        pass_through: ask.policy.response_model != ResponseModel::Route && ctx.responses.is_none(),
     };
     let busy = TargetBusy::new(&target.state);
     let mut probe = ProbeGuard::new(target, admission);
@@ -884,12 +893,13 @@ async fn attempt(
                 // Boxed: the assembler's state would otherwise be part of every request's
                 // future, streams included (see `a_request_in_flight_stays_small`).
                 let idle = Duration::from_millis(target.cfg.stream_idle_ms);
-                Box::pin(assemble(target, held, rest, ask.endpoint, idle, attempt_deadline))
+                Box::pin(assemble(target, held, rest, &call, idle))
                     .await
                     .and_then(json_answer)
             }
         },
         Ok(ReplyBody::Json(answer)) => json_answer(answer),
+        Ok(ReplyBody::Passthrough(body)) => Ok(Peeked::Passthrough(body)),
         Err(f) => Err(f),
     };
     // A failure returned to the client carries its upstream's headers; one from a stream
@@ -991,11 +1001,14 @@ async fn assemble(
     target: &TargetRt,
     mut events: VecDeque<Event>,
     mut rest: EventStream,
-    endpoint: Endpoint,
+    call: &Call<'_>,
     idle: Duration,
-    until: Instant,
 ) -> Result<Answer, Failure> {
-    let mut asm = Assembler::new(endpoint);
+    let until = call.deadline;
+    let mut asm = Assembler::new(call.endpoint);
+    // What the assembler keeps grows with the chunks' bytes: counted in the buffer budget
+    // until the answer is sent.
+    let mut held = call.budget.reservation();
     let mut finished = false;
     loop {
         let ev = match events.pop_front() {
@@ -1026,16 +1039,19 @@ async fn assemble(
             Event::Data(v) => {
                 let a = Answer::from_value(&v);
                 finished |= a.finished();
+                held.grow(a.bytes().len()).map_err(|e| e.failure())?;
                 asm.push(a.bytes());
             }
             Event::Raw(a) => {
                 finished |= a.finished();
+                held.grow(a.bytes().len()).map_err(|e| e.failure())?;
                 asm.push(a.bytes());
             }
             Event::Opaque(_) => target.metrics.stream_anomaly(),
         }
     }
     Answer::parse(asm.finish())
+        .map(|a| a.held(held))
         .ok_or_else(|| Failure::new(Class::BadResponse, "the assembled answer is not JSON"))
 }
 
@@ -1079,7 +1095,23 @@ fn respond(
             }
             record_usage(target, answer.usage());
             ctx.commit();
-            let mut resp = http::Response::new(body::full(bytes));
+            // The answer stays counted in the buffer budget until its bytes are sent.
+            let body = match answer.reservation() {
+                Some(held) => body::Body::new(body::Guarded::new(body::full(bytes), held)),
+                None => body::full(bytes),
+            };
+            let mut resp = http::Response::new(body);
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            ok.meta.apply(resp.headers_mut());
+            ctx.stamp(resp.headers_mut());
+            ctx.finish(200, Outcome::Ok, None);
+            resp
+        }
+        (Peeked::Passthrough(body), _) => {
+            drop(ok.busy);
+            ctx.commit();
+            let mut resp = http::Response::new(body);
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             ok.meta.apply(resp.headers_mut());
@@ -1129,6 +1161,8 @@ fn respond(
 
 enum Peeked {
     Json(Answer),
+    /// A large JSON answer committed on its head: the client's body.
+    Passthrough(body::Body),
     /// The first event (after any undecodable ones held before it) and the rest.
     Stream(VecDeque<Event>, EventStream),
 }
@@ -1746,6 +1780,7 @@ mod tests {
             table: ArcSwapOption::empty(),
             metrics: Metrics::new().unwrap(),
             audit: Audit::stdout(),
+            budget: Budget::new(1 << 20),
         });
         let fut = handle(shared, Endpoint::Chat, Request::new(Bytes::new()));
         let size = size_of_val(&fut);

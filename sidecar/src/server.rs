@@ -113,10 +113,12 @@ pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Resu
     let metrics = Metrics::new()?;
     let http = HttpClient::with_max_idle(opts.upstream_ca.as_deref(), opts.upstream_max_idle)?;
     let registry = Arc::new(Registry::default());
+    let budget = Budget::new(opts.max_buffered_bytes);
     let shared = Arc::new(Shared {
         table: ArcSwapOption::empty(),
         metrics,
         audit,
+        budget: budget.clone(),
     });
     if let Some(loaded) = initial {
         install(&shared, &registry, &http, loaded);
@@ -145,7 +147,6 @@ pub async fn start(opts: Options, audit: Audit, initial: Option<Loaded>) -> Resu
     let mut tasks = JoinSet::new();
     let mut limits = opts.limits;
     limits.max_connections = connection_cap(limits.max_connections, open_files_limit());
-    let budget = Budget::new(opts.max_buffered_bytes);
     let svc = stack(shared.clone(), opts.max_body_bytes, budget.clone());
     tasks.spawn(accept_loop(
         listener,

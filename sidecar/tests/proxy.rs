@@ -9,7 +9,8 @@ use bytes::Bytes;
 use detour_sidecar::class::Class;
 use serde_json::json;
 use support::{
-    FLEET_KEY, Fake, Step, compiled_json, kubelet_publish, metric, policy, route, start, wait_for,
+    FLEET_KEY, Fake, Step, compiled_json, kubelet_publish, metric, policy, route, start, start_with_budget,
+    wait_for,
 };
 
 /// Each failure class of the primary fails over to the backup, which serves the request;
@@ -1379,5 +1380,78 @@ async fn client_disconnect_mid_stream_is_cleaned_up() {
     };
     assert_eq!(rec.outcome, "cancelled");
     assert_eq!(metric(&sc.metrics().await, "detour_in_flight_requests"), 0.0);
+    sc.stop().await;
+}
+
+/// A JSON answer larger than the sidecar holds passes through once its head is classified: a
+/// 5 MiB answer reaches the client byte for byte through a 2 MiB buffer budget, and the budget
+/// is whole again after it. With `responseModel: route` the answer must be held whole to put
+/// the route's id in its `model`: it is counted in the budget, and the same answer is refused
+/// with 503 `buffer_budget_exhausted` — returned, not failed over, and not held against the
+/// target's health. So is an answer to be returned as a Response object (`/v1/responses`).
+#[tokio::test]
+async fn large_answers_pass_through_and_held_ones_are_counted() {
+    let fake = Fake::start().await;
+    let big = 5 * 1024 * 1024;
+    fake.script("t", vec![Step::Large(big)]);
+    fake.script("u", vec![Step::Large(big)]);
+    fake.script("v", vec![Step::Ok]);
+    let yaml = "apiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata:\n  name: p\nspec:\n  streaming: {assemble: false}\n---\n".to_owned()
+        + "apiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata:\n  name: q\nspec:\n  responseModel: route\n  streaming: {assemble: false}\n"
+        + &route("plain", "p", &[("t", fake.endpoint("t"))])
+        + &route("renamed", "q", &[("u", fake.endpoint("u")), ("v", fake.endpoint("v"))]);
+    let sc = start_with_budget(&yaml, 2 * 1024 * 1024).await;
+    let body = |model: &str| {
+        Bytes::from(format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#
+        ))
+    };
+
+    let r = sc.send("POST", "/v1/chat/completions", body("plain"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-detour-target"), "t");
+    let v = r.json();
+    assert_eq!(v["model"], "up-t");
+    assert_eq!(
+        v["choices"][0]["message"]["content"].as_str().map(str::len),
+        Some(big)
+    );
+    wait_for("the budget to be given back", async || {
+        metric(&sc.admin_get("/metrics").await, "detour_buffered_bytes") == 0.0
+    })
+    .await;
+
+    let r = sc
+        .send("POST", "/v1/chat/completions", body("renamed"), &[])
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "buffer_budget_exhausted");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-buffered-bytes"),
+        "{}",
+        r.text()
+    );
+    assert_eq!((fake.hits("u"), fake.hits("v")), (1, 0));
+
+    // A Responses API request is answered as a Response object, built from the whole answer:
+    // held, never passed through as chat JSON.
+    fake.script("t", vec![Step::Large(big)]);
+    let r = sc
+        .send(
+            "POST",
+            "/v1/responses",
+            Bytes::from(r#"{"model":"plain","input":"hi"}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", &r.text()[..r.text().len().min(200)]);
+    assert_eq!(r.json()["error"]["code"], "buffer_budget_exhausted");
+    wait_for("the budget to be given back", async || {
+        metric(&sc.admin_get("/metrics").await, "detour_buffered_bytes") == 0.0
+    })
+    .await;
     sc.stop().await;
 }

@@ -535,6 +535,7 @@ async fn a_broken_body_ends_the_transfer_abnormally() {
         table: arc_swap::ArcSwapOption::empty(),
         metrics: detour_sidecar::metrics::Metrics::new().unwrap(),
         audit: detour_sidecar::audit::Audit::with_tap(false, tokio::sync::mpsc::unbounded_channel().0),
+        budget: detour_sidecar::budget::Budget::new(1 << 20),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -20,12 +20,14 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::budget::Reservation;
 
 /// Token counts from an answer's `usage` (absent or non-integer counts are 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,9 +37,13 @@ pub struct Usage {
 }
 
 /// An OpenAI-shaped JSON object as the upstream sent it, with its summary.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Answer {
     bytes: Bytes,
+    /// The bytes' reservation in the process-wide buffer budget, when they were counted
+    /// there: given back when the last clone of the answer is dropped (clones share the
+    /// bytes).
+    held: Option<Arc<Reservation>>,
     /// Byte range of the top-level `model` value, when there is one.
     model: Option<Range<usize>>,
     usage: Option<Usage>,
@@ -62,6 +68,7 @@ impl Answer {
             finished: s.choices.finished,
             error: s.error,
             bytes,
+            held: None,
         })
     }
 
@@ -70,12 +77,26 @@ impl Answer {
         let bytes = Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()));
         Self::parse(bytes.clone()).unwrap_or(Self {
             bytes,
+            held: None,
             model: None,
             usage: None,
             content_filtered: false,
             finished: false,
             error: false,
         })
+    }
+
+    /// The same answer, its bytes counted in the buffer budget under `held` until the last
+    /// clone is dropped.
+    #[must_use]
+    pub fn held(mut self, held: Reservation) -> Self {
+        self.held = Some(Arc::new(held));
+        self
+    }
+
+    /// The reservation the bytes are counted under, if any (to keep it until they are sent).
+    pub fn reservation(&self) -> Option<Arc<Reservation>> {
+        self.held.clone()
     }
 
     /// The document as received.
@@ -131,6 +152,25 @@ impl Answer {
         serde_json::from_slice(&self.bytes).ok()
     }
 }
+
+/// Whether `head`, the first bytes of a body cut anywhere, is a well-formed beginning of one
+/// JSON object (the syntax of everything in it checked as [`Answer::parse`] checks a whole
+/// answer): what a passed-through answer is committed on.
+pub fn is_object_head(head: &[u8]) -> bool {
+    match serde_json::from_slice::<Summary<'_>>(head) {
+        Ok(_) => true,
+        Err(e) => e.is_eof(),
+    }
+}
+
+/// Two answers are equal when their documents are (where they are counted does not matter).
+impl PartialEq for Answer {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Answer {}
 
 /// `bytes` with the JSON value at `span` replaced by the string `model`: the same bytes when
 /// it already is that string, `None` when `span` is not inside `bytes`.

@@ -34,6 +34,7 @@ use http::StatusCode;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use crate::budget::Budget;
 use crate::class::Class;
 pub use answer::Answer;
 
@@ -77,6 +78,12 @@ pub struct Call<'a> {
     pub deadline: Instant,
     /// Streams only: the first event must arrive by then.
     pub first_byte_deadline: Instant,
+    /// The process-wide budget the answer's bytes are counted in while they are held.
+    pub budget: &'a Budget,
+    /// A JSON answer larger than [`upstream::HOLD_AT_MOST`] may be passed on as it arrives
+    /// once its head is classified ([`ReplyBody::Passthrough`]); `false` when the whole
+    /// answer must be read (its `model` is to be replaced).
+    pub pass_through: bool,
 }
 
 impl Call<'_> {
@@ -272,6 +279,11 @@ impl Reply {
 pub enum ReplyBody {
     Json(Answer),
     Stream(EventStream),
+    /// A JSON answer too large to hold, committed on its head (a 2xx whose body starts as a
+    /// JSON object): the client's body, the head and then the rest as it arrives. Its usage is
+    /// not read and its `model` is not replaced; a break after the head ends the transfer
+    /// abnormally.
+    Passthrough(crate::body::Body),
 }
 
 impl fmt::Debug for ReplyBody {
@@ -279,6 +291,7 @@ impl fmt::Debug for ReplyBody {
         match self {
             Self::Json(_) => f.write_str("ReplyBody::Json"),
             Self::Stream(_) => f.write_str("ReplyBody::Stream"),
+            Self::Passthrough(_) => f.write_str("ReplyBody::Passthrough"),
         }
     }
 }

@@ -12,20 +12,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt, stream};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
-use http_body_util::BodyExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
 use super::assemble;
 pub use super::assemble::{Function, ToolCall};
 use super::client::{self, Body, Dest};
-use super::{Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, UpstreamMeta, sse};
+use super::{
+    Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, ReplyBody, UpstreamMeta, answer,
+    sse,
+};
+use crate::body;
+use crate::budget::{Exhausted, Reservation};
 use crate::class::Class;
 
 /// Largest upstream JSON body accepted.
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 /// Largest upstream error body kept.
 pub const MAX_ERROR_BODY: usize = 256 * 1024;
+/// A 2xx JSON answer of an OpenAI-shaped upstream up to this size is held whole (classified,
+/// its usage counted, its `model` replaceable); a larger one is passed on as it arrives once
+/// this much of it — its head — is classified (when the call allows it,
+/// [`Call::pass_through`]). Held bytes are counted in the process-wide buffer budget.
+pub const HOLD_AT_MOST: usize = 1024 * 1024;
 
 /// The `User-Agent` every provider sends.
 pub const USER_AGENT: &str = concat!("detour-sidecar/", env!("CARGO_PKG_VERSION"));
@@ -130,7 +141,7 @@ pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) ->
     // Asked for a stream only to assemble the answer, an upstream that ignores `stream` and
     // answers JSON has answered: take it as is.
     if call.assemble && content_type_is(&resp, "application/json") {
-        return answer_body(resp, call).await.map(|a| Reply::json(a).meta(meta));
+        return json_reply(resp, call).await.map(|body| Reply { body, meta });
     }
     if call.stream {
         if !content_type_is(&resp, "text/event-stream") {
@@ -140,7 +151,135 @@ pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) ->
         }
         return Ok(Reply::stream(sse::events(resp.into_body())).meta(meta));
     }
-    answer_body(resp, call).await.map(|a| Reply::json(a).meta(meta))
+    json_reply(resp, call).await.map(|body| Reply { body, meta })
+}
+
+/// Reads a 2xx OpenAI-shaped JSON answer: held whole up to [`HOLD_AT_MOST`] bytes, counted in
+/// the buffer budget until it is sent; past that, when the call allows, committed on its head
+/// — a 2xx whose first [`HOLD_AT_MOST`] bytes are a well-formed beginning of a JSON object —
+/// and passed on as it arrives ([`ReplyBody::Passthrough`]).
+pub async fn json_reply(resp: Response<Body>, call: &Call<'_>) -> Result<ReplyBody, Failure> {
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut held = call.budget.reservation();
+    let pass_above = call.pass_through.then_some(HOLD_AT_MOST);
+    match gather(&mut body, call.deadline, &mut held, pass_above).await? {
+        Gathered::Whole(bytes) => Answer::parse(bytes)
+            .map(|a| ReplyBody::Json(a.held(held)))
+            .ok_or_else(|| not_json(status)),
+        Gathered::Head(head) => {
+            if !answer::is_object_head(&head) {
+                return Err(not_json(status));
+            }
+            Ok(ReplyBody::Passthrough(passthrough_body(
+                head,
+                body,
+                call.deadline,
+                held,
+            )))
+        }
+    }
+}
+
+/// What [`gather`] read.
+enum Gathered {
+    /// The whole body.
+    Whole(Bytes),
+    /// The first bytes, past the size to pass through at; the rest is still in the body.
+    Head(Bytes),
+}
+
+/// Reads a body within `deadline`, every byte reserved in `held`: to its end (at most
+/// [`MAX_RESPONSE`]), or, with `pass_above`, until more than that many bytes are in. The bytes
+/// are gathered into one buffer as they arrive (a body in one frame is kept as it came), so
+/// the peak is about the bytes held, not twice them.
+async fn gather(
+    body: &mut Body,
+    deadline: Instant,
+    held: &mut Reservation,
+    pass_above: Option<usize>,
+) -> Result<Gathered, Failure> {
+    enum Unread {
+        TooLarge,
+        Broken,
+        Budget(Exhausted),
+    }
+    let read = async {
+        let mut first: Option<Bytes> = None;
+        let mut all = BytesMut::new();
+        let mut head = false;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| Unread::Broken)?.into_data() else {
+                continue;
+            };
+            let have = first.as_ref().map_or(0, Bytes::len) + all.len() + data.len();
+            if have > MAX_RESPONSE {
+                return Err(Unread::TooLarge);
+            }
+            held.grow(data.len()).map_err(Unread::Budget)?;
+            match first.take() {
+                None if all.is_empty() => first = Some(data),
+                taken => {
+                    if let Some(f) = taken {
+                        all.extend_from_slice(&f);
+                    }
+                    all.extend_from_slice(&data);
+                }
+            }
+            if pass_above.is_some_and(|n| have > n) {
+                head = true;
+                break;
+            }
+        }
+        let bytes = first.unwrap_or_else(|| all.freeze());
+        Ok(if head {
+            Gathered::Head(bytes)
+        } else {
+            Gathered::Whole(bytes)
+        })
+    };
+    match timeout_at(deadline, read).await {
+        Err(_) => Err(Failure::new(
+            Class::Timeout,
+            "upstream body did not finish in time",
+        )),
+        Ok(Err(Unread::TooLarge)) => Err(Failure::new(Class::BadResponse, "upstream body too large")),
+        Ok(Err(Unread::Broken)) => Err(Failure::new(
+            Class::Reset,
+            "upstream connection broke while reading the body",
+        )),
+        Ok(Err(Unread::Budget(e))) => Err(e.failure()),
+        Ok(Ok(read)) => Ok(read),
+    }
+}
+
+/// The client's body of a passed-through answer: `head`, then the rest of `upstream` as it
+/// arrives, within `deadline`; a break or the deadline ends the transfer abnormally. `held`
+/// (the head's bytes) is given back when the body is done.
+fn passthrough_body(head: Bytes, upstream: Body, deadline: Instant, held: Reservation) -> body::Body {
+    let rest = stream::unfold(Some(upstream), move |upstream| async move {
+        let mut upstream = upstream?;
+        loop {
+            match timeout_at(deadline, upstream.frame()).await {
+                Ok(None) => return None,
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some((Ok(Frame::data(data)), Some(upstream)));
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "passed-through answer broke");
+                    return Some((Err(body::Aborted), None));
+                }
+                Err(_) => {
+                    tracing::debug!("passed-through answer outlasted the attempt");
+                    return Some((Err(body::Aborted), None));
+                }
+            }
+        }
+    });
+    let frames = stream::once(std::future::ready(Ok(Frame::data(head)))).chain(rest);
+    body::Body::new(body::Guarded::new(StreamBody::new(frames).boxed_unsync(), held))
 }
 
 /// Reads a whole body within `deadline` and `limit`. The bytes are gathered into one buffer
@@ -185,21 +324,18 @@ pub async fn collect(body: Body, deadline: Instant, limit: usize) -> Result<Byte
     }
 }
 
-/// Reads a 2xx JSON body.
+/// Reads a 2xx JSON body (to translate it), counted in the buffer budget while it is read and
+/// parsed.
 pub async fn json_body(resp: Response<Body>, call: &Call<'_>) -> Result<Value, Failure> {
     let status = resp.status();
-    let bytes = collect(resp.into_body(), call.deadline, MAX_RESPONSE).await?;
+    let mut body = resp.into_body();
+    let mut held = call.budget.reservation();
+    let (Gathered::Whole(bytes) | Gathered::Head(bytes)) =
+        gather(&mut body, call.deadline, &mut held, None).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(v) if v.is_object() => Ok(v),
         _ => Err(not_json(status)),
     }
-}
-
-/// Reads a 2xx OpenAI-shaped JSON body, kept as received ([`Answer`]).
-pub async fn answer_body(resp: Response<Body>, call: &Call<'_>) -> Result<Answer, Failure> {
-    let status = resp.status();
-    let bytes = collect(resp.into_body(), call.deadline, MAX_RESPONSE).await?;
-    Answer::parse(bytes).ok_or_else(|| not_json(status))
 }
 
 fn not_json(status: StatusCode) -> Failure {

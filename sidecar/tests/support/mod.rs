@@ -72,6 +72,8 @@ pub enum Step {
     },
     /// A role chunk, some text and the start of a tool call; then the body ends.
     ToolCut,
+    /// 200 with a `chat.completion` whose content makes the body about this many bytes.
+    Large(usize),
 }
 
 /// How a [`Step::Script`] stream ends.
@@ -304,6 +306,11 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
         |msg: &str| json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
     let mut resp = match step {
         Step::Ok => json_resp(200, &ok(&model)),
+        Step::Large(n) => {
+            let mut v = ok(&model);
+            v["choices"][0]["message"]["content"] = Value::from("x".repeat(n));
+            json_resp(200, &v)
+        }
         Step::Status(s) => json_resp(s, &err("scripted status")),
         Step::RateLimited(secs) => {
             let mut r = json_resp(429, &err("slow down"));
@@ -517,6 +524,34 @@ async fn start_guarded_with_limits(
     guard: detour_sidecar::egress::Guard,
     limits: detour_sidecar::conn::Limits,
 ) -> Sidecar {
+    start_budgeted(source, dir, max_body, guard, limits, 64 * 1024 * 1024).await
+}
+
+/// A sidecar on standalone YAML whose buffer budget (`--max-buffered-bytes`) is `max_buffered`.
+pub async fn start_with_budget(yaml: &str, max_buffered: usize) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let guard = guard(dir.path());
+    start_budgeted(
+        Source::Yaml(path),
+        dir,
+        10 * 1024 * 1024,
+        guard,
+        detour_sidecar::conn::Limits::default(),
+        max_buffered,
+    )
+    .await
+}
+
+async fn start_budgeted(
+    source: Source,
+    dir: tempfile::TempDir,
+    max_body: usize,
+    guard: detour_sidecar::egress::Guard,
+    limits: detour_sidecar::conn::Limits,
+    max_buffered: usize,
+) -> Sidecar {
     let initial = config::load_with(&source, &guard).ok();
     let (tx, rx) = mpsc::unbounded_channel();
     let opts = Options {
@@ -529,7 +564,7 @@ async fn start_guarded_with_limits(
         upstream_ca: None,
         upstream_max_idle: detour_sidecar::providers::client::MAX_IDLE_PER_ORIGIN,
         limits,
-        max_buffered_bytes: 64 * 1024 * 1024,
+        max_buffered_bytes: max_buffered,
         guard,
         fleet_key: Some(FLEET_KEY.into()),
     };
