@@ -341,3 +341,287 @@ def test_every_target_without_credentials_makes_readyz_say_why(tmp_path):
         stop(proc)
         out.close()
         err.close()
+
+
+# --- Bedrock through the AWS default credential chain -------------------------------------
+
+CHAIN_ROUTES = """
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {{name: p}}
+spec:
+  retry: {{attempts: 1, on: ["5xx", "429", "timeout", "connect-error"]}}
+  timeouts: {{perAttempt: 5s, firstByte: 5s, total: 10s}}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: aws}}
+spec:
+  model: aws/chain
+  policyRef: {{name: p}}
+  targets:
+    - {{name: bedrock, provider: bedrock, model: "{model}", region: {region}, endpoint: "{base}/bed"}}
+"""
+ROLE = "arn:aws:iam::123456789012:role/detour-bedrock"
+WEB_TOKEN = "projected.WEBIDENTITY.token-value"
+POD_TOKEN = "eks-pod-identity-AUTH-token-value"
+ISSUED = ("ASIAISSUEDKEY7Q2W", "issued/SECRET/value+3x", "issued-SESSION-token-value")
+
+
+class ChainFakes(http.server.ThreadingHTTPServer):
+    """STS, the EKS Pod Identity agent, IMDSv2 and Bedrock; Bedrock checks SigV4 against
+    `self.expect` (key id, secret, session token or None)."""
+    daemon_threads = True
+
+    def __init__(self, expect):
+        super().__init__(("127.0.0.1", 0), ChainHandler)
+        self.expect = expect
+        self.lock = threading.Lock()
+        self.hits = {}
+        self.errors = []
+
+    def hit(self, what):
+        with self.lock:
+            self.hits[what] = self.hits.get(what, 0) + 1
+
+    def violation(self, what):
+        with self.lock:
+            self.errors.append(what)
+
+
+def issued_json():
+    exp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    return {"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": ISSUED[0], "SecretAccessKey": ISSUED[1],
+            "Token": ISSUED[2], "Expiration": exp, "LastUpdated": exp, "AccountId": "123456789012"}
+
+
+def sigv4_check(path, headers, body, expect):
+    key_id, secret, token = expect
+    auth = headers.get("authorization", "")
+    if not auth.startswith("AWS4-HMAC-SHA256 "):
+        return "no AWS4-HMAC-SHA256 Authorization"
+    parts = dict(p.split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(", "))
+    amz_date = headers.get("x-amz-date", "")
+    scope = f"{amz_date[:8]}/{REGION}/bedrock/aws4_request"
+    if parts.get("Credential") != f"{key_id}/{scope}":
+        return "wrong key id or scope"
+    if headers.get("x-amz-security-token") != token:
+        return "session token missing or wrong"
+    signed = parts["SignedHeaders"].split(";")
+    canonical_uri = urllib.parse.quote(path, safe="/-_.~")
+    canonical_headers = "".join(f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed)
+    canonical = "\n".join(["POST", canonical_uri, "", canonical_headers, ";".join(signed),
+                           hashlib.sha256(body).hexdigest()])
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = _hmac(("AWS4" + secret).encode(), amz_date[:8])
+    for part in (REGION, "bedrock", "aws4_request"):
+        key = _hmac(key, part)
+    want = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return None if hmac.compare_digest(want, parts.get("Signature", "")) else "signature does not match"
+
+
+class ChainHandler(Handler):
+    def headers_lower(self):
+        return {k.lower(): v for k, v in self.headers.items()}
+
+    def do_PUT(self):
+        headers = self.headers_lower()
+        if self.path == "/latest/api/token" and headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
+            self.server.hit("imds-token")
+            return self.text(200, "IMDS-SESSION-token", {"x-aws-ec2-metadata-token-ttl-seconds": "21600"})
+        return self.text(404, "")
+
+    def do_GET(self):
+        headers = self.headers_lower()
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith("/latest/"):
+            if headers.get("x-aws-ec2-metadata-token") != "IMDS-SESSION-token":
+                self.server.violation(f"imds: {path} without the session token")
+                return self.text(401, "")
+            for base in ("/latest/meta-data/iam/security-credentials/",
+                         "/latest/meta-data/iam/security-credentials-extended/"):
+                if path == base:
+                    return self.text(200, "detour-role")
+                if path == base + "detour-role":
+                    self.server.hit("imds-creds")
+                    return self.reply(200, issued_json())
+            return self.text(404, "")
+        if path == "/pod/creds":
+            self.server.hit("pod-identity")
+            if headers.get("authorization") != POD_TOKEN:
+                self.server.violation("pod identity: Authorization is not the token file's content")
+                return self.reply(401, {"Message": "unauthorized"})
+            return self.reply(200, issued_json())
+        return self.text(404, "")
+
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+        headers = self.headers_lower()
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith("/sts"):
+            self.server.hit("sts")
+            form = urllib.parse.parse_qs(raw.decode())
+            if (form.get("Action") != ["AssumeRoleWithWebIdentity"] or form.get("RoleArn") != [ROLE]
+                    or form.get("WebIdentityToken") != [WEB_TOKEN]):
+                self.server.violation(f"sts: form {sorted(form)}")
+                return self.text(400, "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>"
+                                      "<Message>bad token</Message></Error></ErrorResponse>", ctype="text/xml")
+            c = issued_json()
+            xml = ('<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+                   "<AssumeRoleWithWebIdentityResult><Credentials>"
+                   f"<AccessKeyId>{c['AccessKeyId']}</AccessKeyId><SecretAccessKey>{c['SecretAccessKey']}</SecretAccessKey>"
+                   f"<SessionToken>{c['Token']}</SessionToken><Expiration>{c['Expiration']}</Expiration>"
+                   "</Credentials><AssumedRoleUser><AssumedRoleId>AROA:detour</AssumedRoleId>"
+                   f"<Arn>{ROLE}</Arn></AssumedRoleUser></AssumeRoleWithWebIdentityResult>"
+                   "<ResponseMetadata><RequestId>r1</RequestId></ResponseMetadata>"
+                   "</AssumeRoleWithWebIdentityResponse>")
+            return self.text(200, xml, ctype="text/xml")
+        if path.startswith("/bed/"):
+            self.server.hit("bedrock")
+            problem = sigv4_check(path, headers, raw, self.server.expect)
+            if problem:
+                self.server.violation(f"bedrock: SigV4: {problem}")
+                return self.reply(403, {"message": "signature"}, {"x-amzn-errortype": "InvalidSignatureException"})
+            if path.endswith("/converse"):
+                return self.reply(200, {
+                    "output": {"message": {"role": "assistant", "content": [{"text": "Hello from bedrock"}]}},
+                    "stopReason": "end_turn", "usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8},
+                    "metrics": {"latencyMs": 10}})
+            return self.stream_bedrock()
+        return self.text(404, "")
+
+    def stream_bedrock(self):
+        self.start_chunked("application/vnd.amazon.eventstream")
+        for kind, obj in [
+            ("messageStart", {"role": "assistant"}),
+            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello from bedrock"}}),
+            ("contentBlockStop", {"contentBlockIndex": 0}),
+            ("messageStop", {"stopReason": "end_turn"}),
+            ("metadata", {"usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8}, "metrics": {"latencyMs": 9}}),
+        ]:
+            self.chunk(es_event(kind, obj))
+        self.chunk(b"")
+
+    def text(self, status, text, headers=None, ctype="text/plain"):
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+STATIC = ("AKIASTATICKEY4R7T", "static/SECRET/value+9z")
+
+
+def chain_env(source, tmp, base):
+    """The environment of one credential source, nothing of the machine's own AWS setup."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp)  # no ~/.aws of the machine
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    if source == "environment":
+        env.update(AWS_ACCESS_KEY_ID=STATIC[0], AWS_SECRET_ACCESS_KEY=STATIC[1])
+    elif source == "profile":
+        (tmp / "config").write_text("[profile detour]\nregion = us-east-1\n")
+        (tmp / "credentials").write_text(
+            f"[detour]\naws_access_key_id = {STATIC[0]}\naws_secret_access_key = {STATIC[1]}\n")
+        env.update(AWS_PROFILE="detour", AWS_CONFIG_FILE=str(tmp / "config"),
+                   AWS_SHARED_CREDENTIALS_FILE=str(tmp / "credentials"))
+    elif source == "web-identity":
+        (tmp / "token").write_text(WEB_TOKEN)
+        env.update(AWS_WEB_IDENTITY_TOKEN_FILE=str(tmp / "token"), AWS_ROLE_ARN=ROLE,
+                   AWS_ENDPOINT_URL_STS=f"{base}/sts/")
+    elif source == "eks-pod-identity":
+        (tmp / "pod-token").write_text(POD_TOKEN)
+        env.update(AWS_CONTAINER_CREDENTIALS_FULL_URI=f"{base}/pod/creds",
+                   AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(tmp / "pod-token"))
+    elif source == "imdsv2":
+        env.pop("AWS_EC2_METADATA_DISABLED")
+        env.update(AWS_EC2_METADATA_SERVICE_ENDPOINT=base + "/")
+    return env
+
+
+@pytest.mark.parametrize("source,fetches", [
+    ("environment", None), ("profile", None), ("web-identity", "sts"),
+    ("eks-pod-identity", "pod-identity"), ("imdsv2", "imds-creds"),
+])
+def test_bedrock_signs_with_each_source_of_the_aws_default_chain(tmp_path, source, fetches):
+    """A Bedrock target without credentials in its spec signs with what the AWS default chain
+    finds — environment, profile, web identity (STS), EKS Pod Identity, IMDSv2 — each against
+    its loopback fake; fetched credentials are cached (one fetch for three requests), and no
+    key or token is printed."""
+    if not SIDECAR_BIN or not os.path.exists(SIDECAR_BIN):
+        pytest.skip("DETOUR_SIDECAR_BIN is not set (run through scripts/test)")
+    expect = (STATIC[0], STATIC[1], None) if fetches is None else ISSUED
+    fakes = ChainFakes(expect)
+    threading.Thread(target=fakes.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{fakes.server_address[1]}"
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(CHAIN_ROUTES.format(model=BEDROCK_MODEL, region=REGION, base=base))
+    port, admin = free_port(), free_port()
+    out, err = open(tmp_path / "stdout", "wb"), open(tmp_path / "stderr", "wb")
+    proc = subprocess.Popen(
+        [SIDECAR_BIN, "--routes", str(routes), "--credentials-dir", str(tmp_path),
+         "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
+        stdout=out, stderr=err, env=chain_env(source, tmp_path, base),
+    )
+    bodies = []
+    try:
+        wait_http_ok(f"http://127.0.0.1:{admin}/readyz", proc, tmp_path / "stderr")
+        for _ in range(3):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                data=json.dumps({"model": "aws/chain", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=20) as r:
+                    status, body = r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                status, body = e.code, e.read().decode()
+            bodies.append(body)
+            assert status == 200, f"{body}\n{(tmp_path / 'stderr').read_text()}"
+            assert "Hello from bedrock" in body
+    finally:
+        stop(proc)
+        out.close()
+        err.close()
+        fakes.shutdown()
+    assert not fakes.errors, fakes.errors
+    assert fakes.hits.get("bedrock") == 3, fakes.hits
+    if fetches:
+        assert fakes.hits.get(fetches) == 1, f"credentials are cached: {fakes.hits}"
+    printed = (tmp_path / "stdout").read_text() + (tmp_path / "stderr").read_text() + "".join(bodies)
+    for secret in [*STATIC, *ISSUED, WEB_TOKEN, POD_TOKEN]:
+        assert secret not in printed
+
+
+def test_bedrock_without_any_aws_credentials_names_the_chain(tmp_path):
+    """No source of the chain has credentials: the attempt is `credentials`, and the 503 says
+    the AWS default credential chain found none."""
+    if not SIDECAR_BIN or not os.path.exists(SIDECAR_BIN):
+        pytest.skip("DETOUR_SIDECAR_BIN is not set (run through scripts/test)")
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(CHAIN_ROUTES.format(model=BEDROCK_MODEL, region=REGION, base="http://127.0.0.1:9"))
+    port, admin = free_port(), free_port()
+    out, err = open(tmp_path / "stdout", "wb"), open(tmp_path / "stderr", "wb")
+    proc = subprocess.Popen(
+        [SIDECAR_BIN, "--routes", str(routes), "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
+        stdout=out, stderr=err, env=chain_env("none", tmp_path, "http://127.0.0.1:9"),
+    )
+    try:
+        wait_http_ok(f"http://127.0.0.1:{admin}/readyz", proc, tmp_path / "stderr")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=json.dumps({"model": "aws/chain", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+            headers={"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=20)
+        assert e.value.code == 503
+        message = json.loads(e.value.read())["error"]["message"]
+        assert "bedrock: credentials (the AWS default credential chain: " in message, message
+    finally:
+        stop(proc)
+        out.close()
+        err.close()

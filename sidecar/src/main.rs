@@ -14,7 +14,20 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("DETOUR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_env("DETOUR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The AWS SDK's crates log the credentials they load (an access key id) at info and more
+    // at debug: they are held at warn whatever DETOUR_LOG says, so no key reaches a log.
+    for quiet in [
+        "aws_config",
+        "aws_runtime",
+        "aws_sdk_sts",
+        "aws_smithy_runtime",
+        "aws_credential_types",
+    ] {
+        if let Ok(d) = format!("{quiet}=warn").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     // Human logs on stderr; stdout carries only the audit lines (and the demo's report, while
     // which the log lines are held so they cannot split its table on a terminal).
     let logs = detour_sidecar::demo::LogGate::default();

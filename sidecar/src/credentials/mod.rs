@@ -11,6 +11,8 @@
 //!   in the same words; the server logs them as warnings whenever a table loads, and
 //!   `/readyz` fails a route none of whose targets has a usable credential ([`usable`]).
 
+pub mod aws;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::io::ErrorKind;

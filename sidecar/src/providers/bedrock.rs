@@ -33,6 +33,14 @@ const SERVICE: &str = "bedrock";
 /// The region used when the target sets none.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
+/// What stays as it is in a percent-encoded path segment: RFC 3986's unreserved characters
+/// (SigV4's escaping); everything else is `%XX`.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// A Bedrock model in one region.
 #[derive(Debug)]
 pub struct Bedrock {
@@ -61,7 +69,7 @@ impl Bedrock {
 /// Percent-encodes a model id for the path (`:` and `/` of versioned ids and ARNs included),
 /// as the AWS SDKs do.
 fn path_escape(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, credentials::UNRESERVED).to_string()
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 /// The one error mapper: an AWS error type (from `x-amzn-errortype`, the body's `__type`, or
@@ -458,18 +466,11 @@ fn message_value(m: &eventstream::Message) -> Result<Value, Failure> {
 fn sign_request(
     req: &mut Request<Bytes>,
     body: &[u8],
-    keys: &credentials::Keys,
+    creds: &aws_credential_types::Credentials,
     region: &str,
     time: SystemTime,
 ) -> Result<(), Failure> {
-    let creds = aws_credential_types::Credentials::new(
-        keys.access_key_id.expose(),
-        keys.secret_access_key.expose(),
-        keys.session_token.as_ref().map(|t| t.expose().to_owned()),
-        keys.expires,
-        "detour",
-    );
-    let identity = creds.into();
+    let identity = creds.clone().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
@@ -515,19 +516,19 @@ impl Adapter for Bedrock {
         }
         let chat = chat::read(NAME, call.body()?)?;
         let body = Bytes::from(to_request(&chat)?.to_string());
-        // A web-identity exchange counts against the attempt's deadline like the call itself.
-        let keys =
-            match tokio::time::timeout_at(call.headers_deadline(), self.credentials.current(&self.client))
-                .await
-            {
-                Err(_) => {
-                    return Err(Failure::new(
-                        Class::Credentials,
-                        "the STS credential exchange did not finish in time",
-                    ));
-                }
-                Ok(r) => r.map_err(|e| Failure::new(Class::Credentials, e.to_string()))?,
-            };
+        // Fetching credentials counts against the attempt's deadline like the call itself.
+        // Boxed: the credential chain's future (cache lock, first build) is large and mostly
+        // not needed (a cached answer); it would otherwise size every request in flight.
+        let deadline = call.headers_deadline();
+        let keys = match Box::pin(tokio::time::timeout_at(deadline, self.credentials.current())).await {
+            Err(_) => {
+                return Err(Failure::new(
+                    Class::Credentials,
+                    "AWS credentials were not had in time (the credential chain or STS did not answer)",
+                ));
+            }
+            Ok(r) => r.map_err(|e| Failure::new(Class::Credentials, e.to_string()))?,
+        };
         let uri = format!(
             "{}/model/{}/{}",
             self.base,

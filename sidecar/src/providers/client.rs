@@ -221,7 +221,17 @@ pub enum BuildError {
 #[derive(Clone)]
 pub struct HttpClient {
     client: Client<Connector, Full<Bytes>>,
-    proxies: Arc<Proxies>,
+    egress: Arc<Egress>,
+}
+
+/// How connections leave: through which proxy, and whether the destination rules apply.
+/// One `Arc` shared by the client and its connector (the pooled client is cloned into every
+/// request in flight, so its size matters).
+struct Egress {
+    proxies: Proxies,
+    /// The destination rules apply to each connection's peer (provider traffic); `false` only
+    /// for [`HttpClient::for_credentials`].
+    guarded: bool,
 }
 
 impl fmt::Debug for HttpClient {
@@ -249,6 +259,27 @@ impl HttpClient {
         extra_ca: Option<&std::path::Path>,
         max_idle: usize,
         proxies: Proxies,
+    ) -> Result<Self, BuildError> {
+        Self::build_with(extra_ca, max_idle, proxies, true)
+    }
+
+    /// The client of credential providers (the AWS credential chain, token endpoints): the
+    /// environment's proxy settings, but **not** the destination rules — its URLs come from
+    /// the pod's environment and the cloud SDKs' own defaults, never from a route table, and
+    /// some of them are link-local on purpose (IMDS at 169.254.169.254, EKS Pod Identity at
+    /// 169.254.170.23, ECS at 169.254.170.2: address literals, which are not resolved; names
+    /// are still resolved through the guarded resolver, so a name cannot lead to metadata).
+    /// Loopback and link-local destinations never go through a proxy. Provider requests never
+    /// use this client.
+    pub fn for_credentials() -> Result<Self, BuildError> {
+        Self::build_with(None, 4, Proxies::from_env(), false)
+    }
+
+    fn build_with(
+        extra_ca: Option<&std::path::Path>,
+        max_idle: usize,
+        proxies: Proxies,
+        guarded: bool,
     ) -> Result<Self, BuildError> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -280,11 +311,11 @@ impl HttpClient {
         let mut tcp = HttpConnector::new_with_resolver(GuardedResolver(GaiResolver::new()));
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
-        let proxies = Arc::new(proxies);
+        let egress = Arc::new(Egress { proxies, guarded });
         let connector = Connector {
             tcp,
             tls: TlsConnector::from(Arc::new(tls)),
-            proxies: Arc::clone(&proxies),
+            egress: Arc::clone(&egress),
         };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -292,7 +323,7 @@ impl HttpClient {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(max_idle)
             .build(connector);
-        Ok(Self { client, proxies })
+        Ok(Self { client, egress })
     }
 
     /// Where `url` (absolute, `http` or `https`) is sent. `None` when it is not such a URL.
@@ -316,7 +347,10 @@ impl HttpClient {
             .ok()?;
         // Plain HTTP through a proxy: each request names the proxy's credentials.
         let proxy_auth = if scheme == Scheme::HTTP {
-            self.proxies.intercept(&url).and_then(|i| i.basic_auth().cloned())
+            self.egress
+                .proxies
+                .intercept(&url)
+                .and_then(|i| i.basic_auth().cloned())
         } else {
             None
         };
@@ -434,7 +468,7 @@ impl http_body::Body for Body {
 struct Connector {
     tcp: HttpConnector<GuardedResolver>,
     tls: TlsConnector,
-    proxies: Arc<Proxies>,
+    egress: Arc<Egress>,
 }
 
 impl Service<Uri> for Connector {
@@ -515,7 +549,22 @@ fn host_port(u: &Uri) -> String {
 impl Connector {
     async fn connect(mut self, dst: Uri) -> Result<TokioIo<Stream>, BoxError> {
         let https = dst.scheme() == Some(&Scheme::HTTPS);
-        let proxy = self.proxies.intercept(&dst);
+        let local = || {
+            let host = dst
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            matches!(
+                detour_api::egress::place_of(host),
+                detour_api::egress::Place::Loopback | detour_api::egress::Place::Forbidden
+            )
+        };
+        let proxy = if !self.egress.guarded && local() {
+            None
+        } else {
+            self.egress.proxies.intercept(&dst)
+        };
         let (tcp, proxied) = match &proxy {
             None => (
                 self.tcp
@@ -562,8 +611,11 @@ impl Connector {
             None => dst.host().unwrap_or_default(),
         };
         let opened_for = opened_for.trim_start_matches('[').trim_end_matches(']');
-        crate::egress::check_addr(opened_for, &tcp.peer_addr()?)
-            .map_err(|e| ConnectFailure::boxed(ConnectKind::DestinationRule, format!("{opened_for}: {e}")))?;
+        if self.egress.guarded {
+            crate::egress::check_addr(opened_for, &tcp.peer_addr()?).map_err(|e| {
+                ConnectFailure::boxed(ConnectKind::DestinationRule, format!("{opened_for}: {e}"))
+            })?;
+        }
         if !https {
             return Ok(TokioIo::new(Stream::Tcp(tcp, proxied)));
         }

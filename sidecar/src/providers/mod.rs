@@ -41,6 +41,7 @@ pub use answer::Answer;
 pub use crate::credentials::{KeySource, Secret};
 pub use client::HttpClient;
 pub use meta::UpstreamMeta;
+pub(crate) use upstream::{collect as upstream_collect, now_unix as upstream_now_unix};
 
 /// The OpenAI endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
