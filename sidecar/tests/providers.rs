@@ -254,6 +254,17 @@ fn check_alternation(state: &Shared, who: &str, messages: &[Value]) {
         }
         last = role;
     }
+    // As Anthropic's API (and Bedrock's for Claude): a final assistant turn must not end in
+    // whitespace.
+    if messages.last().and_then(|m| m["role"].as_str()) == Some("assistant")
+        && let Some(p) = messages.last().and_then(|m| prefill(&json!({"messages": [m]})))
+        && p.ends_with(char::is_whitespace)
+    {
+        violation(
+            state,
+            format!("{who}: final assistant content ends with whitespace"),
+        );
+    }
 }
 
 /// Whether the request asked for tools (the fake then answers with a tool call).
@@ -321,6 +332,33 @@ fn anthropic_check(state: &Shared, headers: &HeaderMap, body: &Value) {
     }
 }
 
+/// The text of a final assistant turn (a prefill), from Anthropic's or Bedrock's messages.
+fn prefill(body: &Value) -> Option<String> {
+    let last = body["messages"].as_array()?.last()?;
+    if last["role"] != "assistant" {
+        return None;
+    }
+    Some(
+        last["content"]
+            .as_array()?
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect(),
+    )
+}
+
+/// The deltas of the fakes' streamed answer `full`: continued after a prefill that starts it,
+/// as the real APIs do, else in two pieces.
+fn deltas(full: &str, body: &Value) -> Vec<String> {
+    match prefill(body) {
+        Some(p) if full.starts_with(&p) => vec![full[p.len()..].to_owned()],
+        _ => {
+            let (a, b) = full.split_at(6);
+            vec![a.to_owned(), b.to_owned()]
+        }
+    }
+}
+
 fn anthropic_sse(events: &[Value]) -> Vec<Bytes> {
     events
         .iter()
@@ -377,10 +415,13 @@ fn anthropic_answer(step: Step, body: &Value) -> Response<FakeBody> {
         start,
         json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
         json!({"type": "ping"}),
-        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello "}}),
-        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "from anthropic"}}),
-        json!({"type": "content_block_stop", "index": 0}),
     ];
+    for text in deltas("hello from anthropic", body) {
+        events.push(
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        );
+    }
+    events.push(json!({"type": "content_block_stop", "index": 0}));
     if step == Step::StreamBreak {
         events.truncate(4);
         return streamed("text/event-stream", anthropic_sse(&events), true);
@@ -598,18 +639,17 @@ fn bedrock_answer(step: Step, body: &Value, stream: bool) -> Response<FakeBody> 
             )
         }
         _ => {
-            let mut frames = vec![
-                bedrock_event("messageStart", &json!({"role": "assistant"})),
-                bedrock_event(
+            let mut frames = vec![bedrock_event("messageStart", &json!({"role": "assistant"}))];
+            for text in deltas("hello from bedrock", body) {
+                frames.push(bedrock_event(
                     "contentBlockDelta",
-                    &json!({"contentBlockIndex": 0, "delta": {"text": "hello "}}),
-                ),
-                bedrock_event(
-                    "contentBlockDelta",
-                    &json!({"contentBlockIndex": 0, "delta": {"text": "from bedrock"}}),
-                ),
-                bedrock_event("contentBlockStop", &json!({"contentBlockIndex": 0})),
-            ];
+                    &json!({"contentBlockIndex": 0, "delta": {"text": text}}),
+                ));
+            }
+            frames.push(bedrock_event(
+                "contentBlockStop",
+                &json!({"contentBlockIndex": 0}),
+            ));
             if step == Step::StreamBreak {
                 frames.truncate(2);
                 return with_request_id(streamed("application/vnd.amazon.eventstream", frames, true));
@@ -1664,4 +1704,76 @@ async fn anthropic_key_rotation() {
 /// from another checkout sharing the target directory reads this checkout's files.
 fn manifest_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
+/// Mid-stream continuation across translations, through the provider fakes: an OpenAI stream
+/// cut after "hello " is finished by Anthropic and by Bedrock with assistant prefill (the
+/// delivered text, its trailing space taken off, as the final assistant turn: the fakes
+/// continue it as the real APIs do), and an Anthropic or Bedrock stream cut the same way is
+/// finished by OpenAI with the continuation prompt. The client reads one stream: the first
+/// stream's id, one role chunk, "hello from <next>" once, one finish_reason, [DONE].
+#[tokio::test]
+async fn continuation_across_providers() {
+    let pairs = [
+        (Kind::OpenAi, Kind::Anthropic),
+        (Kind::OpenAi, Kind::Bedrock),
+        (Kind::Anthropic, Kind::OpenAi),
+        (Kind::Bedrock, Kind::OpenAi),
+    ];
+    for (first, next) in pairs {
+        let mut e = env_with(
+            ROUTE,
+            &[("primary", first), ("backup", next)],
+            "  streaming: {continueOnFailure: true}",
+        )
+        .await;
+        e.fake.script("primary", vec![Step::StreamBreak]);
+        let req = json!({"model": ROUTE, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let r = post(&e.sidecar, &req).await;
+        let events = sse_events(&r.text());
+        let text: String = events
+            .iter()
+            .filter_map(|v| v.pointer("/choices/0/delta/content").and_then(Value::as_str))
+            .collect();
+        let who = if next == Kind::OpenAi {
+            "backup".to_owned()
+        } else {
+            next.name().to_owned()
+        };
+        assert_eq!(
+            text,
+            format!("hello from {who}"),
+            "{first:?} -> {next:?}: {}",
+            r.text()
+        );
+        let roles = events
+            .iter()
+            .filter(|v| v.pointer("/choices/0/delta/role").is_some())
+            .count();
+        assert_eq!(roles, 1, "{}", r.text());
+        let finishes = events
+            .iter()
+            .filter(|v| {
+                v.pointer("/choices/0/finish_reason")
+                    .is_some_and(|f| !f.is_null())
+            })
+            .count();
+        assert_eq!(finishes, 1, "{}", r.text());
+        let ids: std::collections::BTreeSet<String> = events
+            .iter()
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+        let asked = e.fake.last_body("backup");
+        let last = asked["messages"].as_array().unwrap().last().unwrap().clone();
+        if next == Kind::OpenAi {
+            assert_eq!(last["role"], "user", "{asked}");
+        } else {
+            assert_eq!(last["role"], "assistant", "{asked}");
+            assert_eq!(prefill(&asked).as_deref(), Some("hello"), "{asked}");
+        }
+        e.fake.assert_clean();
+        e.sidecar.stop().await;
+    }
 }
