@@ -341,11 +341,6 @@ impl Splice {
             None => t.to_owned(),
         }
     }
-
-    /// Text still held when the continuation ends without a `finish_reason` chunk.
-    pub fn held(&mut self) -> String {
-        self.dedupe.as_mut().map(Dedupe::flush).unwrap_or_default()
-    }
 }
 
 /// `usage` plus the first stream's counts (where both have them).

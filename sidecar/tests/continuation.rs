@@ -421,3 +421,50 @@ async fn off_by_default_and_per_request() {
     assert_eq!(r.status.as_u16(), 403, "{}", r.text());
     sc.stop().await;
 }
+
+/// A Responses API client gets the continuation too: the splice happens on the chat events,
+/// before the Responses encoding, so the client reads the whole text in
+/// `response.output_text.delta` events and one `response.completed`, no `response.failed`.
+#[tokio::test]
+async fn a_responses_stream_is_continued_too() {
+    let fake = Fake::start().await;
+    fake.script("first", vec![say(vec!["a ", "b "], Tail::Cut)]);
+    fake.script("next", vec![say(vec!["c."], Tail::Done)]);
+    let yaml = policy("")
+        + &route(
+            "m",
+            "p",
+            &[
+                ("primary", fake.endpoint("first")),
+                ("backup", fake.endpoint("next")),
+            ],
+        );
+    let mut sc = start(&yaml).await;
+    let body = json!({"model": "m", "stream": true, "input": "tell me"});
+    let r = sc
+        .send("POST", "/v1/responses", Bytes::from(body.to_string()), &[])
+        .await;
+    assert!(r.complete, "{}", r.text());
+    let events: Vec<Value> = r
+        .text()
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let text: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .filter_map(|e| e["delta"].as_str())
+        .collect();
+    assert_eq!(text, "a b c.", "{}", r.text());
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "response.completed").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(!kinds.contains(&"response.failed"), "{kinds:?}");
+    let rec = sc.audit_of(&r).await;
+    assert_eq!(rec.continuations[0].result, "ok");
+    sc.stop().await;
+}
