@@ -265,6 +265,17 @@ def test_ai_sdk(env, api, stream):
     assert out["toolCalls"] == [{"name": "get_weather", "input": {"city": "Paris"}, "id": "call_fake_1"}], out
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+def test_ai_sdk_tool_loop_on_the_default_provider(env, stream):
+    """A two-step tool loop on the AI SDK's default provider: the second step refers to the
+    first step's function call by item id (`item_reference`), which the sidecar answered with
+    and sends upstream as the call itself, so the loop runs without `store: false`."""
+    out = run_node("ai_sdk_models.cjs", {"base": f"{env.base}/v1", "model": "m/tools", "api": "responses",
+                                         "stream": stream, "loop": True})
+    assert out["error"] is None and out["streamErrors"] == [], out
+    assert out["steps"] == 2, out
+
+
 @pytest.mark.parametrize("api", ["responses", "chat"])
 def test_ai_sdk_errors(env, api):
     """AI SDK: an unknown model rejects; a stream that breaks after it started rejects

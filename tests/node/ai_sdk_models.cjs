@@ -1,10 +1,11 @@
 // One call through the Vercel AI SDK with `@ai-sdk/openai`: its default provider
 // (`openai(model)`, the Responses API) or chat mode (`openai.chat(model)`), as the test asks:
 //   node ai_sdk_models.cjs '{"base": "...", "model": "m/5xx", "api": "responses", "stream": true, "tools": false}'
-// Prints one JSON line: {text, toolCalls, usage, finishReason, modelId, headers, error,
-// streamErrors}. `error` is set when the call (or `await result.text`) rejected. The SDK's own
+// (`"loop": true`: the tool has an `execute` and the call runs two steps, the second sending the
+// first step's call and result back.) Prints one JSON line: {text, toolCalls, usage,
+// finishReason, modelId, headers, steps, error, streamErrors}. `error` is set when the call (or `await result.text`) rejected. The SDK's own
 // retries are off, so any failover seen is the sidecar's.
-const { generateText, streamText, tool } = require("ai");
+const { generateText, streamText, tool, stepCountIs } = require("ai");
 const { createOpenAI } = require("@ai-sdk/openai");
 const { z } = require("zod");
 
@@ -14,8 +15,13 @@ async function main() {
   const model = req.api === "chat" ? provider.chat(req.model) : provider(req.model);
   const out = { text: null, toolCalls: [], usage: null, finishReason: null, modelId: null, headers: {}, error: null, streamErrors: [] };
   const args = { model, prompt: "hello", maxRetries: 0 };
-  if (req.tools) {
-    args.tools = { get_weather: tool({ description: "weather of a city", inputSchema: z.object({ city: z.string() }) }) };
+  if (req.tools || req.loop) {
+    const spec = { description: "weather of a city", inputSchema: z.object({ city: z.string() }) };
+    if (req.loop) {
+      spec.execute = async ({ city }) => `sunny in ${city}`;
+      args.stopWhen = stepCountIs(2);
+    }
+    args.tools = { get_weather: tool(spec) };
   }
   try {
     let result;
@@ -32,6 +38,7 @@ async function main() {
     out.usage = { inputTokens: usage.inputTokens ?? null, outputTokens: usage.outputTokens ?? null };
     const response = await result.response;
     out.modelId = response.modelId ?? null;
+    out.steps = (await result.steps).length;
     for (const [k, v] of Object.entries(response.headers ?? {})) {
       if (k.startsWith("x-detour-") || k === "x-request-id") out.headers[k] = v;
     }

@@ -4,12 +4,13 @@
 //! answer is written back as a Response object ([`answer`]) or, for a stream, as the Responses
 //! API's typed events ([`stream`], behind the proxy's stream encoder).
 //!
-//! Stateless: nothing is stored, so `previous_response_id`, `conversation`, `store: true` and
-//! `item_reference` inputs are refused with a 400 that says so (a translated provider keeps no
-//! state the next request could refer to, and a sidecar that kept it would answer differently
-//! from its neighbours). `store` left out is served as `store: false`.
+//! Stateless: no response is stored, so `previous_response_id`, `conversation` and `store: true`
+//! are refused with a 400 that says so (a translated provider keeps no state the next request
+//! could refer to). `store` left out is served as `store: false`. An `item_reference` to an
+//! output item this sidecar answered with recently is sent as that item ([`items`]).
 
 pub mod answer;
+pub mod items;
 pub mod request;
 pub mod stream;
 
@@ -74,6 +75,9 @@ pub fn json_answer(chat: &Bytes, echo: &Echo) -> Bytes {
         return chat.clone();
     };
     let r = answer::from_chat(&v, echo, &answer::Ids::new());
+    for item in r.get("output").and_then(Value::as_array).into_iter().flatten() {
+        items::remember(item);
+    }
     serde_json::to_vec(&r).map_or_else(|_| chat.clone(), Bytes::from)
 }
 

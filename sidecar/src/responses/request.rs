@@ -8,10 +8,11 @@
 //! usage chunk, which `response.completed` reports). Reasoning items in the input are dropped:
 //! they belong to the model that wrote them.
 //!
-//! Refused with a 400 naming the field, because a translated request has nowhere to keep or
-//! find state: `previous_response_id`, `conversation`, `store: true`, `background: true`,
-//! `prompt` (a stored prompt), `item_reference` input items; and what chat cannot express:
-//! built-in tools (web search, file search, ...), file inputs.
+//! An `item_reference` is replaced by the item it names when this sidecar answered with it
+//! recently (`super::items`). Refused with a 400 naming the field, because a translated
+//! request has nowhere to keep or find state: `previous_response_id`, `conversation`,
+//! `store: true`, `background: true`, `prompt` (a stored prompt), an unknown `item_reference`;
+//! and what chat cannot express: built-in tools (web search, file search, ...), file inputs.
 
 use serde_json::{Map, Value, json};
 
@@ -241,10 +242,20 @@ fn input_item(messages: &mut Vec<Value>, item: &Value, at: &str) -> Result<(), B
         // A reasoning item belongs to the model that wrote it; other providers cannot read it.
         Some("reasoning") => {}
         Some("item_reference") => {
-            return Err(stateless(
-                at,
-                "an item_reference (an item stored by the provider; the Vercel AI SDK sends them unless providerOptions.openai.store is false)",
-            ));
+            let id = item.get("id").and_then(Value::as_str).unwrap_or("");
+            let found = super::items::recall(id)
+                .filter(|i| i.get("type").and_then(Value::as_str) != Some("item_reference"));
+            match found {
+                Some(found) => input_item(messages, &found, at)?,
+                None => {
+                    return Err(stateless(
+                        at,
+                        "an item_reference to an item this sidecar did not answer with recently (the \
+                         Vercel AI SDK sends them for earlier turns unless providerOptions.openai.store \
+                         is false)",
+                    ));
+                }
+            }
         }
         Some(other) => {
             return Err(bad(
@@ -465,6 +476,34 @@ mod tests {
             json!({"type": "function", "function": {"name": "get"}})
         );
         assert_eq!(out["parallel_tool_calls"], json!(false));
+    }
+
+    /// An `item_reference` to an item this sidecar answered with is sent as that item: a
+    /// function call joins the assistant message, an answer's text becomes assistant text.
+    #[test]
+    fn known_item_references_are_resolved() {
+        super::super::items::remember(&json!({"type": "function_call", "id": "fc_req_test_1",
+            "call_id": "call_7", "name": "get", "arguments": "{}", "status": "completed"}));
+        super::super::items::remember(
+            &json!({"type": "message", "id": "msg_req_test_1", "role": "assistant",
+            "status": "completed", "content": [{"type": "output_text", "text": "ok", "annotations": []}]}),
+        );
+        let out = chat(json!({"input": [
+            {"role": "user", "content": "hi"},
+            {"type": "item_reference", "id": "msg_req_test_1"},
+            {"type": "item_reference", "id": "fc_req_test_1"},
+            {"type": "function_call_output", "call_id": "call_7", "output": "done"}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            out["messages"],
+            json!([
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "ok", "tool_calls": [
+                    {"id": "call_7", "type": "function", "function": {"name": "get", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_7", "content": "done"}
+            ])
+        );
     }
 
     /// State kept by the provider, built-in tools and unknown items are 400s naming the field.

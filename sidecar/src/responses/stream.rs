@@ -363,6 +363,7 @@ impl Encoder {
                 }
             }
             let item = Self::item_json(&self.items[n], "completed");
+            super::items::remember(&item);
             self.emit(
                 "response.output_item.done",
                 json!({"output_index": n, "item": item}),
