@@ -524,12 +524,13 @@ def test_notes_give_the_next_commands(chart) -> None:
 
 
 def test_dashboard_is_valid_json_with_the_key_panels(chart) -> None:
-    """The Grafana dashboard parses and shows fallback rate, breaker state, latency, overhead."""
+    """The Grafana dashboard parses and shows fallback rate, breaker state, latency, overhead and
+    fleet health (the share of pods holding each target open)."""
     (cm,) = by_kind(documents(chart, ALL_ON), "ConfigMap")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(cm["data"]["detour.json"])
     titles = " | ".join(p["title"] for p in dashboard["panels"])
-    for word in ["Fallback rate", "Breaker", "latency", "overhead"]:
+    for word in ["Fallback rate", "Breaker", "latency", "overhead", "Fleet health"]:
         assert word.lower() in titles.lower(), titles
 
 
@@ -561,7 +562,9 @@ def test_prometheus_rules_pass_promtool_check(chart, tmp_path) -> None:
 
 def test_prometheus_rules_behave(chart, tmp_path) -> None:
     """promtool test rules: 30% fallbacks gives detour:fallback_rate 0.3 and fires the alert
-    (threshold 0.25); an open breaker for 5 minutes fires DetourBreakerOpen."""
+    (threshold 0.25); an open breaker for 5 minutes fires DetourBreakerOpen, except on a pod
+    that holds it open only because the fleet does; a target open on most pods of a namespace
+    (on their own observations) for 2 minutes fires DetourTargetOpenOnFleet, once."""
     rules = rules_file(chart, tmp_path)
     tests = {
         "rule_files": [str(rules)],
@@ -574,6 +577,12 @@ def test_prometheus_rules_behave(chart, tmp_path) -> None:
                     {"series": 'detour_requests_total{route="chat",fallback="true"}', "values": "0+30x30"},
                     {"series": 'detour_breaker_state{route="chat",target="primary",namespace="shop",pod="web-1"}',
                      "values": "2x30"},
+                    # Fleet: 3 of 4 pods hold "backup" open on their own, one only because the
+                    # fleet does; a fleet-held pod alone fires nothing.
+                    *[{"series": f'detour_breaker_state{{route="chat",target="backup",namespace="shop",pod="web-{i}"}}',
+                       "values": "2x30"} for i in range(1, 5)],
+                    *[{"series": f'detour_breaker_fleet_held{{route="chat",target="backup",namespace="shop",pod="web-{i}"}}',
+                       "values": ("1x30" if i == 4 else "0x30")} for i in range(1, 5)],
                 ],
                 "promql_expr_test": [{"expr": "detour:fallback_rate", "eval_time": "20m", "exp_samples": [{"labels": "detour:fallback_rate", "value": 0.3}]}],
                 "alert_rule_test": [
@@ -586,7 +595,19 @@ def test_prometheus_rules_behave(chart, tmp_path) -> None:
                      "exp_alerts": [{"exp_labels": {"severity": "warning", "route": "chat", "target": "primary", "namespace": "shop", "pod": "web-1"},
                                      "exp_annotations": {
                                          "summary": "A Detour circuit breaker has been open for 5 minutes",
-                                         "description": "Target primary of route chat in pod shop/web-1 is skipped: it kept failing. Traffic is on its fallbacks."}}]},
+                                         "description": "Target primary of route chat in pod shop/web-1 is skipped: it kept failing. Traffic is on its fallbacks."}},
+                                    *[{"exp_labels": {"severity": "warning", "route": "chat", "target": "backup", "namespace": "shop", "pod": f"web-{i}"},
+                                       "exp_annotations": {
+                                           "summary": "A Detour circuit breaker has been open for 5 minutes",
+                                           "description": f"Target backup of route chat in pod shop/web-{i} is skipped: it kept failing. Traffic is on its fallbacks."}}
+                                      for i in range(1, 4)]]},
+                    {"eval_time": "1m", "alertname": "DetourTargetOpenOnFleet", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "DetourTargetOpenOnFleet",
+                     "exp_alerts": [{"exp_labels": {"severity": "critical", "namespace": "shop", "route": "chat", "target": t},
+                                     "exp_annotations": {
+                                         "summary": "A provider target is open on most of the fleet",
+                                         "description": f"Target {t} of route chat is open on {share} of the pods of namespace shop, on their own observations: the provider is failing for everyone, and every pod serves from its fallbacks. `kubectl get modelroutes -n shop` shows the failure class."}}
+                                    for t, share in [("primary", "100%"), ("backup", "75%")]]},
                 ],
             }
         ],

@@ -42,6 +42,8 @@ pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
         printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".status.policy"}"#,
         printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
         printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+        printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.healthy"}"#,
+        printcolumn = r#"{"name":"Primary State","type":"string","jsonPath":".status.targets[0].state"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
@@ -412,6 +414,41 @@ pub struct ModelRouteStatus {
     /// How many targets are being served (targets left out are named in `Ready`'s message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_count: Option<u32>,
+    /// Live health of each target as the fleet of sidecars sees it, in spec order (fleet
+    /// health; absent while no injected pod of the namespace is known).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetHealthStatus>,
+    /// Healthy targets out of all, such as `2/3` (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<String>,
+}
+
+/// One target's live health across the namespace's pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct TargetHealthStatus {
+    pub name: String,
+    /// `Healthy`, `Degraded` (open on some pods, or slow), `Open` (open on enough of the fleet
+    /// that every pod skips it) or `Unknown` (no pod reports it).
+    pub state: String,
+    /// Pods holding it open on their own observations, and pods reporting it.
+    pub pods_open: u32,
+    pub pods_reporting: u32,
+    /// Failures / attempts in the reporting pods' error-rate windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// Median of the reporting pods' latency (EWMA of successful attempts; TTFT for streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// The class of the latest failure any reporting pod saw (`5xx`, `429`, `timeout`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
+    /// When `state` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
 }
 
 /// How to choose a target and when to fail over.

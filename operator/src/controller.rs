@@ -632,6 +632,8 @@ pub async fn run(
 
     let fleet_client = client.clone();
     let fleet_metrics = metrics.clone();
+    let fleet_routes = routes.clone();
+    let fleet_recorder = Recorder::new(client.clone(), reporter.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         operator_namespace: operator_namespace.clone(),
@@ -673,7 +675,8 @@ pub async fn run(
         // Fleet health runs beside the controller, on the leader only: one replica asks the
         // pods, and stops when the controller does.
         Some(config) => {
-            let fleet = crate::fleet_gather::start(fleet_client, config, fleet_metrics);
+            let fleet =
+                crate::fleet_gather::start(fleet_client, config, fleet_metrics, fleet_routes, fleet_recorder);
             tokio::select! {
                 () = controller => {}
                 () = fleet => warn!("fleet health stopped"),

@@ -430,13 +430,21 @@ pub async fn run(
     }
 }
 
-/// Fleet health on this replica: the pod watch and the rounds, until dropped.
-pub async fn start(client: Client, config: Config, metrics: crate::metrics::Metrics) {
+/// Fleet health on this replica (the leader): the pod watch, the rounds, and the status
+/// writer ([`crate::fleet_status`]), until dropped.
+pub async fn start(
+    client: Client,
+    config: Config,
+    metrics: crate::metrics::Metrics,
+    routes: kube::runtime::reflector::Store<detour_api::ModelRoute>,
+    recorder: kube::runtime::events::Recorder,
+) {
     let members = Arc::new(Members::default());
-    let (publish, _fleet) = watch::channel(Arc::new(Fleet::default()));
+    let (publish, fleet) = watch::channel(Arc::new(Fleet::default()));
     tokio::join!(
-        watch_pods(client, members.clone()),
-        run(config, members, publish, metrics)
+        watch_pods(client.clone(), members.clone()),
+        run(config, members, publish, metrics.clone()),
+        crate::fleet_status::run(client, routes, fleet, recorder, metrics),
     );
 }
 

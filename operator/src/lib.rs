@@ -3,8 +3,8 @@
 //!
 //! - [`controller`]: the route controller (dereference → compile → apply → status);
 //! - [`status`]: the pure status rules;
-//! - [`fleet`], [`fleet_gather`]: fleet health (the sidecars' breakers, gathered and
-//!   aggregated per namespace, and the view sent back to them);
+//! - [`fleet`], [`fleet_gather`], [`fleet_status`]: fleet health (the sidecars' breakers, gathered and
+//!   aggregated per namespace, written into ModelRoute status, and sent back to them);
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease;
 //! - [`webhook`]: the injection webhook (pure patch building and its TLS server);
 //! - [`certs`]: the webhook's self-issued CA and serving certificate;
@@ -17,6 +17,7 @@ pub mod controller;
 pub mod crdgen;
 pub mod fleet;
 pub mod fleet_gather;
+pub mod fleet_status;
 pub mod leader;
 pub mod metrics;
 pub mod rbac;

@@ -41,12 +41,21 @@ pub fn route_status(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let outcome = compiled.routes.iter().find(|r| r.object == key);
+    // The live health of targets is fleet health's (`crate::fleet_status`); the whole status
+    // is written by one field manager, so it is carried over as it stands.
+    let (targets, healthy) = route
+        .status
+        .as_ref()
+        .map(|s| (s.targets.clone(), s.healthy.clone()))
+        .unwrap_or_default();
     ModelRouteStatus {
         conditions: conditions(compiled, &key, generation, previous, now),
         observed_generation: generation,
         config_map: Some(config_map.to_owned()),
         policy: outcome.and_then(|o| o.policy.clone()),
         target_count: Some(outcome.map_or(0, |o| o.target_count)),
+        targets,
+        healthy,
     }
 }
 
