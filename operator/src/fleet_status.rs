@@ -58,7 +58,12 @@ pub fn targets(
                 .iter()
                 .find(|c| c.name == t.name && c.state == state)
                 .and_then(|c| c.last_transition_time.clone())
-                .unwrap_or_else(|| now.to_string());
+                .unwrap_or_else(|| {
+                    // Whole seconds, as metav1.Time is written.
+                    now.round(k8s_openapi::jiff::Unit::Second)
+                        .unwrap_or(now)
+                        .to_string()
+                });
             TargetHealthStatus {
                 name: t.name.clone(),
                 state,
@@ -258,7 +263,7 @@ mod tests {
     /// Unknown 0/0; the healthy count reads like `kubectl get` shows it.
     #[test]
     fn targets_follow_the_spec_with_the_fleets_numbers() {
-        let now: Timestamp = "2026-12-04T21:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-12-04T21:00:00.25Z".parse().unwrap();
         let t = targets(&route(), Some(&aggregate(TargetState::Open, 3)), &[], now);
         let names: Vec<_> = t.iter().map(|t| (t.name.as_str(), t.state.as_str())).collect();
         assert_eq!(
