@@ -1455,3 +1455,27 @@ async fn large_answers_pass_through_and_held_ones_are_counted() {
     .await;
     sc.stop().await;
 }
+
+/// A passed-through answer whose upstream breaks after its head ends the client's transfer
+/// abnormally: the client has the 200 and the bytes so far, then a failed read — never a clean
+/// end that would look like a complete answer.
+#[tokio::test]
+async fn a_passed_through_answer_that_breaks_ends_abnormally() {
+    let fake = Fake::start().await;
+    fake.script("t", vec![Step::LargeBreak(3 * 1024 * 1024)]);
+    let yaml = "apiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata:\n  name: p\nspec:\n  streaming: {assemble: false}\n".to_owned()
+        + &route("plain", "p", &[("t", fake.endpoint("t"))]);
+    let sc = start(&yaml).await;
+    let r = sc
+        .send(
+            "POST",
+            "/v1/chat/completions",
+            Bytes::from(r#"{"model":"plain","messages":[{"role":"user","content":"hi"}]}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.complete, "the transfer must end abnormally");
+    assert!(r.body.len() > 1024 * 1024, "{} bytes", r.body.len());
+    sc.stop().await;
+}

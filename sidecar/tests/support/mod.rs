@@ -74,6 +74,9 @@ pub enum Step {
     ToolCut,
     /// 200 with a `chat.completion` whose content makes the body about this many bytes.
     Large(usize),
+    /// 200 with the beginning of such an answer, this many bytes of content in 64 KiB
+    /// frames; then the body breaks.
+    LargeBreak(usize),
 }
 
 /// How a [`Step::Script`] stream ends.
@@ -306,6 +309,20 @@ async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<FakeBod
         |msg: &str| json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
     let mut resp = match step {
         Step::Ok => json_resp(200, &ok(&model)),
+        Step::LargeBreak(n) => {
+            let head = format!(
+                r#"{{"id":"x","object":"chat.completion","created":0,"model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":""#
+            );
+            let mut frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+                vec![Ok(Frame::data(Bytes::from(head)))];
+            let frame = Bytes::from("x".repeat(64 * 1024));
+            frames.extend((0..n.div_ceil(64 * 1024)).map(|_| Ok(Frame::data(frame.clone()))));
+            frames.push(Err(std::io::Error::other("scripted body break")));
+            let mut r = Response::new(StreamBody::new(stream::iter(frames)).boxed_unsync());
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
         Step::Large(n) => {
             let mut v = ok(&model);
             v["choices"][0]["message"]["content"] = Value::from("x".repeat(n));
