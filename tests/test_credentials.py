@@ -625,3 +625,130 @@ def test_bedrock_without_any_aws_credentials_names_the_chain(tmp_path):
         stop(proc)
         out.close()
         err.close()
+
+
+# --- Azure OpenAI with Entra ID workload identity -----------------------------------------
+
+AZ_CLIENT = "11111111-2222-3333-4444-555555555555"
+AZ_TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+AZ_FEDERATED = "eyJhbGciOiJSUzI1NiJ9.FEDERATED-sa-token.sig"
+AZ_ACCESS = "eyJ0eXAiOiJKV1QifQ.ENTRA-ACCESS-token.sig"
+AZ_ROUTES = """
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: az}}
+spec:
+  model: az/chat
+  targets:
+    - name: azure
+      provider: azure-openai
+      model: gpt4o
+      endpoint: "{base}/az"
+      allowPlainHttp: true
+      credentials: {{azureWorkloadIdentity: {{}}}}
+"""
+
+
+class AzureFakes(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, expires_in):
+        super().__init__(("127.0.0.1", 0), AzureHandler)
+        self.expires_in = expires_in
+        self.lock = threading.Lock()
+        self.hits = {}
+        self.errors = []
+
+    def hit(self, what):
+        with self.lock:
+            self.hits[what] = self.hits.get(what, 0) + 1
+
+    def violation(self, what):
+        with self.lock:
+            self.errors.append(what)
+
+
+class AzureHandler(Handler):
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        path = urllib.parse.urlsplit(self.path).path
+        if path == f"/{AZ_TENANT}/oauth2/v2.0/token":
+            self.server.hit("token")
+            form = urllib.parse.parse_qs(raw.decode())
+            want = {"client_id": [AZ_CLIENT], "scope": ["https://cognitiveservices.azure.com/.default"],
+                    "grant_type": ["client_credentials"], "client_assertion": [AZ_FEDERATED],
+                    "client_assertion_type": ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]}
+            if form != want:
+                self.server.violation(f"token: form fields {sorted(form)}")
+                return self.reply(400, {"error": "invalid_client", "error_codes": [700016]})
+            return self.reply(200, {"token_type": "Bearer", "expires_in": self.server.expires_in,
+                                    "access_token": AZ_ACCESS})
+        if path == "/az/openai/deployments/gpt4o/chat/completions":
+            self.server.hit("azure")
+            if headers.get("authorization") != f"Bearer {AZ_ACCESS}" or "api-key" in headers:
+                self.server.violation("azure: not the Entra access token in Authorization")
+                return self.reply(401, {"error": {"code": "401", "message": "unauthorized"}})
+            body = json.loads(raw)
+            base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+            if not body.get("stream"):
+                return self.reply(200, {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from azure"},
+                                                     "finish_reason": "stop"}],
+                                        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+            self.start_chunked("text/event-stream")
+            for delta, finish in [({"role": "assistant", "content": "Hello from azure"}, None), ({}, "stop")]:
+                self.chunk(f"data: {json.dumps(dict(base, choices=[{'index': 0, 'delta': delta, 'finish_reason': finish}]))}\n\n".encode())
+            usage = dict(base, choices=[], usage={"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8})
+            self.chunk(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+            return self.chunk(b"")
+        return self.reply(404, {})
+
+
+@pytest.mark.parametrize("expires_in,exchanges", [(3600, 1), (120, 3)])
+def test_azure_openai_with_entra_workload_identity(tmp_path, expires_in, exchanges):
+    """`azureWorkloadIdentity` exchanges the federated token file at the Entra ID token
+    endpoint (AZURE_AUTHORITY_HOST, AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE)
+    and sends the access token as `Authorization: Bearer`; the token is cached (one exchange
+    for three requests) unless it is within 5 minutes of expiry, and no token is printed."""
+    if not SIDECAR_BIN or not os.path.exists(SIDECAR_BIN):
+        pytest.skip("DETOUR_SIDECAR_BIN is not set (run through scripts/test)")
+    fakes = AzureFakes(expires_in)
+    threading.Thread(target=fakes.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{fakes.server_address[1]}"
+    (tmp_path / "azure-identity-token").write_text(AZ_FEDERATED)
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(AZ_ROUTES.format(base=base))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
+    env.update(AZURE_AUTHORITY_HOST=base + "/", AZURE_CLIENT_ID=AZ_CLIENT, AZURE_TENANT_ID=AZ_TENANT,
+               AZURE_FEDERATED_TOKEN_FILE=str(tmp_path / "azure-identity-token"))
+    port, admin = free_port(), free_port()
+    out, err = open(tmp_path / "stdout", "wb"), open(tmp_path / "stderr", "wb")
+    proc = subprocess.Popen(
+        [SIDECAR_BIN, "--routes", str(routes), "--credentials-dir", str(tmp_path),
+         "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
+        stdout=out, stderr=err, env=env,
+    )
+    bodies = []
+    try:
+        wait_http_ok(f"http://127.0.0.1:{admin}/readyz", proc, tmp_path / "stderr")
+        for _ in range(3):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                data=json.dumps({"model": "az/chat", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=20) as r:
+                body = r.read().decode()
+            bodies.append(body)
+            assert "Hello from azure" in body
+        metrics = get(f"http://127.0.0.1:{admin}/metrics")[1]
+    finally:
+        stop(proc)
+        out.close()
+        err.close()
+        fakes.shutdown()
+    assert not fakes.errors, fakes.errors
+    assert fakes.hits == {"token": exchanges, "azure": 3}, fakes.hits
+    printed = (tmp_path / "stdout").read_text() + (tmp_path / "stderr").read_text() + "".join(bodies) + metrics
+    for secret in (AZ_FEDERATED, AZ_ACCESS):
+        assert secret not in printed

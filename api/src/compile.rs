@@ -31,8 +31,9 @@ use crate::defaults;
 use crate::duration::parse_ms;
 use crate::egress::{self, AllowedHosts, TargetDest};
 use crate::table::{
-    self, Condition, Cost, CredentialSource, Credentials, Excluded, Health, Match, Mock, ObjectRef,
-    Overrides, Policy, Retry, Route, RouteTable, Scoring, Streaming, Target, Timeouts, WebIdentity,
+    self, AzureWorkloadIdentity, Condition, Cost, CredentialSource, Credentials, Excluded, Health, Match,
+    Mock, ObjectRef, Overrides, Policy, Retry, Route, RouteTable, Scoring, Streaming, Target, Timeouts,
+    WebIdentity,
 };
 
 /// Where the compiled table will be served, which decides how credentials resolve.
@@ -1850,6 +1851,48 @@ fn resolve_credentials(
         out.web_identity = Some(WebIdentity {
             role_arn: w.role_arn.clone(),
             token_file,
+        });
+    }
+    if let Some(a) = &c.azure_workload_identity {
+        if provider != Provider::AzureOpenai {
+            diags.error(
+                key,
+                format!("{at}.azureWorkloadIdentity"),
+                Reason::InvalidSpec,
+                format!("is only for provider azure-openai (provider is {provider})"),
+            );
+        }
+        if let Some(token_file) = &a.token_file {
+            let inside = egress::path_within(token_file, defaults::AZURE_FEDERATED_TOKEN_DIR)
+                || (input.mode == Mode::Standalone
+                    && egress::path_within(token_file, input.credentials_root));
+            if !inside {
+                let allowed = match input.mode {
+                    Mode::Cluster => format!(
+                        "the projected-token directory {:?}",
+                        defaults::AZURE_FEDERATED_TOKEN_DIR
+                    ),
+                    Mode::Standalone => format!(
+                        "the projected-token directory {:?} or the credentials directory {:?}",
+                        defaults::AZURE_FEDERATED_TOKEN_DIR,
+                        input.credentials_root
+                    ),
+                };
+                diags.error(
+                    key,
+                    format!("{at}.azureWorkloadIdentity.tokenFile"),
+                    Reason::CredentialPathRefused,
+                    format!(
+                        "{token_file:?} is not a file in {allowed}; only the pod's projected token may be sent to Entra ID"
+                    ),
+                );
+                return None;
+            }
+        }
+        out.azure_workload_identity = Some(AzureWorkloadIdentity {
+            client_id: a.client_id.clone(),
+            tenant_id: a.tenant_id.clone(),
+            token_file: a.token_file.clone(),
         });
     }
     Some(out)

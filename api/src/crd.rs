@@ -210,8 +210,8 @@ impl fmt::Display for Provider {
 #[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "k8s", x_kube(
-    validation = Rule::new("has(self.secretName) || has(self.apiKeyEnv) || has(self.apiKeyFile) || has(self.webIdentity)")
-        .message("credentials: set secretName (or, standalone only, apiKeyEnv or apiKeyFile)"),
+    validation = Rule::new("has(self.secretName) || has(self.apiKeyEnv) || has(self.apiKeyFile) || has(self.webIdentity) || has(self.azureWorkloadIdentity)")
+        .message("credentials: set secretName, webIdentity (bedrock) or azureWorkloadIdentity (azure-openai) (or, standalone only, apiKeyEnv or apiKeyFile)"),
 ))]
 pub struct CredentialsSpec {
     /// A Secret in the route's namespace.
@@ -241,6 +241,13 @@ pub struct CredentialsSpec {
     /// `bedrock` only: assume this role with the pod's projected service-account token (IRSA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_identity: Option<WebIdentitySpec>,
+    /// `azure-openai` only: Microsoft Entra ID workload identity. The pod's federated
+    /// service-account token (projected by the Azure Workload Identity webhook) is exchanged
+    /// for an access token to Azure OpenAI (`https://cognitiveservices.azure.com/.default`),
+    /// refreshed before it expires. Each field left out comes from the variable the webhook
+    /// sets in the pod (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure_workload_identity: Option<AzureWorkloadIdentitySpec>,
 }
 
 /// Key names inside the Secret.
@@ -301,6 +308,44 @@ pub struct WebIdentitySpec {
             regex(
                 pattern = r"^/var/run/secrets/eks\.amazonaws\.com/serviceaccount/[A-Za-z0-9_-][A-Za-z0-9._-]*$"
             )
+        )
+    )]
+    pub token_file: Option<String>,
+}
+
+/// Microsoft Entra ID workload identity for `azure-openai`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AzureWorkloadIdentitySpec {
+    /// The application (client) id of the managed identity or app registration that trusts
+    /// the pod's service account. Default: `AZURE_CLIENT_ID` in the sidecar's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(regex(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))
+    )]
+    pub client_id: Option<String>,
+    /// The directory (tenant) id. Default: `AZURE_TENANT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(regex(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))
+    )]
+    pub tenant_id: Option<String>,
+    /// Default: `AZURE_FEDERATED_TOKEN_FILE`, else
+    /// `/var/run/secrets/azure/tokens/azure-identity-token`. In a cluster it must be a file in
+    /// that projected-token directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(
+            length(min = 1, max = 4096),
+            regex(pattern = r"^/var/run/secrets/azure/tokens/[A-Za-z0-9_-][A-Za-z0-9._-]*$")
         )
     )]
     pub token_file: Option<String>,

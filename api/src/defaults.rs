@@ -23,6 +23,11 @@ pub const SESSION_TOKEN_KEY: &str = "aws-session-token";
 pub const WEB_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token";
 /// The projected-token directory: in a cluster, `webIdentity.tokenFile` must be a file in it.
 pub const WEB_IDENTITY_TOKEN_DIR: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount";
+/// Where the Azure Workload Identity webhook projects the federated service-account token
+/// (`AZURE_FEDERATED_TOKEN_FILE`), and its directory: in a cluster,
+/// `azureWorkloadIdentity.tokenFile` must be a file in it.
+pub const AZURE_FEDERATED_TOKEN_FILE: &str = "/var/run/secrets/azure/tokens/azure-identity-token";
+pub const AZURE_FEDERATED_TOKEN_DIR: &str = "/var/run/secrets/azure/tokens";
 /// The label that opts a Secret in to being referenced by ModelRoutes. Only Secrets carrying
 /// it with the value `"true"` are read, mounted or named in a route table.
 pub const CREDENTIALS_LABEL: &str = "detour.dev/credentials";

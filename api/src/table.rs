@@ -248,6 +248,23 @@ pub struct Credentials {
     pub secret_access_key: Option<CredentialSource>,
     pub session_token: Option<CredentialSource>,
     pub web_identity: Option<WebIdentity>,
+    /// `azure-openai`: Entra ID workload identity (absent from tables that do not use it, so
+    /// those stay readable by older sidecars).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure_workload_identity: Option<AzureWorkloadIdentity>,
+}
+
+/// Entra ID workload identity; a field left out is read from the sidecar's environment
+/// (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AzureWorkloadIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 /// AWS web identity.

@@ -456,6 +456,16 @@ fn destination_rules_name_the_field_and_the_rule() {
             "spec.targets[0].credentials.webIdentity.tokenFile",
             "is not a file in the projected-token directory",
         ),
+        (
+            "{name: t, provider: azure-openai, model: m, endpoint: \"https://x.openai.azure.com\", credentials: {azureWorkloadIdentity: {tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token}}}",
+            "spec.targets[0].credentials.azureWorkloadIdentity.tokenFile",
+            "is not a file in the projected-token directory",
+        ),
+        (
+            "{name: t, provider: azure-openai, model: m, endpoint: \"https://x.openai.azure.com\", credentials: {azureWorkloadIdentity: {tokenFile: /var/run/secrets/azure/tokens/../../kubernetes.io/serviceaccount/token}}}",
+            "spec.targets[0].credentials.azureWorkloadIdentity.tokenFile",
+            "is not a file in the projected-token directory",
+        ),
     ];
     for (target, field, rule) in cases {
         let yaml = format!(

@@ -54,6 +54,7 @@ fn target() -> impl Strategy<Value = TargetSpec> {
                 api_key_env: None,
                 api_key_file: None,
                 web_identity: None,
+                azure_workload_identity: None,
             }),
             weight: Some(weight),
             cost: None,

@@ -33,6 +33,7 @@ pub fn target(name: &str, secret: &str) -> TargetSpec {
             api_key_env: None,
             api_key_file: None,
             web_identity: None,
+            azure_workload_identity: None,
         }),
         weight: None,
         cost: None,

@@ -222,6 +222,19 @@ fn check_target(t: &Target, guard: &Guard) -> Result<(), (String, String)> {
             ));
         }
     }
+    if let Some(a) = &c.azure_workload_identity
+        && let Some(file) = &a.token_file
+        && !(egress::path_within(file, defaults::AZURE_FEDERATED_TOKEN_DIR)
+            || egress::path_within(file, root))
+    {
+        return Err((
+            "credentials.azureWorkloadIdentity.tokenFile".to_owned(),
+            format!(
+                "{file:?} is not in the projected-token directory {:?} or the credentials directory {root:?}",
+                defaults::AZURE_FEDERATED_TOKEN_DIR
+            ),
+        ));
+    }
     if let Some(w) = &c.web_identity
         && !(egress::path_within(&w.token_file, defaults::WEB_IDENTITY_TOKEN_DIR)
             || egress::path_within(&w.token_file, root))

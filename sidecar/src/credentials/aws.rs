@@ -157,7 +157,7 @@ impl AwsCredentials {
         let region = aws_config::Region::new(self.region.clone());
         let conf = ProviderConfig::without_region()
             .with_region(Some(region.clone()))
-            .with_http_client(SdkHttp(shared_client()));
+            .with_http_client(SdkHttp(credentials_client()));
         match &self.kind {
             Kind::DefaultChain => SharedCredentialsProvider::new(
                 aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
@@ -182,7 +182,7 @@ impl AwsCredentials {
 
 /// The one client of every target's credential providers (connections to STS and the
 /// metadata endpoints are shared).
-fn shared_client() -> Option<HttpClient> {
+pub(crate) fn credentials_client() -> Option<HttpClient> {
     static CLIENT: OnceLock<Option<HttpClient>> = OnceLock::new();
     CLIENT
         .get_or_init(|| match HttpClient::for_credentials() {

@@ -12,6 +12,7 @@
 //!   `/readyz` fails a route none of whose targets has a usable credential ([`usable`]).
 
 pub mod aws;
+pub mod azure;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -194,6 +195,21 @@ pub fn target_problems(t: &Target) -> Vec<String> {
         && let Err(m) = read_key_file(&w.token_file)
     {
         out.push(m.replacen("key file", "token file", 1));
+    }
+    if let Some(a) = &c.azure_workload_identity {
+        if let Err(m) = read_key_file(&azure::token_file(a)) {
+            out.push(m.replacen("key file", "federated token file", 1));
+        }
+        for (field, value, var) in [
+            ("clientId", &a.client_id, "AZURE_CLIENT_ID"),
+            ("tenantId", &a.tenant_id, "AZURE_TENANT_ID"),
+        ] {
+            if value.is_none() && std::env::var(var).map_or(true, |v| v.trim().is_empty()) {
+                out.push(format!(
+                    "azureWorkloadIdentity.{field} is not set and environment variable {var} is not set"
+                ));
+            }
+        }
     }
     out
 }

@@ -9,12 +9,17 @@
 //! `Bearer ` or shaped like a JWT (`eyJ…` with two dots) — which is sent as
 //! `Authorization: Bearer …`. Azure keys are hex and never look like a JWT, so a token
 //! refresher that rewrites the mounted file switches the scheme without a config change.
+//!
+//! With `credentials.azureWorkloadIdentity` the sidecar gets the Entra ID access token
+//! itself (`credentials::azure`: the pod's federated token exchanged at Entra ID, cached and
+//! refreshed before expiry) and sends it as `Authorization: Bearer …`.
 
 use http::{HeaderName, HeaderValue, header};
 
 use super::upstream;
 use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, Secret};
 use crate::class::Class;
+use crate::credentials::azure::WorkloadIdentity;
 
 /// The `api-version` used when the target sets none (the GA version current at writing).
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -25,9 +30,18 @@ pub struct Azure {
     /// `{endpoint}/openai/deployments/{deployment}/{path}?api-version={version}`.
     uris: upstream::Uris,
     key: KeySource,
+    /// Entra ID workload identity, which replaces `key` when set.
+    entra: Option<WorkloadIdentity>,
 }
 
 impl Azure {
+    /// Uses Entra ID workload identity instead of a key.
+    #[must_use]
+    pub fn with_workload_identity(mut self, entra: Option<WorkloadIdentity>) -> Self {
+        self.entra = entra;
+        self
+    }
+
     pub fn new(
         endpoint: Option<&str>,
         deployment: &str,
@@ -46,6 +60,7 @@ impl Azure {
                 )
             }),
             key,
+            entra: None,
         }
     }
 }
@@ -68,10 +83,20 @@ fn auth_header(key: &Secret) -> Result<(HeaderName, HeaderValue), Failure> {
 
 impl Adapter for Azure {
     async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
-        let key = self
-            .key
-            .current()
-            .map_err(|m| Failure::new(Class::Credentials, m))?;
+        let key = match &self.entra {
+            // Boxed: an exchange is rare, and its future would size every attempt.
+            Some(entra) => Some(Secret::new(&format!(
+                "Bearer {}",
+                Box::pin(entra.current())
+                    .await
+                    .map_err(|m| Failure::new(Class::Credentials, m))?
+                    .expose()
+            ))),
+            None => self
+                .key
+                .current()
+                .map_err(|m| Failure::new(Class::Credentials, m))?,
+        };
         let dest = self.uris.get(call.endpoint)?;
         let mut req = upstream::post(dest, call)?;
         if let Some(key) = key {

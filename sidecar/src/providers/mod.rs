@@ -361,13 +361,21 @@ impl Provider {
                 http.clone(),
             ))),
             Kind::Bedrock => Self::Bedrock(Box::new(bedrock::Bedrock::new(t, http.clone()))),
-            Kind::AzureOpenai => Self::Azure(Box::new(azure::Azure::new(
-                t.endpoint.as_deref(),
-                &t.model,
-                t.api_version.as_deref(),
-                api_key(),
-                http,
-            ))),
+            Kind::AzureOpenai => Self::Azure(Box::new(
+                azure::Azure::new(
+                    t.endpoint.as_deref(),
+                    &t.model,
+                    t.api_version.as_deref(),
+                    api_key(),
+                    http,
+                )
+                .with_workload_identity(
+                    t.credentials
+                        .as_ref()
+                        .and_then(|c| c.azure_workload_identity.as_ref())
+                        .map(crate::credentials::azure::WorkloadIdentity::from_config),
+                ),
+            )),
             Kind::Openai | Kind::OpenaiCompatible | Kind::Mock => Self::OpenAi(Box::new(
                 openai::OpenAi::new(t.endpoint.as_deref(), api_key(), http),
             )),
