@@ -322,7 +322,7 @@ def test_endpoint_allowlist_and_default_routes_reach_the_operator(chart) -> None
     default) and webhook.defaultRoutes --default-routes (none by default); the schema refuses
     an empty list, a URL instead of a host, and an unknown selection."""
     default = args_of(documents(chart, None))
-    assert "--allowed-hosts=api.openai.com,api.anthropic.com,*.openai.azure.com,bedrock-runtime.*.amazonaws.com" in default
+    assert "--allowed-hosts=api.openai.com,api.anthropic.com,*.openai.azure.com,bedrock-runtime.*.amazonaws.com,aiplatform.googleapis.com,*-aiplatform.googleapis.com" in default
     assert "--default-routes=none" in default
     args = args_of(documents(chart, {**ALL_ON, "webhook": {"defaultRoutes": "all"}}))
     assert "--allowed-hosts=api.openai.com,vllm.models.svc.cluster.local" in args

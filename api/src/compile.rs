@@ -25,7 +25,7 @@ use std::fmt;
 
 use crate::crd::{
     CredentialsSpec, ModelRoute, ObjectMeta, Provider, ResponseModel, RetryOn, RoutingPolicy,
-    RoutingPolicySpec, RuleSpec, Scorer, Strategy, TargetSpec,
+    RoutingPolicySpec, RuleSpec, Scorer, Strategy, TargetSpec, VertexPublisher,
 };
 use crate::defaults;
 use crate::duration::parse_ms;
@@ -33,7 +33,7 @@ use crate::egress::{self, AllowedHosts, TargetDest};
 use crate::table::{
     self, AzureWorkloadIdentity, Condition, Cost, CredentialSource, Credentials, Excluded, Health, Match,
     Mock, ObjectRef, Overrides, Policy, Retry, Route, RouteTable, Scoring, Streaming, Target, Timeouts,
-    WebIdentity,
+    Vertex, WebIdentity,
 };
 
 /// Where the compiled table will be served, which decides how credentials resolve.
@@ -899,6 +899,15 @@ fn check_route_shape(r: &ModelRoute, key: &ObjectKey, diags: &mut Diags) {
                 "is required for provider bedrock, e.g. region: us-east-1".to_owned(),
             );
         }
+        if t.provider == Provider::Vertex && t.region.is_none() {
+            diags.error(
+                key,
+                format!("spec.targets[{i}].region"),
+                Reason::InvalidSpec,
+                "is required for provider vertex: Google's region name, e.g. region: us-central1, europe-west4 or global"
+                    .to_owned(),
+            );
+        }
         if matches!(t.provider, Provider::AzureOpenai | Provider::OpenaiCompatible) && t.endpoint.is_none() {
             diags.error(
                 key,
@@ -1630,6 +1639,74 @@ fn resolve_target(
         }
         (None, _) => None,
     };
+    let vertex = match (&t.vertex, t.provider) {
+        (Some(v), Provider::Vertex) => {
+            if !valid_project(&v.project) {
+                diags.error(
+                    key,
+                    format!("{at}.vertex.project"),
+                    Reason::InvalidSpec,
+                    format!(
+                        "{:?} is not a Google Cloud project id: 6 to 30 lowercase letters, digits and '-', \
+                         starting with a letter and not ending with '-' (the ID, not the project's name or number)",
+                        v.project
+                    ),
+                );
+            }
+            let publisher = v.publisher.unwrap_or_default();
+            let model_ok = match publisher {
+                // The OpenAI-compatible endpoint takes the publisher-qualified id.
+                VertexPublisher::Google => t.model.contains('/'),
+                // Claude's id goes into the URL's path.
+                VertexPublisher::Anthropic => t
+                    .model
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.@_".contains(&b)),
+            };
+            if !model_ok {
+                diags.error(
+                    key,
+                    format!("{at}.model"),
+                    Reason::InvalidSpec,
+                    match publisher {
+                        VertexPublisher::Google => format!(
+                            "{:?} needs its publisher for Vertex's chat completions, e.g. google/gemini-2.5-flash",
+                            t.model
+                        ),
+                        VertexPublisher::Anthropic => format!(
+                            "{:?} is not a Claude model id on Vertex AI, e.g. claude-sonnet-4@20250514",
+                            t.model
+                        ),
+                    },
+                );
+            }
+            Some(Vertex {
+                project: v.project.clone(),
+                publisher,
+            })
+        }
+        (None, Provider::Vertex) => {
+            diags.error(
+                key,
+                format!("{at}.vertex"),
+                Reason::InvalidSpec,
+                "is required for provider vertex: vertex: {project: my-project, publisher: google} \
+                 (publisher anthropic for Claude models)"
+                    .to_owned(),
+            );
+            None
+        }
+        (Some(_), p) => {
+            diags.error(
+                key,
+                format!("{at}.vertex"),
+                Reason::InvalidSpec,
+                format!("is only for provider vertex; remove it or set provider: vertex (provider is {p})"),
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let credentials = match &t.credentials {
         None => None,
         Some(c) => resolve_credentials(c, t.provider, &at, key, input, diags),
@@ -1651,7 +1728,9 @@ fn resolve_target(
         provider: t.provider,
         endpoint: t.endpoint.as_deref(),
         region: t.region.as_deref(),
-        has_credentials: t.credentials.is_some(),
+        // A Vertex target always sends a Google access token, from its credentials or the
+        // ambient ones (metadata server, application default credentials).
+        has_credentials: t.credentials.is_some() || t.provider == Provider::Vertex,
         allow_plain_http: t.allow_plain_http == Some(true),
     };
     if let Err(v) = egress::check_target(&dest, allowed) {
@@ -1691,7 +1770,19 @@ fn resolve_target(
         first_byte_ms: first_byte.unwrap_or(policy.timeouts.first_byte_ms),
         stream_idle_ms: stream_idle.unwrap_or(policy.timeouts.stream_idle_ms),
         mock,
+        vertex,
     })
+}
+
+/// A Google Cloud project id: 6 to 30 characters, lowercase letters, digits and hyphens,
+/// starting with a letter and not ending with a hyphen.
+fn valid_project(id: &str) -> bool {
+    (6..=30).contains(&id.len())
+        && id.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && !id.ends_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn resolve_credentials(
@@ -1733,7 +1824,13 @@ fn resolve_credentials(
                      label it {}=true, or fix the name; this target is left out until then",
                     key.namespace,
                     key.namespace,
-                    keys.api_key.as_deref().unwrap_or(defaults::API_KEY_KEY),
+                    keys.api_key
+                        .as_deref()
+                        .unwrap_or(if provider == Provider::Vertex {
+                            defaults::GOOGLE_KEY_KEY
+                        } else {
+                            defaults::API_KEY_KEY
+                        }),
                     defaults::CREDENTIALS_LABEL,
                 ),
             )),
@@ -1785,7 +1882,12 @@ fn resolve_credentials(
                 out.session_token = keys.session_token.as_deref().map(path);
             }
         } else {
-            out.api_key = Some(path(keys.api_key.as_deref().unwrap_or(defaults::API_KEY_KEY)));
+            let default_key = if provider == Provider::Vertex {
+                defaults::GOOGLE_KEY_KEY
+            } else {
+                defaults::API_KEY_KEY
+            };
+            out.api_key = Some(path(keys.api_key.as_deref().unwrap_or(default_key)));
         }
     }
     if let Some(var) = &c.api_key_env {

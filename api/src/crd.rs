@@ -90,7 +90,9 @@ pub struct PolicyRef {
         .message("region is required for provider bedrock, e.g. region: us-east-1"),
     validation = Rule::new("!(self.provider in ['azure-openai', 'openai-compatible']) || has(self.endpoint)")
         .message("endpoint is required for providers azure-openai and openai-compatible"),
-    validation = Rule::new("self.provider == 'mock' || has(self.credentials) || self.provider == 'openai-compatible' || self.provider == 'bedrock'")
+    validation = Rule::new("self.provider != 'vertex' || (has(self.region) && has(self.vertex))")
+        .message("region and vertex (project, publisher) are required for provider vertex, e.g. region: us-central1, vertex: {project: my-project}"),
+    validation = Rule::new("self.provider == 'mock' || has(self.credentials) || self.provider == 'openai-compatible' || self.provider == 'bedrock' || self.provider == 'vertex'")
         .message("credentials are required for providers openai, azure-openai and anthropic"),
     validation = Rule::new("!has(self.endpoint) || !self.endpoint.startsWith('http://') || !has(self.credentials) || (has(self.allowPlainHttp) && self.allowPlainHttp)")
         .message("allowPlainHttp: credentials go over plain http:// only when the target sets allowPlainHttp: true (loopback or in-cluster Services only); use https://"),
@@ -120,13 +122,15 @@ pub struct TargetSpec {
     /// an in-cluster Service (`<name>.<namespace>.svc`). Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_plain_http: Option<bool>,
-    /// Cloud region, required for `bedrock`: the provider's region name, e.g. `us-east-1`.
+    /// Cloud region, required for `bedrock` and `vertex`: the provider's region name —
+    /// AWS's for `bedrock` (`us-east-1`), Google's for `vertex` (`us-central1`,
+    /// `europe-west4`, or `global`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "k8s",
         schemars(
             length(min = 4, max = 32),
-            regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+            regex(pattern = r"^([a-z]{2}(-[a-z]+)+-[0-9]{1,2}|[a-z]+-[a-z]+[0-9]{1,2}|global)$")
         )
     )]
     pub region: Option<String>,
@@ -164,6 +168,9 @@ pub struct TargetSpec {
     /// Behaviour of the `mock` provider (demo and tests only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockSpec>,
+    /// Provider `vertex` only: the Google Cloud project and whose model it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexSpec>,
 }
 
 /// The upstream API family a target speaks.
@@ -175,6 +182,7 @@ pub enum Provider {
     AzureOpenai,
     Anthropic,
     Bedrock,
+    Vertex,
     OpenaiCompatible,
     Mock,
 }
@@ -187,6 +195,7 @@ impl Provider {
             Self::AzureOpenai => "azure-openai",
             Self::Anthropic => "anthropic",
             Self::Bedrock => "bedrock",
+            Self::Vertex => "vertex",
             Self::OpenaiCompatible => "openai-compatible",
             Self::Mock => "mock",
         }
@@ -404,6 +413,44 @@ pub struct TargetTimeoutsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "k8s", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub stream_idle: Option<String>,
+}
+
+/// A Google Vertex AI target: the project that is billed and the model's publisher.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VertexSpec {
+    /// The Google Cloud project id, e.g. `my-project-123`.
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(min = 6, max = 30), regex(pattern = r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$"))
+    )]
+    pub project: String,
+    /// Whose model `model` is: `google` (Gemini, through Vertex's OpenAI-compatible chat
+    /// completions; `model` e.g. `google/gemini-2.5-flash`) or `anthropic` (Claude, through
+    /// `rawPredict`/`streamRawPredict`; `model` e.g. `claude-sonnet-4@20250514`). Default
+    /// `google`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<VertexPublisher>,
+}
+
+/// The publisher of a Vertex AI model.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "k8s", derive(JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum VertexPublisher {
+    #[default]
+    Google,
+    Anthropic,
+}
+
+impl VertexPublisher {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Google => "google",
+            Self::Anthropic => "anthropic",
+        }
+    }
 }
 
 /// The in-process `mock` provider's script: what it answers, in order, cycling.

@@ -15,6 +15,9 @@ pub const CONFIG_MAP: &str = "detour-routes";
 pub const CONFIG_MAP_KEY: &str = "routes.json";
 /// Default Secret key of an API key.
 pub const API_KEY_KEY: &str = "api-key";
+/// The Secret key a `vertex` target reads by default: a Google service-account key file
+/// (JSON), or an OAuth access token a refresher keeps current.
+pub const GOOGLE_KEY_KEY: &str = "key.json";
 /// Default Secret keys of AWS credentials.
 pub const ACCESS_KEY_ID_KEY: &str = "aws-access-key-id";
 pub const SECRET_ACCESS_KEY_KEY: &str = "aws-secret-access-key";

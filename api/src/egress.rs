@@ -32,6 +32,8 @@ pub const PROVIDER_HOSTS: &[&str] = &[
     "api.anthropic.com",
     "*.openai.azure.com",
     "bedrock-runtime.*.amazonaws.com",
+    "aiplatform.googleapis.com",
+    "*-aiplatform.googleapis.com",
 ];
 
 /// Loopback names the standalone sidecar allows besides [`PROVIDER_HOSTS`] by default: a
@@ -68,8 +70,29 @@ pub fn valid_region(region: &str) -> bool {
         && last.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Google's region shape: a word, a word ending in a number (`us-central1`, `europe-west4`,
+/// `northamerica-northeast1`), or `global`.
+pub fn valid_google_region(region: &str) -> bool {
+    if region == "global" {
+        return true;
+    }
+    let Some((area, place)) = region.split_once('-') else {
+        return false;
+    };
+    let digits = place.bytes().rev().take_while(u8::is_ascii_digit).count();
+    let word = &place[..place.len() - digits];
+    region.len() <= 32
+        && !area.is_empty()
+        && area.bytes().all(|b| b.is_ascii_lowercase())
+        && !word.is_empty()
+        && word.bytes().all(|b| b.is_ascii_lowercase())
+        && (1..=2).contains(&digits)
+}
+
 /// One allowlist entry: a host name or address, where a `*` label stands for exactly one
-/// DNS label (`*.openai.azure.com`, `bedrock-runtime.*.amazonaws.com`).
+/// DNS label (`*.openai.azure.com`, `bedrock-runtime.*.amazonaws.com`) and a label starting
+/// with `*-` for one label ending that way (`*-aiplatform.googleapis.com`: Vertex AI's
+/// regional hosts, `us-central1-aiplatform.googleapis.com`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPattern(String);
 
@@ -99,7 +122,8 @@ impl HostPattern {
             return Err(bad("must name at least one label that is not *"));
         }
         let ok = labels.iter().all(|l| {
-            *l == "*"
+            let l = l.strip_prefix("*-").unwrap_or(l);
+            l == "*"
                 || (!l.is_empty()
                     && l.len() <= 63
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -126,7 +150,22 @@ impl HostPattern {
             && pattern
                 .iter()
                 .zip(&labels)
-                .all(|(p, l)| (*p == "*" && !l.is_empty()) || p.eq_ignore_ascii_case(l))
+                .all(|(p, l)| (*p == "*" && !l.is_empty()) || label_matches(p, l))
+    }
+}
+
+/// One label against one pattern label: equal (ignoring case), or `*-suffix` against a label
+/// that is a non-empty prefix, `-`, and the suffix.
+fn label_matches(pattern: &str, label: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) if suffix.starts_with('-') => {
+            label.len() > suffix.len()
+                && label
+                    .get(label.len() - suffix.len()..)
+                    .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
+                && !label.starts_with('-')
+        }
+        _ => pattern.eq_ignore_ascii_case(label),
     }
 }
 
@@ -338,6 +377,10 @@ pub fn default_host(provider: Provider, region: Option<&str>) -> Option<String> 
             "bedrock-runtime.{}.amazonaws.com",
             region.unwrap_or("us-east-1")
         )),
+        Provider::Vertex => Some(match region {
+            None | Some("global") => "aiplatform.googleapis.com".to_owned(),
+            Some(r) => format!("{r}-aiplatform.googleapis.com"),
+        }),
         Provider::AzureOpenai | Provider::OpenaiCompatible | Provider::Mock => None,
     }
 }
@@ -368,6 +411,18 @@ pub fn check_target(t: &TargetDest<'_>, allowed: &AllowedHosts) -> Result<(), Vi
         return Ok(());
     }
     if let Some(region) = t.region
+        && t.provider == Provider::Vertex
+        && !valid_google_region(region)
+    {
+        return Err(Violation {
+            field: "region",
+            message: format!(
+                "{region:?} is not a Google Cloud region; use e.g. us-central1, europe-west4 or global"
+            ),
+        });
+    }
+    if let Some(region) = t.region
+        && t.provider != Provider::Vertex
         && !valid_region(region)
     {
         return Err(Violation {
@@ -505,6 +560,72 @@ mod tests {
         ] {
             assert!(!valid_region(bad), "{bad}");
         }
+    }
+
+    /// Google's region shapes pass for Vertex, AWS's do not, and nothing that could reach
+    /// another host does.
+    #[test]
+    fn google_regions() {
+        for ok in [
+            "us-central1",
+            "europe-west4",
+            "northamerica-northeast1",
+            "me-central2",
+            "global",
+        ] {
+            assert!(valid_google_region(ok), "{ok}");
+        }
+        for bad in [
+            "us-east-1",
+            "us-central",
+            "us-central123",
+            "US-CENTRAL1",
+            "central1",
+            "-central1",
+            "us-central1.evil.example",
+            "us-central1/x",
+            "",
+        ] {
+            assert!(!valid_google_region(bad), "{bad}");
+        }
+        let dest = |region| TargetDest {
+            provider: Provider::Vertex,
+            endpoint: None,
+            region: Some(region),
+            has_credentials: true,
+            allow_plain_http: false,
+        };
+        let allowed = AllowedHosts::providers();
+        assert_eq!(check_target(&dest("europe-west4"), &allowed), Ok(()));
+        assert_eq!(check_target(&dest("global"), &allowed), Ok(()));
+        assert_eq!(
+            check_target(&dest("us-east-1"), &allowed).unwrap_err().field,
+            "region"
+        );
+        assert_eq!(
+            default_host(Provider::Vertex, Some("europe-west4")).as_deref(),
+            Some("europe-west4-aiplatform.googleapis.com")
+        );
+        assert_eq!(
+            default_host(Provider::Vertex, Some("global")).as_deref(),
+            Some("aiplatform.googleapis.com")
+        );
+    }
+
+    /// A `*-suffix` label matches one label ending in `-suffix` with something before it,
+    /// and nothing else.
+    #[test]
+    fn label_suffix_patterns() {
+        let a = AllowedHosts::parse(["*-aiplatform.googleapis.com"]).unwrap();
+        assert!(a.allows("us-central1-aiplatform.googleapis.com"));
+        assert!(a.allows("EUROPE-WEST4-aiplatform.googleapis.com"));
+        assert!(!a.allows("aiplatform.googleapis.com"));
+        assert!(!a.allows("-aiplatform.googleapis.com"));
+        assert!(!a.allows("x.us-central1-aiplatform.googleapis.com"));
+        assert!(!a.allows("us-central1-aiplatform.googleapis.com.evil.example"));
+        assert!(!a.allows("evilaiplatform.googleapis.com"));
+        assert!(HostPattern::parse("*-").is_err());
+        assert!(HostPattern::parse("*x.example.com").is_err());
     }
 
     /// A `*` label matches exactly one label; IP entries match the same address.

@@ -18,6 +18,7 @@ use thiserror::Error;
 
 pub use crate::crd::{
     Capability, MockBehavior, Op, Provider, Quality, ResponseModel, RetryOn, Scorer, Strategy,
+    VertexPublisher,
 };
 
 /// The format version this crate writes and reads (2: stream-idle and probe timeouts,
@@ -225,6 +226,18 @@ pub struct Target {
     pub first_byte_ms: u64,
     pub stream_idle_ms: u64,
     pub mock: Option<Mock>,
+    /// Provider `vertex`: the project and the publisher (absent for every other provider,
+    /// so tables without a Vertex target are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<Vertex>,
+}
+
+/// A Vertex AI target's project and model publisher.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Vertex {
+    pub project: String,
+    pub publisher: VertexPublisher,
 }
 
 /// Where a credential is read from. Never the value.

@@ -28,6 +28,7 @@ fn all_secrets(ns: &str) -> SecretIndex {
     s.opted_in(ns, "openai");
     s.opted_in(ns, "anthropic");
     s.opted_in(ns, "aws-bedrock");
+    s.opted_in(ns, "gcp");
     s
 }
 
@@ -914,4 +915,84 @@ fn tables_without_a_scorer_read_as_v1() {
     let old = r#"{"simpleBelow": 0.4, "complexAbove": null, "disabled": false}"#;
     let s: detour_api::table::Scoring = serde_json::from_str(old).unwrap();
     assert_eq!((s.scorer, s.cheap_share), (detour_api::table::Scorer::V1, None));
+}
+
+/// A Vertex AI target compiles with its project, publisher, Google region and key file
+/// (default key `key.json`), or with no credentials (application default credentials);
+/// a missing region or project, an AWS-shaped region, a bare Gemini id, a bad project id and
+/// a `vertex` block on another provider are each reported on their field.
+#[test]
+fn vertex_targets_compile_and_their_mistakes_name_the_field() {
+    let route = |extra: &str| {
+        format!(
+            r#"
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: r, namespace: team-a}}
+spec:
+  model: m
+  targets:
+    - {{name: gemini, provider: vertex, model: google/gemini-2.5-flash, region: europe-west4, vertex: {{project: my-project}}, credentials: {{secretName: gcp}}}}
+    - {{name: claude, provider: vertex, model: "claude-sonnet-4@20250514", region: global, vertex: {{project: my-project, publisher: anthropic}}}}
+{extra}"#
+        )
+    };
+    let c = compile_cluster(&route(""), &all_secrets("team-a"));
+    let d: Vec<_> = c
+        .diagnostics_for(&route_key("team-a", "r"))
+        .map(ToString::to_string)
+        .collect();
+    assert!(d.is_empty(), "{d:?}");
+    let r = c.table.route("m").unwrap();
+    let gemini = &r.targets[0];
+    let v = gemini.vertex.as_ref().unwrap();
+    assert_eq!(
+        (v.project.as_str(), v.publisher),
+        ("my-project", detour_api::crd::VertexPublisher::Google)
+    );
+    assert_eq!(
+        gemini.credentials.as_ref().unwrap().api_key,
+        Some(CredentialSource::File(
+            "/var/run/detour/credentials/gcp/key.json".to_owned()
+        ))
+    );
+    let claude = &r.targets[1];
+    assert_eq!(
+        claude.vertex.as_ref().unwrap().publisher,
+        detour_api::crd::VertexPublisher::Anthropic
+    );
+    assert!(claude.credentials.is_none(), "application default credentials");
+    for (bad, field) in [
+        (
+            "{name: x, provider: vertex, model: google/g, vertex: {project: my-project}}",
+            "region",
+        ),
+        (
+            "{name: x, provider: vertex, model: google/g, region: us-east-1, vertex: {project: my-project}}",
+            "region",
+        ),
+        (
+            "{name: x, provider: vertex, model: gemini-2.5-flash, region: us-central1, vertex: {project: my-project}}",
+            "model",
+        ),
+        (
+            "{name: x, provider: vertex, model: google/g, region: us-central1}",
+            "vertex",
+        ),
+        (
+            "{name: x, provider: vertex, model: google/g, region: us-central1, vertex: {project: My Project}}",
+            "vertex.project",
+        ),
+        (
+            "{name: x, provider: openai, model: gpt-4o, vertex: {project: my-project}, credentials: {secretName: gcp}}",
+            "vertex",
+        ),
+    ] {
+        let c = compile_cluster(&route(&format!("    - {bad}\n")), &all_secrets("team-a"));
+        let fields: Vec<_> = c
+            .diagnostics_for(&route_key("team-a", "r"))
+            .map(|d| d.field.clone())
+            .collect();
+        assert_eq!(fields, [format!("spec.targets[2].{field}")], "{bad}");
+    }
 }

@@ -63,6 +63,7 @@ fn target() -> impl Strategy<Value = TargetSpec> {
             capabilities: None,
             timeouts: None,
             mock: None,
+            vertex: None,
         })
 }
 

@@ -42,6 +42,7 @@ pub fn target(name: &str, secret: &str) -> TargetSpec {
         capabilities: None,
         timeouts: None,
         mock: None,
+        vertex: None,
     }
 }
 

@@ -199,7 +199,9 @@ fn inject_basic() {
     assert_eq!(env[0].name, "DETOUR_ALLOWED_HOSTS");
     assert_eq!(
         env[0].value.as_deref(),
-        Some("api.openai.com,api.anthropic.com,*.openai.azure.com,bedrock-runtime.*.amazonaws.com")
+        Some(
+            "api.openai.com,api.anthropic.com,*.openai.azure.com,bedrock-runtime.*.amazonaws.com,aiplatform.googleapis.com,*-aiplatform.googleapis.com"
+        )
     );
     let volumes = spec.volumes.unwrap();
     assert_eq!(volumes.len(), 3);

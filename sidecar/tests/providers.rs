@@ -1,4 +1,5 @@
-//! One suite over every provider (`openai`, `azure-openai`, `anthropic`, `bedrock`): the same
+//! One suite over every provider (`openai`, `azure-openai`, `anthropic`, `bedrock`, and
+//! `vertex` with Gemini and with Claude): the same
 //! cases — text, tools, streaming, errors, a stream that breaks, failover to the next
 //! provider — run through the sidecar against one loopback fake that speaks each provider's
 //! real wire format and checks request shapes strictly (for Bedrock, it recomputes the SigV4
@@ -55,6 +56,10 @@ enum Kind {
     Azure,
     Anthropic,
     Bedrock,
+    /// `vertex`, publisher `google`: Vertex's OpenAI-compatible chat completions.
+    VertexGemini,
+    /// `vertex`, publisher `anthropic`: Claude at rawPredict / streamRawPredict.
+    VertexClaude,
 }
 
 /// The capability matrix: which cases a provider supports through the sidecar.
@@ -75,6 +80,7 @@ impl Kind {
             Self::Azure => "azure-openai",
             Self::Anthropic => "anthropic",
             Self::Bedrock => "bedrock",
+            Self::VertexGemini | Self::VertexClaude => "vertex",
         }
     }
 
@@ -84,6 +90,8 @@ impl Kind {
             Self::Azure => "azure",
             Self::Anthropic => "anthropic",
             Self::Bedrock => "bedrock",
+            Self::VertexGemini => "vertex-gemini",
+            Self::VertexClaude => "vertex-claude",
         }
     }
 
@@ -95,7 +103,7 @@ impl Kind {
                 image_url: true,
                 embeddings: true,
             },
-            Self::Anthropic => Caps {
+            Self::Anthropic | Self::VertexGemini | Self::VertexClaude => Caps {
                 tools: true,
                 streaming: true,
                 image_url: true,
@@ -117,13 +125,15 @@ impl Kind {
             Self::Azure => "my-deployment",
             Self::Anthropic => "claude-up",
             Self::Bedrock => "anthropic.claude-3-haiku-20240307-v1:0",
+            Self::VertexGemini => "google/gemini-up",
+            Self::VertexClaude => "claude-up@20250101",
         }
     }
 
     /// The model the fake reports as having served (Bedrock reports none: the target's).
     const fn reported(self) -> &'static str {
         match self {
-            Self::Anthropic => "claude-up-20250101",
+            Self::Anthropic | Self::VertexClaude => "claude-up-20250101",
             k => k.model(),
         }
     }
@@ -136,6 +146,10 @@ const API_KEY: &str = "sk-test-key-do-not-leak";
 const AKID: &str = "AKIDTESTEXAMPLE";
 const SECRET: &str = "secret/test+key-do-not-leak";
 const REGION: &str = "us-west-2";
+/// The Google access token the Vertex targets' token file holds (a refresher's file).
+const GOOGLE_TOKEN: &str = "ya29.vertex-test-token-do-not-leak";
+const GOOGLE_PROJECT: &str = "test-project";
+const GOOGLE_REGION: &str = "us-central1";
 
 /// One scripted answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -680,6 +694,67 @@ fn with_request_id(mut r: Response<FakeBody>) -> Response<FakeBody> {
     r
 }
 
+// --- Vertex AI wire formats ---
+
+/// Gemini through the OpenAI-compatible endpoint: answers as OpenAI's, errors in Google's
+/// shape (a one-element list, as Vertex sends them).
+fn vertex_gemini_answer(step: Step, body: &Value) -> Response<FakeBody> {
+    let err = |status: u16, code: &str| {
+        json_resp(
+            status,
+            &json!([{"error": {"code": status, "message": format!("scripted {code}"), "status": code}}]),
+        )
+    };
+    match step {
+        Step::Overloaded => err(503, "UNAVAILABLE"),
+        Step::Throttled => {
+            let mut r = err(429, "RESOURCE_EXHAUSTED");
+            r.headers_mut().insert("retry-after", "7".parse().unwrap());
+            r
+        }
+        Step::Invalid => err(400, "INVALID_ARGUMENT"),
+        _ => openai_answer(step, body, "vertex"),
+    }
+}
+
+/// Claude on Vertex: Anthropic's body without `model`, with Vertex's `anthropic_version`,
+/// and no Anthropic key or version header.
+fn vertex_claude_check(state: &Shared, headers: &HeaderMap, body: &Value) {
+    let who = "vertex-claude";
+    if headers.contains_key("anthropic-version") {
+        violation(state, format!("{who}: an anthropic-version header was sent"));
+    }
+    if body["anthropic_version"] != json!("vertex-2023-10-16") {
+        violation(
+            state,
+            format!("{who}: anthropic_version {}", body["anthropic_version"]),
+        );
+    }
+    check_keys(
+        state,
+        who,
+        body,
+        &[
+            "anthropic_version",
+            "max_tokens",
+            "system",
+            "messages",
+            "temperature",
+            "top_p",
+            "stop_sequences",
+            "tools",
+            "tool_choice",
+            "metadata",
+            "stream",
+        ],
+    );
+    if !body["max_tokens"].is_u64() {
+        violation(state, format!("{who}: max_tokens missing"));
+    }
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    check_alternation(state, who, &messages);
+}
+
 // --- OpenAI / Azure wire format ---
 
 fn openai_answer(step: Step, body: &Value, who: &str) -> Response<FakeBody> {
@@ -847,6 +922,8 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<FakeBo
         Some("anthropic") => Kind::Anthropic,
         Some("bedrock") => Kind::Bedrock,
         Some("azure") => Kind::Azure,
+        Some("vertex-gemini") => Kind::VertexGemini,
+        Some("vertex-claude") => Kind::VertexClaude,
         _ => Kind::OpenAi,
     };
     let step = {
@@ -869,7 +946,43 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<FakeBo
     if method != "POST" {
         violation(&state, format!("{who}: method {method}"));
     }
+    let location = format!("v1/projects/{GOOGLE_PROJECT}/locations/{GOOGLE_REGION}");
+    let google_auth = |state: &Shared| {
+        if headers.get("authorization").and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {GOOGLE_TOKEN}"))
+            || headers.contains_key("x-api-key")
+        {
+            violation(state, format!("{who}: Google bearer token missing or wrong"));
+        }
+    };
     Ok(match kind {
+        Kind::VertexGemini => {
+            if rest != format!("{location}/endpoints/openapi/chat/completions") {
+                violation(&state, format!("{who}: path {path}"));
+            }
+            google_auth(&state);
+            if body["model"] != json!(Kind::VertexGemini.model()) {
+                violation(&state, format!("{who}: model {}", body["model"]));
+            }
+            vertex_gemini_answer(step, &body)
+        }
+        Kind::VertexClaude => {
+            let model = format!(
+                "{location}/publishers/anthropic/models/{}",
+                Kind::VertexClaude.model()
+            );
+            let stream = body["stream"] == json!(true);
+            let want = format!(
+                "{model}:{}",
+                if stream { "streamRawPredict" } else { "rawPredict" }
+            );
+            if rest != want {
+                violation(&state, format!("{who}: path {path}, expected .../{want}"));
+            }
+            google_auth(&state);
+            vertex_claude_check(&state, &headers, &body);
+            anthropic_answer(step, &body)
+        }
         Kind::Anthropic => {
             if rest != "v1/messages" {
                 violation(&state, format!("{who}: path {path}"));
@@ -1059,6 +1172,8 @@ fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Pa
     std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
     std::fs::write(dir.join("aws-access-key-id"), AKID).unwrap();
     std::fs::write(dir.join("aws-secret-access-key"), SECRET).unwrap();
+    let google_token = dir.join("google-token");
+    std::fs::write(&google_token, format!("{GOOGLE_TOKEN}\n")).unwrap();
     let mut yaml = support::policy("p", policy);
     yaml.push_str(&format!(
         "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: r\nspec:\n  model: {model}\n  policyRef: {{name: p}}\n  targets:\n"
@@ -1072,6 +1187,16 @@ fn table(fake: &Fake, model: &str, targets: &[(&str, Kind)], dir: &std::path::Pa
         ));
         if *kind == Kind::Bedrock {
             yaml.push_str(&format!("      region: {REGION}\n"));
+        } else if matches!(kind, Kind::VertexGemini | Kind::VertexClaude) {
+            let publisher = if *kind == Kind::VertexGemini {
+                "google"
+            } else {
+                "anthropic"
+            };
+            yaml.push_str(&format!(
+                "      region: {GOOGLE_REGION}\n      vertex: {{project: {GOOGLE_PROJECT}, publisher: {publisher}}}\n      credentials: {{apiKeyFile: {}}}\n",
+                google_token.display()
+            ));
         } else {
             yaml.push_str(&format!(
                 "      credentials: {{apiKeyFile: {}}}\n",
@@ -1477,7 +1602,7 @@ async fn case_invalid(kind: Kind) {
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("scripted"));
     assert_eq!(e.fake.hits("backup"), 0);
-    assert!(!r.text().contains(API_KEY) && !r.text().contains(SECRET));
+    assert!(!r.text().contains(API_KEY) && !r.text().contains(SECRET) && !r.text().contains(GOOGLE_TOKEN));
     golden(&format!("{}.invalid.response", kind.slug()), v);
     e.fake.assert_clean();
     e.sidecar.stop().await;
@@ -1587,6 +1712,8 @@ provider_suite! {
     azure_openai => Kind::Azure,
     anthropic => Kind::Anthropic,
     bedrock => Kind::Bedrock,
+    vertex_gemini => Kind::VertexGemini,
+    vertex_claude => Kind::VertexClaude,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod google;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -58,7 +58,7 @@ impl Anthropic {
 
 /// The one error mapper: Anthropic's status and `error.type` to a class; the body returned to
 /// the client is rewritten into OpenAI's error shape with the same message.
-fn map_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Failure {
+pub(crate) fn map_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Failure {
     let parsed = serde_json::from_slice::<Value>(body).ok();
     let kind = parsed
         .as_ref()
@@ -475,36 +475,47 @@ impl Adapter for Anthropic {
             value.set_sensitive(true);
             req.headers_mut().insert("x-api-key", value);
         }
-        let resp = upstream::send(&self.client, call, req).await?;
-        let status = resp.status();
-        let meta = UpstreamMeta::from_headers(resp.headers());
-        if !status.is_success() {
-            let ra = upstream::retry_after(resp.headers());
-            let body = upstream::collect(resp.into_body(), call.deadline, upstream::MAX_ERROR_BODY)
-                .await
-                .unwrap_or_default();
-            let mut f = map_error(status, ra, &body);
-            f.meta = meta;
-            return Err(f);
-        }
-        if call.stream {
-            if !upstream::content_type_is(&resp, "text/event-stream") {
-                return Err(
-                    Failure::new(Class::BadResponse, "anthropic did not answer a stream with SSE")
-                        .status(status),
-                );
-            }
-            let events = upstream::sse_json(resp.into_body());
-            let translator = Translator {
-                created: upstream::now_unix(),
-                include_usage: call.include_usage()?,
-                ..Translator::default()
-            };
-            return Ok(Reply::stream(upstream::translated(events, translator)).meta(meta));
-        }
-        let v = upstream::json_body(resp, call).await?;
-        from_response(&v, upstream::now_unix()).map(|a| Reply::json(a).meta(meta))
+        messages_reply(&self.client, call, req, map_error).await
     }
+}
+
+/// Sends a Messages API request and reads its answer: errors through `map`, a stream of
+/// Anthropic events translated to OpenAI chunks, a message to a `chat.completion`. Shared
+/// with Claude on Vertex AI, which answers the same wire format.
+pub(crate) async fn messages_reply(
+    client: &HttpClient,
+    call: &Call<'_>,
+    req: Request<Bytes>,
+    map: fn(StatusCode, Option<Duration>, &[u8]) -> Failure,
+) -> Result<Reply, Failure> {
+    let resp = upstream::send(client, call, req).await?;
+    let status = resp.status();
+    let meta = UpstreamMeta::from_headers(resp.headers());
+    if !status.is_success() {
+        let ra = upstream::retry_after(resp.headers());
+        let body = upstream::collect(resp.into_body(), call.deadline, upstream::MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        let mut f = map(status, ra, &body);
+        f.meta = meta;
+        return Err(f);
+    }
+    if call.stream {
+        if !upstream::content_type_is(&resp, "text/event-stream") {
+            return Err(
+                Failure::new(Class::BadResponse, "anthropic did not answer a stream with SSE").status(status),
+            );
+        }
+        let events = upstream::sse_json(resp.into_body());
+        let translator = Translator {
+            created: upstream::now_unix(),
+            include_usage: call.include_usage()?,
+            ..Translator::default()
+        };
+        return Ok(Reply::stream(upstream::translated(events, translator)).meta(meta));
+    }
+    let v = upstream::json_body(resp, call).await?;
+    from_response(&v, upstream::now_unix()).map(|a| Reply::json(a).meta(meta))
 }
 
 #[cfg(test)]

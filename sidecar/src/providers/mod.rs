@@ -22,6 +22,7 @@ pub mod mock;
 pub mod openai;
 pub mod sse;
 mod upstream;
+pub mod vertex;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -345,6 +346,7 @@ pub enum Provider {
     Anthropic(Box<anthropic::Anthropic>),
     Bedrock(Box<bedrock::Bedrock>),
     Azure(Box<azure::Azure>),
+    Vertex(Box<vertex::Vertex>),
     Mock(mock::Mock),
 }
 
@@ -361,6 +363,7 @@ impl Provider {
                 http.clone(),
             ))),
             Kind::Bedrock => Self::Bedrock(Box::new(bedrock::Bedrock::new(t, http.clone()))),
+            Kind::Vertex => Self::Vertex(Box::new(vertex::Vertex::new(t, http))),
             Kind::AzureOpenai => Self::Azure(Box::new(
                 azure::Azure::new(
                     t.endpoint.as_deref(),
@@ -388,6 +391,9 @@ impl Provider {
             Self::Anthropic(p) => p.send(call).await,
             Self::Bedrock(p) => p.send(call).await,
             Self::Azure(p) => p.send(call).await,
+            // Boxed: the token fetch in front of either wire format would otherwise grow
+            // every request's future (the largest provider's attempt sets its size).
+            Self::Vertex(p) => Box::pin(p.send(call)).await,
             Self::Mock(p) => p.send(call).await,
         }
     }

@@ -125,7 +125,25 @@ pub fn post(dest: &Dest, call: &Call<'_>) -> Result<Request<Bytes>, Failure> {
 
 /// Sends an OpenAI-shaped attempt and reads its answer: errors through `openai`'s mapper, a
 /// stream as SSE, a JSON body kept as received.
-pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) -> Result<Reply, Failure> {
+///
+/// Not an `async fn`: one would wrap [`openai_shaped_with`]'s future in another, and that
+/// size is paid by every attempt in flight.
+pub fn openai_shaped<'a>(
+    dest: &'a Dest,
+    call: &'a Call<'_>,
+    req: Request<Bytes>,
+) -> impl Future<Output = Result<Reply, Failure>> + 'a {
+    openai_shaped_with(dest, call, req, super::openai::map_error)
+}
+
+/// [`openai_shaped`] with another provider's error mapper (an OpenAI-compatible endpoint
+/// whose errors are in its own shape: Vertex AI's).
+pub async fn openai_shaped_with(
+    dest: &Dest,
+    call: &Call<'_>,
+    req: Request<Bytes>,
+    map_error: fn(StatusCode, Option<Duration>, Bytes) -> Failure,
+) -> Result<Reply, Failure> {
     let resp = send_to(dest, call, req).await?;
     let status = resp.status();
     let meta = UpstreamMeta::from_headers(resp.headers());
@@ -134,7 +152,7 @@ pub async fn openai_shaped(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) ->
         let body = collect(resp.into_body(), call.deadline, MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
-        let mut f = super::openai::map_error(status, ra, body);
+        let mut f = map_error(status, ra, body);
         f.meta = meta;
         return Err(f);
     }
