@@ -388,11 +388,13 @@ impl Provider {
     pub async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
         match self {
             Self::OpenAi(p) => p.send(call).await,
-            Self::Anthropic(p) => p.send(call).await,
+            // Boxed: the largest provider's attempt sets the size of every request's future.
+            // The Messages reader Anthropic shares with Claude on Vertex (and Vertex's token
+            // fetch in front of it) made theirs the largest: a separate allocation for their
+            // requests only keeps every other request small.
+            Self::Anthropic(p) => Box::pin(p.send(call)).await,
             Self::Bedrock(p) => p.send(call).await,
             Self::Azure(p) => p.send(call).await,
-            // Boxed: the token fetch in front of either wire format would otherwise grow
-            // every request's future (the largest provider's attempt sets its size).
             Self::Vertex(p) => Box::pin(p.send(call)).await,
             Self::Mock(p) => p.send(call).await,
         }
