@@ -509,12 +509,14 @@ fn describe(n: &Needs) -> String {
 /// `known`'s order. Bounded work whatever the request sends: only ids whose length is within
 /// the allowed distance are compared, so a megabyte-long `model` costs nothing.
 pub fn closest_model<'a>(model: &str, known: &'a [String]) -> Option<&'a str> {
-    let model: Vec<char> = model.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let model = model.to_ascii_lowercase();
+    let model_len = model.chars().count();
     let mut best: Option<(usize, &str)> = None;
     for id in known {
-        let cand: Vec<char> = id.chars().map(|c| c.to_ascii_lowercase()).collect();
-        let allowed = (cand.len() / 3).max(2);
-        if model.len().abs_diff(cand.len()) > allowed {
+        let cand = id.to_ascii_lowercase();
+        let cand_len = cand.chars().count();
+        let allowed = (cand_len / 3).max(2);
+        if model_len.abs_diff(cand_len) > allowed {
             continue;
         }
         let d = edit_distance(&model, &cand);
@@ -525,23 +527,9 @@ pub fn closest_model<'a>(model: &str, known: &'a [String]) -> Option<&'a str> {
     best.map(|(_, id)| id)
 }
 
-/// Levenshtein distance (insertions, deletions, substitutions), one row of memory.
-fn edit_distance(a: &[char], b: &[char]) -> usize {
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = if ca == cb {
-                diag
-            } else {
-                1 + diag.min(above).min(row[j])
-            };
-            diag = above;
-        }
-    }
-    row[b.len()]
+/// Levenshtein distance over characters (insertions, deletions, substitutions).
+fn edit_distance(a: &str, b: &str) -> usize {
+    strsim::levenshtein(a, b)
 }
 
 #[cfg(test)]
@@ -741,8 +729,7 @@ mod did_you_mean {
     /// Levenshtein distance on a few known pairs, including the empty string.
     #[test]
     fn edit_distance_counts_edits() {
-        let d =
-            |a: &str, b: &str| edit_distance(&a.chars().collect::<Vec<_>>(), &b.chars().collect::<Vec<_>>());
+        let d = edit_distance;
         assert_eq!(d("kitten", "sitting"), 3);
         assert_eq!(d("", "abc"), 3);
         assert_eq!(d("abc", ""), 3);
