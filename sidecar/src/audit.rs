@@ -52,7 +52,7 @@ pub struct ContinuationRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub style: Option<&'static str>,
     /// `ok` (the continuation was spliced in), the failed attempt's class, or why no target
-    /// was asked (`tool-call`, `n`, `logprobs`, `json-format`, `too-long`, `deadline`,
+    /// was asked (`tool-call`, `n`, `logprobs`, `json-format`, `too-long`, `buffer-budget`, `deadline`,
     /// `budget`, `no-target`).
     pub result: &'static str,
 }

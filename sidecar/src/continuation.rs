@@ -23,6 +23,8 @@ use bytes::Bytes;
 use detour_api::table::Provider as Kind;
 use serde_json::{Map, Value, json};
 
+use crate::budget::{Budget, Reservation};
+
 /// The longest partial answer kept for a continuation (bytes of text). A longer answer that
 /// breaks ends as a broken stream: the memory held per stream stays bounded.
 pub const MAX_PARTIAL: usize = 256 * 1024;
@@ -53,6 +55,8 @@ pub enum Refusal {
     ToolCall,
     /// The partial answer is longer than [`MAX_PARTIAL`].
     TooLong,
+    /// The process-wide buffer budget had no room for the partial answer.
+    BufferBudget,
     /// Too little time is left before the deadline.
     Deadline,
     /// The route's retry budget refused.
@@ -70,6 +74,7 @@ impl Refusal {
             Self::JsonFormat => "json-format",
             Self::ToolCall => "tool-call",
             Self::TooLong => "too-long",
+            Self::BufferBudget => "buffer-budget",
             Self::Deadline => "deadline",
             Self::Budget => "budget",
             Self::NoTarget => "no-target",
@@ -176,6 +181,10 @@ pub struct Partial {
     tool_call: bool,
     other_choice: bool,
     too_long: bool,
+    /// The text held, counted in the process-wide buffer budget (`None` in unit tests that
+    /// build a [`Partial`] by hand); `out_of_budget` once the budget refused to grow it.
+    held: Option<Reservation>,
+    out_of_budget: bool,
     /// Bytes of text delivered.
     pub bytes: u64,
     /// Chunks that carried text (one token each for the providers that stream per token).
@@ -185,6 +194,14 @@ pub struct Partial {
 }
 
 impl Partial {
+    /// A partial answer whose held text counts in `budget` until it is dropped.
+    pub fn counted(budget: &Budget) -> Self {
+        Self {
+            held: Some(budget.reservation()),
+            ..Self::default()
+        }
+    }
+
     /// Takes note of one chunk sent to the client.
     pub fn observe(&mut self, v: &Value) {
         if self.id.is_none() {
@@ -217,8 +234,16 @@ impl Partial {
                 self.chunks += 1;
                 if self.text.len() + s.len() > MAX_PARTIAL {
                     self.too_long = true;
-                } else if !self.too_long {
-                    self.text.push_str(s);
+                } else if !self.too_long && !self.out_of_budget {
+                    let room = self.held.as_mut().map_or(Ok(()), |r| r.grow(s.len()));
+                    if room.is_ok() {
+                        self.text.push_str(s);
+                    } else {
+                        // What was held is no use without the rest: give it back now.
+                        self.out_of_budget = true;
+                        self.text = String::new();
+                        self.held = None;
+                    }
                 }
             }
         }
@@ -232,6 +257,8 @@ impl Partial {
             Some(Refusal::Choices)
         } else if self.too_long {
             Some(Refusal::TooLong)
+        } else if self.out_of_budget {
+            Some(Refusal::BufferBudget)
         } else {
             None
         }
@@ -490,6 +517,36 @@ mod tests {
         let big = "x".repeat(MAX_PARTIAL);
         let p = partial(&["a", &big]);
         assert_eq!(p.refusal(), Some(Refusal::TooLong));
+    }
+
+    /// The text held for a continuation counts in the process-wide buffer budget while the
+    /// stream lives and is given back when it ends; a budget with no room rules the
+    /// continuation out (and gives back what was held) instead of holding memory unaccounted.
+    #[test]
+    fn held_text_counts_in_the_buffer_budget() {
+        let budget = Budget::new(10);
+        let mut p = Partial::counted(&budget);
+        p.observe(&chunk(Some("hello"), None));
+        assert_eq!(budget.used(), 5);
+        assert_eq!(p.refusal(), None);
+        p.observe(&chunk(Some(" world"), None));
+        assert_eq!(p.refusal(), Some(Refusal::BufferBudget));
+        assert_eq!(
+            budget.used(),
+            0,
+            "what was held is given back once it is of no use"
+        );
+        assert_eq!(p.text(), "");
+        assert_eq!(
+            p.bytes, 11,
+            "delivered bytes are still counted for the audit line"
+        );
+
+        let mut p = Partial::counted(&budget);
+        p.observe(&chunk(Some("abc"), None));
+        assert_eq!(budget.used(), 3);
+        drop(p);
+        assert_eq!(budget.used(), 0);
     }
 
     /// Prefill: the partial answer, trailing whitespace off, is the final assistant turn;

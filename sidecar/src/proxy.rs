@@ -622,9 +622,9 @@ async fn serve(
                 }
                 match attempt(&mut ctx, target, &ask, &deadline, admission).await {
                     Ok(ok) => {
-                        let resume = ask
-                            .continues
-                            .then(|| Resume::new(&route, &plan.targets, target, ask.body.raw()));
+                        let resume = ask.continues.then(|| {
+                            Resume::new(&route, &plan.targets, target, ask.body.raw(), &ctx.shared.budget)
+                        });
                         return respond(ctx, &route, target, ok, deadline.client, resume);
                     }
                     Err(f) => {
@@ -1412,7 +1412,13 @@ const MIN_CONTINUATION: Duration = Duration::from_secs(1);
 
 impl Resume {
     /// The targets after `serving` in the plan are the ones a break may be continued on.
-    fn new(route: &Arc<RouteRt>, plan: &[Arc<TargetRt>], serving: &Arc<TargetRt>, raw: &Bytes) -> Box<Self> {
+    fn new(
+        route: &Arc<RouteRt>,
+        plan: &[Arc<TargetRt>],
+        serving: &Arc<TargetRt>,
+        raw: &Bytes,
+        budget: &Budget,
+    ) -> Box<Self> {
         let next = plan
             .iter()
             .skip_while(|t| !Arc::ptr_eq(t, serving))
@@ -1423,7 +1429,7 @@ impl Resume {
             route: route.clone(),
             next,
             raw: raw.clone(),
-            partial: Partial::default(),
+            partial: Partial::counted(budget),
             splice: None,
             breaks: Vec::new(),
         })
