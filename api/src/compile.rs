@@ -919,6 +919,26 @@ fn check_route_shape(r: &ModelRoute, key: &ObjectKey, diags: &mut Diags) {
                 ),
             );
         }
+        if let Some(j) = t
+            .capabilities
+            .iter()
+            .flatten()
+            .position(|c| *c == crate::crd::Capability::Responses)
+            && !matches!(
+                t.provider,
+                Provider::Openai | Provider::AzureOpenai | Provider::OpenaiCompatible
+            )
+        {
+            diags.error(
+                key,
+                format!("spec.targets[{i}].capabilities[{j}]"),
+                Reason::InvalidSpec,
+                format!(
+                    "responses (the Responses API served natively) is only for providers openai, azure-openai and openai-compatible, not {}; remove it: Responses requests to this target are translated",
+                    t.provider
+                ),
+            );
+        }
         if let Some(e) = &t.endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {

@@ -96,6 +96,8 @@ pub struct PolicyRef {
         .message("credentials are required for providers openai, azure-openai and anthropic"),
     validation = Rule::new("!has(self.endpoint) || !self.endpoint.startsWith('http://') || !has(self.credentials) || (has(self.allowPlainHttp) && self.allowPlainHttp)")
         .message("allowPlainHttp: credentials go over plain http:// only when the target sets allowPlainHttp: true (loopback or in-cluster Services only); use https://"),
+    validation = Rule::new("!has(self.capabilities) || !('responses' in self.capabilities) || self.provider in ['openai', 'azure-openai', 'openai-compatible']")
+        .message("capabilities: responses (the Responses API served natively) is only for providers openai, azure-openai and openai-compatible; remove it, Responses requests to this target are translated"),
 ))]
 pub struct TargetSpec {
     /// Unique within the route; used in metrics, headers and `x-detour-target`.
@@ -157,7 +159,9 @@ pub struct TargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "k8s", schemars(range(min = 1)))]
     pub context_window: Option<u32>,
-    /// What the upstream model supports. When absent, the target is assumed to support all.
+    /// What the upstream model supports. When absent, the target is assumed to support all
+    /// but `responses`, which is declared only for an upstream that serves OpenAI's Responses
+    /// API itself (and, once the list is given, the list is all the target supports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "k8s", schemars(length(max = 8)))]
     pub capabilities: Option<Vec<Capability>>,
@@ -391,6 +395,11 @@ pub enum Capability {
     JsonSchema,
     Vision,
     Streaming,
+    /// Serves OpenAI's Responses API (`POST /v1/responses`) itself: requests to this target
+    /// are passed through rather than translated to chat completions, and stateful requests
+    /// (`previous_response_id`, `store: true`, `conversation`, `background`) may go to it.
+    /// Providers `openai`, `azure-openai` and `openai-compatible` only.
+    Responses,
 }
 
 /// Per-target timeout overrides.

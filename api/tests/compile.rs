@@ -996,3 +996,50 @@ spec:
         assert_eq!(fields, [format!("spec.targets[2].{field}")], "{bad}");
     }
 }
+
+/// `responses` (the Responses API served natively) is refused on a provider that cannot
+/// serve it, on the capability's own field and with the fix, and carried into the table for
+/// the providers that can, through the standalone path too.
+#[test]
+fn responses_capability_only_for_openai_shaped_providers() {
+    let yaml = ROUTE.replace(
+        "credentials: {secretName: anthropic}}",
+        "credentials: {secretName: anthropic}, capabilities: [tools, responses]}",
+    );
+    let c = compile_cluster(&yaml, &all_secrets("team-a"));
+    assert_eq!(
+        diags(&c, &route_key("team-a", "chat")),
+        vec![(
+            "spec.targets[1].capabilities[1]".to_owned(),
+            "responses (the Responses API served natively) is only for providers openai, azure-openai and openai-compatible, not anthropic; remove it: Responses requests to this target are translated"
+                .to_owned()
+        )]
+    );
+
+    let yaml = ROUTE.replace(
+        "credentials: {secretName: openai}}",
+        "credentials: {secretName: openai}, capabilities: [responses, streaming, tools]}",
+    );
+    let (routes, policies) = objects(&yaml);
+    for c in [
+        compile_cluster(&yaml, &all_secrets("team-a")),
+        compile(&Input::standalone(&routes, &policies)),
+    ] {
+        assert_eq!(c.diagnostics, vec![]);
+        let caps = c.table.route("chat/default").unwrap().targets[0]
+            .capabilities
+            .clone()
+            .unwrap();
+        assert_eq!(
+            caps,
+            vec![
+                detour_api::table::Capability::Tools,
+                detour_api::table::Capability::Streaming,
+                detour_api::table::Capability::Responses
+            ]
+        );
+        let json = c.table.to_json();
+        assert!(json.contains("\"responses\""), "{json}");
+        assert_eq!(detour_api::table::RouteTable::from_json(&json).unwrap(), c.table);
+    }
+}
