@@ -25,6 +25,9 @@ pub enum Out<'a> {
     /// An upstream event whose data is not JSON, passed on as it came (the raw event without
     /// its blank line).
     Opaque(Bytes),
+    /// An event of a native pass-through stream, passed on as it came (the raw event without
+    /// its blank line).
+    Passed(Bytes),
     /// The stream is complete.
     Complete,
     /// The stream broke mid-way: `target` failed with `class`. Nothing follows.
@@ -40,6 +43,8 @@ pub enum Encoder {
     Chat(Chat),
     /// The Responses API's typed events (boxed: it keeps the items streamed so far).
     Responses(Box<crate::responses::stream::Encoder>),
+    /// A native Responses stream: the provider's events as they came.
+    Native(crate::responses::native::Encoder),
 }
 
 impl Encoder {
@@ -59,6 +64,7 @@ impl Encoder {
         match self {
             Self::Chat(c) => c.encode(out),
             Self::Responses(r) => r.encode(out),
+            Self::Native(n) => n.encode(out),
         }
     }
 }
@@ -73,7 +79,7 @@ impl Chat {
     fn encode(&self, out: Out<'_>) -> Bytes {
         match out {
             Out::Chunk(a) => sse::encode_answer(a, self.model.as_ref().map(|r| r.route.model.as_str())),
-            Out::Opaque(raw) => sse::encode(&Event::Opaque(raw)),
+            Out::Opaque(raw) | Out::Passed(raw) => sse::encode(&Event::Opaque(raw)),
             Out::Complete => sse::encode(&Event::Done),
             Out::Broken { target, class } => error_event(target, class),
             Out::ClientDeadline => client_deadline_event(),

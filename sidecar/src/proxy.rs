@@ -54,7 +54,8 @@ use crate::metrics::{Metrics, Outcome};
 use crate::providers::answer::{RequestBody, RequestError, Usage};
 use crate::providers::assemble::Assembler;
 use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, ReplyBody, UpstreamMeta};
-use crate::responses::Echo;
+use crate::responses::native::NativeEvent;
+use crate::responses::{Echo, Native};
 use crate::retry::backoff;
 use crate::routing::{self, Overrides};
 use crate::state::{RouteRt, Snapshot, TargetRt, TargetState};
@@ -400,18 +401,21 @@ pub fn handle(
     endpoint: Endpoint,
     req: Request<Bytes>,
 ) -> impl Future<Output = Response> + Send {
-    handle_as(shared, endpoint, req, None)
+    handle_as(shared, endpoint, req, None, None)
 }
 
-/// Serves a Responses API request translated to a chat request (`req`'s body): the same
-/// routing, failover and stream contract; the answer and the stream are written back as
-/// Responses (see [`crate::responses`]).
+/// Serves a Responses API request: `req`'s body is its translation to a chat request, which
+/// routes it and goes to translated targets; `native` is what goes to targets that serve the
+/// Responses API natively. The same routing, failover and stream contract; a translated answer
+/// and stream are written back as Responses, a native one passes through (see
+/// [`crate::responses`]).
 pub fn handle_responses(
     shared: Arc<Shared>,
     req: Request<Bytes>,
     echo: Echo,
+    native: Box<Native>,
 ) -> impl Future<Output = Response> + Send {
-    handle_as(shared, Endpoint::Chat, req, Some(echo))
+    handle_as(shared, Endpoint::Chat, req, Some(echo), Some(native))
 }
 
 async fn handle_as(
@@ -419,6 +423,7 @@ async fn handle_as(
     endpoint: Endpoint,
     mut req: Request<Bytes>,
     responses: Option<Echo>,
+    native: Option<Box<Native>>,
 ) -> Response {
     let request_id = req
         .extensions_mut()
@@ -482,7 +487,7 @@ async fn handle_as(
         return ctx.reject(e, Outcome::Rejected);
     };
     drop(snapshot);
-    serve(ctx, route, endpoint, &req, &body).await
+    serve(ctx, route, endpoint, &req, &body, native).await
 }
 
 async fn serve(
@@ -491,6 +496,7 @@ async fn serve(
     endpoint: Endpoint,
     req: &Request<Bytes>,
     body: &RequestBody,
+    native: Option<Box<Native>>,
 ) -> Response {
     ctx.route = Some(route.clone());
     let stream = endpoint != Endpoint::Embeddings && body.stream();
@@ -525,10 +531,16 @@ async fn serve(
         target: header_str(req, H_TARGET).map(|s| s.trim().to_owned()),
         fallback_off,
     };
-    let plan = match routing::plan(&route, &tags, &overrides, body, stream) {
+    let mut plan = match routing::plan(&route, &tags, &overrides, body, stream) {
         Ok(p) => p,
         Err(e) => return ctx.reject(*e, Outcome::Rejected),
     };
+    if let Some(n) = &native
+        && let Err(e) = crate::responses::narrow(&mut plan, n, &route.route.model)
+    {
+        ctx.skipped = plan.skipped;
+        return ctx.reject(*e, Outcome::Rejected);
+    }
     let continue_off = match continue_off(req, &route) {
         Ok(off) => off,
         Err(e) => return ctx.reject(*e, Outcome::Rejected),
@@ -554,6 +566,7 @@ async fn serve(
         body,
         stream,
         policy,
+        native: native.as_ref().map(|n| &n.body),
         // Only chat streams are continued (see `continuation`).
         continues: stream
             && endpoint == Endpoint::Chat
@@ -622,7 +635,9 @@ async fn serve(
                 }
                 match attempt(&mut ctx, target, &ask, &deadline, admission).await {
                     Ok(ok) => {
-                        let resume = ask.continues.then(|| {
+                        // A native Responses stream is never continued (its events are not
+                        // chat chunks).
+                        let resume = (ask.continues && !ok.native).then(|| {
                             Resume::new(&route, &plan.targets, target, ask.body.raw(), &ctx.shared.budget)
                         });
                         return respond(ctx, &route, target, ok, deadline.client, resume);
@@ -792,6 +807,8 @@ struct Ask<'a> {
     /// The client asked for a stream.
     stream: bool,
     policy: &'a Policy,
+    /// A Responses request: the client's body, for targets that serve the API natively.
+    native: Option<&'a RequestBody>,
     /// A committed stream that breaks is continued by the next target.
     continues: bool,
 }
@@ -839,7 +856,21 @@ async fn attempt(
     admission: Admission,
 ) -> Result<Success, Failure> {
     let t0 = Instant::now();
-    let mode = ask.mode(target);
+    // A Responses request picks its body by the target: the client's own for a target that
+    // serves the API natively (never assembled: its stream is not chat's), the translation
+    // for every other.
+    let (endpoint, request, mode, native) = match ask
+        .native
+        .filter(|_| crate::responses::serves_natively(&target.cfg))
+    {
+        Some(body) => (
+            Endpoint::Responses,
+            body,
+            if ask.stream { Mode::Stream } else { Mode::Json },
+            true,
+        ),
+        None => (ask.endpoint, ask.body, ask.mode(target), false),
+    };
     let attempt_deadline = deadline.attempt(t0, target.cfg.per_attempt_ms);
     // A half-open probe finds out quickly whether the provider still says nothing.
     let first_byte_ms = match admission {
@@ -851,8 +882,8 @@ async fn attempt(
     };
     let budget = ctx.shared.budget.clone();
     let call = Call {
-        endpoint: ask.endpoint,
-        request: ask.body,
+        endpoint,
+        request,
         model: &target.cfg.model,
         stream: mode != Mode::Json,
         assemble: mode == Mode::Assemble,
@@ -862,7 +893,8 @@ async fn attempt(
         // A large answer passes through only as the upstream wrote it: with the route's id
         // to put in its `model` (anywhere in it), or to be answered as a Response object, it
         // is held whole.
-        pass_through: ask.policy.response_model != ResponseModel::Route && ctx.responses.is_none(),
+        pass_through: ask.policy.response_model != ResponseModel::Route
+            && (ctx.responses.is_none() || native),
     };
     let busy = TargetBusy::new(&target.state);
     let mut probe = ProbeGuard::new(target, admission);
@@ -873,6 +905,7 @@ async fn attempt(
         reply.body
     });
     let result = match sent {
+        Ok(ReplyBody::Json(answer)) if native => native_json(answer),
         Ok(ReplyBody::Stream(s)) => match first_event(target, s, &call, mode).await {
             Err(f) => Err(f),
             Ok((held, rest)) => {
@@ -888,6 +921,7 @@ async fn attempt(
                         pending: Some(Pending { admission, probe, t0 }),
                         ttft: ttft.unwrap_or_default(),
                         meta,
+                        native,
                     });
                 }
                 // Boxed: the assembler's state would otherwise be part of every request's
@@ -939,7 +973,20 @@ async fn attempt(
         pending: None,
         ttft: ttft.unwrap_or(elapsed),
         meta,
+        native,
     })
+}
+
+/// A native Responses JSON answer, or the failure a `status: failed` response is (like a
+/// 5xx: the next target may serve).
+fn native_json(answer: Answer) -> Result<Peeked, Failure> {
+    if crate::responses::native::summary(answer.bytes()).failed {
+        let mut f =
+            Failure::new(Class::ServerError, "upstream answered a failed response").status(StatusCode::OK);
+        f.body = Some(answer.bytes().clone());
+        return Err(f);
+    }
+    Ok(Peeked::Json(answer))
 }
 
 /// A complete JSON answer, or the content filter that refused it.
@@ -974,6 +1021,12 @@ async fn first_event(
                 ));
             }
             Ok(Some(Err(f))) => return Err(f),
+            // A native response's lifecycle events carry nothing of the answer: held with the
+            // first one that does, so a response that fails right after it was created still
+            // fails over.
+            Ok(Some(Ok(Event::Native(n)))) if n.preamble && held.len() < MAX_HELD => {
+                held.push_back(Event::Native(n));
+            }
             Ok(Some(Ok(Event::Opaque(raw)))) => {
                 target.metrics.stream_anomaly();
                 if mode == Mode::Stream {
@@ -1047,7 +1100,7 @@ async fn assemble(
                 held.grow(a.bytes().len()).map_err(|e| e.failure())?;
                 asm.push(a.bytes());
             }
-            Event::Opaque(_) => target.metrics.stream_anomaly(),
+            Event::Opaque(_) | Event::Native(_) => target.metrics.stream_anomaly(),
         }
     }
     Answer::parse(asm.finish())
@@ -1073,6 +1126,8 @@ struct Success {
     ttft: Duration,
     /// The headers of the upstream's answer the client reads.
     meta: UpstreamMeta,
+    /// A Responses answer passed through from a native target (not to be translated).
+    native: bool,
 }
 
 /// Answers with a successful attempt: the JSON body, or the stream from its first event
@@ -1090,10 +1145,18 @@ fn respond(
         (Peeked::Json(answer), _) => {
             drop(ok.busy);
             let mut bytes = answer.with_model(route_model.as_ref().map(|r| r.route.model.as_str()));
-            if let Some(echo) = &ctx.responses {
-                bytes = crate::responses::json_answer(&bytes, echo);
+            if ok.native {
+                let s = crate::responses::native::summary(&bytes);
+                if let Some(id) = &s.id {
+                    crate::responses::native::pin::remember(id, &route.route.model, &target.cfg.name);
+                }
+                record_usage(target, s.usage);
+            } else {
+                if let Some(echo) = &ctx.responses {
+                    bytes = crate::responses::json_answer(&bytes, echo);
+                }
+                record_usage(target, answer.usage());
             }
-            record_usage(target, answer.usage());
             ctx.commit();
             // The answer stays counted in the buffer budget until its bytes are sent.
             let body = match answer.reservation() {
@@ -1142,6 +1205,7 @@ fn respond(
                 _busy: ok.busy,
             };
             let encoder = match guard.ctx.as_ref().and_then(|c| c.responses.clone()) {
+                Some(_) if ok.native => Encoder::Native(crate::responses::native::Encoder),
                 Some(echo) => Encoder::responses(echo, route_model),
                 None => Encoder::chat(route_model),
             };
@@ -1625,6 +1689,7 @@ impl StreamState {
                 body: &body,
                 stream: true,
                 policy,
+                native: None,
                 continues: true,
             };
             book_fallback(
@@ -1662,6 +1727,29 @@ impl StreamState {
         self.finished |= a.finished();
         record_usage(&self.guard.target, a.usage());
         self.encoder.encode(Out::Chunk(a))
+    }
+
+    /// One event of a native Responses stream for the client, as it came: its usage counted,
+    /// its response id remembered for `previous_response_id`; a terminal event completes the
+    /// stream.
+    fn native(&mut self, n: NativeEvent) -> Bytes {
+        if n.terminal {
+            if let (Some(id), Some(ctx)) = (&n.response_id, &self.guard.ctx) {
+                crate::responses::native::pin::remember(id, ctx.route_label(), &self.guard.target.cfg.name);
+            }
+            record_usage(&self.guard.target, n.usage);
+        }
+        let out = self.encoder.encode(Out::Passed(n.raw));
+        if !n.terminal {
+            return out;
+        }
+        self.finished = true;
+        let end = self.complete(Phase::Drain);
+        if end.is_empty() {
+            out
+        } else {
+            Bytes::from([&out[..], &end[..]].concat())
+        }
     }
 
     /// The stream broke: one error event, then the body ends abnormally.
@@ -1743,6 +1831,7 @@ fn stream_body(
                     st.guard.target.metrics.stream_anomaly();
                     break st.encoder.encode(Out::Opaque(raw));
                 }
+                Ok(Some(Ok(Event::Native(n)))) => break st.native(n),
                 Ok(Some(Ok(Event::Done))) => break st.complete(Phase::Drain),
                 // Several OpenAI-compatible servers end a complete answer without `[DONE]`.
                 Ok(None) if st.finished => break st.complete(Phase::Ended),
@@ -1779,7 +1868,8 @@ mod tests {
     /// attempt included), so 1,000 held streams cost 1,000 of them. Connecting, credential
     /// exchanges and the upstream timeout are kept out of it (boxed or not doubled). The upstream
     /// headers the client reads ([`UpstreamMeta`]) are one pointer in each place an attempt's
-    /// answer or failure is held: 40 bytes over the former 5 KiB.
+    /// answer or failure is held: 40 bytes over the former 5 KiB. A Responses request's native
+    /// body (one pointer in the request and one in what every attempt sends): 16 more.
     #[test]
     fn a_request_in_flight_stays_small() {
         let shared = Arc::new(Shared {
@@ -1790,6 +1880,6 @@ mod tests {
         });
         let fut = handle(shared, Endpoint::Chat, Request::new(Bytes::new()));
         let size = size_of_val(&fut);
-        assert!(size <= 5 * 1024 + 64, "the request future is {size} bytes");
+        assert!(size <= 5 * 1024 + 80, "the request future is {size} bytes");
     }
 }

@@ -2,6 +2,9 @@
 //!
 //! `POST {endpoint}/openai/deployments/{deployment}/{chat/completions|completions|embeddings}
 //! ?api-version={apiVersion or 2024-10-21}`, where the deployment is the target's `model`.
+//! The Responses API (a target with the `responses` capability) is Azure's v1 API:
+//! `POST {endpoint}/openai/v1/responses`, the deployment in the body's `model`, no
+//! `api-version` (the v1 API takes none; `apiVersion` applies to the deployment URLs).
 //! Bodies and streams pass through as for `openai` (same error mapper, same SSE reader).
 //!
 //! Authentication, one documented rule: the credential (`apiKey`, file or env) is sent as
@@ -17,7 +20,7 @@
 use http::{HeaderName, HeaderValue, header};
 
 use super::upstream;
-use super::{Adapter, Call, Failure, HttpClient, KeySource, Reply, Secret};
+use super::{Adapter, Call, Endpoint, Failure, HttpClient, KeySource, Reply, Secret};
 use crate::class::Class;
 use crate::credentials::azure::WorkloadIdentity;
 
@@ -53,11 +56,14 @@ impl Azure {
         let endpoint = endpoint.strip_suffix("/openai").unwrap_or(endpoint);
         let version = api_version.unwrap_or(DEFAULT_API_VERSION);
         Self {
-            uris: upstream::Uris::new(client, |e| {
-                format!(
+            uris: upstream::Uris::new(client, |e| match e {
+                // The v1 API: no deployment in the URL (the body's `model` names it) and no
+                // dated api-version.
+                Endpoint::Responses => format!("{endpoint}/openai/v1/responses"),
+                _ => format!(
                     "{endpoint}/openai/deployments/{deployment}/{}?api-version={version}",
                     e.path()
-                )
+                ),
             }),
             key,
             entra: None,
@@ -132,7 +138,8 @@ mod tests {
         );
     }
 
-    /// The URL is the deployment URL; a trailing `/openai` on the endpoint is tolerated.
+    /// The URL is the deployment URL; a trailing `/openai` on the endpoint is tolerated. The
+    /// Responses API is the v1 API's: no deployment in the path, no api-version.
     #[test]
     fn builds_the_deployment_url() {
         let client = HttpClient::new(None).unwrap();
@@ -144,10 +151,14 @@ mod tests {
             &client,
         );
         assert_eq!(
-            a.uris.get(super::super::Endpoint::Chat).unwrap().to_string(),
+            a.uris.get(Endpoint::Chat).unwrap().to_string(),
             format!(
                 "https://x.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version={DEFAULT_API_VERSION}"
             )
+        );
+        assert_eq!(
+            a.uris.get(Endpoint::Responses).unwrap().to_string(),
+            "https://x.openai.azure.com/openai/v1/responses"
         );
     }
 }

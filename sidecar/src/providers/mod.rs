@@ -50,6 +50,8 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// OpenAI's Responses API, passed through to a target that serves it natively.
+    Responses,
 }
 
 impl Endpoint {
@@ -59,6 +61,7 @@ impl Endpoint {
             Self::Chat => "chat/completions",
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
         }
     }
 }
@@ -229,6 +232,9 @@ pub enum Event {
     /// An event of a pass-through upstream whose data is not a JSON object: forwarded to the
     /// client byte for byte (the raw event without its blank line) and counted as an anomaly.
     Opaque(Bytes),
+    /// An event of a native Responses stream, forwarded byte for byte
+    /// ([`crate::responses::native`]).
+    Native(crate::responses::native::NativeEvent),
 }
 
 impl Event {
@@ -237,6 +243,7 @@ impl Event {
         match self {
             Self::Data(v) => Some(v.clone()),
             Self::Raw(a) => a.to_value(),
+            Self::Native(n) => crate::responses::native::event_json(n),
             Self::Done | Self::Opaque(_) => None,
         }
     }

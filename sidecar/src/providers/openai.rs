@@ -117,6 +117,25 @@ impl Adapter for OpenAi {
 mod tests {
     use super::*;
 
+    /// The Responses API is `{base}/responses`: OpenAI's `/v1/responses`, an OpenAI-compatible
+    /// server's below its own base.
+    #[test]
+    fn responses_url_per_base() {
+        let client = HttpClient::new(None).unwrap();
+        let url = |base: Option<&str>| {
+            OpenAi::new(base, KeySource::None, &client)
+                .uris
+                .get(super::super::Endpoint::Responses)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(url(None), "https://api.openai.com/v1/responses");
+        assert_eq!(
+            url(Some("http://vllm.ai.svc:8000/v1/")),
+            "http://vllm.ai.svc:8000/v1/responses"
+        );
+    }
+
     /// The error mapper: 429 and 5xx retryable, 4xx client errors, content filter recognised.
     #[test]
     fn maps_statuses_to_classes() {

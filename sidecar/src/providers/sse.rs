@@ -222,7 +222,7 @@ pub fn encode(event: &Event) -> Bytes {
     match event {
         Event::Done => Bytes::from_static(b"data: [DONE]\n\n"),
         Event::Raw(a) => encode_answer(a, None),
-        Event::Opaque(raw) => {
+        Event::Opaque(raw) | Event::Native(crate::responses::native::NativeEvent { raw, .. }) => {
             let mut out = Vec::with_capacity(raw.len() + 2);
             out.extend_from_slice(raw);
             out.extend_from_slice(b"\n\n");

@@ -84,13 +84,18 @@ fn head(
 /// The upstream URL of each OpenAI endpoint, parsed once when the target is loaded (an
 /// endpoint that is not a valid URL fails each attempt with a message saying so).
 #[derive(Debug)]
-pub struct Uris([Option<Dest>; 3]);
+pub struct Uris([Option<Dest>; 4]);
 
 impl Uris {
     pub fn new(client: &HttpClient, url: impl Fn(Endpoint) -> String) -> Self {
         Self(
-            [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings]
-                .map(|e| url(e).parse::<Uri>().ok().and_then(|u| client.dest(&u))),
+            [
+                Endpoint::Chat,
+                Endpoint::Completions,
+                Endpoint::Embeddings,
+                Endpoint::Responses,
+            ]
+            .map(|e| url(e).parse::<Uri>().ok().and_then(|u| client.dest(&u))),
         )
     }
 
@@ -167,7 +172,12 @@ pub async fn openai_shaped_with(
                 Failure::new(Class::BadResponse, "upstream did not answer a stream with SSE").status(status),
             );
         }
-        return Ok(Reply::stream(sse::events(resp.into_body())).meta(meta));
+        let events = if call.endpoint == Endpoint::Responses {
+            crate::responses::native::events(resp.into_body())
+        } else {
+            sse::events(resp.into_body())
+        };
+        return Ok(Reply::stream(events).meta(meta));
     }
     json_reply(resp, call).await.map(|body| Reply { body, meta })
 }

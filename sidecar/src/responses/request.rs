@@ -9,10 +9,12 @@
 //! they belong to the model that wrote them.
 //!
 //! An `item_reference` is replaced by the item it names when this sidecar answered with it
-//! recently (`super::items`). Refused with a 400 naming the field, because a translated
-//! request has nowhere to keep or find state: `previous_response_id`, `conversation`,
-//! `store: true`, `background: true`, `prompt` (a stored prompt), an unknown `item_reference`;
-//! and what chat cannot express: built-in tools (web search, file search, ...), file inputs.
+//! recently (`super::items`). What needs state kept by the provider ([`stateful`]:
+//! `previous_response_id`, `conversation`, `store: true`, `background: true`, `prompt` (a
+//! stored prompt)), an unknown `item_reference`, and what chat cannot express (built-in tools
+//! such as web search or file search, file inputs) cannot be translated: such a request goes
+//! only to targets that serve the Responses API natively, and is refused with a 400 naming
+//! the field when the route has none for it.
 
 use serde_json::{Map, Value, json};
 
@@ -48,35 +50,47 @@ fn bad(param: &str, message: String) -> Box<ApiError> {
     Box::new(e)
 }
 
-/// Why a stateful request is refused (see the module docs).
+/// Why a stateful request is refused when no target of its route that may serve it serves the
+/// Responses API natively (see the module docs).
 fn stateless(param: &str, what: &str) -> Box<ApiError> {
     bad(
         param,
         format!(
-            "{param}: {what} needs state kept by the provider between requests, and this route's \
-             targets are served by translation to chat completions, which keeps none; send the \
-             whole conversation in `input` (and `store: false`), or route to a target that serves \
-             the Responses API natively"
+            "{param}: {what} needs state kept by the provider between requests; no target of this \
+             route that may serve the request has the `responses` capability (the Responses API \
+             served natively, by an openai, azure-openai or openai-compatible target), and \
+             translation to chat completions keeps none: send the whole conversation in `input` \
+             (and `store: false`), or add `responses` to spec.targets[].capabilities of a target \
+             whose upstream serves the Responses API"
         ),
     )
 }
 
-/// Translates a Responses request body.
-pub fn to_chat(body: &Map<String, Value>) -> Result<Translated, Box<ApiError>> {
+/// Why the request needs state kept by the provider, if it does: it may then be served only
+/// natively.
+pub fn stateful(body: &Map<String, Value>) -> Option<Box<ApiError>> {
     if body.get("previous_response_id").is_some_and(|v| !v.is_null()) {
-        return Err(stateless("previous_response_id", "continuing a stored response"));
+        return Some(stateless("previous_response_id", "continuing a stored response"));
     }
     if body.get("conversation").is_some_and(|v| !v.is_null()) {
-        return Err(stateless("conversation", "a stored conversation"));
+        return Some(stateless("conversation", "a stored conversation"));
     }
     if body.get("store").and_then(Value::as_bool) == Some(true) {
-        return Err(stateless("store", "storing the response"));
+        return Some(stateless("store", "storing the response"));
     }
     if body.get("background").and_then(Value::as_bool) == Some(true) {
-        return Err(stateless("background", "a background response"));
+        return Some(stateless("background", "a background response"));
     }
     if body.get("prompt").is_some_and(|v| !v.is_null()) {
-        return Err(stateless("prompt", "a stored prompt template"));
+        return Some(stateless("prompt", "a stored prompt template"));
+    }
+    None
+}
+
+/// Translates a Responses request body (refused: what needs provider state, [`stateful`]).
+pub fn to_chat(body: &Map<String, Value>) -> Result<Translated, Box<ApiError>> {
+    if let Some(e) = stateful(body) {
+        return Err(e);
     }
     let mut chat = Map::new();
     if let Some(m) = body.get("model") {

@@ -98,7 +98,7 @@ impl Encoder {
         match out {
             Out::Chunk(a) => self.chunk(a),
             // Not a Responses event: a client of this API could not read it.
-            Out::Opaque(_) => {}
+            Out::Opaque(_) | Out::Passed(_) => {}
             Out::Complete => self.complete(),
             Out::Broken { target, class } => self.failed(
                 class.as_str(),

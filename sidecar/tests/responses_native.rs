@@ -1,0 +1,553 @@
+//! `POST /v1/responses` passed through to targets with the `responses` capability, in-process:
+//! the client's body with only `model` spliced, the answer as the provider wrote it, failover
+//! across chains mixing native and translated targets, stream completeness, stateful requests
+//! and `previous_response_id` pinning.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "integration tests: a failed unwrap is a failed test"
+)]
+
+#[expect(dead_code, reason = "shared test support; this file uses part of it")]
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use support::{Fake, Step, metric, policy, start};
+use tokio::net::TcpListener;
+
+/// What the native fake answers, per request in turn (the last one repeats).
+#[derive(Clone, Debug)]
+enum Native {
+    /// A Response object whose text names the stub.
+    Json,
+    /// A status with OpenAI's error body.
+    Status(u16),
+    /// A full stream: created, in_progress, output deltas, completed.
+    Stream,
+    /// created, then `response.failed`.
+    FailedAtStart,
+    /// created, a delta, then the body is cut.
+    CutAfterOutput,
+    /// created, a delta, then an `error` event.
+    ErrorAfterOutput,
+    /// A full stream ending with `response.incomplete`.
+    Incomplete,
+}
+
+#[derive(Default)]
+struct Stub {
+    script: Vec<Native>,
+    hits: usize,
+    paths: Vec<String>,
+    raws: Vec<Bytes>,
+}
+
+type Stubs = Arc<Mutex<HashMap<String, Stub>>>;
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A provider that serves the Responses API at `/{stub}/v1/responses`.
+struct NativeFake {
+    addr: SocketAddr,
+    stubs: Stubs,
+    /// The server's tasks, aborted when the fake is dropped.
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+fn response_object(stub: &str, model: &str, hit: usize, status: &str) -> Value {
+    json!({"id": format!("resp_{stub}_{hit}"), "object": "response", "created_at": 1, "status": status,
+        "error": null, "model": model, "store": true,
+        "output": [{"type": "message", "id": format!("msg_{stub}_{hit}"), "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": format!("native {stub}"), "annotations": []}]}],
+        "usage": {"input_tokens": 11, "output_tokens": 4, "total_tokens": 15}})
+}
+
+fn event(kind: &str, mut v: Value, seq: usize) -> Bytes {
+    v["type"] = Value::from(kind);
+    v["sequence_number"] = Value::from(seq);
+    Bytes::from(format!("event: {kind}\ndata: {v}\n\n"))
+}
+
+fn native_stream(stub: &str, model: &str, hit: usize, step: &Native) -> Response<Body> {
+    let mut r = response_object(stub, model, hit, "in_progress");
+    r["output"] = json!([]);
+    r["usage"] = Value::Null;
+    let mut frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+        Ok(Frame::data(event("response.created", json!({"response": r}), 0))),
+        Ok(Frame::data(event(
+            "response.in_progress",
+            json!({"response": r}),
+            1,
+        ))),
+    ];
+    let delta = |seq| {
+        Ok(Frame::data(event(
+            "response.output_text.delta",
+            json!({"item_id": format!("msg_{stub}_{hit}"), "output_index": 0, "content_index": 0, "delta": format!("native {stub}")}),
+            seq,
+        )))
+    };
+    match step {
+        Native::Json | Native::Status(_) | Native::Stream | Native::Incomplete => {
+            frames.push(delta(2));
+            let (kind, status) = if matches!(step, Native::Incomplete) {
+                ("response.incomplete", "incomplete")
+            } else {
+                ("response.completed", "completed")
+            };
+            let done = response_object(stub, model, hit, status);
+            frames.push(Ok(Frame::data(event(kind, json!({"response": done}), 3))));
+        }
+        Native::FailedAtStart => {
+            let mut failed = r.clone();
+            failed["status"] = Value::from("failed");
+            failed["error"] = json!({"code": "server_error", "message": "boom"});
+            frames.push(Ok(Frame::data(event(
+                "response.failed",
+                json!({"response": failed}),
+                2,
+            ))));
+        }
+        Native::CutAfterOutput => {
+            frames.push(delta(2));
+            frames.push(Err(std::io::Error::other("scripted cut")));
+        }
+        Native::ErrorAfterOutput => {
+            frames.push(delta(2));
+            frames.push(Ok(Frame::data(event(
+                "error",
+                json!({"code": "server_error", "message": "boom", "param": null}),
+                3,
+            ))));
+        }
+    }
+    let paced = stream::iter(frames).then(|f| async move {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        f
+    });
+    let mut resp = Response::new(StreamBody::new(paced).boxed_unsync());
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    resp
+}
+
+fn json_resp(status: u16, v: &Value) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(v.to_string()))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+async fn serve_native(stubs: Stubs, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let stub = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let raw = req.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let model = body["model"].as_str().unwrap_or("none").to_owned();
+    let (step, hit) = {
+        let mut g = stubs.lock().unwrap();
+        let s = g.entry(stub.clone()).or_default();
+        let step = s
+            .script
+            .get(s.hits.min(s.script.len().saturating_sub(1)))
+            .cloned()
+            .unwrap_or(Native::Json);
+        s.hits += 1;
+        s.paths.push(path.clone());
+        s.raws.push(raw);
+        (step, s.hits)
+    };
+    let mut resp = match &step {
+        Native::Status(s) => json_resp(
+            *s,
+            &json!({"error": {"message": "scripted", "type": "server_error", "param": null, "code": null}}),
+        ),
+        _ if body["stream"] == true => native_stream(&stub, &model, hit, &step),
+        _ => json_resp(200, &response_object(&stub, &model, hit, "completed")),
+    };
+    resp.headers_mut()
+        .insert("x-request-id", format!("req-{stub}-{hit}").parse().unwrap());
+    Ok(resp)
+}
+
+impl NativeFake {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stubs = Stubs::default();
+        let s = stubs.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = s.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| serve_native(s.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+                while let Some(r) = conns.try_join_next() {
+                    r.unwrap();
+                }
+            }
+        });
+        Self {
+            addr,
+            stubs,
+            _tasks: tasks,
+        }
+    }
+
+    fn script(&self, stub: &str, steps: Vec<Native>) {
+        self.stubs
+            .lock()
+            .unwrap()
+            .entry(stub.to_owned())
+            .or_default()
+            .script = steps;
+    }
+
+    fn hits(&self, stub: &str) -> usize {
+        self.stubs.lock().unwrap().get(stub).map_or(0, |s| s.hits)
+    }
+
+    fn last_raw(&self, stub: &str) -> Bytes {
+        self.stubs.lock().unwrap()[stub].raws.last().unwrap().clone()
+    }
+
+    fn last_path(&self, stub: &str) -> String {
+        self.stubs.lock().unwrap()[stub].paths.last().unwrap().clone()
+    }
+
+    fn endpoint(&self, stub: &str) -> String {
+        format!("http://{}/{stub}/v1", self.addr)
+    }
+}
+
+/// A route of `(name, endpoint, native)` openai-compatible targets; native ones declare the
+/// `responses` capability.
+fn mixed_route(model: &str, targets: &[(&str, String, bool)]) -> String {
+    let mut out = format!(
+        "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: {}\nspec:\n  model: {model}\n  policyRef: {{name: p}}\n  targets:\n",
+        model.replace('/', "-")
+    );
+    for (name, endpoint, native) in targets {
+        out.push_str(&format!(
+            "    - name: {name}\n      provider: openai-compatible\n      model: up-{name}\n      endpoint: {endpoint}\n      cost: {{input: 1, output: 2}}\n"
+        ));
+        if *native {
+            out.push_str("      capabilities: [tools, json_schema, vision, streaming, responses]\n");
+        }
+    }
+    out
+}
+
+fn events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| serde_json::from_str(e.split_once("data: ").unwrap().1).unwrap())
+        .collect()
+}
+
+async fn post(sc: &support::Sidecar, body: &Value) -> support::Reply {
+    sc.send("POST", "/v1/responses", Bytes::from(body.to_string()), &[])
+        .await
+}
+
+/// A native target gets the client's bytes with only `model` spliced, at its Responses URL;
+/// the client gets the provider's Response object byte for byte, and its usage is counted in
+/// the same token metrics as a translated answer's.
+#[tokio::test]
+async fn native_json_is_passed_through_with_the_model_spliced() {
+    let native = NativeFake::start().await;
+    let yaml = policy("p", "") + &mixed_route("m/n", &[("n", native.endpoint("n"), true)]);
+    let sc = start(&yaml).await;
+    // Odd spacing and key order: the bytes are the client's, not a re-serialisation.
+    let sent = r#"{"input": [{"type":"item_reference","id":"msg_at_provider"}],  "model":"m/n", "store":true, "tools":[{"type":"web_search"}]}"#;
+    let r = sc
+        .send("POST", "/v1/responses", Bytes::from_static(sent.as_bytes()), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "n");
+    assert_eq!(r.header("x-request-id"), "req-n-1");
+    assert_eq!(native.last_path("n"), "/n/v1/responses");
+    assert_eq!(
+        native.last_raw("n"),
+        Bytes::from(sent.replace(r#""model":"m/n""#, r#""model":"up-n""#))
+    );
+    assert_eq!(r.json(), response_object("n", "up-n", 1, "completed"));
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, r#"detour_tokens_total{kind="prompt",route="m/n",target="n"}"#),
+        11.0
+    );
+    sc.stop().await;
+}
+
+/// Failover across a mixed chain: a native primary's 503 goes to a translated backup (which
+/// gets a chat request and answers as a Response), and a translated primary's 503 to a native
+/// backup (which gets the client's body) — JSON and streams alike.
+#[tokio::test]
+async fn mixed_chains_fail_over_both_ways() {
+    let native = NativeFake::start().await;
+    let chat = Fake::start().await;
+    native.script("n", vec![Native::Status(503)]);
+    chat.script("c", vec![Step::Status(503)]);
+    let yaml = policy("p", "")
+        + &mixed_route(
+            "m/nc",
+            &[
+                ("n", native.endpoint("n"), true),
+                ("t", chat.endpoint("t"), false),
+            ],
+        )
+        + &mixed_route(
+            "m/cn",
+            &[
+                ("c", chat.endpoint("c"), false),
+                ("b", native.endpoint("b"), true),
+            ],
+        );
+    let sc = start(&yaml).await;
+
+    let r = post(&sc, &json!({"model": "m/nc", "input": "hi"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "t");
+    assert_eq!(r.header("x-detour-fallback-count"), "1");
+    assert_eq!(r.json()["output"][0]["content"][0]["text"], "hello from t");
+    assert!(chat.last_body("t").unwrap()["messages"].is_array());
+
+    let r = post(&sc, &json!({"model": "m/cn", "input": "hi"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "b");
+    assert_eq!(r.json()["output"][0]["content"][0]["text"], "native b");
+    let up: Value = serde_json::from_slice(&native.last_raw("b")).unwrap();
+    assert_eq!(up, json!({"model": "up-b", "input": "hi"}));
+
+    chat.script("t", vec![Step::Stream(2)]);
+    let r = post(&sc, &json!({"model": "m/nc", "input": "hi", "stream": true})).await;
+    assert!(r.complete);
+    let kinds: Vec<Value> = events(&r.text()).iter().map(|v| v["type"].clone()).collect();
+    assert_eq!(kinds.last().unwrap(), "response.completed");
+    assert_eq!(r.header("x-detour-target"), "t");
+
+    let r = post(&sc, &json!({"model": "m/cn", "input": "hi", "stream": true})).await;
+    assert!(r.complete);
+    assert_eq!(r.header("x-detour-target"), "b");
+    let ev = events(&r.text());
+    assert_eq!(ev.last().unwrap()["type"], "response.completed");
+    assert_eq!(ev.last().unwrap()["response"]["id"], "resp_b_2");
+    assert!(!r.text().contains("[DONE]"));
+    sc.stop().await;
+}
+
+/// A native stream passes through event for event and is complete at `response.completed` or
+/// `response.incomplete`; `response.failed` right after `response.created` fails over (nothing
+/// reached the client); a cut or an `error` event after output is a broken stream: an `error`
+/// event and an abnormal end.
+#[tokio::test]
+async fn native_stream_completeness() {
+    let native = NativeFake::start().await;
+    let chat = Fake::start().await;
+    chat.script("t", vec![Step::Stream(1)]);
+    let yaml = policy("p", "")
+        + &mixed_route(
+            "m/s",
+            &[
+                ("n", native.endpoint("n"), true),
+                ("t", chat.endpoint("t"), false),
+            ],
+        );
+    let sc = start(&yaml).await;
+    let body = json!({"model": "m/s", "input": "hi", "stream": true});
+
+    native.script("n", vec![Native::Stream]);
+    let r = post(&sc, &body).await;
+    assert!(r.complete);
+    assert_eq!(r.header("x-detour-target"), "n");
+    let ev = events(&r.text());
+    let kinds: Vec<&str> = ev.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_text.delta",
+            "response.completed"
+        ]
+    );
+    assert!(r.text().starts_with("event: response.created\ndata: {"));
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"detour_tokens_total{kind="completion",route="m/s",target="n"}"#
+        ),
+        4.0,
+        "the usage of response.completed is counted"
+    );
+
+    native.script("n", vec![Native::Incomplete]);
+    let r = post(&sc, &body).await;
+    assert!(r.complete);
+    assert_eq!(events(&r.text()).last().unwrap()["type"], "response.incomplete");
+
+    native.script("n", vec![Native::FailedAtStart]);
+    let r = post(&sc, &body).await;
+    assert!(r.complete);
+    assert_eq!(r.header("x-detour-target"), "t");
+    assert!(!r.text().contains("resp_n_"), "{}", r.text());
+
+    for step in [Native::CutAfterOutput, Native::ErrorAfterOutput] {
+        native.script("n", vec![step.clone()]);
+        let r = post(&sc, &body).await;
+        assert!(!r.complete, "{step:?}: the transfer ends abnormally");
+        assert_eq!(r.header("x-detour-target"), "n");
+        let ev = events(&r.text());
+        assert_eq!(ev[2]["type"], "response.output_text.delta", "{step:?}");
+        let last = ev.last().unwrap();
+        assert_eq!(last["type"], "error", "{step:?}");
+        assert_eq!(last["error"]["type"], "upstream_error", "{step:?}");
+    }
+    sc.stop().await;
+}
+
+/// Stateful requests go only to native targets (translated ones are skipped, never called);
+/// with none, the 400 names the capability that would serve them. A `previous_response_id`
+/// goes only to the target that served it — not the healthy primary, and with no failover
+/// when that target fails — while an unknown id takes the native chain.
+#[tokio::test]
+async fn stateful_requests_go_native_and_pin_to_their_target() {
+    let native = NativeFake::start().await;
+    let chat = Fake::start().await;
+    let yaml = policy("p", "")
+        + &mixed_route(
+            "m/p",
+            &[
+                ("t", chat.endpoint("t"), false),
+                ("a", native.endpoint("a"), true),
+                ("b", native.endpoint("b"), true),
+            ],
+        )
+        + &mixed_route("m/only", &[("u", chat.endpoint("u"), false)]);
+    let mut sc = start(&yaml).await;
+
+    let r = post(&sc, &json!({"model": "m/only", "input": "hi", "store": true})).await;
+    assert_eq!(r.status, 400);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("`responses` capability"), "{msg}");
+    assert_eq!(chat.hits("u"), 0);
+
+    // b serves the first response (a is down for it).
+    native.script("a", vec![Native::Status(503), Native::Json]);
+    let r = post(&sc, &json!({"model": "m/p", "input": "hi", "store": true})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "b");
+    assert_eq!(chat.hits("t"), 0);
+    let rec = sc.audit_of(&r).await;
+    assert!(
+        rec.skipped
+            .iter()
+            .any(|s| s.target == "t" && s.reason == "capability"),
+        "{:?}",
+        rec.skipped
+    );
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, "resp_b_1");
+
+    let a_hits = native.hits("a");
+    let r = post(
+        &sc,
+        &json!({"model": "m/p", "input": "more", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "b");
+    assert_eq!(native.hits("a"), a_hits, "a healthy primary is not asked");
+    let follow = r.json()["id"].as_str().unwrap().to_owned();
+
+    native.script("b", vec![Native::Status(503)]);
+    let r = post(
+        &sc,
+        &json!({"model": "m/p", "input": "again", "previous_response_id": follow}),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "b");
+    assert_eq!(
+        native.hits("a"),
+        a_hits,
+        "no failover away from the response's account"
+    );
+
+    let r = post(
+        &sc,
+        &json!({"model": "m/p", "input": "hi", "previous_response_id": "resp_unknown"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-target"), "a");
+    sc.stop().await;
+}
+
+/// An `item_reference` to an item this sidecar answered with by translation is sent to a
+/// native target as that item (without the id only this sidecar knows); other references go
+/// untouched.
+#[tokio::test]
+async fn known_item_references_are_inlined_for_native_targets() {
+    let native = NativeFake::start().await;
+    let chat = Fake::start().await;
+    let yaml = policy("p", "")
+        + &mixed_route("m/t", &[("t", chat.endpoint("t"), false)])
+        + &mixed_route("m/n", &[("n", native.endpoint("n"), true)]);
+    let sc = start(&yaml).await;
+    let r = post(&sc, &json!({"model": "m/t", "input": "hi"})).await;
+    let item = r.json()["output"][0].clone();
+    let id = item["id"].as_str().unwrap().to_owned();
+
+    let r = post(
+        &sc,
+        &json!({"model": "m/n", "input": [
+            {"role": "user", "content": "hi"},
+            {"type": "item_reference", "id": id},
+            {"type": "item_reference", "id": "msg_provider_side"},
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up: Value = serde_json::from_slice(&native.last_raw("n")).unwrap();
+    let mut inlined = item.clone();
+    inlined.as_object_mut().unwrap().remove("id");
+    assert_eq!(up["input"][1], inlined);
+    assert_eq!(
+        up["input"][2],
+        json!({"type": "item_reference", "id": "msg_provider_side"})
+    );
+    assert_eq!(up["model"], "up-n");
+    sc.stop().await;
+}
