@@ -1,5 +1,6 @@
 """The client matrix beyond chat completions, through the release binary: the Responses API
-(`/v1/responses`, served by translation to chat) from the Python and Node `openai` clients,
+(`/v1/responses`, served by translation to chat, and passed through to targets with the
+`responses` capability: see "Native pass-through" below) from the Python and Node `openai` clients,
 the Vercel AI SDK's default `openai(...)` provider (and its chat mode), and LangChain's
 `ChatOpenAI` (chat and `use_responses_api`); each plain, streamed with usage, with tool calls
 (streamed and not), with the primary failing (503 → backup), with an unknown model, and with
@@ -201,8 +202,9 @@ def test_python_responses_unknown_model_and_stateful_requests(env):
     with pytest.raises(openai.BadRequestError) as e:
         c.responses.create(model="m/failover", input="hi", previous_response_id="resp_1")
     assert "previous_response_id" in str(e.value)
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as e:
         c.responses.create(model="m/failover", input="hi", store=True)
+    assert "`responses` capability" in str(e.value)
 
 
 def test_python_responses_stream_break_raises(env):
@@ -327,3 +329,313 @@ def test_langchain_errors(env, responses):
     with pytest.raises(Exception):
         for _ in langchain(env, "m/broken", responses).stream("hello"):
             pass
+
+
+# ---- Native pass-through -------------------------------------------------------------------
+# Targets with the `responses` capability get the client's Responses request itself. The fake
+# below is such a provider: each stub is one provider account that stores its responses and
+# items (`previous_response_id` and `item_reference` resolve only where they were created, a
+# 404 / 400 elsewhere, as OpenAI answers), scripted by its name:
+#   `*-5xx-once`: the first request is a 503; `*-fail-start`: streams fail right after
+#   `response.created`; `*-tool`: a `get_weather` call, then a text with the tool's output.
+
+import http.server
+import itertools
+import threading
+import time as _time
+
+
+class NativeAccounts:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.responses, self.items, self.hits, self.bodies = {}, {}, {}, {}
+        self.ids = itertools.count(1)
+
+    def hit(self, stub, body):
+        with self.lock:
+            self.hits[stub] = self.hits.get(stub, 0) + 1
+            self.bodies.setdefault(stub, []).append(body)
+            return self.hits[stub]
+
+
+def _native_handler(accounts):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def send_json(self, status, obj, request_id):
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.send_header("x-request-id", request_id)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):
+            stub, _, rest = self.path.strip("/").partition("/")
+            raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+            body = json.loads(raw)
+            hit = accounts.hit(stub, raw)
+            rid = f"req_{stub}_{hit}"
+            if rest != "v1/responses":
+                return self.send_json(404, {"error": {"message": f"no {rest}", "type": "invalid_request_error"}}, rid)
+            if stub.endswith("-5xx-once") and hit == 1:
+                return self.send_json(503, {"error": {"message": "overloaded", "type": "server_error"}}, rid)
+            prev = body.get("previous_response_id")
+            with accounts.lock:
+                if prev and (stub, prev) not in accounts.responses:
+                    return self.send_json(404, {"error": {"message": f"Previous response with id '{prev}' not found.",
+                                                          "type": "invalid_request_error", "param": "previous_response_id",
+                                                          "code": "previous_response_not_found"}}, rid)
+                inputs = body.get("input") if isinstance(body.get("input"), list) else []
+                for item in inputs:
+                    if item.get("type") == "item_reference" and (stub, item.get("id")) not in accounts.items:
+                        return self.send_json(400, {"error": {"message": f"Item with id '{item.get('id')}' not found.",
+                                                              "type": "invalid_request_error", "param": "input"}}, rid)
+                n = next(accounts.ids)
+            outputs = [o.get("output") for o in inputs if o.get("type") == "function_call_output"]
+            if stub.endswith("-tool") and not outputs:
+                item = {"type": "function_call", "id": f"fc_{stub}_{n}", "call_id": f"call_{stub}_{n}",
+                        "name": "get_weather", "arguments": '{"city":"Paris"}', "status": "completed"}
+            else:
+                text = f"native {stub}" + (f": {outputs[-1]}" if outputs else "")
+                item = {"type": "message", "id": f"msg_{stub}_{n}", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+            resp = {"id": f"resp_{stub}_{n}", "object": "response", "created_at": int(_time.time()), "status": "completed",
+                    "error": None, "incomplete_details": None, "model": body.get("model"), "output": [item],
+                    "parallel_tool_calls": True, "tools": body.get("tools", []), "store": body.get("store", True),
+                    "previous_response_id": prev,
+                    "usage": {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 4,
+                              "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 13}}
+            with accounts.lock:
+                accounts.responses[(stub, resp["id"])] = resp
+                accounts.items[(stub, item["id"])] = item
+            if not body.get("stream"):
+                return self.send_json(200, resp, rid)
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("x-request-id", rid)
+            self.send_header("connection", "close")
+            self.end_headers()
+            seq = itertools.count()
+
+            def event(kind, **fields):
+                data = json.dumps({"type": kind, "sequence_number": next(seq), **fields})
+                self.wfile.write(f"event: {kind}\ndata: {data}\n\n".encode())
+                self.wfile.flush()
+                _time.sleep(0.002)
+
+            start = {**resp, "status": "in_progress", "output": [], "usage": None}
+            event("response.created", response=start)
+            event("response.in_progress", response=start)
+            if stub.endswith("-fail-start"):
+                return event("response.failed", response={**start, "status": "failed",
+                                                          "error": {"code": "server_error", "message": "boom"}})
+            if item["type"] == "function_call":
+                event("response.output_item.added", output_index=0, item={**item, "arguments": "", "status": "in_progress"})
+                for part in ('{"city":', '"Paris"}'):
+                    event("response.function_call_arguments.delta", item_id=item["id"], output_index=0, delta=part)
+                event("response.function_call_arguments.done", item_id=item["id"], output_index=0,
+                      arguments=item["arguments"])
+            else:
+                text = item["content"][0]["text"]
+                event("response.output_item.added", output_index=0,
+                      item={**item, "status": "in_progress", "content": []})
+                event("response.content_part.added", item_id=item["id"], output_index=0, content_index=0,
+                      part={"type": "output_text", "text": "", "annotations": []})
+                for word in text.split(" "):
+                    event("response.output_text.delta", item_id=item["id"], output_index=0, content_index=0,
+                          delta=word if word == text.split(" ")[0] else " " + word, logprobs=[])
+                event("response.output_text.done", item_id=item["id"], output_index=0, content_index=0, text=text,
+                      logprobs=[])
+                event("response.content_part.done", item_id=item["id"], output_index=0, content_index=0,
+                      part=item["content"][0])
+            event("response.output_item.done", output_index=0, item=item)
+            event("response.completed", response=resp)
+            self.close_connection = True
+
+    return Handler
+
+
+NATIVE_ROUTE = """
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: {name}}}
+spec:
+  model: {model}
+  policyRef: {{name: clients}}
+  targets:
+{targets}"""
+NATIVE_CAPS = "[tools, json_schema, vision, streaming, responses]"
+# route id → [(target name, "native" or "chat", stub)], primary first.
+NATIVE_ROUTES = {
+    "n/plain": [("acct", "native", "acct-plain")],
+    "n/tools": [("acct", "native", "acct-tool")],
+    "n/pin": [("a", "native", "acct-a-5xx-once"), ("b", "native", "acct-b")],
+    "n/to-chat": [("native", "native", "acct-c-5xx-once"), ("chat", "chat", "ok")],
+    "n/from-chat": [("chat", "chat", "p-5xx"), ("native", "native", "acct-d")],
+    "n/fail-start": [("native", "native", "acct-e-fail-start"), ("chat", "chat", "ok")],
+    "n/chat-only": [("chat", "chat", "ok")],
+}
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    """A sidecar whose routes mix native targets (the fake above) and translated ones (the
+    fake upstream's chat completions)."""
+    if not (SIDECAR_BIN and UPSTREAM_BIN):
+        pytest.skip("needs DETOUR_SIDECAR_BIN and DETOUR_FAKE_UPSTREAM_BIN (run through scripts/test)")
+    tmp = tmp_path_factory.mktemp("responses-native")
+    accounts = NativeAccounts()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _native_handler(accounts))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    with open(tmp / "upstream.log", "wb") as log:
+        upstream = subprocess.Popen([UPSTREAM_BIN], stdout=subprocess.PIPE, stderr=log)
+    try:
+        line = upstream.stdout.readline().decode()
+        assert line.startswith("listening on "), line
+        chat_base = "http://" + line.split()[-1]
+        req = urllib.request.Request(f"{chat_base}/_control/p-5xx/5xx", method="PUT")
+        urllib.request.urlopen(req, timeout=2).close()
+        native_base = f"http://127.0.0.1:{server.server_address[1]}"
+        routes = POLICY
+        for model, targets in NATIVE_ROUTES.items():
+            lines = ""
+            for name, kind, stub in targets:
+                base = native_base if kind == "native" else chat_base
+                caps = f", capabilities: {NATIVE_CAPS}" if kind == "native" else ""
+                lines += (f"    - {{name: {name}, provider: openai-compatible, model: up-{name}, "
+                          f"endpoint: \"{base}/{stub}/v1\"{caps}}}\n")
+            routes += NATIVE_ROUTE.format(name=model.replace("/", "-"), model=model, targets=lines)
+        with sidecar(tmp, routes) as sc:
+            sc.accounts = accounts
+            yield sc
+    finally:
+        stop(upstream)
+        server.shutdown()
+        server.server_close()
+
+
+def test_native_python_plain_and_streamed(native):
+    """`responses.create` against a native target: the provider's own Response (its id, text,
+    usage, request id), plain and streamed through `response.completed`; the provider got the
+    client's body with only `model` replaced."""
+    raw = client(native).responses.with_raw_response.create(model="n/plain", input="hello", store=False)
+    r = raw.parse()
+    assert r.output_text == "native acct-plain"
+    assert r.id.startswith("resp_acct-plain_") and r._request_id.startswith("req_acct-plain_")
+    assert (r.usage.input_tokens, r.usage.output_tokens) == (9, 4)
+    assert raw.headers["x-detour-target"] == "acct"
+    sent = json.loads(native.accounts.bodies["acct-plain"][-1])
+    assert sent == {"model": "up-acct", "input": "hello", "store": False}
+    kinds, text, final = [], "", None
+    with client(native).responses.create(model="n/plain", input="hello", stream=True) as stream:
+        for ev in stream:
+            kinds.append(ev.type)
+            if ev.type == "response.output_text.delta":
+                text += ev.delta
+            if ev.type == "response.completed":
+                final = ev.response
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+    assert text == "native acct-plain" and final.output_text == text
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (9, 4)
+    m = native.metrics()
+    assert 'detour_tokens_total{kind="prompt",route="n/plain",target="acct"} 18' in m, m
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_native_python_tool_call(native, stream):
+    """A native tool call: the provider's `function_call` item, streamed or not, and the next
+    turn (the call's output after `previous_response_id`) at the same account."""
+    c = client(native)
+    if stream:
+        args, r = "", None
+        for ev in c.responses.create(model="n/tools", input="weather?", tools=[TOOL], stream=True):
+            if ev.type == "response.function_call_arguments.delta":
+                args += ev.delta
+            if ev.type == "response.completed":
+                r = ev.response
+        assert args == '{"city":"Paris"}'
+    else:
+        r = c.responses.create(model="n/tools", input="weather?", tools=[TOOL])
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert [(o.name, o.arguments) for o in calls] == [("get_weather", '{"city":"Paris"}')]
+    follow = c.responses.create(model="n/tools", tools=[TOOL], previous_response_id=r.id, input=[
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"}])
+    assert follow.output_text == "native acct-tool: sunny"
+
+
+def test_native_previous_response_id_is_pinned(native):
+    """A response created at the backup account (the primary answered 503) is continued there:
+    the request naming it goes to that target only, though the primary is healthy again (it
+    would answer 404: the response is not in its account)."""
+    c = client(native)
+    first = c.responses.with_raw_response.create(model="n/pin", input="hello", store=True)
+    assert first.headers["x-detour-target"] == "b" and first.headers["x-detour-fallback-count"] == "1"
+    hits_a = native.accounts.hits["acct-a-5xx-once"]
+    for stream in (False, True):
+        raw = c.responses.with_raw_response.create(model="n/pin", input="more", stream=stream,
+                                                   previous_response_id=first.parse().id)
+        assert raw.headers["x-detour-target"] == "b"
+        r = raw.parse()
+        if stream:
+            assert [ev.type for ev in r][-1] == "response.completed"
+        else:
+            assert r.output_text == "native acct-b"
+    assert native.accounts.hits["acct-a-5xx-once"] == hits_a
+    # An id this sidecar never served takes the native chain: the primary's own 404.
+    with pytest.raises(openai.NotFoundError):
+        c.responses.create(model="n/pin", input="x", previous_response_id="resp_elsewhere")
+
+
+def test_native_failover_across_a_mixed_chain(native):
+    """Native → translated and translated → native, plain and streamed; a native stream that
+    fails right after `response.created` fails over before the client saw anything; a stateful
+    request on a route without a native target is a 400 naming the capability."""
+    c = client(native)
+    r = c.responses.with_raw_response.create(model="n/to-chat", input="hello")
+    assert r.headers["x-detour-target"] == "chat" and r.parse().output_text == "hello from ok"
+    r = c.responses.with_raw_response.create(model="n/from-chat", input="hello")
+    assert r.headers["x-detour-target"] == "native" and r.parse().output_text == "native acct-d"
+    for model, text in [("n/from-chat", "native acct-d"), ("n/fail-start", "hello from ok")]:
+        got, kinds = "", []
+        for ev in c.responses.create(model=model, input="hello", stream=True):
+            kinds.append(ev.type)
+            if ev.type == "response.output_text.delta":
+                got += ev.delta
+        assert got == text and kinds.count("response.created") == 1 and kinds[-1] == "response.completed", kinds
+    with pytest.raises(openai.BadRequestError) as e:
+        c.responses.create(model="n/chat-only", input="hi", previous_response_id="resp_1")
+    assert "`responses` capability" in str(e.value)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+def test_native_ai_sdk_default_provider(native, stream):
+    """The Vercel AI SDK's default provider against a native target: text, usage, and a
+    two-step tool loop whose second step refers to the provider's own items (stored there)."""
+    arg = {"base": f"{native.base}/v1", "model": "n/plain", "api": "responses", "stream": stream}
+    out = run_node("ai_sdk_models.cjs", arg)
+    assert out["error"] is None and out["streamErrors"] == [], out
+    assert out["text"] == "native acct-plain", out
+    assert out["usage"] == {"inputTokens": 9, "outputTokens": 4}, out
+    assert out["headers"].get("x-detour-target") == "acct", out
+    out = run_node("ai_sdk_models.cjs", {**arg, "model": "n/tools", "loop": True})
+    assert out["error"] is None and out["streamErrors"] == [], out
+    assert out["steps"] == 2 and out["text"].startswith("native acct-tool: "), out
+    assert "sunny in Paris" in out["text"], out
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_native_node_client(native, stream):
+    """The Node `openai` client against a native target: the provider's text, usage and
+    request id."""
+    out = run_node("responses.cjs", {"base": f"{native.base}/v1", "model": "n/plain", "stream": stream})
+    assert out["error"] is None, out
+    assert out["text"] == "native acct-plain" and out["status"] == "completed", out
+    assert out["usage"] == {"input": 9, "output": 4}, out
+    assert out["requestId"].startswith("req_acct-plain_"), out

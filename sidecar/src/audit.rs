@@ -32,7 +32,7 @@ pub struct AttemptRecord {
 #[derive(Clone, Debug, Serialize)]
 pub struct SkipRecord {
     pub target: String,
-    /// `circuit-open`, `capability`, `context-window`.
+    /// `circuit-open`, `capability`, `context-window`, `pinned`.
     pub reason: &'static str,
 }
 
