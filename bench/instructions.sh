@@ -9,6 +9,7 @@
 #   BODY_BYTES=4096 bash bench/instructions.sh        # a ~4 KB prompt
 #   STREAM=1 bash bench/instructions.sh               # a streamed answer (two chunks, [DONE])
 #   BIN=/path/to/detour-sidecar bash bench/instructions.sh
+#   KEEP=/tmp/cg bash bench/instructions.sh          # keep the callgrind files (callgrind_annotate)
 #
 # Needs valgrind, hey and nginx-light (Debian; installed if missing) and python3. Listens on
 # 127.0.0.1 only; stops every process it starts by PID.
@@ -100,6 +101,7 @@ count() { # requests -> total instructions of one sidecar run
   grep -q '\[200\]' "$work/hey.$n" || { echo "requests failed:"; cat "$work/hey.$n"; exit 1; }
   kill -TERM "$vg"
   wait "$vg" 2>/dev/null || true
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$work/cg.$n" "$KEEP/"; }
   callgrind_annotate "$work/cg.$n" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
 }
 a=$(count "$N1")
