@@ -62,40 +62,73 @@ struct Headers(Box<[(HeaderName, HeaderValue)]>);
 impl UpstreamMeta {
     /// Takes the request id and the rate-limit headers from an upstream response head.
     pub fn from_headers(h: &HeaderMap) -> Self {
-        Self::from_headers_at(h, OffsetDateTime::now_utc())
+        Self::from_headers_at(h, OffsetDateTime::now_utc)
     }
 
-    fn from_headers_at(h: &HeaderMap, now: OffsetDateTime) -> Self {
-        let mut headers = Vec::new();
-        let id = REQUEST_ID_HEADERS
-            .iter()
-            .filter_map(|n| h.get(*n))
+    /// One walk over the head's names (no lookup by name: each would parse and hash the name
+    /// again, and this runs on every answer). `now` is read only for an Anthropic reset time.
+    fn from_headers_at(h: &HeaderMap, now: impl FnOnce() -> OffsetDateTime) -> Self {
+        // The first value of each request-id name and of each Anthropic name, as `get` would
+        // find them; whether any OpenAI rate-limit name is present.
+        let mut ids: [Option<&HeaderValue>; REQUEST_ID_HEADERS.len()] = [None; REQUEST_ID_HEADERS.len()];
+        let mut anthropic: [Option<&HeaderValue>; ANTHROPIC_TO_OPENAI.len()] =
+            [None; ANTHROPIC_TO_OPENAI.len()];
+        let mut has_openai = false;
+        let mut has_any = false;
+        for (name, value) in h {
+            let n = name.as_str();
+            if let Some(i) = REQUEST_ID_HEADERS.iter().position(|r| *r == n) {
+                ids[i].get_or_insert(value);
+            } else if n.starts_with("x-ratelimit-") {
+                has_openai = true;
+                has_any = true;
+            } else if n.starts_with("anthropic-ratelimit-") {
+                has_any = true;
+                if let Some(i) = ANTHROPIC_TO_OPENAI.iter().position(|(from, _)| *from == n) {
+                    anthropic[i].get_or_insert(value);
+                }
+            }
+        }
+        let id = ids
+            .into_iter()
+            .flatten()
             .find(|v| !v.is_empty() && v.len() <= MAX_VALUE);
+        if id.is_none() && !has_any {
+            return Self::default();
+        }
+        let mut headers = Vec::new();
         if let Some(id) = id {
             headers.push((X_REQUEST_ID, id.clone()));
         }
-        let has_openai = h.keys().any(|k| k.as_str().starts_with("x-ratelimit-"));
-        for (name, value) in h {
-            if headers.len() >= MAX_HEADERS {
-                break;
-            }
-            let n = name.as_str();
-            if value.len() > MAX_VALUE {
-                continue;
-            }
-            if n.starts_with("x-ratelimit-") || n.starts_with("anthropic-ratelimit-") {
-                headers.push((name.clone(), value.clone()));
-            }
-        }
-        if !has_openai {
-            for (from, to) in ANTHROPIC_TO_OPENAI {
+        if has_any {
+            for (name, value) in h {
                 if headers.len() >= MAX_HEADERS {
                     break;
                 }
-                let Some(v) = h.get(from).filter(|v| v.len() <= MAX_VALUE) else {
+                let n = name.as_str();
+                if value.len() > MAX_VALUE {
+                    continue;
+                }
+                if n.starts_with("x-ratelimit-") || n.starts_with("anthropic-ratelimit-") {
+                    headers.push((name.clone(), value.clone()));
+                }
+            }
+        }
+        if !has_openai && anthropic.iter().any(Option::is_some) {
+            let mut now = Some(now);
+            let mut at = None;
+            for ((_, to), v) in ANTHROPIC_TO_OPENAI.into_iter().zip(anthropic) {
+                if headers.len() >= MAX_HEADERS {
+                    break;
+                }
+                let Some(v) = v.filter(|v| v.len() <= MAX_VALUE) else {
                     continue;
                 };
                 let v = if to.starts_with("x-ratelimit-reset-") {
+                    let Some(now) = at.or_else(|| now.take().map(|f| f())) else {
+                        continue;
+                    };
+                    at = Some(now);
                     match reset_in(v, now) {
                         Some(v) => v,
                         None => continue,
@@ -222,7 +255,7 @@ mod tests {
                 ("anthropic-ratelimit-requests-reset", "2026-01-01T00:00:12Z"),
                 ("anthropic-ratelimit-tokens-reset", "not a time"),
             ]),
-            now,
+            || now,
         );
         let got = out(&m);
         assert!(
