@@ -13,9 +13,10 @@
 mod support;
 
 use bytes::Bytes;
+use detour_fake_upstream::openai::{Fake, Step, Tail};
 use detour_sidecar::class::Class;
 use serde_json::{Value, json};
-use support::{Fake, Reply, Sidecar, Step, Tail, metric, route, start};
+use support::{Reply, Sidecar, metric, route, start};
 
 /// Short bounds (first event 200 ms, 300 ms between events), continuation on.
 fn policy(extra: &str) -> String {

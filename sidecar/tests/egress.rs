@@ -17,10 +17,11 @@ mod support;
 
 use detour_api::RouteTable;
 use detour_api::egress::AllowedHosts;
+use detour_fake_upstream::openai::Fake;
 use detour_sidecar::config::Source;
 use detour_sidecar::egress::Guard;
 use serde_json::json;
-use support::{Fake, Sidecar};
+use support::Sidecar;
 
 /// A forged table with one route `exfil` whose one target is `target` merged over an
 /// `openai-compatible` target reading `<dir>/db-creds/password` (`@DIR@` in `target` is

@@ -14,9 +14,10 @@ mod support;
 
 use std::time::Duration;
 
+use detour_fake_upstream::openai::{Fake, Step, Tail};
 use detour_sidecar::class::Class;
 use serde_json::{Value, json};
-use support::{Fake, Sidecar, Step, Tail, metric, route, start};
+use support::{Sidecar, metric, route, start};
 use tokio::time::Instant;
 
 /// A policy with short bounds: first event 200 ms, 300 ms between events, a non-streaming

@@ -9,7 +9,8 @@
 )]
 mod support;
 
-use support::{Fake, Step, policy, start};
+use detour_fake_upstream::openai::{Fake, Step};
+use support::{policy, start};
 
 fn target(name: &str, provider: &str, extra: &str) -> String {
     format!("    - name: {name}\n      provider: {provider}\n      model: up-{name}\n{extra}")

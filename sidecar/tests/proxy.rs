@@ -1,16 +1,15 @@
 //! The sidecar end to end, in-process, against one scripted loopback fake provider.
 
-#[expect(dead_code, reason = "shared test support; this file uses part of it")]
 mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use detour_fake_upstream::openai::{Fake, Step};
 use detour_sidecar::class::Class;
 use serde_json::json;
 use support::{
-    FLEET_KEY, Fake, Step, compiled_json, kubelet_publish, metric, policy, route, start, start_with_budget,
-    wait_for,
+    FLEET_KEY, compiled_json, kubelet_publish, metric, policy, route, start, start_with_budget, wait_for,
 };
 
 /// Each failure class of the primary fails over to the backup, which serves the request;

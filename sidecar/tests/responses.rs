@@ -10,8 +10,9 @@
 mod support;
 
 use bytes::Bytes;
+use detour_fake_upstream::openai::{Fake, Step};
 use serde_json::{Value, json};
-use support::{Fake, Step, policy, route, start};
+use support::{policy, route, start};
 
 fn events(text: &str) -> Vec<Value> {
     text.split("\n\n")

@@ -18,13 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use detour_fake_upstream::openai::{Fake, Step};
 use futures_util::{StreamExt, stream};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::{Fake, Step, metric, policy, start};
+use support::{metric, policy, start};
 use tokio::net::TcpListener;
 
 /// What the native fake answers, per request in turn (the last one repeats).
