@@ -182,6 +182,27 @@ fn set(mut doc: Value, path: &str, value: Value) -> Value {
     doc
 }
 
+/// `responses` passes admission on the providers that serve the Responses API natively.
+#[test]
+fn responses_capability_passes_admission_on_openai_shaped_providers() {
+    for (provider, extra) in [
+        ("openai", json!({})),
+        ("azure-openai", json!({"endpoint": "https://x.openai.azure.com"})),
+        (
+            "openai-compatible",
+            json!({"endpoint": "https://llm.example.com/v1"}),
+        ),
+    ] {
+        let mut target = json!({"name": "n", "provider": provider, "model": "m",
+                                "credentials": {"secretName": "s"}, "capabilities": ["streaming", "responses"]});
+        for (k, v) in extra.as_object().expect("object") {
+            target[k] = v.clone();
+        }
+        let doc = set(route(), "spec/targets/1", target);
+        assert_eq!(admission_errors(&doc), Vec::<String>::new(), "{provider}");
+    }
+}
+
 /// The generated CRDs reject each invalid object, and the error names the field and the reason.
 #[test]
 fn invalid_objects_are_rejected_for_the_stated_reason() {
@@ -223,6 +244,15 @@ fn invalid_objects_are_rejected_for_the_stated_reason() {
                 json!({"name": "az", "provider": "azure-openai", "model": "m", "credentials": {"secretName": "az"}}),
             ),
             "endpoint is required for providers azure-openai and openai-compatible",
+        ),
+        (
+            "the responses capability on a provider that cannot serve it natively",
+            set(
+                route(),
+                "spec/targets/1/capabilities",
+                json!(["tools", "responses"]),
+            ),
+            "capabilities: responses (the Responses API served natively) is only for providers openai, azure-openai and openai-compatible",
         ),
         (
             "openai without credentials",
