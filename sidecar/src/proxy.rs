@@ -401,7 +401,7 @@ pub fn handle(
     endpoint: Endpoint,
     req: Request<Bytes>,
 ) -> impl Future<Output = Response> + Send {
-    handle_as(shared, endpoint, req, None, None)
+    handle_as(shared, endpoint, req, None)
 }
 
 /// Serves a Responses API request: `req`'s body is its translation to a chat request, which
@@ -412,23 +412,22 @@ pub fn handle(
 pub fn handle_responses(
     shared: Arc<Shared>,
     req: Request<Bytes>,
-    echo: Echo,
     native: Box<Native>,
 ) -> impl Future<Output = Response> + Send {
-    handle_as(shared, Endpoint::Chat, req, Some(echo), Some(native))
+    handle_as(shared, Endpoint::Chat, req, Some(native))
 }
 
 async fn handle_as(
     shared: Arc<Shared>,
     endpoint: Endpoint,
     mut req: Request<Bytes>,
-    responses: Option<Echo>,
     native: Option<Box<Native>>,
 ) -> Response {
     let request_id = req
         .extensions_mut()
         .remove::<RequestId>()
         .map_or_else(String::new, |r| r.0);
+    let responses = native.as_ref().map(|n| n.echo.clone());
     let ctx = Ctx::new(shared.clone(), request_id, endpoint, responses);
     let Some(snapshot) = shared.table.load_full() else {
         let mut e = ApiError::new(

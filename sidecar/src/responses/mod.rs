@@ -109,16 +109,20 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response {
     let (parts, _) = req.into_parts();
     let req = Request::from_parts(parts, Bytes::from(chat));
     let native = Native {
+        echo: Arc::new(echo),
         body: native_body,
         only_native,
         pinned,
     };
-    proxy::handle_responses(shared, req, Arc::new(echo), Box::new(native)).await
+    proxy::handle_responses(shared, req, Box::new(native)).await
 }
 
-/// What a Responses request sends to native targets, and where it may go.
+/// What a Responses request sends to native targets, where it may go, and what a translated
+/// answer repeats.
 #[derive(Debug)]
 pub struct Native {
+    /// The request fields a translated answer repeats.
+    pub echo: Echo,
     /// The client's body (known `item_reference`s replaced by their items).
     pub body: RequestBody,
     /// Why it cannot be translated, when it cannot: only native targets may serve it, and
