@@ -140,6 +140,11 @@ pub async fn serve<S: Serve>(
     // When the connection was asked to close (idle too long, or shutdown); it is dropped once
     // it has had no request in flight for [`GRACE`] since then.
     let mut closing: Option<Instant> = None;
+    // One timer for the connection's life, moved only when it fires or when the deadline
+    // comes earlier: a request that starts and ends within the idle timeout touches no timer
+    // (the deadline only moves later then, and is checked again when the timer fires).
+    let timer = tokio::time::sleep_until(Instant::now() + limits.idle);
+    tokio::pin!(timer);
     let ended = loop {
         // Registered before the count is read, so a change in between is not missed.
         let changed = activity.changed.notified();
@@ -152,19 +157,36 @@ pub async fn serve<S: Serve>(
             Some(asked) => idle_since.map(|since| since.max(asked) + GRACE),
             None => idle_since.map(|since| since + limits.idle),
         };
+        if let Some(at) = deadline
+            && at < timer.deadline()
+        {
+            timer.as_mut().reset(at);
+        }
         tokio::select! {
+            biased;
             r = conn.as_mut() => break r,
-            () = changed => {}
+            // A request started or ended (maybe both, within one poll of the connection):
+            // idle, if at all, only from now.
+            () = changed => idle_since = None,
             _ = shutdown.wait_for(|s| *s), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
             }
-            () = sleep_until(deadline) => {
-                if closing.is_some() {
-                    break Ok(());
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                match deadline {
+                    Some(at) if at <= now => {
+                        if closing.is_some() {
+                            break Ok(());
+                        }
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(now);
+                    }
+                    // Not idle that long (yet): look again at the deadline, or, while a
+                    // request is in flight, one idle timeout from now.
+                    Some(at) => timer.as_mut().reset(at),
+                    None => timer.as_mut().reset(now + limits.idle),
                 }
-                conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now());
             }
         }
     };
@@ -177,13 +199,6 @@ pub async fn serve<S: Serve>(
         linger(tcp, limits.linger).await;
     }
     drop(permit);
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Counts and audits a request hyper refused itself (it has written the 400 or 431).

@@ -413,6 +413,57 @@ async fn idle_connections_are_closed_on_one_clock() {
     sc.stop().await;
 }
 
+/// Whether `got` holds a whole answer: a head with `content-length` and that many bytes after it.
+fn whole_answer(got: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(got);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| body.len() >= len)
+}
+
+/// The idle clock starts again at each answer: a keep-alive connection whose requests come
+/// closer together than the idle timeout stays open past it, and closes once they stop.
+#[tokio::test]
+async fn the_idle_clock_restarts_at_each_answer() {
+    let sc = start_with_conn_limits(ROUTES, 1 << 20, limits(300, 5_000, 100)).await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..6 {
+        s.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The whole answer: its head, then content-length bytes of body.
+        let mut got = Vec::new();
+        while !whole_answer(&got) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed while requests kept coming, after {:?}",
+                started.elapsed()
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(closes_within(&mut s, Duration::from_secs(5)).await, "stays open");
+    sc.stop().await;
+}
+
 /// A client that sends a request and never reads its (large) answer is disconnected after
 /// the write timeout, and its connection no longer counts as open.
 #[tokio::test]
