@@ -6,6 +6,7 @@
 #   bash bench/run.sh                 # builds the release binary, 3 runs x 5 s per case
 #   RUNS=5 DURATION=10 bash bench/run.sh
 #   SIDECAR_ARGS="--worker-threads 2" bash bench/run.sh   # extra flags for the sidecar
+#   BIN=/path/to/detour-sidecar bash bench/run.sh          # another build (no cargo build)
 #
 # Needs wrk and nginx-light (Debian; installed if missing) and python3. Everything listens
 # on 127.0.0.1 only, and every process this script starts is stopped by its PID on exit.
@@ -18,8 +19,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/detour/target}"
 command -v python3 >/dev/null || { echo "missing python3"; exit 1; }
 . bench/lib.sh
 need wrk:wrk nginx:nginx-light
-cargo build -q --release -p detour-sidecar --bins
-BIN="$CARGO_TARGET_DIR/release/detour-sidecar"
+if [ -z "${BIN:-}" ]; then
+  cargo build -q --release -p detour-sidecar --bins
+  BIN="$CARGO_TARGET_DIR/release/detour-sidecar"
+fi
 
 # 1,000 concurrent connections need more than the usual 1,024 descriptors.
 ulimit -n 8192 2>/dev/null || true
