@@ -16,7 +16,6 @@ use std::time::Duration;
 use detour_api::ModelRoute;
 use detour_api::crd::{ModelRouteStatus, TargetHealthStatus};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
@@ -24,7 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::controller::MANAGER;
+use crate::controller::status::apply_status;
 use crate::fleet::{RouteHealth, TargetState};
 use crate::fleet_gather::Fleet;
 
@@ -173,7 +172,6 @@ pub async fn run(
     metrics: crate::metrics::Metrics,
 ) {
     let mut last_write: HashMap<(String, String), Instant> = HashMap::new();
-    let params = PatchParams::apply(MANAGER).force();
     while fleet.changed().await.is_ok() {
         let snapshot = fleet.borrow_and_update().clone();
         let (now, wall) = (Instant::now(), Timestamp::now());
@@ -197,13 +195,7 @@ pub async fn run(
                 targets: desired.clone(),
                 ..current.clone()
             };
-            let body = serde_json::json!({
-                "apiVersion": ModelRoute::api_version(&()),
-                "kind": ModelRoute::kind(&()),
-                "status": status,
-            });
-            let api: Api<ModelRoute> = Api::namespaced(client.clone(), &ns);
-            if let Err(e) = api.patch_status(&key.1, &params, &Patch::Apply(&body)).await {
+            if let Err(e) = apply_status::<ModelRoute>(&client, &ns, &key.1, &status).await {
                 warn!(namespace = %ns, route = %key.1, error = %e, "cannot write the live health of targets");
                 continue;
             }

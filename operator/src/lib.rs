@@ -1,8 +1,7 @@
 //! `detour-operator`: reconciles ModelRoutes and RoutingPolicies into the per-namespace
 //! `detour-routes` ConfigMap, and injects the sidecar into pods that opt in.
 //!
-//! - [`controller`]: the route controller (dereference → compile → apply → status);
-//! - [`status`]: the pure status rules;
+//! - [`controller`]: the route controller (gather → compile → apply → status, a module each);
 //! - [`fleet`], [`fleet_gather`], [`fleet_status`]: fleet health (the sidecars' breakers, gathered and
 //!   aggregated per namespace, written into ModelRoute status, and sent back to them);
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease;
@@ -22,7 +21,6 @@ pub mod leader;
 pub mod metrics;
 pub mod rbac;
 pub mod server;
-pub mod status;
 pub mod webhook;
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour_api::RouteTable;
+use detour_api::{Input, RouteTable, SecretIndex, compile};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{ObjectMeta, PartialObjectMeta};
 use kube::core::PartialObjectMetaExt;
