@@ -1204,7 +1204,7 @@ fn respond(
                 _busy: ok.busy,
             };
             let encoder = match guard.ctx.as_ref().and_then(|c| c.responses.clone()) {
-                Some(_) if ok.native => Encoder::Native(crate::responses::native::Encoder),
+                Some(_) if ok.native => Encoder::Native(crate::responses::native::Encoder::new(route_model)),
                 Some(echo) => Encoder::responses(echo, route_model),
                 None => Encoder::chat(route_model),
             };

@@ -552,3 +552,25 @@ async fn known_item_references_are_inlined_for_native_targets() {
     assert_eq!(up["model"], "up-n");
     sc.stop().await;
 }
+
+/// Under `responseModel: route` a native answer names the route's id as its `model`: the
+/// Response object, and the events of a stream that carry it; other events pass as they came.
+#[tokio::test]
+async fn route_model_in_native_answers() {
+    let native = NativeFake::start().await;
+    let yaml =
+        policy("p", "  responseModel: route") + &mixed_route("m/r", &[("n", native.endpoint("n"), true)]);
+    let sc = start(&yaml).await;
+    let r = post(&sc, &json!({"model": "m/r", "input": "hi"})).await;
+    assert_eq!(r.json()["model"], "m/r", "{}", r.text());
+    let r = post(&sc, &json!({"model": "m/r", "input": "hi", "stream": true})).await;
+    assert!(r.complete);
+    let text = r.text();
+    let ev = events(&text);
+    for v in ev.iter().filter(|v| v.get("response").is_some()) {
+        assert_eq!(v["response"]["model"], "m/r", "{v}");
+    }
+    assert_eq!(ev.len(), 4);
+    assert!(text.contains("event: response.completed\ndata: {"), "{text}");
+    sc.stop().await;
+}

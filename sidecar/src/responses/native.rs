@@ -18,7 +18,7 @@
 //! A native stream is never continued on another target (continuation rewrites chat chunks).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -28,6 +28,7 @@ use crate::class::Class;
 use crate::encode::Out;
 use crate::providers::answer::Usage;
 use crate::providers::{Event, Failure, sse};
+use crate::state::RouteRt;
 
 /// One event of a native Responses stream, as the provider framed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,15 +167,35 @@ where
     Box::pin(sse::frames(body, parse_event))
 }
 
-/// Writes a committed native stream for its client: the provider's events as they came; a
-/// break as the Responses API's `error` event (the shape OpenAI's SDKs raise on).
+/// Writes a committed native stream for its client: the provider's events as they came (under
+/// `responseModel: route`, the events that carry the response object name the route's id as
+/// its `model`); a break as the Responses API's `error` event (the shape OpenAI's SDKs raise
+/// on).
 #[derive(Debug, Default)]
-pub struct Encoder;
+pub struct Encoder {
+    /// The route whose id the response's `model` names (`None`: the provider's).
+    route_model: Option<Arc<RouteRt>>,
+}
 
 impl Encoder {
+    pub const fn new(route_model: Option<Arc<RouteRt>>) -> Self {
+        Self { route_model }
+    }
+
     pub fn encode(&mut self, out: Out<'_>) -> Bytes {
         match out {
-            Out::Passed(raw) | Out::Opaque(raw) => {
+            Out::Passed(raw) => {
+                if let Some(route) = &self.route_model
+                    && let Some(b) = with_route_model(&raw, &route.route.model)
+                {
+                    return b;
+                }
+                let mut b = Vec::with_capacity(raw.len() + 2);
+                b.extend_from_slice(&raw);
+                b.extend_from_slice(b"\n\n");
+                Bytes::from(b)
+            }
+            Out::Opaque(raw) => {
                 let mut b = Vec::with_capacity(raw.len() + 2);
                 b.extend_from_slice(&raw);
                 b.extend_from_slice(b"\n\n");
@@ -192,6 +213,23 @@ impl Encoder {
             ),
         }
     }
+}
+
+/// An event whose data carries the response object (`response.created`, `…completed`, …)
+/// written again with `model` as the response's `model`; `None` for every other event, which
+/// is passed on as it came.
+fn with_route_model(raw: &[u8], model: &str) -> Option<Bytes> {
+    // Only the lifecycle events hold the response object: the text deltas are not parsed.
+    memchr::memmem::find(raw, b"\"response\"")?;
+    let mut v: Value = serde_json::from_slice(&data_of(raw)?).ok()?;
+    let kind = v.get("type")?.as_str()?.to_owned();
+    let r = v.get_mut("response")?.as_object_mut()?;
+    r.get("model")?;
+    r.insert("model".to_owned(), Value::from(model));
+    let mut out = format!("event: {kind}\ndata: ").into_bytes();
+    serde_json::to_writer(&mut out, &v).ok()?;
+    out.extend_from_slice(b"\n\n");
+    Some(Bytes::from(out))
 }
 
 fn error_event(code: &str, message: &str) -> Bytes {
@@ -370,7 +408,7 @@ mod tests {
     /// A break is one Responses `error` event the SDKs raise on.
     #[test]
     fn a_break_is_an_error_event() {
-        let out = Encoder.encode(Out::Broken {
+        let out = Encoder::default().encode(Out::Broken {
             target: "primary",
             class: Class::Reset,
         });
@@ -379,7 +417,7 @@ mod tests {
         let v: Value = serde_json::from_str(data.trim_end()).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["code"], "reset");
-        assert!(Encoder.encode(Out::Complete).is_empty());
+        assert!(Encoder::default().encode(Out::Complete).is_empty());
     }
 
     /// Pins are found by id and bounded, oldest out first.
