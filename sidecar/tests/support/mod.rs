@@ -244,6 +244,22 @@ impl Sidecar {
         .await
     }
 
+    /// `POST /v1/chat/completions` with `body` over h2c (HTTP/2 with prior knowledge), within
+    /// 5 s; the response with its body unread.
+    pub async fn h2c_chat(&self, body: &Value) -> http::Response<hyper::body::Incoming> {
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        let req = Request::post(format!("http://{}/v1/chat/completions", self.addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), client.request(req))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     pub async fn chat_stream(&self, model: &str) -> Reply {
         let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
         self.send("POST", "/v1/chat/completions", Bytes::from(body.to_string()), &[])
@@ -352,6 +368,61 @@ pub fn route(model: &str, policy: &str, targets: &[(&str, String)]) -> String {
         ));
     }
     out
+}
+
+/// A route `model` under `policy` with target `primary` on the fake's stub `primary_stub` and
+/// target `backup` on `backup_stub`.
+pub fn fallback_route(
+    fake: &detour_fake_upstream::openai::Fake,
+    model: &str,
+    policy: &str,
+    primary_stub: &str,
+    backup_stub: &str,
+) -> String {
+    route(
+        model,
+        policy,
+        &[
+            ("primary", fake.endpoint(primary_stub)),
+            ("backup", fake.endpoint(backup_stub)),
+        ],
+    )
+}
+
+/// Policy `p` with the short bounds of the stream tests: first event 200 ms, 300 ms between
+/// events, a non-streaming attempt 400 ms, `total` until committed; `extra` spec lines after.
+pub fn short_policy(total: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata:
+  name: p
+spec:
+  retry:
+    attempts: 1
+    on: ["5xx", "429", "timeout", "connect-error"]
+  timeouts:
+    firstByte: 200ms
+    streamIdle: 300ms
+    perAttempt: 400ms
+    total: {total}
+{extra}
+"#
+    )
+}
+
+/// One openai-compatible target `name` (model `up-<name>`) at `endpoint`, with `extra` lines.
+pub fn target_yaml(name: &str, endpoint: &str, extra: &str) -> String {
+    format!(
+        "    - name: {name}\n      provider: openai-compatible\n      model: up-{name}\n      endpoint: {endpoint}\n{extra}"
+    )
+}
+
+/// A route `model` under `policy` over `targets` (as [`target_yaml`] writes them), `rules` after.
+pub fn route_yaml(model: &str, policy: &str, targets: &str, rules: &str) -> String {
+    format!(
+        "---\napiVersion: detour.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: {model}\nspec:\n  model: {model}\n  policyRef: {{name: {policy}}}\n  targets:\n{targets}{rules}"
+    )
 }
 
 pub fn compiled_json(yaml: &str) -> String {

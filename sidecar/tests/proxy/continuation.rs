@@ -9,35 +9,17 @@
     reason = "integration tests: a failed unwrap is a failed test"
 )]
 
-#[expect(dead_code, reason = "shared test support; this file uses part of it")]
-mod support;
-
+use crate::support::{Reply, Sidecar, fallback_route, metric, route, short_policy, start};
 use bytes::Bytes;
 use detour_fake_upstream::openai::{Fake, Step, Tail};
 use detour_sidecar::class::Class;
 use serde_json::{Value, json};
-use support::{Reply, Sidecar, metric, route, start};
 
 /// Short bounds (first event 200 ms, 300 ms between events), continuation on.
 fn policy(extra: &str) -> String {
-    format!(
-        r#"apiVersion: detour.dev/v1alpha1
-kind: RoutingPolicy
-metadata:
-  name: p
-spec:
-  retry:
-    attempts: 1
-    on: ["5xx", "429", "timeout", "connect-error"]
-  timeouts:
-    firstByte: 200ms
-    streamIdle: 300ms
-    perAttempt: 400ms
-    total: 2s
-  streaming:
-    continueOnFailure: true
-{extra}
-"#
+    short_policy(
+        "2s",
+        &format!("  streaming:\n    continueOnFailure: true\n{extra}"),
     )
 }
 
@@ -79,6 +61,12 @@ fn say(texts: Vec<&'static str>, tail: Tail) -> Step {
         gap_ms: 20,
         tail,
     }
+}
+
+/// Stub `first` streams "a b " and is cut; stub `next` finishes with "c.".
+fn script_cut_then_next(fake: &Fake) {
+    fake.script("first", vec![say(vec!["a ", "b "], Tail::Cut)]);
+    fake.script("next", vec![say(vec!["c."], Tail::Done)]);
 }
 
 async fn stream(sc: &Sidecar, model: &str, extra: Value, headers: &[(&str, &str)]) -> Reply {
@@ -131,30 +119,9 @@ async fn broken_streams_are_finished_by_the_next_target() {
         }],
     );
     let yaml = policy("")
-        + &route(
-            "cut",
-            "p",
-            &[
-                ("primary", fake.endpoint("cut")),
-                ("backup", fake.endpoint("next")),
-            ],
-        )
-        + &route(
-            "stall",
-            "p",
-            &[
-                ("primary", fake.endpoint("stall")),
-                ("backup", fake.endpoint("next")),
-            ],
-        )
-        + &route(
-            "err",
-            "p",
-            &[
-                ("primary", fake.endpoint("err")),
-                ("backup", fake.endpoint("next")),
-            ],
-        );
+        + &fallback_route(&fake, "cut", "p", "cut", "next")
+        + &fallback_route(&fake, "stall", "p", "stall", "next")
+        + &fallback_route(&fake, "err", "p", "err", "next");
     let mut sc = start(&yaml).await;
     for (model, class) in [
         ("cut", Class::Reset),
@@ -221,17 +188,8 @@ async fn broken_streams_are_finished_by_the_next_target() {
 #[tokio::test]
 async fn usage_of_both_attempts_is_summed() {
     let fake = Fake::start().await;
-    fake.script("first", vec![say(vec!["a ", "b "], Tail::Cut)]);
-    fake.script("next", vec![say(vec!["c."], Tail::Done)]);
-    let yaml = policy("")
-        + &route(
-            "m",
-            "p",
-            &[
-                ("primary", fake.endpoint("first")),
-                ("backup", fake.endpoint("next")),
-            ],
-        );
+    script_cut_then_next(&fake);
+    let yaml = policy("") + &fallback_route(&fake, "m", "p", "first", "next");
     let mut sc = start(&yaml).await;
     let r = stream(&sc, "m", json!({}), &[]).await;
     let (text, _, finishes) = read(&r);
@@ -269,22 +227,8 @@ async fn guards_end_the_stream_as_before() {
     fake.script("tool", vec![Step::ToolCut]);
     fake.script("next", vec![say(vec!["c."], Tail::Done)]);
     let yaml = policy("")
-        + &route(
-            "m",
-            "p",
-            &[
-                ("primary", fake.endpoint("first")),
-                ("backup", fake.endpoint("next")),
-            ],
-        )
-        + &route(
-            "t",
-            "p",
-            &[
-                ("primary", fake.endpoint("tool")),
-                ("backup", fake.endpoint("next")),
-            ],
-        );
+        + &fallback_route(&fake, "m", "p", "first", "next")
+        + &fallback_route(&fake, "t", "p", "tool", "next");
     let mut sc = start(&yaml).await;
     let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}});
     let cases: [Case; 5] = [
@@ -384,8 +328,7 @@ async fn a_refusing_target_is_skipped_and_none_left_is_an_error() {
 #[tokio::test]
 async fn off_by_default_and_per_request() {
     let fake = Fake::start().await;
-    fake.script("first", vec![say(vec!["a ", "b "], Tail::Cut)]);
-    fake.script("next", vec![say(vec!["c."], Tail::Done)]);
+    script_cut_then_next(&fake);
     let plain = policy("")
         .replace("  streaming:\n    continueOnFailure: true\n", "")
         .replace("name: p", "name: plain");
@@ -429,17 +372,8 @@ async fn off_by_default_and_per_request() {
 #[tokio::test]
 async fn a_responses_stream_is_continued_too() {
     let fake = Fake::start().await;
-    fake.script("first", vec![say(vec!["a ", "b "], Tail::Cut)]);
-    fake.script("next", vec![say(vec!["c."], Tail::Done)]);
-    let yaml = policy("")
-        + &route(
-            "m",
-            "p",
-            &[
-                ("primary", fake.endpoint("first")),
-                ("backup", fake.endpoint("next")),
-            ],
-        );
+    script_cut_then_next(&fake);
+    let yaml = policy("") + &fallback_route(&fake, "m", "p", "first", "next");
     let mut sc = start(&yaml).await;
     let body = json!({"model": "m", "stream": true, "input": "tell me"});
     let r = sc

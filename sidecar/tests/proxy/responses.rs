@@ -6,13 +6,10 @@
     reason = "integration tests: a failed unwrap is a failed test"
 )]
 
-#[expect(dead_code, reason = "shared test support; this file uses part of it")]
-mod support;
-
+use crate::support::{fallback_route, policy, route, start};
 use bytes::Bytes;
 use detour_fake_upstream::openai::{Fake, Step};
 use serde_json::{Value, json};
-use support::{policy, route, start};
 
 fn events(text: &str) -> Vec<Value> {
     text.split("\n\n")
@@ -33,15 +30,7 @@ fn events(text: &str) -> Vec<Value> {
 async fn json_answer_after_failover() {
     let fake = Fake::start().await;
     fake.script("primary", vec![Step::Status(503)]);
-    let yaml = policy("p", "")
-        + &route(
-            "m/a",
-            "p",
-            &[
-                ("primary", fake.endpoint("primary")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        );
+    let yaml = policy("p", "") + &fallback_route(&fake, "m/a", "p", "primary", "backup");
     let mut sc = start(&yaml).await;
     let body = json!({"model": "m/a", "instructions": "be brief", "input": "hi", "store": false,
                       "tools": [{"type": "function", "name": "get", "parameters": {"type": "object"}, "strict": false}]});

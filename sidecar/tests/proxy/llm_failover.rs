@@ -9,37 +9,18 @@
     reason = "integration tests: a failed unwrap is a failed test"
 )]
 
-#[expect(dead_code, reason = "shared test support; this file uses part of it")]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Sidecar, fallback_route, metric, route, short_policy, start};
 use detour_fake_upstream::openai::{Fake, Step, Tail};
 use detour_sidecar::class::Class;
 use serde_json::{Value, json};
-use support::{Sidecar, metric, route, start};
 use tokio::time::Instant;
 
 /// A policy with short bounds: first event 200 ms, 300 ms between events, a non-streaming
 /// attempt 400 ms, 1 s until committed.
 fn policy(extra: &str) -> String {
-    format!(
-        r#"apiVersion: detour.dev/v1alpha1
-kind: RoutingPolicy
-metadata:
-  name: p
-spec:
-  retry:
-    attempts: 1
-    on: ["5xx", "429", "timeout", "connect-error"]
-  timeouts:
-    firstByte: 200ms
-    streamIdle: 300ms
-    perAttempt: 400ms
-    total: 1s
-{extra}
-"#
-    )
+    short_policy("1s", extra)
 }
 
 /// The `data:` payloads of an SSE body, `[DONE]` as the string.
@@ -168,30 +149,9 @@ async fn timeouts_are_not_retried_on_the_same_target_by_default() {
         "  retry:\n    attempts: 1\n    on: [\"5xx\", \"429\", \"timeout\", \"connect-error\"]\n",
         three,
     ) + optin
-        + &route(
-            "silent",
-            "p",
-            &[
-                ("primary", fake.endpoint("silent")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        )
-        + &route(
-            "broken",
-            "p",
-            &[
-                ("primary", fake.endpoint("broken")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        )
-        + &route(
-            "optin",
-            "q",
-            &[
-                ("primary", fake.endpoint("silent2")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        );
+        + &fallback_route(&fake, "silent", "p", "silent", "backup")
+        + &fallback_route(&fake, "broken", "p", "broken", "backup")
+        + &fallback_route(&fake, "optin", "q", "silent2", "backup");
     let mut sc = start(&yaml).await;
     let t = Instant::now();
     let r = sc.chat_stream("silent").await;
@@ -317,19 +277,8 @@ async fn broken_streams_reset_the_h2_stream_after_the_error_event() {
     fake.script("primary", vec![Step::StreamBreak(2)]);
     let yaml = policy("") + &route("m", "p", &[("primary", fake.endpoint("primary"))]);
     let mut sc = start(&yaml).await;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
     let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let req = http::Request::post(format!("http://{}/v1/chat/completions", sc.addr))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = sc.h2c_chat(&body).await;
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let id = resp.headers()["x-detour-request-id"].to_str().unwrap().to_owned();
     let mut body = resp.into_body();
@@ -371,14 +320,7 @@ async fn a_target_that_breaks_every_stream_trips_its_breaker() {
     fake.script("primary", vec![Step::StreamBreak(1)]);
     fake.script("backup", vec![Step::Stream(1)]);
     let yaml = policy("  health:\n    failureThreshold: 3\n    cooldown: 30s\n")
-        + &route(
-            "m",
-            "p",
-            &[
-                ("primary", fake.endpoint("primary")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        );
+        + &fallback_route(&fake, "m", "p", "primary", "backup");
     let mut sc = start(&yaml).await;
     for _ in 0..3 {
         let r = sc.chat_stream("m").await;
@@ -499,14 +441,7 @@ async fn content_policy_violation_is_a_content_filter() {
         )],
     );
     let yaml = policy("").replace("\"connect-error\"]", "\"connect-error\", \"content-filter\"]")
-        + &route(
-            "m",
-            "p",
-            &[
-                ("primary", fake.endpoint("primary")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        );
+        + &fallback_route(&fake, "m", "p", "primary", "backup");
     let mut sc = start(&yaml).await;
     let r = sc.chat("m", &[]).await;
     assert_eq!(r.header("x-detour-target"), "backup");
@@ -555,14 +490,7 @@ async fn recovered_target_is_back_within_one_cooldown() {
     fake.script("primary", vec![Step::Hang]);
     let yaml = policy(
         "  health:\n    failureThreshold: 1\n    cooldown: 300ms\n    halfOpenProbes: 1\n    probeFirstByte: 50ms\n",
-    ) + &route(
-        "m",
-        "p",
-        &[
-            ("primary", fake.endpoint("primary")),
-            ("backup", fake.endpoint("backup")),
-        ],
-    );
+    ) + &fallback_route(&fake, "m", "p", "primary", "backup");
     let mut sc = start(&yaml).await;
     let r = sc.chat_stream("m").await;
     assert_eq!(r.header("x-detour-target"), "backup");
@@ -594,14 +522,7 @@ async fn the_model_is_the_one_that_served() {
     fake.script("backup", vec![Step::Ok, Step::Stream(2)]);
     fake.script("r", vec![Step::Ok, Step::Stream(2)]);
     let yaml = policy("")
-        + &route(
-            "m",
-            "p",
-            &[
-                ("primary", fake.endpoint("primary")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        )
+        + &fallback_route(&fake, "m", "p", "primary", "backup")
         + "---\napiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata:\n  name: q\nspec:\n  responseModel: route\n  streaming: {assemble: false}\n"
         + &route("r", "q", &[("primary", fake.endpoint("r"))]);
     let sc = start(&yaml).await;
@@ -640,25 +561,11 @@ async fn non_streaming_requests_fail_over_from_a_hung_provider_after_first_byte(
         }],
     );
     let yaml = policy("")
-        + &route(
-            "hung",
-            "p",
-            &[
-                ("primary", fake.endpoint("hung")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        )
+        + &fallback_route(&fake, "hung", "p", "hung", "backup")
         + "---\napiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata:\n  name: long\nspec:\n  timeouts: {firstByte: 200ms, streamIdle: 300ms, perAttempt: 3s, total: 3s}\n"
         + &route("alive", "long", &[("primary", fake.endpoint("alive"))])
         + "---\napiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata:\n  name: plain\nspec:\n  streaming: {assemble: false}\n  timeouts: {firstByte: 200ms, perAttempt: 400ms, total: 1s}\n"
-        + &route(
-            "plain",
-            "plain",
-            &[
-                ("primary", fake.endpoint("hung2")),
-                ("backup", fake.endpoint("backup")),
-            ],
-        );
+        + &fallback_route(&fake, "plain", "plain", "hung2", "backup");
     let mut sc = start(&yaml).await;
     let r = sc.chat("hung", &[]).await;
     assert_eq!(r.status, 200);
