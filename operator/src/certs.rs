@@ -841,9 +841,9 @@ mod manager_tests {
         assert!(m.held_ca_key().is_none());
     }
 
-    /// A Secret written by an earlier version, with the CA key in it.
-    fn legacy_secret() -> Secret {
-        let (bundle, key) = issue(
+    /// A new CA and serving certificate for the webhook's Service, as a first start issues.
+    fn fresh() -> (Bundle, CaKey) {
+        issue(
             Plan::RenewAll,
             None,
             None,
@@ -852,7 +852,12 @@ mod manager_tests {
             &Validity::default(),
         )
         .unwrap()
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A Secret written by an earlier version, with the CA key in it.
+    fn legacy_secret() -> Secret {
+        let (bundle, key) = fresh();
         let mut secret = to_secret("detour-webhook-tls", "detour-system", &bundle);
         if let Some(data) = secret.data.as_mut() {
             data.insert(LEGACY_CA_KEY.into(), ByteString(key.key.into_bytes()));
@@ -898,16 +903,7 @@ mod manager_tests {
         let (client, v) = crate::verifier::mock_client();
         let dir = std::env::temp_dir().join(format!("detour-certs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (bundle, _) = issue(
-            Plan::RenewAll,
-            None,
-            None,
-            &dns_names("detour-webhook", "detour-system"),
-            Timestamp::now(),
-            &Validity::default(),
-        )
-        .unwrap()
-        .unwrap();
+        let (bundle, _) = fresh();
         std::fs::write(dir.join(TLS_CERT), &bundle.cert).unwrap();
         std::fs::write(dir.join(TLS_KEY), &bundle.key).unwrap();
         let mut m = manager(client);

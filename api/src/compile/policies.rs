@@ -13,7 +13,8 @@ use super::diagnostics::{Diagnostic, Diags, ObjectKey, Reason, Severity};
 use super::fields::Fields;
 use super::rules;
 use crate::crd::{
-    ModelRoute, ResponseModel, RetryOn, RoutingPolicy, RoutingPolicySpec, RuleSpec, Scorer, Strategy,
+    ModelRoute, ResponseModel, RetryOn, RoutingPolicy, RoutingPolicySpec, RuleSpec, Scorer, ScoringSpec,
+    Strategy,
 };
 use crate::defaults;
 use crate::table::{Health, Overrides, Policy, Retry, Scoring, Streaming, Timeouts};
@@ -174,7 +175,6 @@ pub(super) fn resolve(
     let health = spec.health.clone().unwrap_or_default();
     let error_rate = health.error_rate.clone().unwrap_or_default();
     let overrides = spec.overrides.clone().unwrap_or_default();
-    let scoring = spec.scoring.clone().unwrap_or_default();
 
     let on = match &retry.on {
         None => d.retry.on.clone(),
@@ -305,33 +305,7 @@ pub(super) fn resolve(
         None => Some(None),
         Some(v) => f.duration(Some(v), 0, "spec.health.latencyThreshold").map(Some),
     };
-    // Unset thresholds stay unset: each cost/quality strategy has its own defaults, and a tag
-    // rule may switch strategy per request (see `table::Scoring`).
-    let simple_below = scoring
-        .simple_below
-        .map(|v| f.ratio(Some(v), 0.0, "spec.scoring.simpleBelow"));
-    let complex_above = scoring
-        .complex_above
-        .map(|v| f.ratio(Some(v), 0.0, "spec.scoring.complexAbove"));
-    let cheap_share = scoring
-        .cheap_share
-        .map(|v| f.ratio(Some(v), 0.5, "spec.scoring.cheapShare"));
-    if cheap_share.is_some() && (simple_below.is_some() || complex_above.is_some()) {
-        f.error(
-            "spec.scoring.cheapShare",
-            Reason::InvalidSpec,
-            "cheapShare replaces simpleBelow and complexAbove: set the share or the thresholds".to_owned(),
-        );
-    }
-    if let (Some(lo), Some(hi)) = (simple_below, complex_above)
-        && lo > hi
-    {
-        f.error(
-            "spec.scoring.simpleBelow",
-            Reason::InvalidSpec,
-            format!("{lo} exceeds scoring.complexAbove ({hi})"),
-        );
-    }
+    let scoring = scoring(spec.scoring.clone().unwrap_or_default(), f);
     for (i, rule) in spec.rules.iter().flatten().enumerate() {
         rules::check_shape(rule, &format!("spec.rules[{i}]"), f);
     }
@@ -396,27 +370,8 @@ pub(super) fn resolve(
                 .allow_disable_fallback
                 .unwrap_or(d.overrides.allow_disable_fallback),
         },
-        scoring: Scoring {
-            simple_below,
-            complex_above,
-            disabled: scoring.disabled.unwrap_or(false),
-            // Thresholds written without naming a scorer were tuned on `v1`, the only one
-            // there was: they keep it. Everything else gets the current default.
-            scorer: scoring
-                .scorer
-                .unwrap_or(if simple_below.is_some() || complex_above.is_some() {
-                    Scorer::V1
-                } else {
-                    Scorer::default()
-                }),
-            cheap_share,
-        },
-        response_model: match (spec.response_model, spec.expose_upstream_model) {
-            (Some(m), _) => m,
-            (None, Some(true)) => ResponseModel::Upstream,
-            (None, Some(false)) => ResponseModel::Route,
-            (None, None) => d.response_model,
-        },
+        scoring,
+        response_model: response_model(spec, d.response_model),
         streaming: Streaming {
             assemble: spec
                 .streaming
@@ -444,4 +399,61 @@ pub(super) fn resolve(
         policy,
         rules: spec.rules.clone().unwrap_or_default(),
     })
+}
+
+/// The cost/quality strategies' thresholds.
+fn scoring(scoring: ScoringSpec, f: &mut Fields<'_>) -> Scoring {
+    // Unset thresholds stay unset: each cost/quality strategy has its own defaults, and a tag
+    // rule may switch strategy per request (see `table::Scoring`).
+    let simple_below = scoring
+        .simple_below
+        .map(|v| f.ratio(Some(v), 0.0, "spec.scoring.simpleBelow"));
+    let complex_above = scoring
+        .complex_above
+        .map(|v| f.ratio(Some(v), 0.0, "spec.scoring.complexAbove"));
+    let cheap_share = scoring
+        .cheap_share
+        .map(|v| f.ratio(Some(v), 0.5, "spec.scoring.cheapShare"));
+    if cheap_share.is_some() && (simple_below.is_some() || complex_above.is_some()) {
+        f.error(
+            "spec.scoring.cheapShare",
+            Reason::InvalidSpec,
+            "cheapShare replaces simpleBelow and complexAbove: set the share or the thresholds".to_owned(),
+        );
+    }
+    if let (Some(lo), Some(hi)) = (simple_below, complex_above)
+        && lo > hi
+    {
+        f.error(
+            "spec.scoring.simpleBelow",
+            Reason::InvalidSpec,
+            format!("{lo} exceeds scoring.complexAbove ({hi})"),
+        );
+    }
+    Scoring {
+        simple_below,
+        complex_above,
+        disabled: scoring.disabled.unwrap_or(false),
+        // Thresholds written without naming a scorer were tuned on `v1`, the only one there
+        // was: they keep it. Everything else gets the current default.
+        scorer: scoring
+            .scorer
+            .unwrap_or(if simple_below.is_some() || complex_above.is_some() {
+                Scorer::V1
+            } else {
+                Scorer::default()
+            }),
+        cheap_share,
+    }
+}
+
+/// What the `model` of answers says; the deprecated `exposeUpstreamModel` when
+/// `responseModel` is not set.
+fn response_model(spec: &RoutingPolicySpec, default: ResponseModel) -> ResponseModel {
+    match (spec.response_model, spec.expose_upstream_model) {
+        (Some(m), _) => m,
+        (None, Some(true)) => ResponseModel::Upstream,
+        (None, Some(false)) => ResponseModel::Route,
+        (None, None) => default,
+    }
 }

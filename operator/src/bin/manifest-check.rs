@@ -274,23 +274,28 @@ fn check_rbac(docs: &[Value], certs: Certs) -> Vec<String> {
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == "detour-operator")
     };
     let mut findings = Vec::new();
-    match find("ClusterRole").map(ClusterRole::deserialize) {
-        Some(Ok(role)) => findings.extend(compare(
-            "ClusterRole detour-operator",
-            grants_of(role.rules.as_deref().unwrap_or_default()),
-            needed(&rbac::cluster(certs)),
-        )),
-        Some(Err(e)) => findings.push(format!("ClusterRole detour-operator does not parse: {e}")),
-        None => findings.push("no ClusterRole detour-operator".to_owned()),
-    }
-    match find("Role").map(Role::deserialize) {
-        Some(Ok(role)) => findings.extend(compare(
-            "Role detour-operator",
-            grants_of(role.rules.as_deref().unwrap_or_default()),
-            needed(&rbac::namespaced(certs)),
-        )),
-        Some(Err(e)) => findings.push(format!("Role detour-operator does not parse: {e}")),
-        None => findings.push("no Role detour-operator".to_owned()),
+    let roles = [
+        (
+            "ClusterRole",
+            find("ClusterRole").map(|d| ClusterRole::deserialize(d).map(|r| r.rules)),
+            rbac::cluster(certs),
+        ),
+        (
+            "Role",
+            find("Role").map(|d| Role::deserialize(d).map(|r| r.rules)),
+            rbac::namespaced(certs),
+        ),
+    ];
+    for (kind, rules, calls) in roles {
+        match rules {
+            Some(Ok(rules)) => findings.extend(compare(
+                &format!("{kind} detour-operator"),
+                grants_of(rules.as_deref().unwrap_or_default()),
+                needed(&calls),
+            )),
+            Some(Err(e)) => findings.push(format!("{kind} detour-operator does not parse: {e}")),
+            None => findings.push(format!("no {kind} detour-operator")),
+        }
     }
     let what = format!("ClusterRole {}", rbac::CREDENTIALS_READER_ROLE);
     let reader = docs
