@@ -11,13 +11,8 @@ that appears later is picked up; and no key value ever shows in stdout, stderr, 
 `/metrics`, `/readyz` or the health report.
 """
 
-import binascii
-import hashlib
-import hmac
-import http.server
 import json
 import os
-import struct
 import subprocess
 import threading
 import time
@@ -28,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from support import free_port, stop, wait_http_ok, SIDECAR_BIN
+from support import (FakeHandler, FakeServer, SIDECAR_BIN, es_event, free_port, sigv4_problem, stop,
+                     wait_http_ok)
 
 ROOT = Path(os.environ.get("DETOUR_ROOT", Path(__file__).resolve().parent.parent))
 EXAMPLE = ROOT / "examples" / "three-provider-chain.yaml"
@@ -41,74 +37,13 @@ REGION = "us-east-1"
 BEDROCK_MODEL = "anthropic.claude-3-5-sonnet-20241022-v2:0"
 
 
-class Fakes(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
+class Fakes(FakeServer):
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.lock = threading.Lock()
-        self.hits = {}
-        self.errors = []
+        super().__init__(Handler)
         self.openai_down = False
 
-    def hit(self, stub):
-        with self.lock:
-            self.hits[stub] = self.hits.get(stub, 0) + 1
 
-    def violation(self, what):
-        with self.lock:
-            self.errors.append(what)
-
-
-def _hmac(key, msg):
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
-
-
-def sigv4_problem(path, headers, body):
-    """Recomputes the SigV4 signature of a Bedrock request signed with the static keys."""
-    auth = headers.get("authorization", "")
-    if not auth.startswith("AWS4-HMAC-SHA256 "):
-        return "no AWS4-HMAC-SHA256 Authorization"
-    parts = dict(p.split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(", "))
-    amz_date = headers.get("x-amz-date", "")
-    scope = f"{amz_date[:8]}/{REGION}/bedrock/aws4_request"
-    if parts.get("Credential") != f"{AWS_ID}/{scope}":
-        return "wrong credential scope or key id"
-    if "x-amz-security-token" in headers:
-        return "a session token was sent, none was configured"
-    signed = parts["SignedHeaders"].split(";")
-    canonical_uri = urllib.parse.quote(path, safe="/-_.~")
-    canonical_headers = "".join(f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed)
-    canonical = "\n".join(["POST", canonical_uri, "", canonical_headers, ";".join(signed),
-                           hashlib.sha256(body).hexdigest()])
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = _hmac(("AWS4" + AWS_SECRET).encode(), amz_date[:8])
-    for part in (REGION, "bedrock", "aws4_request"):
-        key = _hmac(key, part)
-    want = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    return None if hmac.compare_digest(want, parts.get("Signature", "")) else "signature does not match"
-
-
-def es_event(kind, obj):
-    """One event-stream message: prelude (lengths + CRC), string headers, payload, CRC."""
-    headers = {":message-type": "event", ":event-type": kind, ":content-type": "application/json"}
-    payload = json.dumps(obj).encode()
-    hb = b""
-    for name, value in headers.items():
-        n, v = name.encode(), value.encode()
-        hb += struct.pack(">B", len(n)) + n + b"\x07" + struct.pack(">H", len(v)) + v
-    total = 12 + len(hb) + len(payload) + 4
-    prelude = struct.pack(">II", total, len(hb))
-    msg = prelude + struct.pack(">I", binascii.crc32(prelude)) + hb + payload
-    return msg + struct.pack(">I", binascii.crc32(msg))
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
+class Handler(FakeHandler):
     def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("content-length", 0)))
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -153,49 +88,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
             {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
             {"type": "message_stop"},
         ]
-        self.start_chunked("text/event-stream")
-        for e in events:
-            self.chunk(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode())
-        self.chunk(b"")
+        self.anthropic_sse(events)
 
     def bedrock(self, path, headers, raw):
         model = urllib.parse.quote(BEDROCK_MODEL, safe="")
         if path != f"/bed/model/{model}/converse-stream":
             self.server.violation(f"bedrock: path {path}")
-        problem = sigv4_problem(path, headers, raw)
+        problem = sigv4_problem("POST", path, headers, raw, AWS_ID, AWS_SECRET, REGION)
         if problem:
             self.server.violation(f"bedrock: SigV4: {problem}")
             return self.reply(403, {"message": "signature"}, {"x-amzn-errortype": "InvalidSignatureException"})
-        self.start_chunked("application/vnd.amazon.eventstream")
-        for kind, obj in [
+        self.stream_bedrock()
+
+    def stream_bedrock(self):
+        """The answer of both Bedrock fakes: "Hello from bedrock" as ConverseStream events."""
+        self.bedrock_stream([
             ("messageStart", {"role": "assistant"}),
             ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello from bedrock"}}),
             ("contentBlockStop", {"contentBlockIndex": 0}),
             ("messageStop", {"stopReason": "end_turn"}),
             ("metadata", {"usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8}, "metrics": {"latencyMs": 9}}),
-        ]:
-            self.chunk(es_event(kind, obj))
-        self.chunk(b"")
-
-    def start_chunked(self, content_type):
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-
-    def chunk(self, data):
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def reply(self, status, obj, headers=None):
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        ])
 
 
 def chat(port):
@@ -368,25 +281,13 @@ POD_TOKEN = "eks-pod-identity-AUTH-token-value"
 ISSUED = ("ASIAISSUEDKEY7Q2W", "issued/SECRET/value+3x", "issued-SESSION-token-value")
 
 
-class ChainFakes(http.server.ThreadingHTTPServer):
+class ChainFakes(FakeServer):
     """STS, the EKS Pod Identity agent, IMDSv2 and Bedrock; Bedrock checks SigV4 against
     `self.expect` (key id, secret, session token or None)."""
-    daemon_threads = True
 
     def __init__(self, expect):
-        super().__init__(("127.0.0.1", 0), ChainHandler)
+        super().__init__(ChainHandler)
         self.expect = expect
-        self.lock = threading.Lock()
-        self.hits = {}
-        self.errors = []
-
-    def hit(self, what):
-        with self.lock:
-            self.hits[what] = self.hits.get(what, 0) + 1
-
-    def violation(self, what):
-        with self.lock:
-            self.errors.append(what)
 
 
 def issued_json():
@@ -395,35 +296,7 @@ def issued_json():
             "Token": ISSUED[2], "Expiration": exp, "LastUpdated": exp, "AccountId": "123456789012"}
 
 
-def sigv4_check(path, headers, body, expect):
-    key_id, secret, token = expect
-    auth = headers.get("authorization", "")
-    if not auth.startswith("AWS4-HMAC-SHA256 "):
-        return "no AWS4-HMAC-SHA256 Authorization"
-    parts = dict(p.split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(", "))
-    amz_date = headers.get("x-amz-date", "")
-    scope = f"{amz_date[:8]}/{REGION}/bedrock/aws4_request"
-    if parts.get("Credential") != f"{key_id}/{scope}":
-        return "wrong key id or scope"
-    if headers.get("x-amz-security-token") != token:
-        return "session token missing or wrong"
-    signed = parts["SignedHeaders"].split(";")
-    canonical_uri = urllib.parse.quote(path, safe="/-_.~")
-    canonical_headers = "".join(f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed)
-    canonical = "\n".join(["POST", canonical_uri, "", canonical_headers, ";".join(signed),
-                           hashlib.sha256(body).hexdigest()])
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = _hmac(("AWS4" + secret).encode(), amz_date[:8])
-    for part in (REGION, "bedrock", "aws4_request"):
-        key = _hmac(key, part)
-    want = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    return None if hmac.compare_digest(want, parts.get("Signature", "")) else "signature does not match"
-
-
 class ChainHandler(Handler):
-    def headers_lower(self):
-        return {k.lower(): v for k, v in self.headers.items()}
-
     def do_PUT(self):
         headers = self.headers_lower()
         if self.path == "/latest/api/token" and headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
@@ -478,7 +351,8 @@ class ChainHandler(Handler):
             return self.text(200, xml, ctype="text/xml")
         if path.startswith("/bed/"):
             self.server.hit("bedrock")
-            problem = sigv4_check(path, headers, raw, self.server.expect)
+            key_id, secret, token = self.server.expect
+            problem = sigv4_problem("POST", path, headers, raw, key_id, secret, REGION, token)
             if problem:
                 self.server.violation(f"bedrock: SigV4: {problem}")
                 return self.reply(403, {"message": "signature"}, {"x-amzn-errortype": "InvalidSignatureException"})
@@ -489,28 +363,6 @@ class ChainHandler(Handler):
                     "metrics": {"latencyMs": 10}})
             return self.stream_bedrock()
         return self.text(404, "")
-
-    def stream_bedrock(self):
-        self.start_chunked("application/vnd.amazon.eventstream")
-        for kind, obj in [
-            ("messageStart", {"role": "assistant"}),
-            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello from bedrock"}}),
-            ("contentBlockStop", {"contentBlockIndex": 0}),
-            ("messageStop", {"stopReason": "end_turn"}),
-            ("metadata", {"usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8}, "metrics": {"latencyMs": 9}}),
-        ]:
-            self.chunk(es_event(kind, obj))
-        self.chunk(b"")
-
-    def text(self, status, text, headers=None, ctype="text/plain"):
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("content-type", ctype)
-        self.send_header("content-length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
 
 
 STATIC = ("AKIASTATICKEY4R7T", "static/SECRET/value+9z")
@@ -649,23 +501,10 @@ spec:
 """
 
 
-class AzureFakes(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
+class AzureFakes(FakeServer):
     def __init__(self, expires_in):
-        super().__init__(("127.0.0.1", 0), AzureHandler)
+        super().__init__(AzureHandler)
         self.expires_in = expires_in
-        self.lock = threading.Lock()
-        self.hits = {}
-        self.errors = []
-
-    def hit(self, what):
-        with self.lock:
-            self.hits[what] = self.hits.get(what, 0) + 1
-
-    def violation(self, what):
-        with self.lock:
-            self.errors.append(what)
 
 
 class AzureHandler(Handler):

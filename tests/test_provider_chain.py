@@ -15,23 +15,17 @@ here). The client's own retries are off, so every failover seen is the sidecar's
 
 import base64
 
-import binascii
-import hashlib
-import hmac
-import http.server
 import json
 import os
-import socket
-import struct
 import subprocess
 import threading
-import time
 import urllib.parse
-import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import openai
 import pytest
+
+from support import FakeHandler, FakeServer, es_event, free_port, sigv4_problem, stop, wait_http_ok
 
 BIN = os.environ.get("DETOUR_SIDECAR_BIN", "")
 API_KEY = "sk-ant-test-key"
@@ -47,80 +41,12 @@ GOOGLE_ACCESS_TOKEN = "ya29.chain-access-token"
 GOOGLE_KEY_PEM = os.path.join(os.path.dirname(__file__), "..", "sidecar", "tests", "data", "google-test-key.pem")
 
 
-class Fakes(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
+class Fakes(FakeServer):
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.lock = threading.Lock()
-        self.hits = {}
-        self.errors = []  # request-shape violations; each test asserts none
-
-    def hit(self, stub):
-        with self.lock:
-            self.hits[stub] = self.hits.get(stub, 0) + 1
-
-    def violation(self, what):
-        with self.lock:
-            self.errors.append(what)
+        super().__init__(Handler)
 
 
-def _hmac(key, msg):
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
-
-
-def sigv4_ok(method, path, headers, body):
-    """Recomputes the SigV4 signature of a Bedrock request (service `bedrock`)."""
-    auth = headers.get("authorization", "")
-    if not auth.startswith("AWS4-HMAC-SHA256 "):
-        return "no AWS4-HMAC-SHA256 Authorization"
-    parts = dict(p.split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(", "))
-    amz_date = headers.get("x-amz-date", "")
-    scope = f"{amz_date[:8]}/{REGION}/bedrock/aws4_request"
-    if parts.get("Credential") != f"{TEMP[0]}/{scope}":
-        return f"credential {parts.get('Credential')}"
-    if headers.get("x-amz-security-token") != TEMP[2]:
-        return "session token missing or wrong"
-    signed = parts["SignedHeaders"].split(";")
-    for must in ("host", "x-amz-date", "x-amz-security-token", "content-type"):
-        if must not in signed:
-            return f"{must} not signed"
-    # Non-S3 services encode the (already encoded) path once more.
-    canonical_uri = urllib.parse.quote(path, safe="/-_.~")
-    canonical_headers = "".join(f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed)
-    canonical = "\n".join([method, canonical_uri, "", canonical_headers, ";".join(signed),
-                           hashlib.sha256(body).hexdigest()])
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = _hmac(("AWS4" + TEMP[1]).encode(), amz_date[:8])
-    for part in (REGION, "bedrock", "aws4_request"):
-        key = _hmac(key, part)
-    want = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    return None if hmac.compare_digest(want, parts.get("Signature", "")) else "signature does not match"
-
-
-def es_frame(headers, payload):
-    """One event-stream message: prelude (lengths + CRC), string headers, payload, CRC."""
-    hb = b""
-    for name, value in headers.items():
-        n, v = name.encode(), value.encode()
-        hb += struct.pack(">B", len(n)) + n + b"\x07" + struct.pack(">H", len(v)) + v
-    total = 12 + len(hb) + len(payload) + 4
-    prelude = struct.pack(">II", total, len(hb))
-    msg = prelude + struct.pack(">I", binascii.crc32(prelude)) + hb + payload
-    return msg + struct.pack(">I", binascii.crc32(msg))
-
-
-def es_event(kind, obj):
-    return es_frame({":message-type": "event", ":event-type": kind, ":content-type": "application/json"},
-                    json.dumps(obj).encode())
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
+class Handler(FakeHandler):
     def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("content-length", 0)))
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -235,10 +161,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
             {"type": "message_stop"},
         ]
-        self.start_chunked("text/event-stream")
-        for e in events:
-            self.chunk(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode())
-        self.chunk(b"")
+        self.anthropic_sse(events)
 
     # --- Bedrock Converse / ConverseStream ---
     def bedrock(self, path, headers, raw, body):
@@ -246,7 +169,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         stream = path.endswith("/converse-stream")
         if path not in (f"/bed/model/{model}/converse", f"/bed/model/{model}/converse-stream"):
             self.server.violation(f"bedrock: path {path}")
-        problem = sigv4_ok("POST", path, headers, raw)
+        problem = sigv4_problem("POST", path, headers, raw, TEMP[0], TEMP[1], REGION, TEMP[2],
+                                must_sign=("host", "x-amz-date", "x-amz-security-token", "content-type"))
         if problem:
             self.server.violation(f"bedrock: SigV4: {problem}")
             return self.reply(403, {"message": "signature"}, {"x-amzn-errortype": "InvalidSignatureException"})
@@ -257,47 +181,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "output": {"message": {"role": "assistant", "content": [{"text": "Hello from bedrock"}]}},
                 "stopReason": "end_turn", "usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8},
                 "metrics": {"latencyMs": 10}}, {"x-amzn-requestid": "req-1"})
-        self.start_chunked("application/vnd.amazon.eventstream")
-        for kind, obj in [
+        self.bedrock_stream([
             ("messageStart", {"role": "assistant"}),
             ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello"}}),
             ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": " from bedrock"}}),
             ("contentBlockStop", {"contentBlockIndex": 0}),
             ("messageStop", {"stopReason": "end_turn"}),
             ("metadata", {"usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8}, "metrics": {"latencyMs": 9}}),
-        ]:
-            self.chunk(es_event(kind, obj))
-        self.chunk(b"")
-
-    # --- plumbing ---
-    def start_chunked(self, content_type):
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-
-    def chunk(self, data):
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def reply(self, status, obj, headers=None):
-        self.raw(status, "application/json", json.dumps(obj).encode(), headers)
-
-    def raw(self, status, content_type, data, headers=None):
-        self.send_response(status)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+        ])
 
 ROUTES = """
 apiVersion: detour.dev/v1alpha1
@@ -385,27 +276,11 @@ def chain(tmp_path_factory):
         stdout=out, stderr=err, env=env,
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"sidecar not ready: {(tmp / 'stderr').read_text()}")
-            time.sleep(0.05)
+        wait_http_ok(f"http://127.0.0.1:{admin}/readyz", proc, tmp / "stderr")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="app-dummy", max_retries=0, timeout=10)
         yield client, fakes, tmp
     finally:
-        # Stop only the process this fixture started, by its PID.
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
         out.close()
         err.close()
         fakes.shutdown()
