@@ -1,0 +1,240 @@
+//! The client's response: a successful attempt's answer (JSON, passed through, or a stream),
+//! a failure passed through as the upstream sent it, or the error of an exhausted route.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+use tokio::time::Instant;
+
+use detour_api::table::ResponseModel;
+
+use crate::body::{self, Response};
+use crate::class::Class;
+use crate::deadline::Deadline;
+use crate::encode::Encoder;
+use crate::error::ApiError;
+use crate::metrics::Outcome;
+use crate::providers::Failure;
+use crate::providers::answer::Usage;
+use crate::state::{RouteRt, TargetRt};
+
+use super::attempt::{Peeked, Success};
+use super::context::Ctx;
+use super::stream::{Resume, StreamGuard, stream_body};
+
+/// Answers with a successful attempt: the JSON body, or the stream from its first event
+/// (`client`: the client's own bound on the whole response, `x-detour-timeout-ms`).
+pub(super) fn respond(
+    mut ctx: Ctx,
+    route: &Arc<RouteRt>,
+    target: &Arc<TargetRt>,
+    ok: Success,
+    client: Option<Instant>,
+    resume: Option<Box<Resume>>,
+) -> Response {
+    let route_model = (route.route.policy.response_model == ResponseModel::Route).then(|| route.clone());
+    match (ok.peeked, ok.pending) {
+        (Peeked::Json(answer), _) => {
+            drop(ok.busy);
+            let mut bytes = answer.with_model(route_model.as_ref().map(|r| r.route.model.as_str()));
+            if ok.native {
+                let s = crate::responses::native::summary(&bytes);
+                if let Some(id) = &s.id {
+                    crate::responses::native::pin::remember(id, &route.route.model, &target.cfg.name);
+                }
+                record_usage(target, s.usage);
+            } else {
+                if let Some(echo) = &ctx.responses {
+                    bytes = crate::responses::json_answer(&bytes, echo);
+                }
+                record_usage(target, answer.usage());
+            }
+            ctx.commit();
+            // The answer stays counted in the buffer budget until its bytes are sent.
+            let body = match answer.reservation() {
+                Some(held) => body::Body::new(body::Guarded::new(body::full(bytes), held)),
+                None => body::full(bytes),
+            };
+            let mut resp = http::Response::new(body);
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            ok.meta.apply(resp.headers_mut());
+            ctx.stamp(resp.headers_mut());
+            ctx.finish(200, Outcome::Ok, None);
+            resp
+        }
+        (Peeked::Passthrough(body), _) => {
+            drop(ok.busy);
+            ctx.commit();
+            let mut resp = http::Response::new(body);
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            ok.meta.apply(resp.headers_mut());
+            ctx.stamp(resp.headers_mut());
+            ctx.finish(200, Outcome::Ok, None);
+            resp
+        }
+        (Peeked::Stream(held, rest), Some(pending)) => {
+            target.metrics.first_byte().observe(ok.ttft.as_secs_f64());
+            ctx.commit();
+            let mut resp = http::Response::new(body::full(Bytes::new()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            ok.meta.apply(resp.headers_mut());
+            ctx.stamp(resp.headers_mut());
+            let guard = StreamGuard {
+                ctx: Some(ctx),
+                target: target.clone(),
+                pending,
+                ttft: ok.ttft,
+                upstream_id: ok.meta.request_id().map(str::to_owned),
+                recorded: false,
+                continuations: Vec::new(),
+                _busy: ok.busy,
+            };
+            let encoder = match guard.ctx.as_ref().and_then(|c| c.responses.clone()) {
+                Some(_) if ok.native => Encoder::Native(crate::responses::native::Encoder::new(route_model)),
+                Some(echo) => Encoder::responses(echo, route_model),
+                None => Encoder::chat(route_model),
+            };
+            *resp.body_mut() = stream_body(guard, held, rest, client, encoder, resume);
+            resp
+        }
+        // A stream is always pending; answer it as an empty one rather than panic.
+        (Peeked::Stream(..), None) => {
+            ctx.commit();
+            let mut resp = http::Response::new(body::full(Bytes::new()));
+            ctx.stamp(resp.headers_mut());
+            ctx.finish(200, Outcome::Ok, None);
+            resp
+        }
+    }
+}
+
+pub(super) fn record_usage(target: &TargetRt, usage: Option<Usage>) {
+    let Some(Usage { prompt, completion }) = usage else {
+        return;
+    };
+    #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+    let usd = target
+        .cfg
+        .cost
+        .map(|cost| (prompt as f64 * cost.input + completion as f64 * cost.output) / 1_000_000.0);
+    target.metrics.usage(prompt, completion, usd);
+}
+
+/// Returns a failure the policy does not fail over on, as the upstream sent it when there is
+/// a body, else as a gateway error naming the target and the class.
+pub(super) fn passthrough(mut ctx: Ctx, target: &TargetRt, f: Failure) -> Response {
+    let outcome = if matches!(f.class, Class::ClientError | Class::ContextLength) {
+        Outcome::ClientError
+    } else {
+        Outcome::UpstreamError
+    };
+    let mut resp = match (f.status.and_then(|s| StatusCode::from_u16(s).ok()), &f.body) {
+        (Some(status), Some(body)) => {
+            let mut r = http::Response::new(body::full(body.clone()));
+            *r.status_mut() = status;
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(ra) = f.retry_after {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(ra.as_secs().max(1)));
+            }
+            r
+        }
+        _ => {
+            let status = match f.class {
+                Class::Timeout | Class::FirstByteTimeout => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            ApiError::new(
+                status,
+                "upstream_error",
+                f.class.as_str(),
+                format!("target {} failed: {} ({})", target.cfg.name, f.class, f.detail),
+            )
+            .into_response()
+        }
+    };
+    f.meta.apply(resp.headers_mut());
+    ctx.commit();
+    ctx.stamp(resp.headers_mut());
+    let status = resp.status().as_u16();
+    ctx.finish(status, outcome, None);
+    resp
+}
+
+/// Every target failed or was unavailable.
+pub(super) fn exhausted(
+    mut ctx: Ctx,
+    route: &RouteRt,
+    targets: &[Arc<TargetRt>],
+    deadline: &Deadline,
+) -> Response {
+    let now = Instant::now();
+    let next = targets
+        .iter()
+        .map(|t| t.with_breaker(now, "cooldown", |b| b.available_at(now)))
+        .min()
+        .unwrap_or(now);
+    let retry_after = next.saturating_duration_since(now).as_secs_f64().ceil().max(1.0);
+    let attempts: Vec<String> = ctx
+        .attempts
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: {}{}{} after {} ms",
+                a.target,
+                a.class,
+                a.status.map(|s| format!(" ({s})")).unwrap_or_default(),
+                a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
+                a.latency_ms.round()
+            )
+        })
+        .collect();
+    let model = &route.route.model;
+    let message = if attempts.is_empty() && targets.is_empty() {
+        format!("no target of model {model:?} is selected for this request (see the matching rule)")
+    } else if attempts.is_empty() {
+        format!("every target of model {model:?} is unavailable (circuit open); retry in {retry_after} s")
+    } else {
+        let why = if deadline.expired(now) {
+            " (the total deadline passed)"
+        } else {
+            ""
+        };
+        format!(
+            "all targets of model {model:?} failed{why}: {}",
+            attempts.join("; ")
+        )
+    };
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "all_targets_failed",
+        message,
+    );
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "positive and small"
+    )]
+    let secs = retry_after as u64;
+    e.retry_after = Some(secs);
+    e.detail = Some(json!({
+        "attempts": ctx.attempts,
+        "skipped": ctx.skipped,
+    }));
+    ctx.commit();
+    let mut resp = e.into_response();
+    ctx.stamp(resp.headers_mut());
+    ctx.finish(503, Outcome::Exhausted, None);
+    resp
+}

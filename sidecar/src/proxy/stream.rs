@@ -1,0 +1,545 @@
+//! A committed stream: its state machine (open → drain or abort → ended), the guard that
+//! records its attempt and writes the audit line however it ends, and the continuation of a
+//! broken stream on the next target ([`Resume`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::json;
+use tokio::time::{Instant, sleep, timeout_at};
+
+use crate::audit::{ContinuationRecord, SkipRecord};
+use crate::body;
+use crate::budget::Budget;
+use crate::class::Class;
+use crate::continuation::{self, Partial, Refusal, Splice, Style};
+use crate::deadline::Deadline;
+use crate::encode::{Encoder, Out};
+use crate::health::Admission;
+use crate::metrics::Outcome;
+use crate::providers::answer::RequestBody;
+use crate::providers::{Answer, Endpoint, Event, EventStream, Failure};
+use crate::responses::native::NativeEvent;
+use crate::state::{RouteRt, TargetRt};
+
+use super::attempt::{Ask, Peeked, Pending, Success, TargetBusy, attempt};
+use super::book_fallback;
+use super::context::{AttemptEnd, Ctx};
+use super::respond::record_usage;
+
+/// Owns the request's context while its stream is being sent; records the attempt and writes
+/// the audit line when the stream ends — completed, broken, or dropped because the client went
+/// away.
+#[derive(Debug)]
+pub(super) struct StreamGuard {
+    pub(super) ctx: Option<Ctx>,
+    pub(super) target: Arc<TargetRt>,
+    pub(super) pending: Pending,
+    pub(super) ttft: Duration,
+    /// The provider's own id of the request.
+    pub(super) upstream_id: Option<String>,
+    /// The attempt was recorded already (it broke, and a continuation was sought).
+    pub(super) recorded: bool,
+    /// Breaks and continuations, for the audit line.
+    pub(super) continuations: Vec<ContinuationRecord>,
+    pub(super) _busy: TargetBusy,
+}
+
+/// How a committed stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// `[DONE]`, or a clean end after a `finish_reason`.
+    Complete,
+    /// Cut, reset, stalled, or an upstream error event: the class of what happened.
+    Broken(Class),
+    /// The client went away first (the target was serving: not its failure).
+    ClientGone,
+    /// The client's `x-detour-timeout-ms` ran out while the target was still serving: a
+    /// broken stream for the client, not the target's failure.
+    ClientDeadline,
+}
+
+impl StreamGuard {
+    pub(super) fn end(&mut self, end: End) {
+        let (class, outcome, error) = match end {
+            End::Complete => (Class::Ok, Outcome::Ok, None),
+            End::Broken(class) => (class, Outcome::StreamError, Some(class)),
+            End::ClientGone => (Class::Ok, Outcome::Cancelled, None),
+            End::ClientDeadline => (Class::Ok, Outcome::StreamError, Some(Class::Timeout)),
+        };
+        self.record(class, error.is_some());
+        if let Some(ctx) = self.ctx.take() {
+            ctx.finish_stream(200, outcome, error, std::mem::take(&mut self.continuations));
+        }
+    }
+
+    /// Records the serving target's attempt (once).
+    pub(super) fn record(&mut self, class: Class, stream_error: bool) {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return;
+        };
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        if stream_error {
+            self.target.metrics.stream_error();
+        }
+        let end = AttemptEnd {
+            class,
+            status: Some(200),
+            retry_after: None,
+            elapsed: self.pending.t0.elapsed(),
+            latency: self.ttft,
+            detail: None,
+            upstream_id: self.upstream_id.take(),
+        };
+        ctx.record(&self.target, self.pending.admission, &end);
+        self.pending.probe.disarm();
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.end(End::ClientGone);
+    }
+}
+
+/// Where a committed stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    Open,
+    /// `[DONE]` went out: read the upstream's body to its end, then end.
+    Drain,
+    /// The error event went out: end the body abnormally.
+    Abort,
+    Ended,
+}
+
+pub(super) struct StreamState {
+    pub(super) guard: StreamGuard,
+    /// Events read before the stream was committed (the first one, and undecodable ones
+    /// before it).
+    pub(super) held: VecDeque<Event>,
+    pub(super) rest: EventStream,
+    /// The longest gap between events.
+    pub(super) idle: Duration,
+    /// The client's own bound on the whole response.
+    pub(super) client: Option<Instant>,
+    /// Writes what the stream sends in the client's wire format.
+    pub(super) encoder: Encoder,
+    /// A chunk with a `finish_reason` went out.
+    pub(super) finished: bool,
+    pub(super) phase: Phase,
+    /// Set when a break is continued by the next target (boxed: absent from most streams).
+    pub(super) resume: Option<Box<Resume>>,
+}
+
+/// What continuing a broken stream needs (`streaming.continueOnFailure`).
+#[derive(Debug)]
+pub(super) struct Resume {
+    pub(super) route: Arc<RouteRt>,
+    /// Targets after the serving one, in the plan's order, not asked yet.
+    pub(super) next: VecDeque<Arc<TargetRt>>,
+    /// The client's request body (a reference to the bytes already held).
+    pub(super) raw: Bytes,
+    pub(super) partial: Partial,
+    /// Rewrites the chunks of the target that continues.
+    pub(super) splice: Option<Splice>,
+    /// The breaks so far, for the `detour` field of the final chunk.
+    pub(super) breaks: Vec<serde_json::Value>,
+}
+
+/// A continuation is not started with less time than this before the client's
+/// `x-detour-timeout-ms`.
+pub(super) const MIN_CONTINUATION: Duration = Duration::from_secs(1);
+
+impl Resume {
+    /// The targets after `serving` in the plan are the ones a break may be continued on.
+    pub(super) fn new(
+        route: &Arc<RouteRt>,
+        plan: &[Arc<TargetRt>],
+        serving: &Arc<TargetRt>,
+        raw: &Bytes,
+        budget: &Budget,
+    ) -> Box<Self> {
+        let next = plan
+            .iter()
+            .skip_while(|t| !Arc::ptr_eq(t, serving))
+            .skip(1)
+            .cloned()
+            .collect();
+        Box::new(Self {
+            route: route.clone(),
+            next,
+            raw: raw.clone(),
+            partial: Partial::counted(budget),
+            splice: None,
+            breaks: Vec::new(),
+        })
+    }
+}
+
+/// How long a broken stream waits between its error event and the abnormal end, so the server
+/// has written the event (a pending body lets it flush) before it aborts the transfer.
+pub(super) const ABORT_FLUSH: Duration = Duration::from_millis(10);
+
+/// How long the end of an upstream's body may take after its `[DONE]` (normally it is in the
+/// same read); an upstream slower than that loses its connection, not the client's time.
+pub(super) const DRAIN_AFTER_DONE: Duration = Duration::from_millis(50);
+
+/// Reads what an upstream sends after `[DONE]` — normally only the end of its body — so that
+/// its keep-alive connection goes back to the pool instead of being closed.
+pub(super) async fn drain(rest: &mut EventStream) {
+    let until = Instant::now() + DRAIN_AFTER_DONE;
+    for _ in 0..16 {
+        match timeout_at(until, rest.next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+impl StreamState {
+    /// A chunk event for the client; `None` when a continuation's rewrite leaves nothing of it.
+    pub(super) fn forward(&mut self, ev: Event) -> Option<Bytes> {
+        let Some(resume) = self.resume.as_mut() else {
+            return Some(match ev {
+                Event::Data(v) => self.chunk(&Answer::from_value(&v)),
+                Event::Raw(a) => self.chunk(&a),
+                _ => Bytes::new(),
+            });
+        };
+        let v = match (ev, &mut resume.splice) {
+            // The first stream's chunks go out as they came; only noted.
+            (Event::Raw(a), None) => {
+                if let Some(v) = a.to_value() {
+                    resume.partial.observe(&v);
+                }
+                return Some(self.chunk(&a));
+            }
+            (Event::Data(v), _) => v,
+            (Event::Raw(a), Some(_)) => a.to_value()?,
+            _ => return Some(Bytes::new()),
+        };
+        let v = match &mut resume.splice {
+            Some(s) => s.rewrite(v)?,
+            None => v,
+        };
+        resume.partial.observe(&v);
+        Some(self.chunk(&Answer::from_value(&v)))
+    }
+
+    /// The serving target's stream broke with `class`: asks the next eligible targets to
+    /// finish the answer. `true` when one took over (its events follow on `rest`).
+    pub(super) async fn resume(&mut self, class: Class) -> bool {
+        let Some(mut resume) = self.resume.take() else {
+            return false;
+        };
+        let from = self.guard.target.clone();
+        // The broken attempt ends here, whatever follows.
+        self.guard.record(class, true);
+        let found = self.continue_on(&mut resume, &from, class).await;
+        let ok = found.is_some();
+        if let Some((target, ok)) = found {
+            let idle = Duration::from_millis(target.cfg.stream_idle_ms);
+            let Peeked::Stream(held, rest) = ok.peeked else {
+                return false;
+            };
+            let Some(pending) = ok.pending else {
+                return false;
+            };
+            self.guard.target = target;
+            self.guard.pending = pending;
+            self.guard.ttft = ok.ttft;
+            self.guard.recorded = false;
+            self.guard.upstream_id = ok.meta.request_id().map(str::to_owned);
+            self.guard._busy = ok.busy;
+            self.held = held;
+            self.rest = rest;
+            self.idle = idle;
+            self.finished = false;
+        } else if let Some(ctx) = self.guard.ctx.as_mut() {
+            // The stream ends as the broken one's: it is the target that served.
+            ctx.target = Some(from);
+        }
+        self.resume = Some(resume);
+        ok
+    }
+
+    /// Tries the targets after the broken one; the first that starts a stream continues.
+    pub(super) async fn continue_on(
+        &mut self,
+        resume: &mut Resume,
+        from: &Arc<TargetRt>,
+        class: Class,
+    ) -> Option<(Arc<TargetRt>, Success)> {
+        let route = resume.route.clone();
+        let route_label = route.route.model.as_str();
+        let from_name = from.cfg.name.as_str();
+        let ctx = self.guard.ctx.as_mut()?;
+        let records = &mut self.guard.continuations;
+        let shared = ctx.shared.clone();
+        let metrics = &shared.metrics.stream_continuations;
+        let mut record =
+            |partial: &Partial, to: Option<&TargetRt>, style: Option<Style>, result: &'static str| {
+                metrics
+                    .with_label_values(&[
+                        route_label,
+                        from_name,
+                        to.map_or("none", |t| t.cfg.name.as_str()),
+                        result,
+                    ])
+                    .inc();
+                records.push(ContinuationRecord {
+                    from: from_name.to_owned(),
+                    class,
+                    bytes: partial.bytes,
+                    chunks: partial.chunks,
+                    to: to.map(|t| t.cfg.name.clone()),
+                    style: style.map(Style::as_str),
+                    result,
+                });
+            };
+        let refused = match RequestBody::parse(resume.raw.clone()) {
+            Ok(body) => match body.map() {
+                Ok(map) => resume
+                    .partial
+                    .refusal()
+                    .or_else(|| continuation::request_refusal(map))
+                    .map_or(Ok(map.clone()), Err),
+                Err(_) => Err(Refusal::Endpoint),
+            },
+            Err(_) => Err(Refusal::Endpoint),
+        };
+        let map = match refused {
+            Ok(map) => map,
+            Err(r) => {
+                record(&resume.partial, None, None, r.as_str());
+                return None;
+            }
+        };
+        let policy = &route.route.policy;
+        let now = Instant::now();
+        let client_ms = match self.client {
+            Some(c) => {
+                let left = c.saturating_duration_since(now);
+                if left < MIN_CONTINUATION {
+                    record(&resume.partial, None, None, Refusal::Deadline.as_str());
+                    return None;
+                }
+                Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+            }
+            None => None,
+        };
+        // The search for a continuation gets the policy's `total`, as the first answer did.
+        let deadline = Deadline::new(now, policy.timeouts.total_ms, client_ms);
+        let mut refusal = Refusal::NoTarget;
+        // The target passed over and why, to book `detour_fallbacks_total` on the move.
+        let mut previous = (from.clone(), class.as_str());
+        while let Some(target) = resume.next.pop_front() {
+            let now = Instant::now();
+            if deadline.expired(now) {
+                refusal = Refusal::Deadline;
+                break;
+            }
+            let admission = match target.with_breaker(now, "cooldown", |b| b.admit(now)) {
+                Admission::Rejected { .. } => {
+                    ctx.skipped.push(SkipRecord {
+                        target: target.cfg.name.clone(),
+                        reason: "circuit-open",
+                    });
+                    continue;
+                }
+                a => a,
+            };
+            if !route.withdraw_retry(now) {
+                refusal = Refusal::Budget;
+                break;
+            }
+            let style = Style::of(target.cfg.provider);
+            let Some(built) = continuation::request(&map, resume.partial.text(), style) else {
+                break;
+            };
+            let Ok(body) = RequestBody::parse(built.body.clone()) else {
+                break;
+            };
+            let ask = Ask {
+                endpoint: Endpoint::Chat,
+                body: &body,
+                stream: true,
+                policy,
+                native: None,
+                continues: true,
+            };
+            book_fallback(
+                &shared.metrics,
+                route_label,
+                &previous.0.cfg.name,
+                &target.cfg.name,
+                previous.1,
+            );
+            ctx.fallback_count += 1;
+            match Box::pin(attempt(ctx, &target, &ask, &deadline, admission)).await {
+                Ok(ok) => {
+                    record(&resume.partial, Some(&target), Some(style), "ok");
+                    resume.breaks.push(json!({
+                        "from": from_name,
+                        "to": target.cfg.name,
+                        "class": class.as_str(),
+                    }));
+                    let marker = json!({"continued": resume.breaks});
+                    resume.splice = Some(Splice::new(&resume.partial, &built, marker));
+                    return Some((target, ok));
+                }
+                Err(f) => {
+                    record(&resume.partial, Some(&target), Some(style), f.class.as_str());
+                    previous = (target.clone(), f.class.as_str());
+                }
+            }
+        }
+        record(&resume.partial, None, None, refusal.as_str());
+        None
+    }
+
+    /// One chunk for the client, usage counted.
+    pub(super) fn chunk(&mut self, a: &Answer) -> Bytes {
+        self.finished |= a.finished();
+        record_usage(&self.guard.target, a.usage());
+        self.encoder.encode(Out::Chunk(a))
+    }
+
+    /// One event of a native Responses stream for the client, as it came: its usage counted,
+    /// its response id remembered for `previous_response_id`; a terminal event completes the
+    /// stream.
+    pub(super) fn native(&mut self, n: NativeEvent) -> Bytes {
+        if n.terminal {
+            if let (Some(id), Some(ctx)) = (&n.response_id, &self.guard.ctx) {
+                crate::responses::native::pin::remember(id, ctx.route_label(), &self.guard.target.cfg.name);
+            }
+            record_usage(&self.guard.target, n.usage);
+        }
+        let out = self.encoder.encode(Out::Passed(n.raw));
+        if !n.terminal {
+            return out;
+        }
+        self.finished = true;
+        let end = self.complete(Phase::Drain);
+        if end.is_empty() {
+            out
+        } else {
+            Bytes::from([&out[..], &end[..]].concat())
+        }
+    }
+
+    /// The stream broke: one error event, then the body ends abnormally.
+    pub(super) fn broken(&mut self, class: Class) -> Bytes {
+        self.phase = Phase::Abort;
+        self.guard.end(End::Broken(class));
+        self.encoder.encode(Out::Broken {
+            target: &self.guard.target.cfg.name,
+            class,
+        })
+    }
+
+    /// The stream is complete.
+    pub(super) fn complete(&mut self, phase: Phase) -> Bytes {
+        self.phase = phase;
+        self.guard.end(End::Complete);
+        self.encoder.encode(Out::Complete)
+    }
+
+    /// The next event, within the idle bound and the client's deadline; `Err(true)` when the
+    /// client's deadline passed first, `Err(false)` when the upstream was silent too long.
+    pub(super) async fn next(&mut self) -> Result<Option<Result<Event, Failure>>, bool> {
+        if let Some(ev) = self.held.pop_front() {
+            return Ok(Some(Ok(ev)));
+        }
+        let idle = Instant::now() + self.idle;
+        let client_first = self.client.is_some_and(|c| c <= idle);
+        let until = self.client.map_or(idle, |c| c.min(idle));
+        timeout_at(until, self.rest.next())
+            .await
+            .map_err(|_| client_first)
+    }
+}
+
+pub(super) fn stream_body(
+    guard: StreamGuard,
+    held: VecDeque<Event>,
+    rest: EventStream,
+    client: Option<Instant>,
+    encoder: Encoder,
+    resume: Option<Box<Resume>>,
+) -> body::Body {
+    let idle = Duration::from_millis(guard.target.cfg.stream_idle_ms);
+    let state = StreamState {
+        guard,
+        held,
+        rest,
+        idle,
+        client,
+        encoder,
+        finished: false,
+        phase: Phase::Open,
+        resume,
+    };
+    let s = stream::unfold(state, |mut st| async move {
+        match st.phase {
+            Phase::Open => {}
+            Phase::Drain => {
+                st.phase = Phase::Ended;
+                drain(&mut st.rest).await;
+                return None;
+            }
+            Phase::Abort => {
+                st.phase = Phase::Ended;
+                // Let the server write the error event out before the abort: hyper drops what
+                // it has buffered but not yet written when a body fails.
+                sleep(ABORT_FLUSH).await;
+                return Some((Err(body::Aborted), st));
+            }
+            Phase::Ended => return None,
+        }
+        let out = loop {
+            let class = match st.next().await {
+                Ok(Some(Ok(ev @ (Event::Data(_) | Event::Raw(_))))) => match st.forward(ev) {
+                    Some(out) => break out,
+                    None => continue,
+                },
+                Ok(Some(Ok(Event::Opaque(raw)))) => {
+                    st.guard.target.metrics.stream_anomaly();
+                    break st.encoder.encode(Out::Opaque(raw));
+                }
+                Ok(Some(Ok(Event::Native(n)))) => break st.native(n),
+                Ok(Some(Ok(Event::Done))) => break st.complete(Phase::Drain),
+                // Several OpenAI-compatible servers end a complete answer without `[DONE]`.
+                Ok(None) if st.finished => break st.complete(Phase::Ended),
+                Ok(Some(Err(f))) => f.class,
+                // Ended before its finish_reason: a silent truncation is a broken stream.
+                Ok(None) => Class::Reset,
+                // Silent past `streamIdle`: the upstream's failure.
+                Err(false) => Class::Timeout,
+                // Past the client's own deadline: the stream ends as broken for the client, but
+                // the target was serving and is not charged.
+                Err(true) => {
+                    st.phase = Phase::Abort;
+                    st.guard.end(End::ClientDeadline);
+                    break st.encoder.encode(Out::ClientDeadline);
+                }
+            };
+            // Broken before its finish_reason: the next target may finish the answer (boxed:
+            // the search is rare and large).
+            if st.resume.is_some() && Box::pin(st.resume(class)).await {
+                continue;
+            }
+            break st.broken(class);
+        };
+        Some((Ok(out), st))
+    });
+    StreamBody::new(s.map(|b| b.map(Frame::data))).boxed_unsync()
+}
