@@ -43,9 +43,10 @@ mod tests {
     /// resident until `release`, which gives (almost) all of it back.
     #[test]
     fn a_freed_burst_pinned_by_a_live_allocation_is_given_back() {
-        let burst: Vec<Vec<u8>> = (0..4096).map(|_| vec![7u8; 4096]).collect();
+        // Through `black_box`, so that no optimisation leaves the allocations out.
+        let burst: Vec<Vec<u8>> = std::hint::black_box((0..4096).map(|_| vec![7u8; 4096]).collect());
         // Made after the burst, so it sits above it: glibc cannot trim the top of the heap.
-        let pin = vec![1u8; 40_000];
+        let pin = std::hint::black_box(vec![1u8; 40_000]);
         drop(burst);
         let before = resident();
         assert!(super::release());
