@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::{metric, policy, start};
+use support::{metric, start};
 use tokio::net::TcpListener;
 
 /// What the native fake answers, per request in turn (the last one repeats).
@@ -250,6 +250,15 @@ impl NativeFake {
     }
 }
 
+/// The policy of these routes: fail over on 5xx, timeouts and connection errors, with
+/// deadlines generous enough that a loaded machine does not turn a slow fake into a timeout
+/// (every failure here is scripted, and immediate).
+fn policy(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: detour.dev/v1alpha1\nkind: RoutingPolicy\nmetadata:\n  name: {name}\nspec:\n  retry:\n    attempts: 1\n    on: [\"5xx\", \"429\", \"timeout\", \"connect-error\"]\n  timeouts:\n    perAttempt: 10s\n    firstByte: 5s\n    total: 20s\n  health:\n    failureThreshold: 50\n{extra}\n"
+    )
+}
+
 /// A route of `(name, endpoint, native)` openai-compatible targets; native ones declare the
 /// `responses` capability.
 fn mixed_route(model: &str, targets: &[(&str, String, bool)]) -> String {
@@ -441,7 +450,8 @@ async fn native_stream_completeness() {
 /// Stateful requests go only to native targets (translated ones are skipped, never called);
 /// with none, the 400 names the capability that would serve them. A `previous_response_id`
 /// goes only to the target that served it — not the healthy primary, and with no failover
-/// when that target fails — while an unknown id takes the native chain.
+/// when that target fails — while an unknown id takes the native chain. (The stubs' names are
+/// this test's own: response ids are remembered process-wide, and tests run side by side.)
 #[tokio::test]
 async fn stateful_requests_go_native_and_pin_to_their_target() {
     let native = NativeFake::start().await;
@@ -451,8 +461,8 @@ async fn stateful_requests_go_native_and_pin_to_their_target() {
             "m/p",
             &[
                 ("t", chat.endpoint("t"), false),
-                ("a", native.endpoint("a"), true),
-                ("b", native.endpoint("b"), true),
+                ("a", native.endpoint("pin-a"), true),
+                ("b", native.endpoint("pin-b"), true),
             ],
         )
         + &mixed_route("m/only", &[("u", chat.endpoint("u"), false)]);
@@ -465,7 +475,7 @@ async fn stateful_requests_go_native_and_pin_to_their_target() {
     assert_eq!(chat.hits("u"), 0);
 
     // b serves the first response (a is down for it).
-    native.script("a", vec![Native::Status(503), Native::Json]);
+    native.script("pin-a", vec![Native::Status(503), Native::Json]);
     let r = post(&sc, &json!({"model": "m/p", "input": "hi", "store": true})).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-detour-target"), "b");
@@ -479,9 +489,9 @@ async fn stateful_requests_go_native_and_pin_to_their_target() {
         rec.skipped
     );
     let id = r.json()["id"].as_str().unwrap().to_owned();
-    assert_eq!(id, "resp_b_1");
+    assert_eq!(id, "resp_pin-b_1");
 
-    let a_hits = native.hits("a");
+    let a_hits = native.hits("pin-a");
     let r = post(
         &sc,
         &json!({"model": "m/p", "input": "more", "previous_response_id": id}),
@@ -489,10 +499,10 @@ async fn stateful_requests_go_native_and_pin_to_their_target() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-detour-target"), "b");
-    assert_eq!(native.hits("a"), a_hits, "a healthy primary is not asked");
+    assert_eq!(native.hits("pin-a"), a_hits, "a healthy primary is not asked");
     let follow = r.json()["id"].as_str().unwrap().to_owned();
 
-    native.script("b", vec![Native::Status(503)]);
+    native.script("pin-b", vec![Native::Status(503)]);
     let r = post(
         &sc,
         &json!({"model": "m/p", "input": "again", "previous_response_id": follow}),
@@ -501,7 +511,7 @@ async fn stateful_requests_go_native_and_pin_to_their_target() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("x-detour-target"), "b");
     assert_eq!(
-        native.hits("a"),
+        native.hits("pin-a"),
         a_hits,
         "no failover away from the response's account"
     );
