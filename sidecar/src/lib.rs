@@ -25,6 +25,7 @@ pub mod error;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod headers;
 pub mod health;
 pub mod layers;
 pub mod metrics;

@@ -14,7 +14,8 @@ use tower::{Layer, Service};
 
 use crate::audit::{AuditRecord, now_ms};
 use crate::body::Response;
-use crate::proxy::{H_FALLBACK_COUNT, H_PROVIDER, H_REQUEST_ID, H_TARGET, Shared};
+use crate::headers::{H_FALLBACK_COUNT, H_PROVIDER, H_REQUEST_ID, H_TARGET};
+use crate::proxy::Shared;
 
 /// The request's id, in the request's extensions.
 #[derive(Clone, Debug)]

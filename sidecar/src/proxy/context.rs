@@ -9,11 +9,12 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
-use super::{H_FALLBACK_COUNT, H_PROVIDER, H_ROUTE, H_SCORE, H_TARGET, Shared};
+use super::Shared;
 use crate::audit::{AttemptRecord, AuditRecord, ContinuationRecord, SkipRecord};
 use crate::body::Response;
 use crate::class::Class;
 use crate::error::ApiError;
+use crate::headers::{H_FALLBACK_COUNT, H_PROVIDER, H_ROUTE, H_SCORE, H_TARGET};
 use crate::health::{Admission, Verdict};
 use crate::metrics::Outcome;
 use crate::providers::Endpoint;

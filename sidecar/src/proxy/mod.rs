@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{HeaderName, Request, StatusCode};
+use http::{Request, StatusCode};
 use tokio::time::{Instant, sleep};
 
 use crate::audit::{Audit, SkipRecord};
@@ -49,6 +49,7 @@ use crate::budget::Budget;
 use crate::class::Class;
 use crate::deadline::Deadline;
 use crate::error::ApiError;
+use crate::headers::{H_FALLBACK, H_TAGS, H_TARGET, H_TIMEOUT};
 use crate::health::Admission;
 use crate::layers::request_id::RequestId;
 use crate::metrics::{Metrics, Outcome};
@@ -64,23 +65,6 @@ use context::Ctx;
 use options::{continue_off, header_str};
 use respond::{exhausted, passthrough, respond};
 use stream::Resume;
-
-/// Request headers of the Detour API (names built at compile time: no parsing per request).
-pub const H_TAGS: HeaderName = HeaderName::from_static("x-detour-tags");
-pub const H_TARGET: HeaderName = HeaderName::from_static("x-detour-target");
-pub const H_FALLBACK: HeaderName = HeaderName::from_static("x-detour-fallback");
-pub const H_TIMEOUT: HeaderName = HeaderName::from_static("x-detour-timeout-ms");
-/// `off`: do not continue this request's stream on another target if it breaks (allowed
-/// when the policy sets `overrides.allowDisableFallback`).
-pub const H_CONTINUE: HeaderName = HeaderName::from_static("x-detour-continue");
-/// Response headers.
-pub const H_REQUEST_ID: HeaderName = HeaderName::from_static("x-detour-request-id");
-/// The route's id (the `model` the client sent), whatever the body's `model` says.
-pub const H_ROUTE: HeaderName = HeaderName::from_static("x-detour-route");
-pub const H_PROVIDER: HeaderName = HeaderName::from_static("x-detour-provider");
-pub const H_FALLBACK_COUNT: HeaderName = HeaderName::from_static("x-detour-fallback-count");
-/// The complexity score (or `unscored`), under the cost/quality strategies only.
-pub const H_SCORE: HeaderName = HeaderName::from_static("x-detour-score");
 
 /// What every request shares: the table being served, metrics, the audit sink.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use http::{HeaderName, Request, StatusCode};
 use crate::error::ApiError;
 use crate::state::RouteRt;
 
-use super::H_CONTINUE;
+use crate::headers::H_CONTINUE;
 
 pub(super) fn header_str(req: &Request<Bytes>, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
