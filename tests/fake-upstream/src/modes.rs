@@ -248,12 +248,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Action {
             let stub = (*stub).to_owned();
             let at_ms = lock(&state).now_ms();
             // Read the body like a real upstream would before answering.
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let (_, body) = wire::read(req).await;
             let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let asked_model = request
                 .get("model")

@@ -207,20 +207,16 @@ fn scripted(model: &str, n: usize, gap_ms: u64, tail: &Tail) -> Response<Body> {
 }
 
 async fn handle(stubs: Stubs, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
-    let path = req.uri().path().to_owned();
-    let name = path
+    let (head, raw) = wire::read(req).await;
+    let name = head
+        .uri
+        .path()
         .trim_start_matches('/')
         .split('/')
         .next()
         .unwrap_or("")
         .to_owned();
-    let headers = req.headers().clone();
-    let raw = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let headers = head.headers;
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let model = body
         .get("model")

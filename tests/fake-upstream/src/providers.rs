@@ -23,7 +23,6 @@ use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
@@ -237,6 +236,21 @@ fn wants_tools(kind: Kind, body: &Value) -> bool {
 
 // --- Anthropic wire format ---
 
+/// The top-level fields of a Messages request besides the model's name (Anthropic's `model`,
+/// Vertex's `anthropic_version`).
+const ANTHROPIC_FIELDS: &[&str] = &[
+    "max_tokens",
+    "system",
+    "messages",
+    "temperature",
+    "top_p",
+    "stop_sequences",
+    "tools",
+    "tool_choice",
+    "metadata",
+    "stream",
+];
+
 fn anthropic_check(state: &Shared, headers: &HeaderMap, body: &Value) {
     let who = "anthropic";
     if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(API_KEY) {
@@ -248,24 +262,7 @@ fn anthropic_check(state: &Shared, headers: &HeaderMap, body: &Value) {
     if headers.contains_key("authorization") {
         violation(state, format!("{who}: an Authorization header was forwarded"));
     }
-    check_keys(
-        state,
-        who,
-        body,
-        &[
-            "model",
-            "max_tokens",
-            "system",
-            "messages",
-            "temperature",
-            "top_p",
-            "stop_sequences",
-            "tools",
-            "tool_choice",
-            "metadata",
-            "stream",
-        ],
-    );
+    check_keys(state, who, body, &[&["model"][..], ANTHROPIC_FIELDS].concat());
     if !body["max_tokens"].is_u64() {
         violation(state, format!("{who}: max_tokens missing"));
     }
@@ -680,19 +677,7 @@ fn vertex_claude_check(state: &Shared, headers: &HeaderMap, body: &Value) {
         state,
         who,
         body,
-        &[
-            "anthropic_version",
-            "max_tokens",
-            "system",
-            "messages",
-            "temperature",
-            "top_p",
-            "stop_sequences",
-            "tools",
-            "tool_choice",
-            "metadata",
-            "stream",
-        ],
+        &[&["anthropic_version"][..], ANTHROPIC_FIELDS].concat(),
     );
     if !body["max_tokens"].is_u64() {
         violation(state, format!("{who}: max_tokens missing"));
@@ -848,16 +833,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
-    let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let headers = req.headers().clone();
-    let raw = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let (head, raw) = wire::read(req).await;
+    let method = head.method.as_str().to_owned();
+    let path = head.uri.path().to_owned();
+    let query = head.uri.query().unwrap_or("").to_owned();
+    let headers = head.headers;
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let stub_name = segs.first().copied().unwrap_or("").to_owned();
     if stub_name == "sts" {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
+use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 
 use crate::server::Body;
@@ -19,6 +19,14 @@ pub type Item = Result<Frame<Bytes>, std::io::Error>;
 
 /// The SSE end marker.
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// A request's head and its whole body (empty when it could not be read: a fake answers
+/// what it got, as a provider would).
+pub async fn read(req: Request<Incoming>) -> (http::request::Parts, Bytes) {
+    let (head, body) = req.into_parts();
+    let raw = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    (head, raw)
+}
 
 /// A whole body.
 pub fn whole(body: impl Into<Bytes>) -> Body {
