@@ -24,6 +24,7 @@ import urllib.request
 import pytest
 
 SIDECAR_BIN = os.environ.get("DETOUR_SIDECAR_BIN", "")
+UPSTREAM_BIN = os.environ.get("DETOUR_FAKE_UPSTREAM_BIN", "")
 
 
 def free_port():
@@ -96,6 +97,22 @@ def sidecar(tmp, routes_yaml, *extra_args):
             stop(proc)
 
 
+@contextlib.contextmanager
+def fake_upstream(tmp):
+    """Runs the `detour-fake-upstream` binary on a free loopback port until the block ends;
+    yields its base URL (stubs are scripted at `<base>/_control/<stub>/<mode>`)."""
+    if not UPSTREAM_BIN or not os.path.exists(UPSTREAM_BIN):
+        pytest.skip("DETOUR_FAKE_UPSTREAM_BIN is not set (run through scripts/test)")
+    with open(tmp / "upstream.log", "wb") as log:
+        proc = subprocess.Popen([UPSTREAM_BIN], stdout=subprocess.PIPE, stderr=log)
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("listening on "), line
+        yield "http://" + line.split()[-1]
+    finally:
+        stop(proc)
+
+
 class FakeServer(http.server.ThreadingHTTPServer):
     """A provider fake on a free loopback port, serving `handler` on threads: hits counted per
     name, request-shape violations collected (each test asserts there are none)."""
@@ -125,6 +142,11 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
 
     def headers_lower(self):
         return {k.lower(): v for k, v in self.headers.items()}
+
+    def read_request(self):
+        """The request's body, its headers with lower-case names, and its path."""
+        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+        return raw, self.headers_lower(), urllib.parse.urlsplit(self.path).path
 
     def start_chunked(self, content_type):
         self.send_response(200)

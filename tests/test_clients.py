@@ -20,7 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from support import SIDECAR_BIN, sidecar, stop
+from support import SIDECAR_BIN, fake_upstream, sidecar
 
 ROOT = Path(__file__).resolve().parent
 UPSTREAM_BIN = os.environ.get("DETOUR_FAKE_UPSTREAM_BIN", "")
@@ -55,12 +55,7 @@ def env(tmp_path_factory):
     if not (SIDECAR_BIN and UPSTREAM_BIN):
         pytest.skip("needs DETOUR_SIDECAR_BIN and DETOUR_FAKE_UPSTREAM_BIN (run through scripts/test)")
     tmp = tmp_path_factory.mktemp("clients")
-    with open(tmp / "upstream.log", "wb") as log:
-        upstream = subprocess.Popen([UPSTREAM_BIN], stdout=subprocess.PIPE, stderr=log)
-    try:
-        line = upstream.stdout.readline().decode()
-        assert line.startswith("listening on "), line
-        base = "http://" + line.split()[-1]
+    with fake_upstream(tmp) as base:
         for mode in MODES + ["broken-stream"]:
             req = urllib.request.Request(f"{base}/_control/p-{mode}/{mode}", method="PUT")
             urllib.request.urlopen(req, timeout=2).close()
@@ -72,8 +67,6 @@ def env(tmp_path_factory):
         routes += ROUTE.format(mode="all-fail", base=base).replace("/ok/v1", "/p-5xx/v1").replace("/p-all-fail/", "/p-5xx/")
         with sidecar(tmp, routes) as sc:
             yield sc
-    finally:
-        stop(upstream)
 
 
 def python_call(sc, model, stream, usage=False):

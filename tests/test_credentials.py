@@ -45,9 +45,7 @@ class Fakes(FakeServer):
 
 class Handler(FakeHandler):
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        path = urllib.parse.urlsplit(self.path).path
+        raw, headers, path = self.read_request()
         stub = path.strip("/").split("/")[0]
         self.server.hit(stub)
         body = json.loads(raw or b"{}")
@@ -328,9 +326,7 @@ class ChainHandler(Handler):
         return self.text(404, "")
 
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
-        headers = self.headers_lower()
-        path = urllib.parse.urlsplit(self.path).path
+        raw, headers, path = self.read_request()
         if path.startswith("/sts"):
             self.server.hit("sts")
             form = urllib.parse.parse_qs(raw.decode())
@@ -509,9 +505,7 @@ class AzureFakes(FakeServer):
 
 class AzureHandler(Handler):
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        path = urllib.parse.urlsplit(self.path).path
+        raw, headers, path = self.read_request()
         if path == f"/{AZ_TENANT}/oauth2/v2.0/token":
             self.server.hit("token")
             form = urllib.parse.parse_qs(raw.decode())

@@ -13,14 +13,13 @@ import json
 import os
 import re
 import socket
-import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
 
-from support import SIDECAR_BIN, sidecar, stop
+from support import SIDECAR_BIN, fake_upstream, sidecar
 
 UPSTREAM_BIN = os.environ.get("DETOUR_FAKE_UPSTREAM_BIN", "")
 
@@ -54,14 +53,8 @@ def upstream(tmp_path_factory):
     if not (SIDECAR_BIN and UPSTREAM_BIN):
         pytest.skip("needs DETOUR_SIDECAR_BIN and DETOUR_FAKE_UPSTREAM_BIN (run through scripts/test)")
     tmp = tmp_path_factory.mktemp("llm-upstream")
-    with open(tmp / "upstream.log", "wb") as log:
-        proc = subprocess.Popen([UPSTREAM_BIN], stdout=subprocess.PIPE, stderr=log)
-    try:
-        line = proc.stdout.readline().decode()
-        assert line.startswith("listening on "), line
-        yield Upstream("http://" + line.split()[-1])
-    finally:
-        stop(proc)
+    with fake_upstream(tmp) as base:
+        yield Upstream(base)
 
 
 def manifest(policies, routes):

@@ -48,9 +48,7 @@ class Fakes(FakeServer):
 
 class Handler(FakeHandler):
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        path = urllib.parse.urlsplit(self.path).path
+        raw, headers, path = self.read_request()
         stub = path.strip("/").split("/")[0]
         self.server.hit(stub)
         if stub == "sts":
