@@ -49,7 +49,6 @@ use crate::budget::Budget;
 use crate::class::Class;
 use crate::deadline::Deadline;
 use crate::error::ApiError;
-use crate::headers::{H_FALLBACK, H_TAGS, H_TARGET, H_TIMEOUT};
 use crate::health::Admission;
 use crate::layers::request_id::RequestId;
 use crate::metrics::{Metrics, Outcome};
@@ -57,12 +56,12 @@ use crate::providers::answer::{RequestBody, RequestError};
 use crate::providers::{Endpoint, Failure};
 use crate::responses::Native;
 use crate::retry::backoff;
-use crate::routing::{self, Overrides};
+use crate::routing;
 use crate::state::{RouteRt, Snapshot, TargetRt};
 
 use attempt::{Ask, attempt};
 use context::Ctx;
-use options::{continue_off, header_str};
+use options::Options;
 use respond::{exhausted, passthrough, respond};
 use stream::Resume;
 
@@ -184,49 +183,27 @@ async fn serve(
     ctx.route = Some(route.clone());
     let stream = endpoint != Endpoint::Embeddings && body.stream();
     ctx.stream = stream;
-    let tags = header_str(req, H_TAGS)
-        .map(routing::parse_tags)
-        .unwrap_or_default();
-    let fallback_off = match header_str(req, H_FALLBACK).map(str::trim) {
-        None | Some("on") => false,
-        Some("off") => true,
-        Some(_) => {
-            return ctx.reject(
-                ApiError::invalid("invalid_header", "x-detour-fallback must be \"off\" or \"on\""),
-                Outcome::Rejected,
-            );
+    // The headers are read once, here; only what the attempts need outlives this block (the
+    // rest is not part of the request's future).
+    let (plan, continue_off, client_ms) = {
+        let options = match Options::parse(req) {
+            Ok(o) => o,
+            Err(e) => return ctx.reject(*e, Outcome::Rejected),
+        };
+        let mut plan = match routing::plan(&route, &options.tags, &options.overrides, body, stream) {
+            Ok(p) => p,
+            Err(e) => return ctx.reject(*e, Outcome::Rejected),
+        };
+        if let Some(n) = &native
+            && let Err(e) = crate::responses::narrow(&mut plan, n, &route.route.model)
+        {
+            ctx.skipped = plan.skipped;
+            return ctx.reject(*e, Outcome::Rejected);
         }
-    };
-    let client_ms = match header_str(req, H_TIMEOUT).map(|v| v.trim().parse::<u64>()) {
-        None => None,
-        Some(Ok(ms)) if ms > 0 => Some(ms),
-        Some(_) => {
-            return ctx.reject(
-                ApiError::invalid(
-                    "invalid_header",
-                    "x-detour-timeout-ms must be a positive whole number of milliseconds",
-                ),
-                Outcome::Rejected,
-            );
+        match options.continue_off(&route) {
+            Ok(off) => (plan, off, options.client_ms),
+            Err(e) => return ctx.reject(*e, Outcome::Rejected),
         }
-    };
-    let overrides = Overrides {
-        target: header_str(req, H_TARGET).map(|s| s.trim().to_owned()),
-        fallback_off,
-    };
-    let mut plan = match routing::plan(&route, &tags, &overrides, body, stream) {
-        Ok(p) => p,
-        Err(e) => return ctx.reject(*e, Outcome::Rejected),
-    };
-    if let Some(n) = &native
-        && let Err(e) = crate::responses::narrow(&mut plan, n, &route.route.model)
-    {
-        ctx.skipped = plan.skipped;
-        return ctx.reject(*e, Outcome::Rejected);
-    }
-    let continue_off = match continue_off(req, &route) {
-        Ok(off) => off,
-        Err(e) => return ctx.reject(*e, Outcome::Rejected),
     };
     ctx.rule = plan.rule.clone();
     ctx.skipped = plan.skipped;
