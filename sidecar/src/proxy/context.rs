@@ -1,20 +1,16 @@
 //! The request's context ([`Ctx`]): what is known about one request, the recorder of each
-//! attempt (breaker, metrics, audit), the stamper of the response headers, and the request's
-//! metrics and audit line when it ends.
+//! attempt (breaker, metrics, audit), and the request's metrics and audit line when it ends.
+//! What goes to the client (its `x-detour-*` headers included) is [`super::respond`]'s.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use super::Shared;
 use crate::audit::{AttemptRecord, AuditRecord, ContinuationRecord, SkipRecord};
-use crate::body::Response;
 use crate::class::Class;
-use crate::error::ApiError;
-use crate::headers::{H_FALLBACK_COUNT, H_PROVIDER, H_ROUTE, H_SCORE, H_TARGET};
 use crate::health::{Admission, Verdict};
 use crate::metrics::Outcome;
 use crate::providers::Endpoint;
@@ -149,33 +145,6 @@ impl Ctx {
         self.committed = true;
     }
 
-    pub(super) fn stamp(&self, headers: &mut HeaderMap) {
-        if let Some(v) = self.route.as_ref().and_then(|r| r.route_header.clone()) {
-            headers.insert(H_ROUTE, v);
-        }
-        match &self.target {
-            Some(t) => {
-                if let Some(v) = &t.name_header {
-                    headers.insert(H_TARGET, v.clone());
-                }
-                headers.insert(H_PROVIDER, HeaderValue::from_static(t.provider_name()));
-            }
-            None => {
-                headers.insert(H_TARGET, HeaderValue::from_static("none"));
-                headers.insert(H_PROVIDER, HeaderValue::from_static("none"));
-            }
-        }
-        headers.insert(H_FALLBACK_COUNT, count_header(self.fallback_count));
-        if let Some(d) = &self.score {
-            let v = d
-                .value
-                .map_or_else(|| d.class.as_str().to_owned(), |v| format!("{v:.3}"));
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                headers.insert(H_SCORE, v);
-            }
-        }
-    }
-
     /// Writes the request's metrics and audit line.
     pub(super) fn finish(self, status: u16, outcome: Outcome, stream_error: Option<Class>) {
         self.finish_stream(status, outcome, stream_error, Vec::new());
@@ -254,27 +223,8 @@ impl Ctx {
             continuations,
         });
     }
-
-    /// Answers with an error of the sidecar's own.
-    pub(super) fn reject(mut self, err: ApiError, outcome: Outcome) -> Response {
-        self.commit();
-        let status = err.status.as_u16();
-        let mut resp = err.into_response();
-        self.stamp(resp.headers_mut());
-        self.finish(status, outcome, None);
-        resp
-    }
 }
 
 pub(super) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1_000.0
-}
-
-/// `x-detour-fallback-count`: the common small counts without an allocation.
-pub(super) fn count_header(n: u32) -> HeaderValue {
-    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    match SMALL.get(n as usize) {
-        Some(s) => HeaderValue::from_static(s),
-        None => HeaderValue::from(n),
-    }
 }

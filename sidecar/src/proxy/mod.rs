@@ -26,8 +26,8 @@
 //!
 //! The modules, in the order a request meets them: [`options`] (the `x-detour-*` request
 //! headers), this module's failover loop (plan → attempt → classify → next), [`attempt`] (one
-//! target), [`context`] (the recorder and the audit line), [`respond`] (the client's response)
-//! and [`stream`] (a committed stream and its continuation).
+//! target), [`context`] (the recorder and the audit line), [`respond`] (the client's response
+//! and its `x-detour-*` headers) and [`stream`] (a committed stream and its continuation).
 
 mod attempt;
 mod context;

@@ -1,10 +1,12 @@
 //! The client's response: a successful attempt's answer (JSON, passed through, or a stream),
-//! a failure passed through as the upstream sent it, or the error of an exhausted route.
+//! a failure passed through as the upstream sent it, the error of an exhausted route, or the
+//! sidecar's own refusal ([`Ctx::reject`]); each stamped with the `x-detour-*` response headers
+//! ([`Ctx::stamp`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -15,6 +17,7 @@ use crate::class::Class;
 use crate::deadline::Deadline;
 use crate::encode::Encoder;
 use crate::error::ApiError;
+use crate::headers::{H_FALLBACK_COUNT, H_PROVIDER, H_ROUTE, H_SCORE, H_TARGET};
 use crate::metrics::Outcome;
 use crate::providers::Failure;
 use crate::providers::answer::Usage;
@@ -237,4 +240,54 @@ pub(super) fn exhausted(
     ctx.stamp(resp.headers_mut());
     ctx.finish(503, Outcome::Exhausted, None);
     resp
+}
+
+/// The client's response from the context: its `x-detour-*` headers, and the sidecar's own errors.
+impl Ctx {
+    /// Writes the `x-detour-*` response headers.
+    pub(super) fn stamp(&self, headers: &mut HeaderMap) {
+        if let Some(v) = self.route.as_ref().and_then(|r| r.route_header.clone()) {
+            headers.insert(H_ROUTE, v);
+        }
+        match &self.target {
+            Some(t) => {
+                if let Some(v) = &t.name_header {
+                    headers.insert(H_TARGET, v.clone());
+                }
+                headers.insert(H_PROVIDER, HeaderValue::from_static(t.provider_name()));
+            }
+            None => {
+                headers.insert(H_TARGET, HeaderValue::from_static("none"));
+                headers.insert(H_PROVIDER, HeaderValue::from_static("none"));
+            }
+        }
+        headers.insert(H_FALLBACK_COUNT, count_header(self.fallback_count));
+        if let Some(d) = &self.score {
+            let v = d
+                .value
+                .map_or_else(|| d.class.as_str().to_owned(), |v| format!("{v:.3}"));
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(H_SCORE, v);
+            }
+        }
+    }
+
+    /// Answers with an error of the sidecar's own.
+    pub(super) fn reject(mut self, err: ApiError, outcome: Outcome) -> Response {
+        self.commit();
+        let status = err.status.as_u16();
+        let mut resp = err.into_response();
+        self.stamp(resp.headers_mut());
+        self.finish(status, outcome, None);
+        resp
+    }
+}
+
+/// `x-detour-fallback-count`: the common small counts without an allocation.
+fn count_header(n: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
 }
