@@ -27,12 +27,13 @@
 //! The modules, in the order a request meets them: [`options`] (the `x-detour-*` request
 //! headers), this module's failover loop (plan → attempt → classify → next), [`attempt`] (one
 //! target), [`context`] (the recorder and the audit line), [`respond`] (the client's response
-//! and its `x-detour-*` headers) and [`stream`] (a committed stream and its continuation).
+//! and its `x-detour-*` headers) [`stream`] (a committed stream) and [`resume`] (its continuation on the next target).
 
 mod attempt;
 mod context;
 mod options;
 mod respond;
+mod resume;
 mod stream;
 
 use std::sync::Arc;
@@ -63,7 +64,7 @@ use attempt::{Ask, attempt};
 use context::Ctx;
 use options::Options;
 use respond::{exhausted, passthrough, respond};
-use stream::Resume;
+use resume::Resume;
 
 /// What every request shares: the table being served, metrics, the audit sink.
 #[derive(Debug)]

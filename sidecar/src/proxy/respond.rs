@@ -25,7 +25,8 @@ use crate::state::{RouteRt, TargetRt};
 
 use super::attempt::{Peeked, Success};
 use super::context::Ctx;
-use super::stream::{Resume, StreamGuard, stream_body};
+use super::resume::Resume;
+use super::stream::{StreamGuard, stream_body};
 
 /// Answers with a successful attempt: the JSON body, or the stream from its first event
 /// (`client`: the client's own bound on the whole response, `x-detour-timeout-ms`).
