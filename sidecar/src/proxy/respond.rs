@@ -19,14 +19,27 @@ use crate::encode::Encoder;
 use crate::error::ApiError;
 use crate::headers::{H_FALLBACK_COUNT, H_PROVIDER, H_ROUTE, H_SCORE, H_TARGET};
 use crate::metrics::Outcome;
-use crate::providers::Failure;
 use crate::providers::answer::Usage;
+use crate::providers::{Failure, UpstreamMeta};
+
 use crate::state::{RouteRt, TargetRt};
 
 use super::attempt::{Peeked, Success};
 use super::context::Ctx;
 use super::resume::Resume;
 use super::stream::{StreamGuard, stream_body};
+
+/// A whole JSON answer (held or passed through) with the upstream's headers the client reads
+/// and the `x-detour-*` headers; the request ends here.
+fn json_answer(ctx: Ctx, meta: &UpstreamMeta, body: body::Body) -> Response {
+    let mut resp = http::Response::new(body);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    meta.apply(resp.headers_mut());
+    ctx.stamp(resp.headers_mut());
+    ctx.finish(200, Outcome::Ok, None);
+    resp
+}
 
 /// Answers with a successful attempt: the JSON body, or the stream from its first event
 /// (`client`: the client's own bound on the whole response, `x-detour-timeout-ms`).
@@ -61,24 +74,12 @@ pub(super) fn respond(
                 Some(held) => body::Body::new(body::Guarded::new(body::full(bytes), held)),
                 None => body::full(bytes),
             };
-            let mut resp = http::Response::new(body);
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            ok.meta.apply(resp.headers_mut());
-            ctx.stamp(resp.headers_mut());
-            ctx.finish(200, Outcome::Ok, None);
-            resp
+            json_answer(ctx, &ok.meta, body)
         }
         (Peeked::Passthrough(body), _) => {
             drop(ok.busy);
             ctx.commit();
-            let mut resp = http::Response::new(body);
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            ok.meta.apply(resp.headers_mut());
-            ctx.stamp(resp.headers_mut());
-            ctx.finish(200, Outcome::Ok, None);
-            resp
+            json_answer(ctx, &ok.meta, body)
         }
         (Peeked::Stream(held, rest), Some(pending)) => {
             target.metrics.first_byte().observe(ok.ttft.as_secs_f64());
