@@ -13,8 +13,8 @@ use super::diagnostics::{Diagnostic, Diags, ObjectKey, Reason, Severity};
 use super::fields::Fields;
 use super::rules;
 use crate::crd::{
-    ModelRoute, ResponseModel, RetryOn, RoutingPolicy, RoutingPolicySpec, RuleSpec, Scorer, ScoringSpec,
-    Strategy,
+    BackoffSpec, HealthSpec, ModelRoute, OverridesSpec, ResponseModel, RetryOn, RetrySpec, RoutingPolicy,
+    RoutingPolicySpec, RuleSpec, Scorer, ScoringSpec, Strategy, StreamingSpec, TimeoutsSpec,
 };
 use crate::defaults;
 use crate::table::{Health, Overrides, Policy, Retry, Scoring, Streaming, Timeouts};
@@ -159,6 +159,11 @@ fn class_set(f: &mut Fields<'_>, list: &[RetryOn], field: &str, what: &str) -> B
 
 /// Resolves a policy's own fields against the built-in defaults. `None` when invalid (the
 /// diagnostics say why).
+///
+/// Each step reads one part of the spec. They run in the order the policy's status lists its
+/// errors (the first one also names the `reason`): the durations and classes of `retry` and
+/// `timeouts` with the checks between them, `health`'s durations, `scoring`, the tag rules'
+/// shapes, then the counts and ratios of `retry` and `health`, and `responseModel` last.
 pub(super) fn resolve(
     spec: &RoutingPolicySpec,
     source: &str,
@@ -168,40 +173,61 @@ pub(super) fn resolve(
     let mark = diags.mark();
     let f = &mut Fields { key, diags };
     let d = defaults::policy();
-    let retry = spec.retry.clone().unwrap_or_default();
-    let backoff = retry.backoff.clone().unwrap_or_default();
-    let budget = retry.budget.clone().unwrap_or_default();
-    let timeouts = spec.timeouts.clone().unwrap_or_default();
-    let health = spec.health.clone().unwrap_or_default();
-    let error_rate = health.error_rate.clone().unwrap_or_default();
-    let overrides = spec.overrides.clone().unwrap_or_default();
+    let retry_spec = spec.retry.clone().unwrap_or_default();
+    let health_spec = spec.health.clone().unwrap_or_default();
+    let timeouts_spec = spec.timeouts.clone().unwrap_or_default();
 
+    let (waits, timeouts) = retry_waits_and_timeouts(&retry_spec, &timeouts_spec, &d, f);
+    let health_waits = health_waits(&health_spec, &d.health, f);
+    let scoring = scoring(spec.scoring.clone().unwrap_or_default(), f);
+    check_rule_shapes(spec, f);
+    let retry = retry(&retry_spec, waits, &d.retry, f);
+    let health = health(&health_spec, health_waits, &d.health, f);
+    let response_model = response_model(spec, d.response_model, f);
+    let policy = Policy {
+        source: source.to_owned(),
+        strategy: spec.strategy.unwrap_or(Strategy::Priority),
+        retry,
+        timeouts,
+        health,
+        overrides: overrides(spec.overrides.as_ref(), &d.overrides),
+        scoring,
+        response_model,
+        streaming: streaming(spec.streaming.as_ref(), &d.streaming),
+    };
+    f.diags.first_since(mark).ok()?;
+    Some(PolicyBase {
+        policy,
+        rules: spec.rules.clone().unwrap_or_default(),
+    })
+}
+
+/// What `retry` says in classes and durations; [`retry`] adds its counts.
+struct RetryWaits {
+    on: Vec<RetryOn>,
+    backoff_base_ms: u64,
+    backoff_max_ms: u64,
+    same_target: Vec<RetryOn>,
+    rate_limit_max_wait_ms: u64,
+}
+
+/// `retry`'s classes and waits, and `timeouts`: a backoff never starts above its `max`, an
+/// attempt never outlasts the request, and a first byte is never awaited longer than the
+/// attempt (a default one is capped to a shorter `perAttempt`).
+fn retry_waits_and_timeouts(
+    retry: &RetrySpec,
+    timeouts: &TimeoutsSpec,
+    d: &Policy,
+    f: &mut Fields<'_>,
+) -> (RetryWaits, Timeouts) {
     let on = match &retry.on {
         None => d.retry.on.clone(),
         Some(list) => class_set(f, list, "spec.retry.on", "trigger")
             .into_iter()
             .collect(),
     };
-    let base = f.duration(
-        backoff.base.as_deref(),
-        d.retry.backoff_base_ms,
-        "spec.retry.backoff.base",
-    );
-    let max = f.duration(
-        backoff.max.as_deref(),
-        d.retry.backoff_max_ms,
-        "spec.retry.backoff.max",
-    );
-    if let (Some(b), Some(m)) = (base, max)
-        && b > m
-    {
-        f.error(
-            "spec.retry.backoff.base",
-            Reason::InvalidSpec,
-            format!("{b}ms exceeds backoff.max ({m}ms); lower base or raise max"),
-        );
-    }
-    let (t, dt) = (&timeouts, &d.timeouts);
+    let (base, max) = backoff(&retry.backoff.clone().unwrap_or_default(), &d.retry, f);
+    let (t, dt) = (timeouts, &d.timeouts);
     let [per_attempt, first_byte, total, stream_idle] = f.durations(
         "spec.timeouts",
         [
@@ -216,28 +242,7 @@ pub(super) fn resolve(
         d.retry.rate_limit_max_wait_ms,
         "spec.retry.rateLimit.maxWait",
     );
-    let same_target = match &retry.same_target {
-        None => d.retry.same_target.clone(),
-        Some(list) => {
-            let set = class_set(f, list, "spec.retry.sameTarget", "class");
-            for class in &set {
-                if !matches!(
-                    class,
-                    RetryOn::ServerError | RetryOn::ConnectError | RetryOn::Timeout
-                ) {
-                    f.error(
-                        "spec.retry.sameTarget",
-                        Reason::InvalidSpec,
-                        format!(
-                            "{} cannot be retried on the same target; use 5xx, connect-error or timeout (429 waits are set by retry.rateLimit.maxWait)",
-                            retry_on_name(*class)
-                        ),
-                    );
-                }
-            }
-            set.into_iter().collect()
-        }
-    };
+    let same_target = same_target(retry.same_target.as_deref(), &d.retry, f);
     if let (Some(pa), Some(t)) = (per_attempt, total)
         && pa > t
     {
@@ -266,20 +271,89 @@ pub(super) fn resolve(
         ("spec.timeouts.total", total),
         ("spec.timeouts.streamIdle", stream_idle),
     ]);
-    let cooldown = f.duration(
-        health.cooldown.as_deref(),
-        d.health.cooldown_ms,
-        "spec.health.cooldown",
+    let waits = RetryWaits {
+        on,
+        backoff_base_ms: base.unwrap_or_default(),
+        backoff_max_ms: max.unwrap_or_default(),
+        same_target,
+        rate_limit_max_wait_ms: max_wait.unwrap_or_default(),
+    };
+    let timeouts = Timeouts {
+        per_attempt_ms: per_attempt.unwrap_or_default(),
+        first_byte_ms: first_byte.unwrap_or_default(),
+        stream_idle_ms: stream_idle.unwrap_or_default(),
+        total_ms: total.unwrap_or_default(),
+    };
+    (waits, timeouts)
+}
+
+/// `retry.backoff`'s `base` and `max`; `base` must not exceed `max`.
+fn backoff(backoff: &BackoffSpec, d: &Retry, f: &mut Fields<'_>) -> (Option<u64>, Option<u64>) {
+    let base = f.duration(
+        backoff.base.as_deref(),
+        d.backoff_base_ms,
+        "spec.retry.backoff.base",
     );
-    // Unset, it is the cooldown: growth on failed probes is opt-in.
+    let max = f.duration(backoff.max.as_deref(), d.backoff_max_ms, "spec.retry.backoff.max");
+    if let (Some(b), Some(m)) = (base, max)
+        && b > m
+    {
+        f.error(
+            "spec.retry.backoff.base",
+            Reason::InvalidSpec,
+            format!("{b}ms exceeds backoff.max ({m}ms); lower base or raise max"),
+        );
+    }
+    (base, max)
+}
+
+/// `retry.sameTarget`: only failures another try of the same target may cure (5xx, a refused
+/// connection, a timeout); a 429's wait is `retry.rateLimit.maxWait`'s.
+fn same_target(list: Option<&[RetryOn]>, d: &Retry, f: &mut Fields<'_>) -> Vec<RetryOn> {
+    let Some(list) = list else {
+        return d.same_target.clone();
+    };
+    let set = class_set(f, list, "spec.retry.sameTarget", "class");
+    for class in &set {
+        if !matches!(
+            class,
+            RetryOn::ServerError | RetryOn::ConnectError | RetryOn::Timeout
+        ) {
+            f.error(
+                "spec.retry.sameTarget",
+                Reason::InvalidSpec,
+                format!(
+                    "{} cannot be retried on the same target; use 5xx, connect-error or timeout (429 waits are set by retry.rateLimit.maxWait)",
+                    retry_on_name(*class)
+                ),
+            );
+        }
+    }
+    set.into_iter().collect()
+}
+
+/// What `health` says in durations; [`health`] adds its counts and ratios.
+struct HealthWaits {
+    cooldown_ms: u64,
+    max_cooldown_ms: u64,
+    probe_first_byte_ms: u64,
+    error_rate_window_ms: u64,
+    latency_threshold_ms: Option<u64>,
+}
+
+/// `health`'s durations: the cooldown and its growth up to `maxCooldown` (unset, it is the
+/// cooldown: growth on failed probes is opt-in), the half-open probe's first-byte bound, the
+/// error-rate window and the optional latency threshold.
+fn health_waits(health: &HealthSpec, d: &Health, f: &mut Fields<'_>) -> HealthWaits {
+    let cooldown = f.duration(health.cooldown.as_deref(), d.cooldown_ms, "spec.health.cooldown");
     let max_cooldown = f.duration(
         health.max_cooldown.as_deref(),
-        cooldown.unwrap_or(d.health.cooldown_ms),
+        cooldown.unwrap_or(d.cooldown_ms),
         "spec.health.maxCooldown",
     );
     let probe_first_byte = f.duration(
         health.probe_first_byte.as_deref(),
-        d.health.probe_first_byte_ms,
+        d.probe_first_byte_ms,
         "spec.health.probeFirstByte",
     );
     f.not_zero(&[("spec.health.probeFirstByte", probe_first_byte)]);
@@ -296,109 +370,107 @@ pub(super) fn resolve(
         }
         (_, m) => m,
     };
+    let error_rate = health.error_rate.clone().unwrap_or_default();
     let window = f.duration(
         error_rate.window.as_deref(),
-        d.health.error_rate_window_ms,
+        d.error_rate_window_ms,
         "spec.health.errorRate.window",
     );
     let latency = match health.latency_threshold.as_deref() {
         None => Some(None),
         Some(v) => f.duration(Some(v), 0, "spec.health.latencyThreshold").map(Some),
     };
-    let scoring = scoring(spec.scoring.clone().unwrap_or_default(), f);
+    HealthWaits {
+        cooldown_ms: cooldown.unwrap_or_default(),
+        max_cooldown_ms: max_cooldown.unwrap_or_default(),
+        probe_first_byte_ms: probe_first_byte.unwrap_or_default(),
+        error_rate_window_ms: window.unwrap_or_default(),
+        latency_threshold_ms: latency.flatten(),
+    }
+}
+
+/// Each tag rule's own shape; what a rule names is checked against each route that uses it.
+fn check_rule_shapes(spec: &RoutingPolicySpec, f: &mut Fields<'_>) {
     for (i, rule) in spec.rules.iter().flatten().enumerate() {
         rules::check_shape(rule, &format!("spec.rules[{i}]"), f);
     }
-    let policy = Policy {
-        source: source.to_owned(),
-        strategy: spec.strategy.unwrap_or(Strategy::Priority),
-        retry: Retry {
-            attempts: f.count(retry.attempts, d.retry.attempts, (1, 10), "spec.retry.attempts"),
-            backoff_base_ms: base.unwrap_or_default(),
-            backoff_max_ms: max.unwrap_or_default(),
-            jitter: f.ratio(backoff.jitter, d.retry.jitter, "spec.retry.backoff.jitter"),
-            on,
-            budget_ratio: f.ratio(budget.ratio, d.retry.budget_ratio, "spec.retry.budget.ratio"),
-            budget_min_per_second: f.count(
-                budget.min_per_second,
-                d.retry.budget_min_per_second,
-                (0, 100_000),
-                "spec.retry.budget.minPerSecond",
-            ),
-            same_target,
-            rate_limit_max_wait_ms: max_wait.unwrap_or_default(),
-        },
-        timeouts: Timeouts {
-            per_attempt_ms: per_attempt.unwrap_or_default(),
-            first_byte_ms: first_byte.unwrap_or_default(),
-            stream_idle_ms: stream_idle.unwrap_or_default(),
-            total_ms: total.unwrap_or_default(),
-        },
-        health: Health {
-            failure_threshold: f.count(
-                health.failure_threshold,
-                d.health.failure_threshold,
-                (1, 1000),
-                "spec.health.failureThreshold",
-            ),
-            error_rate_threshold: f.ratio(
-                error_rate.threshold,
-                d.health.error_rate_threshold,
-                "spec.health.errorRate.threshold",
-            ),
-            error_rate_window_ms: window.unwrap_or_default(),
-            error_rate_min_requests: f.count(
-                error_rate.min_requests,
-                d.health.error_rate_min_requests,
-                (1, 100_000),
-                "spec.health.errorRate.minRequests",
-            ),
-            cooldown_ms: cooldown.unwrap_or_default(),
-            max_cooldown_ms: max_cooldown.unwrap_or_default(),
-            half_open_probes: f.count(
-                health.half_open_probes,
-                d.health.half_open_probes,
-                (1, 100),
-                "spec.health.halfOpenProbes",
-            ),
-            probe_first_byte_ms: probe_first_byte.unwrap_or_default(),
-            latency_threshold_ms: latency.flatten(),
-        },
-        overrides: Overrides {
-            allow_target: overrides.allow_target.unwrap_or(d.overrides.allow_target),
-            allow_disable_fallback: overrides
-                .allow_disable_fallback
-                .unwrap_or(d.overrides.allow_disable_fallback),
-        },
-        scoring,
-        response_model: response_model(spec, d.response_model),
-        streaming: Streaming {
-            assemble: spec
-                .streaming
-                .as_ref()
-                .and_then(|s| s.assemble)
-                .unwrap_or(d.streaming.assemble),
-            continue_on_failure: spec
-                .streaming
-                .as_ref()
-                .and_then(|s| s.continue_on_failure)
-                .unwrap_or(d.streaming.continue_on_failure),
-        },
-    };
-    if let (Some(m), Some(expose)) = (spec.response_model, spec.expose_upstream_model)
-        && (m == ResponseModel::Upstream) != expose
-    {
-        f.error(
-            "spec.exposeUpstreamModel",
-            Reason::InvalidSpec,
-            "disagrees with responseModel; remove the deprecated exposeUpstreamModel".to_owned(),
-        );
+}
+
+/// `retry`: `waits`, with the attempts per target, the backoff's jitter and the retry budget.
+fn retry(retry: &RetrySpec, waits: RetryWaits, d: &Retry, f: &mut Fields<'_>) -> Retry {
+    let backoff = retry.backoff.clone().unwrap_or_default();
+    let budget = retry.budget.clone().unwrap_or_default();
+    Retry {
+        attempts: f.count(retry.attempts, d.attempts, (1, 10), "spec.retry.attempts"),
+        backoff_base_ms: waits.backoff_base_ms,
+        backoff_max_ms: waits.backoff_max_ms,
+        jitter: f.ratio(backoff.jitter, d.jitter, "spec.retry.backoff.jitter"),
+        on: waits.on,
+        budget_ratio: f.ratio(budget.ratio, d.budget_ratio, "spec.retry.budget.ratio"),
+        budget_min_per_second: f.count(
+            budget.min_per_second,
+            d.budget_min_per_second,
+            (0, 100_000),
+            "spec.retry.budget.minPerSecond",
+        ),
+        same_target: waits.same_target,
+        rate_limit_max_wait_ms: waits.rate_limit_max_wait_ms,
     }
-    f.diags.first_since(mark).ok()?;
-    Some(PolicyBase {
-        policy,
-        rules: spec.rules.clone().unwrap_or_default(),
-    })
+}
+
+/// `health`: `waits`, with the breaker's thresholds (consecutive failures, error rate) and
+/// the number of half-open probes.
+fn health(health: &HealthSpec, waits: HealthWaits, d: &Health, f: &mut Fields<'_>) -> Health {
+    let error_rate = health.error_rate.clone().unwrap_or_default();
+    Health {
+        failure_threshold: f.count(
+            health.failure_threshold,
+            d.failure_threshold,
+            (1, 1000),
+            "spec.health.failureThreshold",
+        ),
+        error_rate_threshold: f.ratio(
+            error_rate.threshold,
+            d.error_rate_threshold,
+            "spec.health.errorRate.threshold",
+        ),
+        error_rate_window_ms: waits.error_rate_window_ms,
+        error_rate_min_requests: f.count(
+            error_rate.min_requests,
+            d.error_rate_min_requests,
+            (1, 100_000),
+            "spec.health.errorRate.minRequests",
+        ),
+        cooldown_ms: waits.cooldown_ms,
+        max_cooldown_ms: waits.max_cooldown_ms,
+        half_open_probes: f.count(
+            health.half_open_probes,
+            d.half_open_probes,
+            (1, 100),
+            "spec.health.halfOpenProbes",
+        ),
+        probe_first_byte_ms: waits.probe_first_byte_ms,
+        latency_threshold_ms: waits.latency_threshold_ms,
+    }
+}
+
+/// What a request may override with its headers.
+fn overrides(spec: Option<&OverridesSpec>, d: &Overrides) -> Overrides {
+    let spec = spec.cloned().unwrap_or_default();
+    Overrides {
+        allow_target: spec.allow_target.unwrap_or(d.allow_target),
+        allow_disable_fallback: spec.allow_disable_fallback.unwrap_or(d.allow_disable_fallback),
+    }
+}
+
+/// Whether answers are assembled from streams and broken streams continued elsewhere.
+fn streaming(spec: Option<&StreamingSpec>, d: &Streaming) -> Streaming {
+    Streaming {
+        assemble: spec.and_then(|s| s.assemble).unwrap_or(d.assemble),
+        continue_on_failure: spec
+            .and_then(|s| s.continue_on_failure)
+            .unwrap_or(d.continue_on_failure),
+    }
 }
 
 /// The cost/quality strategies' thresholds.
@@ -448,8 +520,17 @@ fn scoring(scoring: ScoringSpec, f: &mut Fields<'_>) -> Scoring {
 }
 
 /// What the `model` of answers says; the deprecated `exposeUpstreamModel` when
-/// `responseModel` is not set.
-fn response_model(spec: &RoutingPolicySpec, default: ResponseModel) -> ResponseModel {
+/// `responseModel` is not set, and an error when both are set and disagree.
+fn response_model(spec: &RoutingPolicySpec, default: ResponseModel, f: &mut Fields<'_>) -> ResponseModel {
+    if let (Some(m), Some(expose)) = (spec.response_model, spec.expose_upstream_model)
+        && (m == ResponseModel::Upstream) != expose
+    {
+        f.error(
+            "spec.exposeUpstreamModel",
+            Reason::InvalidSpec,
+            "disagrees with responseModel; remove the deprecated exposeUpstreamModel".to_owned(),
+        );
+    }
     match (spec.response_model, spec.expose_upstream_model) {
         (Some(m), _) => m,
         (None, Some(true)) => ResponseModel::Upstream,
