@@ -172,7 +172,7 @@ impl AwsCredentials {
                     .static_configuration(aws_config::web_identity_token::StaticConfiguration {
                         web_identity_token_file: token_file.into(),
                         role_arn: role_arn.clone(),
-                        session_name: format!("detour-sidecar-{}", crate::providers::upstream_now_unix()),
+                        session_name: format!("detour-sidecar-{}", crate::providers::now_unix()),
                     })
                     .build(),
             ),

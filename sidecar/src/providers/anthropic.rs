@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use super::assemble;
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
 use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, KeySource, Reply, UpstreamMeta};
@@ -239,7 +240,7 @@ fn prompt_tokens(usage: Option<&Value>) -> u64 {
 }
 
 /// A Messages API response as a `chat.completion`, written as an assembled stream of the same
-/// message would be ([`upstream::completion`]): the same bytes either way.
+/// message would be ([`assemble::completion`]): the same bytes either way.
 pub(crate) fn from_response(v: &Value, created: u64) -> Result<Answer, Failure> {
     let blocks = v
         .get("content")
@@ -250,10 +251,10 @@ pub(crate) fn from_response(v: &Value, created: u64) -> Result<Answer, Failure> 
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => tool_calls.push(upstream::ToolCall {
+            Some("tool_use") => tool_calls.push(assemble::ToolCall {
                 id: b.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
                 kind: "function".to_owned(),
-                function: upstream::Function {
+                function: assemble::Function {
                     name: b.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
                     arguments: b.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
                 },
@@ -264,14 +265,14 @@ pub(crate) fn from_response(v: &Value, created: u64) -> Result<Answer, Failure> 
     }
     let usage = v.get("usage");
     let reason = finish_reason(v.get("stop_reason").and_then(Value::as_str)).unwrap_or("stop");
-    Ok(upstream::completion(
+    Ok(assemble::completion(
         v.get("id").unwrap_or(&Value::Null),
         created,
         v.get("model").unwrap_or(&Value::Null),
         text,
         tool_calls,
         reason,
-        &upstream::usage(prompt_tokens(usage), tokens(usage, "output_tokens")),
+        &assemble::usage(prompt_tokens(usage), tokens(usage, "output_tokens")),
     ))
 }
 
@@ -300,7 +301,7 @@ impl Translator {
     fn start(&mut self, out: &mut VecDeque<Event>) {
         if !self.started {
             self.started = true;
-            out.push_back(Event::Data(upstream::chunk(
+            out.push_back(Event::Data(assemble::chunk(
                 &self.id,
                 self.created,
                 &self.model,
@@ -315,7 +316,7 @@ impl Translate for Translator {
     fn event(&mut self, v: Value, out: &mut VecDeque<Event>) -> Result<(), Failure> {
         let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
         let chunk = |t: &Self, delta: Value, finish: Option<&str>| {
-            Event::Data(upstream::chunk(&t.id, t.created, &t.model, delta, finish))
+            Event::Data(assemble::chunk(&t.id, t.created, &t.model, delta, finish))
         };
         match kind {
             "message_start" => {
@@ -425,7 +426,7 @@ impl Translator {
     /// The usage chunk (when asked for) and `[DONE]`.
     fn stop(&mut self, out: &mut VecDeque<Event>) {
         if self.include_usage {
-            out.push_back(Event::Data(upstream::usage_chunk(
+            out.push_back(Event::Data(assemble::usage_chunk(
                 &self.id,
                 self.created,
                 &self.model,
@@ -508,14 +509,14 @@ pub(crate) async fn messages_reply(
         }
         let events = upstream::sse_json(resp.into_body());
         let translator = Translator {
-            created: upstream::now_unix(),
+            created: assemble::now_unix(),
             include_usage: call.include_usage()?,
             ..Translator::default()
         };
         return Ok(Reply::stream(upstream::translated(events, translator)).meta(meta));
     }
     let v = upstream::json_body(resp, call).await?;
-    from_response(&v, upstream::now_unix()).map(|a| Reply::json(a).meta(meta))
+    from_response(&v, assemble::now_unix()).map(|a| Reply::json(a).meta(meta))
 }
 
 #[cfg(test)]

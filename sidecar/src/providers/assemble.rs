@@ -13,15 +13,19 @@
 //! `finish_reason`, …) are copied byte for byte; content, refusals and tool-call arguments
 //! are concatenated. Translating providers build their non-streaming answers with the same
 //! writer ([`ChatCompletion`]), so an assembled answer and a plain one are the same bytes.
+//!
+//! This is also where those providers write the rest of OpenAI's chat shapes: the chunks of
+//! a translated stream ([`chunk`], [`usage_chunk`]) and its whole answer ([`completion`]).
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
-use super::Endpoint;
+use super::{Answer, Endpoint};
 
 /// One chunk as far as assembling reads it; anything else is ignored.
 #[derive(Deserialize, Debug)]
@@ -345,6 +349,85 @@ struct TextChoice {
     index: u64,
     logprobs: Option<Logprobs>,
     finish_reason: Option<Box<RawValue>>,
+}
+
+// What the translating providers (`anthropic`, `bedrock`) write: OpenAI's chunks and answers,
+// built from their own upstream's.
+
+/// A `chat.completion.chunk` with one choice.
+pub fn chunk(id: &str, created: u64, model: &str, delta: Value, finish_reason: Option<&str>) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+    })
+}
+
+/// A one-choice `chat.completion` with the fields a translated answer has, in the shape an
+/// assembled stream of it has: `content` null for an answer that is only tool calls (as
+/// OpenAI sends it), `refusal` null, `logprobs` null.
+pub fn completion(
+    id: &Value,
+    created: u64,
+    model: &Value,
+    text: String,
+    tool_calls: Vec<ToolCall>,
+    finish_reason: &str,
+    usage: &Value,
+) -> Answer {
+    let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
+    let completion = ChatCompletion {
+        id: raw(id),
+        object: "chat.completion",
+        created: raw(&Value::from(created)),
+        model: raw(model),
+        choices: vec![ChatChoice {
+            index: 0,
+            message: Message {
+                role: "assistant".to_owned(),
+                content,
+                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: raw(&Value::from(finish_reason)),
+        }],
+        usage: raw(usage),
+        service_tier: None,
+        system_fingerprint: None,
+    };
+    let bytes = completion.to_bytes();
+    Answer::parse(bytes.clone()).unwrap_or_else(|| Answer::from_value(&Value::Null))
+}
+
+/// The usage-only chunk OpenAI sends last when `stream_options.include_usage` is set.
+pub fn usage_chunk(id: &str, created: u64, model: &str, prompt: u64, completion: u64) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage(prompt, completion),
+    })
+}
+
+/// OpenAI's `usage` object.
+pub fn usage(prompt: u64, completion: u64) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt.saturating_add(completion),
+    })
+}
+
+/// Seconds since the epoch, for `created`.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

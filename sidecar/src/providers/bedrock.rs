@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use super::assemble;
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
 use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, Reply, UpstreamMeta};
@@ -277,7 +278,7 @@ fn tokens(usage: Option<&Value>, field: &str) -> u64 {
 
 /// A Converse response as a `chat.completion`. Converse returns no id and no model: the id is
 /// the request id AWS assigned, the model the target's. Written as an assembled stream of the
-/// same message would be ([`upstream::completion`]): the same bytes either way.
+/// same message would be ([`assemble::completion`]): the same bytes either way.
 pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> Result<Answer, Failure> {
     let blocks = v
         .pointer("/output/message/content")
@@ -289,14 +290,14 @@ pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> R
         if let Some(t) = b.get("text").and_then(Value::as_str) {
             text.push_str(t);
         } else if let Some(u) = b.get("toolUse") {
-            tool_calls.push(upstream::ToolCall {
+            tool_calls.push(assemble::ToolCall {
                 id: u
                     .get("toolUseId")
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned(),
                 kind: "function".to_owned(),
-                function: upstream::Function {
+                function: assemble::Function {
                     name: u.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
                     arguments: u.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
                 },
@@ -304,14 +305,14 @@ pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> R
         }
     }
     let usage = v.get("usage");
-    Ok(upstream::completion(
+    Ok(assemble::completion(
         &Value::from(format!("chatcmpl-{id}")),
         created,
         &Value::from(model),
         text,
         tool_calls,
         finish_reason(v.get("stopReason").and_then(Value::as_str)),
-        &upstream::usage(tokens(usage, "inputTokens"), tokens(usage, "outputTokens")),
+        &assemble::usage(tokens(usage, "inputTokens"), tokens(usage, "outputTokens")),
     ))
 }
 
@@ -333,7 +334,7 @@ struct Translator {
 
 impl Translator {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
-        Event::Data(upstream::chunk(
+        Event::Data(assemble::chunk(
             &self.id,
             self.created,
             &self.model,
@@ -394,7 +395,7 @@ impl Translate for Translator {
             "metadata" => {
                 if self.include_usage {
                     let usage = v.get("usage");
-                    out.push_back(Event::Data(upstream::usage_chunk(
+                    out.push_back(Event::Data(assemble::usage_chunk(
                         &self.id,
                         self.created,
                         &self.model,
@@ -593,14 +594,14 @@ impl Adapter for Bedrock {
             let translator = Translator {
                 id: format!("chatcmpl-{request_id}"),
                 model: call.model.to_owned(),
-                created: upstream::now_unix(),
+                created: assemble::now_unix(),
                 include_usage: call.include_usage()?,
                 ..Translator::default()
             };
             return Ok(Reply::stream(upstream::translated(events, translator)).meta(meta));
         }
         let v = upstream::json_body(resp, call).await?;
-        from_response(&v, &request_id, call.model, upstream::now_unix()).map(|a| Reply::json(a).meta(meta))
+        from_response(&v, &request_id, call.model, assemble::now_unix()).map(|a| Reply::json(a).meta(meta))
     }
 }
 

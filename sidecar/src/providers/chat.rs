@@ -424,6 +424,14 @@ pub fn read(provider: &'static str, body: &Map<String, Value>) -> Result<Chat, F
     })
 }
 
+/// Whether the client asked for the usage chunk.
+pub fn include_usage(body: &Map<String, Value>) -> bool {
+    body.get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

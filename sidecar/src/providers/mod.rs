@@ -40,9 +40,10 @@ use crate::class::Class;
 pub use answer::Answer;
 
 pub use crate::credentials::{KeySource, Secret};
+pub(crate) use assemble::now_unix;
 pub use client::HttpClient;
 pub use meta::UpstreamMeta;
-pub(crate) use upstream::{collect as upstream_collect, now_unix as upstream_now_unix};
+pub(crate) use upstream::collect as upstream_collect;
 
 /// The OpenAI endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +142,7 @@ impl Call<'_> {
     /// Whether the stream should end with a usage chunk: the client asked for one, or the
     /// answer is assembled (its `usage` comes from that chunk).
     pub fn include_usage(&self) -> Result<bool, Failure> {
-        Ok(self.assemble || upstream::include_usage(self.body()?))
+        Ok(self.assemble || chat::include_usage(self.body()?))
     }
 
     /// The client's body as bytes for an OpenAI-shaped upstream, `model` replaced by the

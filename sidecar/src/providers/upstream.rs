@@ -3,11 +3,12 @@
 //! client errors, and the stream adapter that runs a provider's event translator.
 //!
 //! Contract: nothing here knows a provider's wire format. Each provider keeps its own error
-//! mapper and its own event translator ([`Translate`]); this module only moves bytes and turns
-//! running out of time or a broken connection into the same classes `openai` uses.
+//! mapper and its own event translator ([`Translate`]), and writes OpenAI's chunks and
+//! answers with `assemble`'s writers; this module only moves bytes and turns running out of
+//! time or a broken connection into the same classes `openai` uses.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt, stream};
@@ -17,8 +18,6 @@ use http_body_util::{BodyExt, StreamBody};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
-use super::assemble;
-pub use super::assemble::{Function, ToolCall};
 use super::client::{self, Body, Dest};
 use super::{
     Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, ReplyBody, UpstreamMeta, answer,
@@ -429,13 +428,6 @@ pub fn unsupported(provider: &'static str, param: &str, what: &str) -> Failure {
     f
 }
 
-/// Seconds since the epoch, for `created`.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// `Retry-After` (seconds), as `openai` reads it.
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     super::openai::retry_after(headers)
@@ -529,83 +521,6 @@ where
     B::Error: std::fmt::Display,
 {
     sse::frames(body, sse::parse_json)
-}
-
-/// A `chat.completion.chunk` with one choice.
-pub fn chunk(id: &str, created: u64, model: &str, delta: Value, finish_reason: Option<&str>) -> Value {
-    json!({
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-    })
-}
-
-/// A one-choice `chat.completion` with the fields a translated answer has, in the shape an
-/// assembled stream of it has: `content` null for an answer that is only tool calls (as
-/// OpenAI sends it), `refusal` null, `logprobs` null.
-pub fn completion(
-    id: &Value,
-    created: u64,
-    model: &Value,
-    text: String,
-    tool_calls: Vec<ToolCall>,
-    finish_reason: &str,
-    usage: &Value,
-) -> Answer {
-    let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
-    let completion = assemble::ChatCompletion {
-        id: assemble::raw(id),
-        object: "chat.completion",
-        created: assemble::raw(&Value::from(created)),
-        model: assemble::raw(model),
-        choices: vec![assemble::ChatChoice {
-            index: 0,
-            message: assemble::Message {
-                role: "assistant".to_owned(),
-                content,
-                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
-                refusal: None,
-            },
-            logprobs: None,
-            finish_reason: assemble::raw(&Value::from(finish_reason)),
-        }],
-        usage: assemble::raw(usage),
-        service_tier: None,
-        system_fingerprint: None,
-    };
-    let bytes = completion.to_bytes();
-    Answer::parse(bytes.clone()).unwrap_or_else(|| Answer::from_value(&Value::Null))
-}
-
-/// The usage-only chunk OpenAI sends last when `stream_options.include_usage` is set.
-pub fn usage_chunk(id: &str, created: u64, model: &str, prompt: u64, completion: u64) -> Value {
-    json!({
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": usage(prompt, completion),
-    })
-}
-
-/// OpenAI's `usage` object.
-pub fn usage(prompt: u64, completion: u64) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt.saturating_add(completion),
-    })
-}
-
-/// Whether the client asked for the usage chunk.
-pub fn include_usage(body: &serde_json::Map<String, Value>) -> bool {
-    body.get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
