@@ -35,15 +35,10 @@ impl Exhausted {
     /// error: the target is not to blame (its breaker takes nothing from it), and another
     /// target's answer would need the same room, so it is returned, not failed over.
     pub fn failure(&self) -> Failure {
-        let mut f = Failure::new(Class::ClientError, "the buffer budget has no room for the answer")
-            .status(http::StatusCode::SERVICE_UNAVAILABLE);
-        let v = serde_json::json!({"error": {
-            "message": self.to_string(),
-            "type": "server_error",
-            "param": null,
-            "code": "buffer_budget_exhausted",
-        }});
-        f.body = Some(bytes::Bytes::from(v.to_string()));
+        let e = crate::error::Reason::BufferBudget(*self).to_api_error();
+        let mut f =
+            Failure::new(Class::ClientError, "the buffer budget has no room for the answer").status(e.status);
+        f.body = Some(bytes::Bytes::from(e.to_json().to_string()));
         f
     }
 }

@@ -3,7 +3,8 @@
 //! 1. The first tag rule that matches `x-detour-tags` (route-local rules come first in
 //!    `Route.rules`) may restrict/reorder the targets and change the strategy.
 //! 2. Overrides (`x-detour-target`, `x-detour-fallback: off`) apply only where the policy's
-//!    `overrides` allow them; otherwise the request is refused with 403 naming why.
+//!    `overrides` allow them; otherwise the request is refused naming why
+//!    ([`Reason::OverrideNotAllowed`]).
 //! 3. Targets whose declared capabilities or context window cannot serve the request are
 //!    skipped before any call.
 //! 4. The strategy orders the rest (the cost/quality strategies by the request's complexity
@@ -18,7 +19,7 @@ use detour_api::table::{Capability, Condition, Match, Op, Rule, Strategy};
 use serde_json::{Map, Value};
 
 use crate::audit::SkipRecord;
-use crate::error::ApiError;
+use crate::error::{Override, Reason};
 use crate::providers::answer::RequestBody;
 use crate::state::{RouteRt, TargetRt};
 
@@ -368,11 +369,11 @@ pub fn order(strategy: Strategy, mut targets: Vec<Arc<TargetRt>>) -> Vec<Arc<Tar
 }
 
 /// The request's JSON tree, for the parts of routing that read the body; a body only the
-/// tree refuses is a 400.
-fn tree(request: &RequestBody) -> Result<&Map<String, Value>, Box<ApiError>> {
+/// tree refuses is [`Reason::UnreadableJson`].
+fn tree(request: &RequestBody) -> Result<&Map<String, Value>, Box<Reason>> {
     request
         .map()
-        .map_err(|message| Box::new(ApiError::invalid("invalid_json", message.to_owned())))
+        .map_err(|why| Box::new(Reason::UnreadableJson { why: why.to_owned() }))
 }
 
 /// Builds the plan for one request. The body's tree is read only when a candidate declares
@@ -383,7 +384,7 @@ pub fn plan(
     overrides: &Overrides,
     request: &RequestBody,
     stream: bool,
-) -> Result<Plan, Box<ApiError>> {
+) -> Result<Plan, Box<Reason>> {
     let policy = &route.route.policy;
     let rule = route.route.rules.iter().find(|r| rule_matches(r, tags));
     let mut strategy = policy.strategy;
@@ -396,40 +397,27 @@ pub fn plan(
     }
     if let Some(name) = &overrides.target {
         if !policy.overrides.allow_target {
-            return Err(Box::new(ApiError::new(
-                http::StatusCode::FORBIDDEN,
-                "permission_error",
-                "override_not_allowed",
-                format!(
-                    "x-detour-target is not allowed for model {:?}: its policy {} does not set overrides.allowTarget",
-                    route.route.model, policy.source
-                ),
-            )));
+            return Err(Box::new(Reason::OverrideNotAllowed {
+                header: Override::Target,
+                model: route.route.model.clone(),
+                policy: policy.source.to_string(),
+            }));
         }
         let Some(t) = route.target(name) else {
-            let known: Vec<&str> = route.targets.iter().map(|t| t.cfg.name.as_str()).collect();
-            return Err(Box::new(ApiError::invalid(
-                "unknown_target",
-                format!(
-                    "x-detour-target names no target of model {:?}; its targets are: {}",
-                    route.route.model,
-                    known.join(", ")
-                ),
-            )));
+            return Err(Box::new(Reason::UnknownTarget {
+                model: route.route.model.clone(),
+                targets: route.targets.iter().map(|t| t.cfg.name.clone()).collect(),
+            }));
         };
         candidates = vec![t.clone()];
         strategy = Strategy::Single;
     }
     if overrides.fallback_off && !policy.overrides.allow_disable_fallback {
-        return Err(Box::new(ApiError::new(
-            http::StatusCode::FORBIDDEN,
-            "permission_error",
-            "override_not_allowed",
-            format!(
-                "x-detour-fallback: off is not allowed for model {:?}: its policy {} does not set overrides.allowDisableFallback",
-                route.route.model, policy.source
-            ),
-        )));
+        return Err(Box::new(Reason::OverrideNotAllowed {
+            header: Override::FallbackOff,
+            model: route.route.model.clone(),
+            policy: policy.source.to_string(),
+        }));
     }
     let mut skipped = Vec::new();
     let checks = |t: &Arc<TargetRt>| t.cfg.capabilities.is_some() || t.cfg.context_window.is_some();
@@ -449,14 +437,10 @@ pub fn plan(
         None => true,
     });
     if candidates.is_empty() && !skipped.is_empty() {
-        return Err(Box::new(ApiError::invalid(
-            "no_capable_target",
-            format!(
-                "no target of model {:?} can serve this request (needs {}); check the targets' capabilities and contextWindow",
-                route.route.model,
-                describe(&needs)
-            ),
-        )));
+        return Err(Box::new(Reason::NoCapableTarget {
+            model: route.route.model.clone(),
+            needs: describe(&needs),
+        }));
     }
     let (mut ordered, score) = if scores(strategy) {
         let share = policy.scoring.cheap_share;

@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use http::{Request, StatusCode, header};
+use http::{Request, header};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use crate::body::{Body, Guarded, Response};
 use crate::budget::{Budget, Reservation};
-use crate::error::ApiError;
-use crate::layers::request_id::Refused;
+use crate::error::Reason;
 
 /// How long a request body may take to arrive whole.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,24 +52,6 @@ pub struct BodyLimit<S> {
     inner: S,
     max: usize,
     budget: Budget,
-}
-
-fn too_large(max: usize) -> Response {
-    refused(
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            "request_too_large",
-            format!("the request body is larger than this sidecar's limit of {max} bytes (--max-body-bytes)"),
-        ),
-        "body_too_large",
-    )
-}
-
-fn refused(e: ApiError, reason: &'static str) -> Response {
-    let mut resp = e.into_response();
-    resp.extensions_mut().insert(Refused(reason));
-    resp
 }
 
 /// Why a body could not be read whole.
@@ -137,44 +118,18 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max as u64) {
-                return Ok(too_large(max));
+                return Ok(Reason::BodyTooLarge { max }.refusal());
             }
             let (parts, body) = req.into_parts();
             let read = tokio::time::timeout(BODY_TIMEOUT, collect(body, max, &mut held));
             let bytes = match read.await {
                 Ok(Ok(bytes)) => bytes,
-                Ok(Err(Unread::TooLarge)) => return Ok(too_large(max)),
-                Ok(Err(Unread::Incomplete)) => {
-                    return Ok(refused(
-                        ApiError::invalid("incomplete_body", "the request body could not be read completely"),
-                        "incomplete_body",
-                    ));
-                }
-                Ok(Err(Unread::Budget(e))) => {
-                    return Ok(refused(
-                        ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "server_error",
-                            "buffer_budget_exhausted",
-                            e.to_string(),
-                        ),
-                        "buffer_budget",
-                    ));
-                }
+                Ok(Err(Unread::TooLarge)) => return Ok(Reason::BodyTooLarge { max }.refusal()),
+                Ok(Err(Unread::Incomplete)) => return Ok(Reason::IncompleteBody.refusal()),
+                Ok(Err(Unread::Budget(e))) => return Ok(Reason::BufferBudget(e).refusal()),
                 Err(_) => {
-                    let why = format!(
-                        "the request body did not arrive whole within {}s",
-                        BODY_TIMEOUT.as_secs()
-                    );
-                    return Ok(refused(
-                        ApiError::new(
-                            StatusCode::REQUEST_TIMEOUT,
-                            "invalid_request_error",
-                            "body_timeout",
-                            why,
-                        ),
-                        "body_timeout",
-                    ));
+                    let secs = BODY_TIMEOUT.as_secs();
+                    return Ok(Reason::BodyTimeout { secs }.refusal());
                 }
             };
             let resp = inner.call(Request::from_parts(parts, bytes)).await?;
@@ -192,10 +147,12 @@ where
 mod tests {
     use std::future::{Ready, ready};
 
+    use http::StatusCode;
     use http_body_util::Full;
     use tower::ServiceExt;
 
     use super::*;
+    use crate::layers::request_id::Refused;
 
     /// Echoes the body it was given.
     #[derive(Clone)]

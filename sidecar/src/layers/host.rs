@@ -11,8 +11,7 @@ use http::{Request, Version, header};
 use tower::{Layer, Service};
 
 use crate::body::Response;
-use crate::error::ApiError;
-use crate::layers::request_id::Refused;
+use crate::error::Reason;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HostLayer;
@@ -71,11 +70,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match problem(&req) {
             None => Either::Left(self.inner.call(req)),
-            Some(why) => {
-                let mut resp = ApiError::invalid("bad_host", why).into_response();
-                resp.extensions_mut().insert(Refused("bad_host"));
-                Either::Right(ready(Ok(resp)))
-            }
+            Some(why) => Either::Right(ready(Ok(Reason::BadHost { why }.refusal()))),
         }
     }
 }

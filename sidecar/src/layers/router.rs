@@ -9,12 +9,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::{HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderValue, Method, Request, header};
 use serde_json::json;
 use tower::Service;
 
 use crate::body::{self, Response};
-use crate::error::ApiError;
+use crate::error::Reason;
 use crate::providers::Endpoint;
 use crate::proxy::{self, Shared};
 
@@ -64,14 +64,7 @@ fn model(shared: &Shared, raw: &str) -> Response {
     if known {
         return json_response(&model_object(&id));
     }
-    // OpenAI's answer for a model that does not exist; the id is the client's own.
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "model_not_found",
-        format!("The model '{id}' does not exist: this sidecar serves only its route ids (GET /v1/models)"),
-    )
-    .into_response()
+    Reason::NoSuchModel { id: id.into_owned() }.into_response()
 }
 
 impl Service<Request<Bytes>> for Router {
@@ -103,30 +96,22 @@ impl Service<Request<Bytes>> for Router {
             }
             path if path.starts_with("/v1/models/") => None,
             path => {
-                let msg = format!(
-                    "no route for {path}; this sidecar serves POST /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings and GET /v1/models, /v1/models/{{id}}"
-                );
-                return Box::pin(async move {
-                    Ok(
-                        ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", msg)
-                            .into_response(),
-                    )
-                });
+                let resp = Reason::UnknownUrl {
+                    path: path.to_owned(),
+                }
+                .into_response();
+                return Box::pin(async move { Ok(resp) });
             }
         };
         match endpoint {
             Some(ep) if req.method() == Method::POST => Box::pin(proxy::handle(shared, ep, req).map(Ok)),
             _ => {
-                let msg = format!("method {} is not allowed on {}", req.method(), req.uri().path());
-                Box::pin(async move {
-                    Ok(ApiError::new(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "invalid_request_error",
-                        "method_not_allowed",
-                        msg,
-                    )
-                    .into_response())
-                })
+                let resp = Reason::MethodNotAllowed {
+                    method: req.method().clone(),
+                    path: req.uri().path().to_owned(),
+                }
+                .into_response();
+                Box::pin(async move { Ok(resp) })
             }
         }
     }

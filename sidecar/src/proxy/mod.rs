@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::Request;
 use tokio::time::{Instant, sleep};
 
 use crate::audit::{Audit, SkipRecord};
@@ -49,7 +49,7 @@ use crate::body::Response;
 use crate::budget::Budget;
 use crate::class::Class;
 use crate::deadline::Deadline;
-use crate::error::ApiError;
+use crate::error::Reason;
 use crate::health::Admission;
 use crate::layers::request_id::RequestId;
 use crate::metrics::{Metrics, Outcome};
@@ -114,59 +114,27 @@ async fn handle_as(
     let responses = native.as_ref().map(|n| n.echo.clone());
     let ctx = Ctx::new(shared.clone(), request_id, endpoint, responses);
     let Some(snapshot) = shared.table.load_full() else {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "not_ready",
-            "no route table is loaded yet; see the sidecar's log for why",
-        );
-        e.retry_after = Some(1);
-        return ctx.reject(e, Outcome::Rejected);
+        return ctx.reject(Reason::NotReady, Outcome::Rejected);
     };
     let body = match RequestBody::parse(req.body().clone()) {
         Ok(body) => body,
-        Err(RequestError::NotAnObject) => {
-            return ctx.reject(
-                ApiError::invalid("invalid_json", "the request body must be a JSON object"),
-                Outcome::Rejected,
-            );
-        }
+        Err(RequestError::NotAnObject) => return ctx.reject(Reason::NotAnObject, Outcome::Rejected),
+        // serde_json's message names line and column, never the content.
         Err(RequestError::Json(e)) => {
-            // serde_json's message names line and column, never the content.
-            return ctx.reject(
-                ApiError::invalid("invalid_json", format!("the request body is not valid JSON: {e}")),
-                Outcome::Rejected,
-            );
+            let error = e.to_string();
+            return ctx.reject(Reason::InvalidJson { error }, Outcome::Rejected);
         }
     };
-    let known = || snapshot.models.join(", ");
     let Some(model) = body.model() else {
-        let e = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!("the request names no model; set \"model\" to one of: {}", known()),
-        )
-        .param("model");
-        return ctx.reject(e, Outcome::Rejected);
+        let known = snapshot.models.clone();
+        return ctx.reject(Reason::NoModel { known }, Outcome::Rejected);
     };
     let Some(route) = snapshot.routes.get(model).cloned() else {
-        let e = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            match routing::closest_model(model, &snapshot.models) {
-                Some(near) => format!(
-                    "the model {model:?} is not served by this sidecar; did you mean {near:?}? known models: {}",
-                    known()
-                ),
-                None => format!(
-                    "the model {model:?} is not served by this sidecar; known models: {}",
-                    known()
-                ),
-            },
-        )
-        .param("model");
+        let e = Reason::UnknownModel {
+            model: model.to_owned(),
+            near: routing::closest_model(model, &snapshot.models).map(str::to_owned),
+            known: snapshot.models.clone(),
+        };
         return ctx.reject(e, Outcome::Rejected);
     };
     drop(snapshot);

@@ -2,12 +2,15 @@
 //! handed to the failover loop as [`Options`].
 
 use bytes::Bytes;
-use http::{HeaderName, Request, StatusCode};
+use http::{HeaderName, Request};
 
-use crate::error::ApiError;
+use crate::error::{Override, Reason};
 use crate::headers::{H_CONTINUE, H_FALLBACK, H_TAGS, H_TARGET, H_TIMEOUT};
 use crate::routing::{self, Overrides};
 use crate::state::RouteRt;
+
+/// What an `on`/`off` header takes.
+const ON_OFF: &str = "\"off\" or \"on\"";
 
 /// The request's `x-detour-*` headers.
 #[derive(Debug)]
@@ -44,7 +47,7 @@ impl Options {
     /// Reads the headers; a malformed `x-detour-fallback` or `x-detour-timeout-ms` is the
     /// client's error. `x-detour-continue` is checked later ([`Options::continue_off`]): after
     /// the plan, whose own refusals come first.
-    pub(super) fn parse(req: &Request<Bytes>) -> Result<Self, Box<ApiError>> {
+    pub(super) fn parse(req: &Request<Bytes>) -> Result<Self, Box<Reason>> {
         let tags = header_str(req, H_TAGS)
             .map(routing::parse_tags)
             .unwrap_or_default();
@@ -52,20 +55,20 @@ impl Options {
             Toggle::On => false,
             Toggle::Off => true,
             Toggle::Invalid => {
-                return Err(Box::new(ApiError::invalid(
-                    "invalid_header",
-                    "x-detour-fallback must be \"off\" or \"on\"",
-                )));
+                return Err(Box::new(Reason::InvalidHeader {
+                    header: H_FALLBACK,
+                    expected: ON_OFF,
+                }));
             }
         };
         let client_ms = match header_str(req, H_TIMEOUT).map(|v| v.trim().parse::<u64>()) {
             None => None,
             Some(Ok(ms)) if ms > 0 => Some(ms),
             Some(_) => {
-                return Err(Box::new(ApiError::invalid(
-                    "invalid_header",
-                    "x-detour-timeout-ms must be a positive whole number of milliseconds",
-                )));
+                return Err(Box::new(Reason::InvalidHeader {
+                    header: H_TIMEOUT,
+                    expected: "a positive whole number of milliseconds",
+                }));
             }
         };
         let overrides = Overrides {
@@ -82,23 +85,19 @@ impl Options {
 
     /// Whether the request turns continuation off (`x-detour-continue: off`), which the policy
     /// must allow (`overrides.allowDisableFallback`).
-    pub(super) fn continue_off(&self, route: &RouteRt) -> Result<bool, Box<ApiError>> {
+    pub(super) fn continue_off(&self, route: &RouteRt) -> Result<bool, Box<Reason>> {
         match self.continuation {
             Toggle::On => Ok(false),
             Toggle::Off if route.route.policy.overrides.allow_disable_fallback => Ok(true),
-            Toggle::Off => Err(Box::new(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_error",
-                "override_not_allowed",
-                format!(
-                    "x-detour-continue: off is not allowed for model {:?}: its policy {} does not set overrides.allowDisableFallback",
-                    route.route.model, route.route.policy.source
-                ),
-            ))),
-            Toggle::Invalid => Err(Box::new(ApiError::invalid(
-                "invalid_header",
-                "x-detour-continue must be \"off\" or \"on\"",
-            ))),
+            Toggle::Off => Err(Box::new(Reason::OverrideNotAllowed {
+                header: Override::ContinueOff,
+                model: route.route.model.clone(),
+                policy: route.route.policy.source.to_string(),
+            })),
+            Toggle::Invalid => Err(Box::new(Reason::InvalidHeader {
+                header: H_CONTINUE,
+                expected: ON_OFF,
+            })),
         }
     }
 }
@@ -149,7 +148,10 @@ mod tests {
             ("x-detour-timeout-ms", "soon"),
         ] {
             let e = Options::parse(&request(&[(name, value)])).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{name}: {value}");
+            assert!(
+                matches!(*e, Reason::InvalidHeader { ref header, .. } if header == name),
+                "{name}: {value}: {e:?}"
+            );
         }
         let o = Options::parse(&request(&[("x-detour-continue", "maybe")])).unwrap();
         assert_eq!(o.continuation, Toggle::Invalid);

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::json;
 use tokio::time::Instant;
 
 use detour_api::table::ResponseModel;
@@ -16,7 +15,7 @@ use crate::body::{self, Response};
 use crate::class::Class;
 use crate::deadline::Deadline;
 use crate::encode::Encoder;
-use crate::error::ApiError;
+use crate::error::Reason;
 use crate::headers::{H_FALLBACK_COUNT, H_PROVIDER, H_ROUTE, H_SCORE, H_TARGET};
 use crate::metrics::Outcome;
 use crate::providers::answer::Usage;
@@ -154,19 +153,12 @@ pub(super) fn passthrough(mut ctx: Ctx, target: &TargetRt, f: Failure) -> Respon
             }
             r
         }
-        _ => {
-            let status = match f.class {
-                Class::Timeout | Class::FirstByteTimeout => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            ApiError::new(
-                status,
-                "upstream_error",
-                f.class.as_str(),
-                format!("target {} failed: {} ({})", target.cfg.name, f.class, f.detail),
-            )
-            .into_response()
+        _ => Reason::UpstreamFailed {
+            target: target.cfg.name.clone(),
+            class: f.class,
+            detail: f.detail.to_string(),
         }
+        .into_response(),
     };
     f.meta.apply(resp.headers_mut());
     ctx.commit();
@@ -190,53 +182,20 @@ pub(super) fn exhausted(
         .min()
         .unwrap_or(now);
     let retry_after = next.saturating_duration_since(now).as_secs_f64().ceil().max(1.0);
-    let attempts: Vec<String> = ctx
-        .attempts
-        .iter()
-        .map(|a| {
-            format!(
-                "{}: {}{}{} after {} ms",
-                a.target,
-                a.class,
-                a.status.map(|s| format!(" ({s})")).unwrap_or_default(),
-                a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
-                a.latency_ms.round()
-            )
-        })
-        .collect();
-    let model = &route.route.model;
-    let message = if attempts.is_empty() && targets.is_empty() {
-        format!("no target of model {model:?} is selected for this request (see the matching rule)")
-    } else if attempts.is_empty() {
-        format!("every target of model {model:?} is unavailable (circuit open); retry in {retry_after} s")
-    } else {
-        let why = if deadline.expired(now) {
-            " (the total deadline passed)"
-        } else {
-            ""
-        };
-        format!(
-            "all targets of model {model:?} failed{why}: {}",
-            attempts.join("; ")
-        )
-    };
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "server_error",
-        "all_targets_failed",
-        message,
-    );
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         reason = "positive and small"
     )]
-    let secs = retry_after as u64;
-    e.retry_after = Some(secs);
-    e.detail = Some(json!({
-        "attempts": ctx.attempts,
-        "skipped": ctx.skipped,
-    }));
+    let retry_after = retry_after as u64;
+    let e = Reason::AllTargetsFailed {
+        model: route.route.model.clone(),
+        selected: targets.len(),
+        attempts: ctx.attempts.clone(),
+        skipped: ctx.skipped.clone(),
+        deadline_passed: deadline.expired(now),
+        retry_after,
+    };
     ctx.commit();
     let mut resp = e.into_response();
     ctx.stamp(resp.headers_mut());
@@ -275,10 +234,10 @@ impl Ctx {
     }
 
     /// Answers with an error of the sidecar's own.
-    pub(super) fn reject(mut self, err: ApiError, outcome: Outcome) -> Response {
+    pub(super) fn reject(mut self, reason: Reason, outcome: Outcome) -> Response {
         self.commit();
-        let status = err.status.as_u16();
-        let mut resp = err.into_response();
+        let mut resp = reason.into_response();
+        let status = resp.status().as_u16();
         self.stamp(resp.headers_mut());
         self.finish(status, outcome, None);
         resp

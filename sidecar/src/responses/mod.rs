@@ -44,8 +44,7 @@ use detour_api::table::{Capability, Provider, Target};
 
 use crate::audit::SkipRecord;
 use crate::body::Response;
-use crate::error::ApiError;
-use crate::layers::request_id::Refused;
+use crate::error::Reason;
 use crate::providers::answer::RequestBody;
 use crate::proxy::{self, Shared};
 use crate::routing::Plan;
@@ -58,18 +57,8 @@ pub type Echo = Arc<Map<String, Value>>;
 pub async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response {
     let body = match serde_json::from_slice::<Value>(req.body()) {
         Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return refuse(ApiError::invalid(
-                "invalid_json",
-                "the request body must be a JSON object",
-            ));
-        }
-        Err(e) => {
-            return refuse(ApiError::invalid(
-                "invalid_json",
-                format!("the request body is not valid JSON: {e}"),
-            ));
-        }
+        Ok(_) => return Reason::NotAnObject.refusal(),
+        Err(e) => return Reason::InvalidJson { error: e.to_string() }.refusal(),
     };
     let pinned = body
         .get("previous_response_id")
@@ -80,10 +69,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response {
         None => req.body().clone(),
     };
     let Ok(native_body) = RequestBody::parse(native_body) else {
-        return refuse(ApiError::invalid(
-            "invalid_json",
-            "the request body must be a JSON object",
-        ));
+        return Reason::NotAnObject.refusal();
     };
     let (chat, echo, only_native) = match request::to_chat(&body) {
         Ok(t) => (t.chat, t.echo, None),
@@ -101,10 +87,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response {
     };
     drop(body);
     let Ok(chat) = serde_json::to_vec(&chat) else {
-        return refuse(ApiError::invalid(
-            "invalid_json",
-            "the request could not be translated",
-        ));
+        return Reason::Untranslatable.refusal();
     };
     let (parts, _) = req.into_parts();
     let req = Request::from_parts(parts, Bytes::from(chat));
@@ -127,7 +110,7 @@ pub struct Native {
     pub body: RequestBody,
     /// Why it cannot be translated, when it cannot: only native targets may serve it, and
     /// this is the answer when none may.
-    pub only_native: Option<Box<ApiError>>,
+    pub only_native: Option<Box<Reason>>,
     /// The target that served its `previous_response_id`: the only one it may go to.
     pub pinned: Option<native::pin::Served>,
 }
@@ -174,13 +157,6 @@ fn with_known_items(body: &Map<String, Value>) -> Option<Bytes> {
     serde_json::to_vec(&out).ok().map(Bytes::from)
 }
 
-/// A request refused before routing: counted and audited by the request-id layer.
-fn refuse(e: ApiError) -> Response {
-    let mut resp = e.into_response();
-    resp.extensions_mut().insert(Refused("invalid_request"));
-    resp
-}
-
 /// A chat completion's bytes (the model already as the client gets it) as a Response's.
 pub fn json_answer(chat: &Bytes, echo: &Echo) -> Bytes {
     let Ok(v) = serde_json::from_slice::<Value>(chat) else {
@@ -204,7 +180,7 @@ pub(crate) fn now_unix() -> u64 {
 /// its `previous_response_id` (no failover: the response exists only at that provider
 /// account), else, when it cannot be translated, the native ones; a request with none left is
 /// refused with the reason it could not be translated.
-pub fn narrow(plan: &mut Plan, native: &Native, route: &str) -> Result<(), Box<ApiError>> {
+pub fn narrow(plan: &mut Plan, native: &Native, route: &str) -> Result<(), Box<Reason>> {
     let skip = |plan: &mut Plan, keep: &dyn Fn(&TargetRt) -> bool, reason: &'static str| {
         let (kept, left): (Vec<_>, Vec<_>) = plan.targets.drain(..).partition(|t| keep(t));
         plan.targets = kept;

@@ -18,7 +18,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::error::ApiError;
+use crate::error::Reason;
 
 /// The request fields a Response object echoes back.
 const ECHOED: [&str; 10] = [
@@ -42,33 +42,27 @@ pub struct Translated {
     pub stream: bool,
 }
 
-/// A 400 naming `param` (boxed: errors are the rare path).
-fn bad(param: &str, message: String) -> Box<ApiError> {
-    let mut e = ApiError::invalid("invalid_value", message);
-    // The param is a path into this request (`input[3].type`): merged over the static one.
-    e.detail = Some(json!({"param": param}));
-    Box::new(e)
+/// A field that cannot be served as it is: `param` its path, `problem` what is wrong (boxed:
+/// errors are the rare path).
+fn bad(param: impl Into<String>, problem: impl Into<String>) -> Box<Reason> {
+    Box::new(Reason::InvalidValue {
+        param: param.into(),
+        problem: problem.into(),
+    })
 }
 
 /// Why a stateful request is refused when no target of its route that may serve it serves the
 /// Responses API natively (see the module docs).
-fn stateless(param: &str, what: &str) -> Box<ApiError> {
-    bad(
-        param,
-        format!(
-            "{param}: {what} needs state kept by the provider between requests; no target of this \
-             route that may serve the request has the `responses` capability (the Responses API \
-             served natively, by an openai, azure-openai or openai-compatible target), and \
-             translation to chat completions keeps none: send the whole conversation in `input` \
-             (and `store: false`), or add `responses` to spec.targets[].capabilities of a target \
-             whose upstream serves the Responses API"
-        ),
-    )
+fn stateless(param: &str, what: &'static str) -> Box<Reason> {
+    Box::new(Reason::NeedsProviderState {
+        param: param.to_owned(),
+        what,
+    })
 }
 
 /// Why the request needs state kept by the provider, if it does: it may then be served only
 /// natively.
-pub fn stateful(body: &Map<String, Value>) -> Option<Box<ApiError>> {
+pub fn stateful(body: &Map<String, Value>) -> Option<Box<Reason>> {
     if body.get("previous_response_id").is_some_and(|v| !v.is_null()) {
         return Some(stateless("previous_response_id", "continuing a stored response"));
     }
@@ -88,7 +82,7 @@ pub fn stateful(body: &Map<String, Value>) -> Option<Box<ApiError>> {
 }
 
 /// Translates a Responses request body (refused: what needs provider state, [`stateful`]).
-pub fn to_chat(body: &Map<String, Value>) -> Result<Translated, Box<ApiError>> {
+pub fn to_chat(body: &Map<String, Value>) -> Result<Translated, Box<Reason>> {
     if let Some(e) = stateful(body) {
         return Err(e);
     }
@@ -100,7 +94,7 @@ pub fn to_chat(body: &Map<String, Value>) -> Result<Translated, Box<ApiError>> {
     match body.get("instructions") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
-        Some(_) => return Err(bad("instructions", "instructions: must be a string".to_owned())),
+        Some(_) => return Err(bad("instructions", "must be a string")),
     }
     match body.get("input") {
         Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
@@ -111,20 +105,15 @@ pub fn to_chat(body: &Map<String, Value>) -> Result<Translated, Box<ApiError>> {
         }
         None | Some(Value::Null) => {}
         Some(_) => {
-            return Err(bad(
-                "input",
-                "input: must be a string or an array of input items".to_owned(),
-            ));
+            return Err(bad("input", "must be a string or an array of input items"));
         }
     }
     if messages.is_empty() {
-        return Err(bad("input", "input: is required".to_owned()));
+        return Err(bad("input", "is required"));
     }
     chat.insert("messages".to_owned(), Value::Array(messages));
     if let Some(tools) = body.get("tools").filter(|v| !v.is_null()) {
-        let tools = tools
-            .as_array()
-            .ok_or_else(|| bad("tools", "tools: must be an array".to_owned()))?;
+        let tools = tools.as_array().ok_or_else(|| bad("tools", "must be an array"))?;
         if !tools.is_empty() {
             let out = tools
                 .iter()
@@ -177,21 +166,21 @@ pub fn to_chat(body: &Map<String, Value>) -> Result<Translated, Box<ApiError>> {
 }
 
 /// One input item, appended to `messages`.
-fn input_item(messages: &mut Vec<Value>, item: &Value, at: &str) -> Result<(), Box<ApiError>> {
+fn input_item(messages: &mut Vec<Value>, item: &Value, at: &str) -> Result<(), Box<Reason>> {
     let kind = item.get("type").and_then(Value::as_str);
     match kind {
         None | Some("message") => {
             let role = item
                 .get("role")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{at}.role"), format!("{at}.role: is required")))?;
+                .ok_or_else(|| bad(format!("{at}.role"), "is required"))?;
             let role = match role {
                 "user" | "assistant" | "system" => role,
                 "developer" => "system",
                 other => {
                     return Err(bad(
-                        &format!("{at}.role"),
-                        format!("{at}.role: {other:?} is not one of user, assistant, system, developer"),
+                        format!("{at}.role"),
+                        format!("{other:?} is not one of user, assistant, system, developer"),
                     ));
                 }
             };
@@ -205,7 +194,7 @@ fn input_item(messages: &mut Vec<Value>, item: &Value, at: &str) -> Result<(), B
             let field = |k: &str| {
                 item.get(k)
                     .and_then(Value::as_str)
-                    .ok_or_else(|| bad(&format!("{at}.{k}"), format!("{at}.{k}: is required (a string)")))
+                    .ok_or_else(|| bad(format!("{at}.{k}"), "is required (a string)"))
             };
             let call = json!({
                 "id": field("call_id")?,
@@ -229,12 +218,10 @@ fn input_item(messages: &mut Vec<Value>, item: &Value, at: &str) -> Result<(), B
             }
         }
         Some("function_call_output") => {
-            let id = item.get("call_id").and_then(Value::as_str).ok_or_else(|| {
-                bad(
-                    &format!("{at}.call_id"),
-                    format!("{at}.call_id: is required (a string)"),
-                )
-            })?;
+            let id = item
+                .get("call_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("{at}.call_id"), "is required (a string)"))?;
             let output = match item.get("output") {
                 Some(Value::String(s)) => Value::String(s.clone()),
                 Some(Value::Array(parts)) => Value::String(
@@ -245,10 +232,7 @@ fn input_item(messages: &mut Vec<Value>, item: &Value, at: &str) -> Result<(), B
                         .join(""),
                 ),
                 _ => {
-                    return Err(bad(
-                        &format!("{at}.output"),
-                        format!("{at}.output: is required (a string)"),
-                    ));
+                    return Err(bad(format!("{at}.output"), "is required (a string)"));
                 }
             };
             messages.push(json!({"role": "tool", "tool_call_id": id, "content": output}));
@@ -273,9 +257,9 @@ fn input_item(messages: &mut Vec<Value>, item: &Value, at: &str) -> Result<(), B
         }
         Some(other) => {
             return Err(bad(
-                &format!("{at}.type"),
+                format!("{at}.type"),
                 format!(
-                    "{at}.type: {other:?} items are not served by translation to chat completions \
+                    "{other:?} items are not served by translation to chat completions \
                      (message, function_call, function_call_output and reasoning are)"
                 ),
             ));
@@ -286,15 +270,12 @@ fn input_item(messages: &mut Vec<Value>, item: &Value, at: &str) -> Result<(), B
 
 /// A message's content: a string, or parts (`input_text`, `output_text`, `input_image`,
 /// `refusal`) as chat parts; text-only parts become one string, which every provider reads.
-fn content(c: &Value, at: &str) -> Result<Value, Box<ApiError>> {
+fn content(c: &Value, at: &str) -> Result<Value, Box<Reason>> {
     let parts = match c {
         Value::String(_) => return Ok(c.clone()),
         Value::Array(parts) => parts,
         _ => {
-            return Err(bad(
-                at,
-                format!("{at}: must be a string or an array of content parts"),
-            ));
+            return Err(bad(at, "must be a string or an array of content parts"));
         }
     };
     let mut out = Vec::with_capacity(parts.len());
@@ -313,8 +294,8 @@ fn content(c: &Value, at: &str) -> Result<Value, Box<ApiError>> {
             Some("input_image") => {
                 let url = p.get("image_url").and_then(Value::as_str).ok_or_else(|| {
                     bad(
-                        &format!("{pat}.image_url"),
-                        format!("{pat}.image_url: a URL or data URL is required (file_id needs the provider's file store)"),
+                        format!("{pat}.image_url"),
+                        "a URL or data URL is required (file_id needs the provider's file store)",
                     )
                 })?;
                 let mut image = json!({"url": url});
@@ -326,9 +307,9 @@ fn content(c: &Value, at: &str) -> Result<Value, Box<ApiError>> {
             }
             other => {
                 return Err(bad(
-                    &format!("{pat}.type"),
+                    format!("{pat}.type"),
                     format!(
-                        "{pat}.type: {} parts are not served by translation to chat completions \
+                        "{} parts are not served by translation to chat completions \
                          (input_text, output_text, input_image and refusal are)",
                         other.map_or_else(|| "untyped".to_owned(), |t| format!("{t:?}"))
                     ),
@@ -347,13 +328,13 @@ fn content(c: &Value, at: &str) -> Result<Value, Box<ApiError>> {
 }
 
 /// A function tool in chat's shape; built-in tools are refused.
-fn tool(t: &Value, at: &str) -> Result<Value, Box<ApiError>> {
+fn tool(t: &Value, at: &str) -> Result<Value, Box<Reason>> {
     match t.get("type").and_then(Value::as_str) {
         Some("function") => {
             let name = t
                 .get("name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{at}.name"), format!("{at}.name: is required")))?;
+                .ok_or_else(|| bad(format!("{at}.name"), "is required"))?;
             let mut f = Map::new();
             f.insert("name".to_owned(), Value::from(name));
             for k in ["description", "parameters", "strict"] {
@@ -364,9 +345,9 @@ fn tool(t: &Value, at: &str) -> Result<Value, Box<ApiError>> {
             Ok(json!({"type": "function", "function": f}))
         }
         other => Err(bad(
-            &format!("{at}.type"),
+            format!("{at}.type"),
             format!(
-                "{at}.type: the built-in tool {} runs at the provider and is not served by \
+                "the built-in tool {} runs at the provider and is not served by \
                  translation to chat completions; only function tools are",
                 other.map_or_else(|| "(untyped)".to_owned(), |t| format!("{t:?}"))
             ),
@@ -374,26 +355,25 @@ fn tool(t: &Value, at: &str) -> Result<Value, Box<ApiError>> {
     }
 }
 
-fn tool_choice(c: &Value) -> Result<Value, Box<ApiError>> {
+fn tool_choice(c: &Value) -> Result<Value, Box<Reason>> {
     match c {
         Value::String(s) if matches!(s.as_str(), "auto" | "none" | "required") => Ok(c.clone()),
         Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
             let name = o
                 .get("name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("tool_choice.name", "tool_choice.name: is required".to_owned()))?;
+                .ok_or_else(|| bad("tool_choice.name", "is required"))?;
             Ok(json!({"type": "function", "function": {"name": name}}))
         }
         _ => Err(bad(
             "tool_choice",
-            "tool_choice: must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"name\": …}"
-                .to_owned(),
+            "must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"name\": …}",
         )),
     }
 }
 
 /// `text.format` as chat's `response_format` (`None` for plain text).
-fn response_format(f: &Value) -> Result<Option<Value>, Box<ApiError>> {
+fn response_format(f: &Value) -> Result<Option<Value>, Box<Reason>> {
     match f.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
@@ -408,7 +388,7 @@ fn response_format(f: &Value) -> Result<Option<Value>, Box<ApiError>> {
         }
         _ => Err(bad(
             "text.format.type",
-            "text.format.type: must be text, json_object or json_schema".to_owned(),
+            "must be text, json_object or json_schema",
         )),
     }
 }
@@ -417,7 +397,7 @@ fn response_format(f: &Value) -> Result<Option<Value>, Box<ApiError>> {
 mod tests {
     use super::*;
 
-    fn chat(v: Value) -> Result<Value, Box<ApiError>> {
+    fn chat(v: Value) -> Result<Value, Box<Reason>> {
         to_chat(v.as_object().unwrap()).map(|t| Value::Object(t.chat))
     }
 
@@ -524,7 +504,7 @@ mod tests {
     #[test]
     fn refusals_name_the_field() {
         let param = |v: Value| {
-            chat(v).unwrap_err().to_json()["error"]["param"]
+            chat(v).unwrap_err().to_api_error().to_json()["error"]["param"]
                 .as_str()
                 .unwrap()
                 .to_owned()
@@ -547,7 +527,9 @@ mod tests {
             "input[0].type"
         );
         assert_eq!(param(json!({"model": "m"})), "input");
-        let e = chat(json!({"input": "x", "store": true})).unwrap_err();
+        let e = chat(json!({"input": "x", "store": true}))
+            .unwrap_err()
+            .to_api_error();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("natively"), "{}", e.message);
     }
