@@ -114,6 +114,10 @@ impl AuditRecord {
 const QUEUE: usize = 8192;
 /// How often the writer thread writes what is queued.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+/// The writer thread writes its lines in pieces of about this many bytes.
+const WRITE_AT: usize = 64 * 1024;
+/// Queued records whose room the writer keeps between rounds (a steady load's batch).
+const KEEP_QUEUED: usize = 1024;
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -159,17 +163,34 @@ impl Audit {
         let thread = std::thread::Builder::new()
             .name("detour-audit".to_owned())
             .spawn(move || {
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+                let mut out = Vec::with_capacity(WRITE_AT + 1024);
+                // Swapped with the queue's each round, so neither grows again from empty.
+                let mut batch = Vec::new();
                 loop {
                     std::thread::park_timeout(FLUSH_EVERY);
                     let closed = q.closed.load(Ordering::Acquire);
-                    let batch = std::mem::take(
+                    std::mem::swap(
+                        &mut batch,
                         &mut *q.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
                     );
-                    for record in &batch {
-                        write_line(&mut out, record);
+                    let mut stdout = std::io::stdout().lock();
+                    for record in batch.drain(..) {
+                        record.write_json(&mut out);
+                        out.push(b'\n');
+                        if out.len() >= WRITE_AT {
+                            let _ = std::io::Write::write_all(&mut stdout, &out);
+                            out.clear();
+                        }
                     }
-                    let _ = std::io::Write::flush(&mut out);
+                    if !out.is_empty() {
+                        let _ = std::io::Write::write_all(&mut stdout, &out);
+                        out.clear();
+                    }
+                    let _ = std::io::Write::flush(&mut stdout);
+                    drop(stdout);
+                    // What a burst left is given back; a steady load keeps its size.
+                    batch.shrink_to(KEEP_QUEUED);
+                    out.shrink_to(WRITE_AT + 1024);
                     if closed {
                         return;
                     }
