@@ -101,12 +101,125 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    /// The line (without its newline): the record through `serde_json`, on the writer
-    /// thread.
+    /// The line (without its newline), on the writer thread: byte for byte what
+    /// `serde_json::to_writer` makes of the record, with the keys (fixed, nothing to escape)
+    /// copied as they are and only the values going through `serde_json`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Writing to a Vec cannot fail, and the record has no map with non-string keys.
-        let _ = serde_json::to_writer(&mut *out, self);
+        out.extend_from_slice(b"{\"ts_ms\":");
+        value(out, &self.ts_ms);
+        out.extend_from_slice(b",\"request_id\":");
+        value(out, self.request_id.as_str());
+        out.extend_from_slice(b",\"endpoint\":");
+        value(out, self.endpoint);
+        out.extend_from_slice(b",\"route\":");
+        value(out, &self.route);
+        out.extend_from_slice(b",\"rule\":");
+        value(out, &self.rule);
+        if let Some(score) = &self.score {
+            out.extend_from_slice(b",\"score\":{\"value\":");
+            value(out, &score.value);
+            out.extend_from_slice(b",\"class\":");
+            value(out, score.class);
+            out.extend_from_slice(b",\"scorer\":");
+            value(out, score.scorer);
+            out.extend_from_slice(b",\"rule\":");
+            value(out, score.rule.as_str());
+            out.push(b'}');
+        }
+        out.extend_from_slice(if self.stream {
+            b",\"stream\":true,\"target\":"
+        } else {
+            b",\"stream\":false,\"target\":"
+        });
+        value(out, &self.target);
+        out.extend_from_slice(b",\"provider\":");
+        value(out, &self.provider);
+        if let Some(id) = &self.upstream_request_id {
+            out.extend_from_slice(b",\"upstream_request_id\":");
+            value(out, id.as_str());
+        }
+        out.extend_from_slice(b",\"fallback_count\":");
+        value(out, &self.fallback_count);
+        out.extend_from_slice(b",\"attempts\":[");
+        for (i, a) in self.attempts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"target\":");
+            value(out, a.target.as_str());
+            out.extend_from_slice(b",\"class\":");
+            value(out, &a.class);
+            out.extend_from_slice(b",\"status\":");
+            value(out, &a.status);
+            out.extend_from_slice(b",\"latency_ms\":");
+            value(out, &a.latency_ms);
+            if let Some(detail) = &a.detail {
+                out.extend_from_slice(b",\"detail\":");
+                value(out, detail.as_ref());
+            }
+            if let Some(id) = &a.upstream_request_id {
+                out.extend_from_slice(b",\"upstream_request_id\":");
+                value(out, id.as_str());
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"skipped\":[");
+        for (i, s) in self.skipped.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"target\":");
+            value(out, s.target.as_str());
+            out.extend_from_slice(b",\"reason\":");
+            value(out, s.reason);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"status\":");
+        value(out, &self.status);
+        out.extend_from_slice(b",\"outcome\":");
+        value(out, self.outcome);
+        out.extend_from_slice(b",\"latency_ms\":");
+        value(out, &self.latency_ms);
+        out.extend_from_slice(b",\"overhead_us\":");
+        value(out, &self.overhead_us);
+        if let Some(class) = &self.stream_error {
+            out.extend_from_slice(b",\"stream_error\":");
+            value(out, class);
+        }
+        if !self.continuations.is_empty() {
+            out.extend_from_slice(b",\"continuations\":[");
+            for (i, c) in self.continuations.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"from\":");
+                value(out, c.from.as_str());
+                out.extend_from_slice(b",\"class\":");
+                value(out, &c.class);
+                out.extend_from_slice(b",\"bytes\":");
+                value(out, &c.bytes);
+                out.extend_from_slice(b",\"chunks\":");
+                value(out, &c.chunks);
+                out.extend_from_slice(b",\"to\":");
+                value(out, &c.to);
+                if let Some(style) = c.style {
+                    out.extend_from_slice(b",\"style\":");
+                    value(out, style);
+                }
+                out.extend_from_slice(b",\"result\":");
+                value(out, c.result);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
     }
+}
+
+/// One value of the line through `serde_json` (strings escaped, numbers as it writes them).
+fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing to a Vec cannot fail, and no value is a map with non-string keys.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 /// Audit lines waiting for the writer thread; past this the request path writes its own
@@ -313,6 +426,59 @@ mod tests {
             overhead_us: 37,
             stream_error: full.then_some(Class::Reset),
             continuations: Vec::new(),
+        }
+    }
+
+    /// The hand-written line is byte for byte what serde's derive writes of the record, with
+    /// every optional part absent and present, text that needs escaping and odd numbers.
+    #[test]
+    fn line_is_what_serde_writes_of_the_record() {
+        let mut full = record(true);
+        full.attempts[0].detail = Some("credential file /run/keys/\"a\" missing".into());
+        full.attempts[1].latency_ms = f64::NAN;
+        full.skipped.push(SkipRecord {
+            target: "tab\there".to_owned(),
+            reason: "capability",
+        });
+        full.continuations = vec![
+            ContinuationRecord {
+                from: "primary".to_owned(),
+                class: Class::Reset,
+                bytes: 1234,
+                chunks: 17,
+                to: Some("backup".to_owned()),
+                style: Some("prefill"),
+                result: "ok",
+            },
+            ContinuationRecord {
+                from: "backup".to_owned(),
+                class: Class::Timeout,
+                bytes: 0,
+                chunks: 0,
+                to: None,
+                style: None,
+                result: "no-target",
+            },
+        ];
+        let mut unscored = record(true);
+        unscored.score = Some(ScoreRecord {
+            value: None,
+            class: "unscored",
+            scorer: "v1",
+            rule: String::new(),
+        });
+        unscored.upstream_request_id = None;
+        unscored.stream_error = None;
+        unscored.ts_ms = u128::MAX;
+        unscored.latency_ms = 1e300;
+        for r in [record(false), record(true), full, unscored] {
+            let mut line = Vec::new();
+            r.write_json(&mut line);
+            let derived = serde_json::to_vec(&r).unwrap();
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                String::from_utf8(derived).unwrap()
+            );
         }
     }
 
