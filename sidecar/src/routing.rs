@@ -153,7 +153,7 @@ pub struct Plan {
 
 /// A request's complexity class under a cost/quality strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub enum Complexity {
     /// Below `simpleBelow`: the cheapest target first.
     Simple,
     /// Between the thresholds: conservatively, the least expensive capable target first.
@@ -164,7 +164,7 @@ pub enum Class {
     Unscored,
 }
 
-impl Class {
+impl Complexity {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Simple => "simple",
@@ -181,7 +181,7 @@ impl Class {
 pub struct ScoreDecision {
     /// The score, when the request could be scored.
     pub value: Option<f64>,
-    pub class: Class,
+    pub class: Complexity,
     /// The thresholds in force, `(simple_below, complex_above)`.
     pub thresholds: (f64, f64),
     /// The feature that contributed most, or why there is no score.
@@ -197,14 +197,14 @@ impl ScoreDecision {
     pub fn rule(&self) -> String {
         let (lo, hi) = self.thresholds;
         match (self.value, self.class) {
-            (Some(v), Class::Simple) => {
+            (Some(v), Complexity::Simple) => {
                 format!(
                     "score {v:.2} < simpleBelow {lo:.2}{} ({}): cheapest first",
                     if self.calibrated { " from cheapShare" } else { "" },
                     self.because
                 )
             }
-            (Some(v), Class::Complex) => {
+            (Some(v), Complexity::Complex) => {
                 format!(
                     "score {v:.2} > complexAbove {hi:.2} ({}): most capable first",
                     self.because
@@ -242,7 +242,7 @@ pub fn decide_with(
     };
     let unscored = |because| ScoreDecision {
         value: None,
-        class: Class::Unscored,
+        class: Complexity::Unscored,
         thresholds,
         because,
         scorer: version,
@@ -256,11 +256,11 @@ pub fn decide_with(
         Ok(score) => {
             let (lo, hi) = thresholds;
             let class = if score.value < lo {
-                Class::Simple
+                Complexity::Simple
             } else if score.value > hi {
-                Class::Complex
+                Complexity::Complex
             } else {
-                Class::Medium
+                Complexity::Medium
             };
             ScoreDecision {
                 value: Some(score.value),
@@ -285,7 +285,7 @@ fn capability(t: &TargetRt, place: usize) -> (i8, f64, isize) {
 /// Orders targets for a complexity class. The upper half by capability are the capable
 /// targets, the lower half the cheap ones; every target stays in the chain, so failover is
 /// exactly as with `priority`.
-pub fn order_by_score(targets: Vec<Arc<TargetRt>>, class: Class) -> Vec<Arc<TargetRt>> {
+pub fn order_by_score(targets: Vec<Arc<TargetRt>>, class: Complexity) -> Vec<Arc<TargetRt>> {
     let mut ranked: Vec<((i8, f64, isize), Arc<TargetRt>)> = targets
         .into_iter()
         .enumerate()
@@ -300,12 +300,12 @@ pub fn order_by_score(targets: Vec<Arc<TargetRt>>, class: Class) -> Vec<Arc<Targ
     });
     let mut desc: Vec<Arc<TargetRt>> = ranked.into_iter().map(|(_, t)| t).collect();
     match class {
-        Class::Complex | Class::Unscored => desc,
-        Class::Simple => {
+        Complexity::Complex | Complexity::Unscored => desc,
+        Complexity::Simple => {
             desc.reverse();
             desc
         }
-        Class::Medium => {
+        Complexity::Medium => {
             let capable = desc.len().div_ceil(2);
             let cheap = desc.split_off(capable);
             desc.reverse();
@@ -331,7 +331,7 @@ pub fn order(strategy: Strategy, mut targets: Vec<Arc<TargetRt>>) -> Vec<Arc<Tar
         Strategy::Single => targets.truncate(1),
         Strategy::Priority => {}
         Strategy::CostOptimized | Strategy::Balanced | Strategy::QualityFirst => {
-            targets = order_by_score(targets, Class::Unscored);
+            targets = order_by_score(targets, Complexity::Unscored);
         }
         Strategy::LeastBusy => {
             targets.sort_by_key(|t| t.state.in_flight.load(Ordering::Relaxed));
@@ -609,19 +609,19 @@ mod tests {
             ("adv", Some("advanced"), Some(3.0)),
         ]);
         assert_eq!(
-            names(&order_by_score(ts.clone(), Class::Complex)),
+            names(&order_by_score(ts.clone(), Complexity::Complex)),
             ["frontier", "adv", "std", "basic"]
         );
         assert_eq!(
-            names(&order_by_score(ts.clone(), Class::Unscored)),
+            names(&order_by_score(ts.clone(), Complexity::Unscored)),
             ["frontier", "adv", "std", "basic"]
         );
         assert_eq!(
-            names(&order_by_score(ts.clone(), Class::Simple)),
+            names(&order_by_score(ts.clone(), Complexity::Simple)),
             ["basic", "std", "adv", "frontier"]
         );
         assert_eq!(
-            names(&order_by_score(ts, Class::Medium)),
+            names(&order_by_score(ts, Complexity::Medium)),
             ["adv", "frontier", "std", "basic"]
         );
     }
@@ -635,23 +635,26 @@ mod tests {
             ("b", None, Some(9.0)),
             ("c", None, Some(0.5)),
         ]);
-        assert_eq!(names(&order_by_score(by_cost, Class::Complex)), ["b", "a", "c"]);
+        assert_eq!(
+            names(&order_by_score(by_cost, Complexity::Complex)),
+            ["b", "a", "c"]
+        );
         let by_order = targets(&[
             ("first", None, None),
             ("second", None, None),
             ("third", None, None),
         ]);
         assert_eq!(
-            names(&order_by_score(by_order.clone(), Class::Complex)),
+            names(&order_by_score(by_order.clone(), Complexity::Complex)),
             ["first", "second", "third"]
         );
         assert_eq!(
-            names(&order_by_score(by_order.clone(), Class::Simple)),
+            names(&order_by_score(by_order.clone(), Complexity::Simple)),
             ["third", "second", "first"]
         );
         // Three targets: the capable half is two; medium starts at the less capable of them.
         assert_eq!(
-            names(&order_by_score(by_order, Class::Medium)),
+            names(&order_by_score(by_order, Complexity::Medium)),
             ["second", "first", "third"]
         );
     }
@@ -671,10 +674,10 @@ mod tests {
         let simple = body("hi");
         let hard = body("Analyze, compare and prove the trade-offs step by step; design the algorithm.");
         let d = decide(Strategy::Balanced, &scoring, simple.as_object().unwrap());
-        assert_eq!((d.class, d.thresholds), (Class::Simple, (0.40, 0.60)));
+        assert_eq!((d.class, d.thresholds), (Complexity::Simple, (0.40, 0.60)));
         assert_eq!(
             decide(Strategy::Balanced, &scoring, hard.as_object().unwrap()).class,
-            Class::Complex
+            Complexity::Complex
         );
         let strict = detour_api::table::Scoring {
             simple_below: Some(0.999),
@@ -683,19 +686,19 @@ mod tests {
         };
         assert_eq!(
             decide(Strategy::Balanced, &strict, hard.as_object().unwrap()).class,
-            Class::Simple
+            Complexity::Simple
         );
         let off = detour_api::table::Scoring {
             disabled: true,
             ..scoring.clone()
         };
         let d = decide(Strategy::QualityFirst, &off, simple.as_object().unwrap());
-        assert_eq!((d.class, d.value), (Class::Unscored, None));
+        assert_eq!((d.class, d.value), (Complexity::Unscored, None));
         assert_eq!(d.rule(), "scorer disabled: most capable first");
         let embed = serde_json::json!({"input": "x"});
         assert_eq!(
             decide(Strategy::CostOptimized, &scoring, embed.as_object().unwrap()).class,
-            Class::Unscored
+            Complexity::Unscored
         );
     }
 }
