@@ -222,8 +222,8 @@ impl RequestBody {
     /// [`RequestError::NotAnObject`] for JSON that is not an object.
     pub fn parse(raw: Bytes) -> Result<Self, RequestError> {
         // UTF-8 checked once for the whole body, so the skipped strings need no check.
-        let head = std::str::from_utf8(&raw).ok().and_then(|text| {
-            let h = serde_json::from_str::<Head<'_>>(text).ok()?;
+        let summary = std::str::from_utf8(&raw).ok().and_then(|text| {
+            let h = serde_json::from_str::<RequestSummary<'_>>(text).ok()?;
             // Last one wins, as in a tree; a non-string model is no model.
             let model = h.model.and_then(|m| {
                 let quoted = m.get();
@@ -237,7 +237,7 @@ impl RequestBody {
             let span = h.model.and_then(|m| span_of(text, m)).filter(|_| h.models == 1);
             Some((model, span, h.stream, h.stream_keys))
         });
-        match head {
+        match summary {
             Some((model, model_span, stream, stream_keys)) => Ok(Self {
                 model,
                 model_span,
@@ -356,10 +356,10 @@ impl<'de> serde::Deserialize<'de> for Key {
     }
 }
 
-/// The first reading of a request: its top-level `model` (the last one, as written), how many
-/// there are, and `stream`.
+/// What [`RequestBody`] reads from a request on its first pass: its top-level `model` (the
+/// last one, as written), how many there are, and `stream`.
 #[derive(Default)]
-struct Head<'a> {
+struct RequestSummary<'a> {
     model: Option<&'a RawValue>,
     models: usize,
     stream: bool,
@@ -367,16 +367,16 @@ struct Head<'a> {
     stream_keys: bool,
 }
 
-impl<'de> serde::Deserialize<'de> for Head<'de> {
+impl<'de> serde::Deserialize<'de> for RequestSummary<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct HeadVisitor;
-        impl<'de> Visitor<'de> for HeadVisitor {
-            type Value = Head<'de>;
+        struct RequestSummaryVisitor;
+        impl<'de> Visitor<'de> for RequestSummaryVisitor {
+            type Value = RequestSummary<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Head<'de>, A::Error> {
-                let mut h = Head::default();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RequestSummary<'de>, A::Error> {
+                let mut h = RequestSummary::default();
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
                         Key::Model => {
@@ -399,7 +399,7 @@ impl<'de> serde::Deserialize<'de> for Head<'de> {
                 Ok(h)
             }
         }
-        d.deserialize_map(HeadVisitor)
+        d.deserialize_map(RequestSummaryVisitor)
     }
 }
 
