@@ -101,8 +101,9 @@ pub fn stack(
         .layer(RequestIdLayer::new(shared.clone()))
         // Before the body is read: a request without a single valid `Host` is refused.
         .layer(HostLayer)
-        // Before anything parses: bounds the memory one request can take, and hands the
-        // proxy the whole body it needs to route by `model` and to replay on failover.
+        // Before anything parses, and the only place the body limit is enforced: bounds the
+        // memory one request can take, and hands the proxy the whole body it needs to route
+        // by `model` and to replay on failover (a `Bounded` body, which only this layer makes).
         .layer(BodyLimitLayer::new(max_body_bytes, budget))
         // Dispatch by path; the proxy (routing, failover, streaming) sits behind it.
         .service(Router::new(shared))

@@ -1,10 +1,15 @@
-//! Reads the request body whole, up to a limit, before anything parses it. Over the limit:
-//! 413 in OpenAI's error shape (checked on `Content-Length` first, so an honest client is
-//! refused without sending the body). Memory grows only with the bytes that arrive, never
-//! with a declared length, and every byte kept is reserved under the process-wide
-//! [`Budget`] until the answer is done (503 when it is exhausted). A body that does not
-//! arrive whole within [`BODY_TIMEOUT`]: 408. The inner services get `Request<Bytes>`: the
-//! proxy needs the whole JSON body anyway to route by `model` and to replay it on failover.
+//! The one place the request body limit is enforced. Reads the request body whole, up to a
+//! limit, before anything parses it. Over the limit: 413 in OpenAI's error shape (checked on
+//! `Content-Length` first, so an honest client is refused without sending the body; hyper then
+//! ends the connection and [`crate::conn`] lingers, so a client still sending reads the 413).
+//! Memory grows only with the bytes that arrive, never with a declared length, and every byte
+//! kept is reserved under the process-wide [`Budget`] until the answer is done (503 when it is
+//! exhausted). A body that does not arrive whole within [`BODY_TIMEOUT`]: 408.
+//!
+//! The inner services get `Request<`[`Bounded`]`>`: the proxy needs the whole JSON body anyway to
+//! route by `model` and to replay it on failover. Only this layer makes a [`Bounded`], so a
+//! service that takes one (the router, the proxy, the Responses translation) is reached only
+//! through the limit: the contract is the type, not a convention.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -22,6 +27,23 @@ use crate::error::Reason;
 
 /// How long a request body may take to arrive whole.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request body read whole by [`BodyLimit`]: at most `--max-body-bytes`, its bytes counted
+/// in the buffer budget until the answer is done. Made only here.
+#[derive(Clone, Debug)]
+pub struct Bounded(Bytes);
+
+impl Bounded {
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// A body for a unit test that calls a service behind the limit directly.
+    #[cfg(test)]
+    pub(crate) fn for_test(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct BodyLimitLayer {
@@ -93,7 +115,7 @@ where
 
 impl<S, B> Service<Request<B>> for BodyLimit<S>
 where
-    S: Service<Request<Bytes>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Bounded>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
 {
@@ -132,7 +154,7 @@ where
                     return Ok(Reason::BodyTimeout { secs }.refusal());
                 }
             };
-            let resp = inner.call(Request::from_parts(parts, bytes)).await?;
+            let resp = inner.call(Request::from_parts(parts, Bounded(bytes))).await?;
             if held.bytes() == 0 {
                 return Ok(resp);
             }
@@ -158,7 +180,7 @@ mod tests {
     #[derive(Clone)]
     struct Echo;
 
-    impl Service<Request<Bytes>> for Echo {
+    impl Service<Request<Bounded>> for Echo {
         type Response = Response;
         type Error = Infallible;
         type Future = Ready<Result<Response, Infallible>>;
@@ -167,8 +189,10 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-            ready(Ok(http::Response::new(crate::body::full(req.into_body()))))
+        fn call(&mut self, req: Request<Bounded>) -> Self::Future {
+            ready(Ok(http::Response::new(crate::body::full(
+                req.into_body().into_bytes(),
+            ))))
         }
     }
 

@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, header};
@@ -15,6 +14,7 @@ use tower::Service;
 
 use crate::body::{self, Response};
 use crate::error::Reason;
+use crate::layers::body_limit::Bounded;
 use crate::providers::Endpoint;
 use crate::proxy::{self, Shared};
 
@@ -67,7 +67,7 @@ fn model(shared: &Shared, raw: &str) -> Response {
     Reason::NoSuchModel { id: id.into_owned() }.into_response()
 }
 
-impl Service<Request<Bytes>> for Router {
+impl Service<Request<Bounded>> for Router {
     type Response = Response;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
@@ -76,7 +76,7 @@ impl Service<Request<Bytes>> for Router {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+    fn call(&mut self, req: Request<Bounded>) -> Self::Future {
         let shared = self.shared.clone();
         let endpoint = match req.uri().path().trim_end_matches('/') {
             "/v1/chat/completions" => Some(Endpoint::Chat),

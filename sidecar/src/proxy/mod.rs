@@ -51,6 +51,7 @@ use crate::class::Class;
 use crate::deadline::Deadline;
 use crate::error::Reason;
 use crate::health::Admission;
+use crate::layers::body_limit::Bounded;
 use crate::layers::request_id::RequestId;
 use crate::metrics::{Metrics, Outcome};
 use crate::providers::answer::{RequestBody, RequestError};
@@ -76,19 +77,20 @@ pub struct Shared {
     pub budget: Budget,
 }
 
-/// Serves one OpenAI API request.
+/// Serves one OpenAI API request, its body read whole under the body limit ([`Bounded`]).
 ///
 /// Not `async fn` wrappers (here and in [`handle_responses`]): one would hold the request
 /// twice, as its argument and inside the future it awaits.
 pub fn handle(
     shared: Arc<Shared>,
     endpoint: Endpoint,
-    req: Request<Bytes>,
+    req: Request<Bounded>,
 ) -> impl Future<Output = Response> + Send {
-    handle_as(shared, endpoint, req, None)
+    handle_as(shared, endpoint, req.map(Bounded::into_bytes), None)
 }
 
-/// Serves a Responses API request: `req`'s body is its translation to a chat request, which
+/// Serves a Responses API request: `req`'s body is its translation to a chat request (made
+/// by [`crate::responses::handle`] from a [`Bounded`] body), which
 /// routes it and goes to translated targets; `native` is what goes to targets that serve the
 /// Responses API natively. The same routing, failover and stream contract; a translated answer
 /// and stream are written back as Responses, a native one passes through (see
@@ -426,7 +428,11 @@ mod tests {
             audit: Audit::stdout(),
             budget: Budget::new(1 << 20),
         });
-        let fut = handle(shared, Endpoint::Chat, Request::new(Bytes::new()));
+        let fut = handle(
+            shared,
+            Endpoint::Chat,
+            Request::new(Bounded::for_test(Bytes::new())),
+        );
         let size = size_of_val(&fut);
         assert!(size <= 5 * 1024 + 80, "the request future is {size} bytes");
     }

@@ -45,6 +45,7 @@ use detour_api::table::{Capability, Provider, Target};
 use crate::audit::SkipRecord;
 use crate::body::Response;
 use crate::error::Reason;
+use crate::layers::body_limit::Bounded;
 use crate::providers::answer::RequestBody;
 use crate::proxy::{self, Shared};
 use crate::routing::Plan;
@@ -53,9 +54,11 @@ use crate::state::TargetRt;
 /// The request fields a Response repeats (`tools`, `tool_choice`, `instructions`, ...).
 pub type Echo = Arc<Map<String, Value>>;
 
-/// Serves one `POST /v1/responses`.
-pub async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response {
-    let body = match serde_json::from_slice::<Value>(req.body()) {
+/// Serves one `POST /v1/responses`, its body read whole under the body limit.
+pub async fn handle(shared: Arc<Shared>, req: Request<Bounded>) -> Response {
+    let (parts, raw) = req.into_parts();
+    let raw = raw.into_bytes();
+    let body = match serde_json::from_slice::<Value>(&raw) {
         Ok(Value::Object(m)) => m,
         Ok(_) => return Reason::NotAnObject.refusal(),
         Err(e) => return Reason::InvalidJson { error: e.to_string() }.refusal(),
@@ -66,7 +69,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response {
         .and_then(native::pin::recall);
     let native_body = match with_known_items(&body) {
         Some(b) => b,
-        None => req.body().clone(),
+        None => raw,
     };
     let Ok(native_body) = RequestBody::parse(native_body) else {
         return Reason::NotAnObject.refusal();
@@ -89,7 +92,6 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response {
     let Ok(chat) = serde_json::to_vec(&chat) else {
         return Reason::Untranslatable.refusal();
     };
-    let (parts, _) = req.into_parts();
     let req = Request::from_parts(parts, Bytes::from(chat));
     let native = Native {
         echo: Arc::new(echo),
