@@ -74,8 +74,8 @@ impl Drop for ProbeGuard {
     }
 }
 
-/// What every attempt of a request sends.
-pub(super) struct Ask<'a> {
+/// What every attempt of a request starts from; [`attempt`] makes one target's [`Call`] of it.
+pub(super) struct AttemptBase<'a> {
     pub(super) endpoint: Endpoint,
     pub(super) body: &'a RequestBody,
     /// The client asked for a stream.
@@ -99,7 +99,7 @@ pub(super) enum Mode {
     Assemble,
 }
 
-impl Ask<'_> {
+impl AttemptBase<'_> {
     pub(super) fn mode(&self, target: &TargetRt) -> Mode {
         let streams = target
             .cfg
@@ -125,7 +125,7 @@ pub(super) const MAX_HELD: usize = 16;
 pub(super) async fn attempt(
     ctx: &mut Ctx,
     target: &Arc<TargetRt>,
-    ask: &Ask<'_>,
+    base: &AttemptBase<'_>,
     deadline: &Deadline,
     admission: Admission,
 ) -> Result<Success, Failure> {
@@ -133,17 +133,17 @@ pub(super) async fn attempt(
     // A Responses request picks its body by the target: the client's own for a target that
     // serves the API natively (never assembled: its stream is not chat's), the translation
     // for every other.
-    let (endpoint, request, mode, native) = match ask
+    let (endpoint, request, mode, native) = match base
         .native
         .filter(|_| crate::responses::serves_natively(&target.cfg))
     {
         Some(body) => (
             Endpoint::Responses,
             body,
-            if ask.stream { Mode::Stream } else { Mode::Json },
+            if base.stream { Mode::Stream } else { Mode::Json },
             true,
         ),
-        None => (ask.endpoint, ask.body, ask.mode(target), false),
+        None => (base.endpoint, base.body, base.mode(target), false),
     };
     let attempt_deadline = deadline.attempt(t0, target.cfg.per_attempt_ms);
     // A half-open probe finds out quickly whether the provider still says nothing.
@@ -151,7 +151,7 @@ pub(super) async fn attempt(
         Admission::Probe { .. } => target
             .cfg
             .first_byte_ms
-            .min(ask.policy.health.probe_first_byte_ms),
+            .min(base.policy.health.probe_first_byte_ms),
         _ => target.cfg.first_byte_ms,
     };
     let budget = ctx.shared.budget.clone();
@@ -167,7 +167,7 @@ pub(super) async fn attempt(
         // A large answer passes through only as the upstream wrote it: with the route's id
         // to put in its `model` (anywhere in it), or to be answered as a Response object, it
         // is held whole.
-        pass_through: ask.policy.response_model != ResponseModel::Route
+        pass_through: base.policy.response_model != ResponseModel::Route
             && (ctx.responses.is_none() || native),
     };
     let busy = TargetBusy::new(&target.state);

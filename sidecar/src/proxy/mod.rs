@@ -61,7 +61,7 @@ use crate::retry::backoff;
 use crate::routing;
 use crate::state::{RouteRt, Snapshot, TargetRt};
 
-use attempt::{Ask, attempt};
+use attempt::{AttemptBase, attempt};
 use context::Ctx;
 use options::Options;
 use respond::{exhausted, passthrough, respond};
@@ -192,7 +192,7 @@ async fn serve(
     let route_label = route.route.model.as_str();
     let shared = ctx.shared.clone();
     let metrics = &shared.metrics;
-    let ask = Ask {
+    let base = AttemptBase {
         endpoint,
         body,
         stream,
@@ -264,12 +264,12 @@ async fn serve(
                         a => admission = a,
                     }
                 }
-                match attempt(&mut ctx, target, &ask, &deadline, admission).await {
+                match attempt(&mut ctx, target, &base, &deadline, admission).await {
                     Ok(ok) => {
                         // A native Responses stream is never continued (its events are not
                         // chat chunks).
-                        let resume = (ask.continues && !ok.native).then(|| {
-                            Resume::new(&route, &plan.targets, target, ask.body.raw(), &ctx.shared.budget)
+                        let resume = (base.continues && !ok.native).then(|| {
+                            Resume::new(&route, &plan.targets, target, base.body.raw(), &ctx.shared.budget)
                         });
                         return respond(ctx, &route, target, ok, deadline.client, resume);
                     }

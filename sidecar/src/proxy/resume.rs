@@ -20,7 +20,7 @@ use crate::providers::Endpoint;
 use crate::providers::answer::RequestBody;
 use crate::state::{RouteRt, TargetRt};
 
-use super::attempt::{Ask, Peeked, Success, attempt};
+use super::attempt::{AttemptBase, Peeked, Success, attempt};
 use super::book_fallback;
 use super::stream::StreamState;
 
@@ -204,7 +204,7 @@ impl StreamState {
             let Ok(body) = RequestBody::parse(built.body.clone()) else {
                 break;
             };
-            let ask = Ask {
+            let base = AttemptBase {
                 endpoint: Endpoint::Chat,
                 body: &body,
                 stream: true,
@@ -220,7 +220,7 @@ impl StreamState {
                 previous.1,
             );
             ctx.fallback_count += 1;
-            match Box::pin(attempt(ctx, &target, &ask, &deadline, admission)).await {
+            match Box::pin(attempt(ctx, &target, &base, &deadline, admission)).await {
                 Ok(ok) => {
                     record(&resume.partial, Some(&target), Some(style), "ok");
                     resume.breaks.push(json!({
