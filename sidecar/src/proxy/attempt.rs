@@ -190,7 +190,7 @@ pub(super) async fn attempt(
                     ctx.waited += t0.elapsed();
                     ctx.target = Some(target.clone());
                     return Ok(Success {
-                        peeked: Peeked::Stream(held, rest),
+                        peeked: PeekedBody::Stream(held, rest),
                         busy,
                         pending: Some(Pending { admission, probe, t0 }),
                         ttft: ttft.unwrap_or_default(),
@@ -207,7 +207,7 @@ pub(super) async fn attempt(
             }
         },
         Ok(ReplyBody::Json(answer)) => json_answer(answer),
-        Ok(ReplyBody::Passthrough(body)) => Ok(Peeked::Passthrough(body)),
+        Ok(ReplyBody::Passthrough(body)) => Ok(PeekedBody::Passthrough(body)),
         Err(f) => Err(f),
     };
     // A failure returned to the client carries its upstream's headers; one from a stream
@@ -253,25 +253,25 @@ pub(super) async fn attempt(
 
 /// A native Responses JSON answer, or the failure a `status: failed` response is (like a
 /// 5xx: the next target may serve).
-pub(super) fn native_json(answer: Answer) -> Result<Peeked, Failure> {
+pub(super) fn native_json(answer: Answer) -> Result<PeekedBody, Failure> {
     if crate::responses::native::summary(answer.bytes()).failed {
         let mut f =
             Failure::new(Class::ServerError, "upstream answered a failed response").status(StatusCode::OK);
         f.body = Some(answer.bytes().clone());
         return Err(f);
     }
-    Ok(Peeked::Json(answer))
+    Ok(PeekedBody::Json(answer))
 }
 
 /// A complete JSON answer, or the content filter that refused it.
-pub(super) fn json_answer(answer: Answer) -> Result<Peeked, Failure> {
+pub(super) fn json_answer(answer: Answer) -> Result<PeekedBody, Failure> {
     if answer.content_filtered() {
         let mut f =
             Failure::new(Class::ContentFilter, "every choice was content-filtered").status(StatusCode::OK);
         f.body = Some(answer.bytes().clone());
         Err(f)
     } else {
-        Ok(Peeked::Json(answer))
+        Ok(PeekedBody::Json(answer))
     }
 }
 
@@ -392,7 +392,7 @@ pub(super) struct Pending {
 
 /// A successful attempt, not yet answered.
 pub(super) struct Success {
-    pub(super) peeked: Peeked,
+    pub(super) peeked: PeekedBody,
     pub(super) busy: TargetBusy,
     /// `Some` for a stream, whose attempt is recorded when it ends.
     pub(super) pending: Option<Pending>,
@@ -404,7 +404,9 @@ pub(super) struct Success {
     pub(super) native: bool,
 }
 
-pub(super) enum Peeked {
+/// A [`ReplyBody`] as a successful attempt leaves it: a JSON answer classified, a large one
+/// committed on its head, a stream with its first event read.
+pub(super) enum PeekedBody {
     Json(Answer),
     /// A large JSON answer committed on its head: the client's body.
     Passthrough(body::Body),

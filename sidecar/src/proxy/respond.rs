@@ -23,7 +23,7 @@ use crate::providers::{Failure, UpstreamMeta};
 
 use crate::state::{RouteRt, TargetRt};
 
-use super::attempt::{Peeked, Success};
+use super::attempt::{PeekedBody, Success};
 use super::context::Ctx;
 use super::resume::Resume;
 use super::stream::{StreamGuard, stream_body};
@@ -52,7 +52,7 @@ pub(super) fn respond(
 ) -> Response {
     let route_model = (route.route.policy.response_model == ResponseModel::Route).then(|| route.clone());
     match (ok.peeked, ok.pending) {
-        (Peeked::Json(answer), _) => {
+        (PeekedBody::Json(answer), _) => {
             drop(ok.busy);
             let mut bytes = answer.with_model(route_model.as_ref().map(|r| r.route.model.as_str()));
             if ok.native {
@@ -75,12 +75,12 @@ pub(super) fn respond(
             };
             json_answer(ctx, &ok.meta, body)
         }
-        (Peeked::Passthrough(body), _) => {
+        (PeekedBody::Passthrough(body), _) => {
             drop(ok.busy);
             ctx.commit();
             json_answer(ctx, &ok.meta, body)
         }
-        (Peeked::Stream(held, rest), Some(pending)) => {
+        (PeekedBody::Stream(held, rest), Some(pending)) => {
             target.metrics.first_byte().observe(ok.ttft.as_secs_f64());
             ctx.commit();
             let mut resp = http::Response::new(body::full(Bytes::new()));
@@ -111,7 +111,7 @@ pub(super) fn respond(
             resp
         }
         // A stream is always pending; answer it as an empty one rather than panic.
-        (Peeked::Stream(..), None) => {
+        (PeekedBody::Stream(..), None) => {
             ctx.commit();
             let mut resp = http::Response::new(body::full(Bytes::new()));
             ctx.stamp(resp.headers_mut());

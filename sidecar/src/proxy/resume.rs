@@ -20,7 +20,7 @@ use crate::providers::Endpoint;
 use crate::providers::answer::RequestBody;
 use crate::state::{RouteRt, TargetRt};
 
-use super::attempt::{AttemptBase, Peeked, Success, attempt};
+use super::attempt::{AttemptBase, PeekedBody, Success, attempt};
 use super::book_fallback;
 use super::stream::StreamState;
 
@@ -83,7 +83,7 @@ impl StreamState {
         let ok = found.is_some();
         if let Some((target, ok)) = found {
             let idle = Duration::from_millis(target.cfg.stream_idle_ms);
-            let Peeked::Stream(held, rest) = ok.peeked else {
+            let PeekedBody::Stream(held, rest) = ok.peeked else {
                 return false;
             };
             let Some(pending) = ok.pending else {
