@@ -51,7 +51,7 @@ fn events(text: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn post(sc: &support::Sidecar, body: &Value) -> support::Reply {
+async fn post(sc: &support::Sidecar, body: &Value) -> support::SidecarResponse {
     sc.send("POST", "/v1/responses", Bytes::from(body.to_string()), &[])
         .await
 }

@@ -117,7 +117,7 @@ pub async fn env_in(dir: tempfile::TempDir, model: &str, targets: &[(&str, Kind)
     Env { fake, sidecar }
 }
 
-pub async fn post(s: &Sidecar, body: &Value) -> crate::support::Reply {
+pub async fn post(s: &Sidecar, body: &Value) -> crate::support::SidecarResponse {
     s.send(
         "POST",
         "/v1/chat/completions",

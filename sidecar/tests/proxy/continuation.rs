@@ -9,7 +9,7 @@
     reason = "integration tests: a failed unwrap is a failed test"
 )]
 
-use crate::support::{Reply, Sidecar, fallback_route, metric, route, short_policy, start};
+use crate::support::{Sidecar, SidecarResponse, fallback_route, metric, route, short_policy, start};
 use bytes::Bytes;
 use detour_fake_upstream::openai::{Fake, Step, Tail};
 use detour_sidecar::class::Class;
@@ -24,7 +24,7 @@ fn policy(extra: &str) -> String {
 }
 
 /// The chunks of an SSE body as JSON (`None` for `[DONE]`).
-fn chunks(r: &Reply) -> Vec<Option<Value>> {
+fn chunks(r: &SidecarResponse) -> Vec<Option<Value>> {
     r.text()
         .split("\n\n")
         .filter(|e| !e.is_empty())
@@ -36,7 +36,7 @@ fn chunks(r: &Reply) -> Vec<Option<Value>> {
 }
 
 /// The text the client assembled, its role chunks, its finish reasons.
-fn read(r: &Reply) -> (String, usize, Vec<String>) {
+fn read(r: &SidecarResponse) -> (String, usize, Vec<String>) {
     let cs: Vec<Value> = chunks(r).into_iter().flatten().collect();
     let text = cs
         .iter()
@@ -69,7 +69,7 @@ fn script_cut_then_next(fake: &Fake) {
     fake.script("next", vec![say(vec!["c."], Tail::Done)]);
 }
 
-async fn stream(sc: &Sidecar, model: &str, extra: Value, headers: &[(&str, &str)]) -> Reply {
+async fn stream(sc: &Sidecar, model: &str, extra: Value, headers: &[(&str, &str)]) -> SidecarResponse {
     let mut body = json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
         "messages": [{"role": "user", "content": "tell me"}]});
     for (k, v) in extra.as_object().unwrap() {
@@ -85,7 +85,7 @@ async fn stream(sc: &Sidecar, model: &str, extra: Value, headers: &[(&str, &str)
 }
 
 /// A broken stream ends as before: an error event with this code, no `[DONE]`, an abnormal end.
-fn assert_broken(r: &Reply, code: &str) {
+fn assert_broken(r: &SidecarResponse, code: &str) {
     assert!(!r.complete, "a broken stream ends abnormally");
     assert!(!r.text().contains("[DONE]"), "{}", r.text());
     let last = chunks(r).pop().flatten().unwrap();

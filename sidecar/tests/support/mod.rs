@@ -169,9 +169,9 @@ pub async fn start_with_conn_limits(
     start_with_limits(Source::Yaml(path), dir, max_body, limits).await
 }
 
-/// A response, read whole.
+/// The sidecar's response as the test client read it, whole.
 #[derive(Debug)]
-pub struct Reply {
+pub struct SidecarResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -179,7 +179,7 @@ pub struct Reply {
     pub complete: bool,
 }
 
-impl Reply {
+impl SidecarResponse {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
@@ -194,7 +194,13 @@ impl Reply {
 }
 
 impl Sidecar {
-    pub async fn send(&self, method: &str, path: &str, body: Bytes, headers: &[(&str, &str)]) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> SidecarResponse {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
@@ -225,7 +231,7 @@ impl Sidecar {
         })
         .await
         .expect("body in time");
-        Reply {
+        SidecarResponse {
             status: parts.status,
             headers: parts.headers,
             body: Bytes::from(bytes),
@@ -233,7 +239,7 @@ impl Sidecar {
         }
     }
 
-    pub async fn chat(&self, model: &str, headers: &[(&str, &str)]) -> Reply {
+    pub async fn chat(&self, model: &str, headers: &[(&str, &str)]) -> SidecarResponse {
         let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
         self.send(
             "POST",
@@ -260,13 +266,13 @@ impl Sidecar {
             .unwrap()
     }
 
-    pub async fn chat_stream(&self, model: &str) -> Reply {
+    pub async fn chat_stream(&self, model: &str) -> SidecarResponse {
         let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
         self.send("POST", "/v1/chat/completions", Bytes::from(body.to_string()), &[])
             .await
     }
 
-    pub async fn get(&self, path: &str) -> Reply {
+    pub async fn get(&self, path: &str) -> SidecarResponse {
         self.send("GET", path, Bytes::new(), &[]).await
     }
 
@@ -307,7 +313,7 @@ impl Sidecar {
     }
 
     /// The audit record of the response.
-    pub async fn audit_of(&mut self, reply: &Reply) -> AuditRecord {
+    pub async fn audit_of(&mut self, reply: &SidecarResponse) -> AuditRecord {
         let id = reply.header("x-detour-request-id").to_owned();
         loop {
             let rec = tokio::time::timeout(Duration::from_secs(5), self.audit.recv())
