@@ -27,6 +27,7 @@ pub mod fleet;
 pub mod fuzzing;
 pub mod headers;
 pub mod health;
+pub mod heap;
 pub mod layers;
 pub mod metrics;
 pub mod providers;

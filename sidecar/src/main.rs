@@ -146,46 +146,30 @@ async fn run(cli: Cli, logs: detour_sidecar::demo::LogGate) -> ExitCode {
     }
     tokio::select! {
         () = wait_for_signal() => {}
-        () = release_heap(running.shared.metrics.connections.clone()) => {}
+        () = release_heap(&running.shared.metrics) => {}
     }
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// How often the allocator is asked to give back the heap pages freed since, at the latest.
-const HEAP_RELEASE_EVERY: Duration = Duration::from_secs(5);
-/// How often the open connections are looked at, to release right after a burst ends.
-const HEAP_WATCH_EVERY: Duration = Duration::from_millis(100);
-/// Open connections from which their falling to half counts as the end of a burst.
-const HEAP_BURST: i64 = 64;
-
-/// Gives freed heap pages back to the system (never returns): every [`HEAP_RELEASE_EVERY`],
-/// and as soon as the open connections fall to half of a burst of at least [`HEAP_BURST`], so
-/// the next burst starts on a heap given back and consolidated rather than grown on top of the
-/// last one. Without it glibc keeps the pages of a burst (a thousand streams, hundreds of
-/// connections) resident after they are freed, pinned below the few allocations still live
-/// above them. On a blocking thread, not the runtime's: one call takes microseconds on a quiet
-/// heap, about 1 ms to walk one fragmented by a burst, and about 20 ms to give back a freed
-/// 25 MB burst (its `madvise` calls), holding glibc's arena lock meanwhile (requests
-/// allocating from their thread's own cache go on).
-async fn release_heap(open_connections: prometheus::IntGauge) {
-    let mut every = tokio::time::interval(HEAP_WATCH_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = tokio::time::Instant::now();
-    let mut peak = 0;
-    loop {
-        let now = every.tick().await;
-        let open = open_connections.get();
-        peak = peak.max(open);
-        let burst_ended = peak >= HEAP_BURST && open <= peak / 2;
-        if burst_ended || now >= last + HEAP_RELEASE_EVERY {
-            // Awaited, so at most one runs at a time; a failed join only skips this round.
-            let _ = tokio::task::spawn_blocking(detour_heap::release).await;
-            last = tokio::time::Instant::now();
-            peak = open;
-        }
-    }
+/// Gives freed heap pages back to the system when [`detour_sidecar::heap::HeapWatch`] says
+/// so (never returns). On a blocking thread, not the runtime's: one call takes microseconds
+/// on a quiet heap, about 1 ms to walk one fragmented by a burst, and about 20 ms to give
+/// back a freed 25 MB burst (its `madvise` calls), holding glibc's arena lock meanwhile
+/// (requests allocating from their thread's own cache go on).
+async fn release_heap(metrics: &detour_sidecar::metrics::Metrics) {
+    let open = &metrics.connections;
+    metrics
+        .heap
+        .run(
+            || open.get(),
+            || async {
+                // A failed join only skips this round.
+                let _ = tokio::task::spawn_blocking(detour_heap::release).await;
+            },
+        )
+        .await;
 }
 
 async fn wait_for_signal() {

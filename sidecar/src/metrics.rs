@@ -46,6 +46,8 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     /// Connections open now on the API and admin listeners.
     pub connections: IntGauge,
+    /// Told of every connection and request, to give freed heap pages back after them.
+    pub heap: std::sync::Arc<crate::heap::HeapWatch>,
     /// Bytes held under the buffer budget (set when scraped).
     pub buffered_bytes: IntGauge,
     pub score_threshold: GaugeVec,
@@ -248,10 +250,22 @@ impl Metrics {
                 &["reason"],
             )?,
             connections,
+            heap: std::sync::Arc::default(),
             buffered_bytes,
             score_threshold,
             registry: r,
         })
+    }
+
+    /// Counts a connection in `detour_open_connections` (and tells the heap watch) until the
+    /// returned guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections.inc();
+        self.heap.opened(self.connections.get());
+        OpenConnection {
+            gauge: self.connections.clone(),
+            heap: self.heap.clone(),
+        }
     }
 
     /// The text exposition.
@@ -261,6 +275,20 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// One connection counted in `detour_open_connections` ([`Metrics::connection_opened`]).
+#[derive(Debug)]
+pub struct OpenConnection {
+    gauge: IntGauge,
+    heap: std::sync::Arc<crate::heap::HeapWatch>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.heap.closed(self.gauge.get());
     }
 }
 

@@ -495,11 +495,10 @@ async fn accept_loop<S: Serve>(
                     }
                 };
                 let serving = conn::serve(io, svc.clone(), limits, shared.clone(), shutdown.clone(), slot);
-                let open = shared.metrics.connections.clone();
-                open.inc();
+                let open = shared.metrics.connection_opened();
                 conns.spawn(async move {
                     serving.await;
-                    open.dec();
+                    drop(open);
                 });
             }
             _ = shutdown.changed() => break,

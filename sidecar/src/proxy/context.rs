@@ -78,6 +78,7 @@ impl Ctx {
         responses: Option<Echo>,
     ) -> Self {
         shared.metrics.in_flight.inc();
+        shared.metrics.heap.touch();
         let gauge = shared.metrics.in_flight.clone();
         Self {
             shared,
