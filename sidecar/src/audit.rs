@@ -231,18 +231,25 @@ const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 const WRITE_AT: usize = 64 * 1024;
 /// Queued records whose room the writer keeps between rounds (a steady load's batch).
 const KEEP_QUEUED: usize = 1024;
+/// Empty rounds in a row (one second) after which the writer sleeps until the next line,
+/// so an idle sidecar's writer is not woken 50 times a second.
+const IDLE_ROUNDS: u32 = 50;
 
 #[derive(Debug, Default)]
 struct Queue {
     lines: std::sync::Mutex<Vec<AuditRecord>>,
     closed: AtomicBool,
+    /// The writer found nothing for [`IDLE_ROUNDS`] rounds and sleeps until a line comes
+    /// (set and cleared under `lines`' lock).
+    asleep: AtomicBool,
 }
 
 /// Where audit lines go.
 ///
 /// Lines are queued and written by one dedicated thread every 20 ms, so the request path
-/// makes no `write` syscall, never blocks on a slow stdout pipe and wakes no thread; lines
-/// written under load become a few large writes. Dropping the `Audit` writes every queued
+/// makes no `write` syscall, never blocks on a slow stdout pipe and, while lines keep coming,
+/// wakes no thread; lines written under load become a few large writes. After a second
+/// without lines the thread sleeps until the next one (which unparks it). Dropping the `Audit` writes every queued
 /// line before it returns.
 #[derive(Debug)]
 pub struct Audit {
@@ -271,6 +278,15 @@ impl Audit {
     }
 
     fn new(stdout: bool, tap: Option<mpsc::UnboundedSender<AuditRecord>>) -> Self {
+        Self::writing_to(std::io::stdout(), stdout, tap)
+    }
+
+    /// The writer thread writes to `sink` (stdout but in tests).
+    fn writing_to(
+        mut sink: impl std::io::Write + Send + 'static,
+        stdout: bool,
+        tap: Option<mpsc::UnboundedSender<AuditRecord>>,
+    ) -> Self {
         let queue = std::sync::Arc::new(Queue::default());
         let q = queue.clone();
         let thread = std::thread::Builder::new()
@@ -279,28 +295,33 @@ impl Audit {
                 let mut out = Vec::with_capacity(WRITE_AT + 1024);
                 // Swapped with the queue's each round, so neither grows again from empty.
                 let mut batch = Vec::new();
+                let mut empty_rounds = 0;
                 loop {
-                    std::thread::park_timeout(FLUSH_EVERY);
+                    if q.asleep.load(Ordering::Acquire) {
+                        std::thread::park();
+                    } else {
+                        std::thread::park_timeout(FLUSH_EVERY);
+                    }
                     let closed = q.closed.load(Ordering::Acquire);
-                    std::mem::swap(
-                        &mut batch,
-                        &mut *q.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-                    );
-                    let mut stdout = std::io::stdout().lock();
+                    {
+                        let mut lines = q.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        std::mem::swap(&mut batch, &mut *lines);
+                        empty_rounds = if batch.is_empty() { empty_rounds + 1 } else { 0 };
+                        q.asleep.store(empty_rounds >= IDLE_ROUNDS, Ordering::Release);
+                    }
                     for record in batch.drain(..) {
                         record.write_json(&mut out);
                         out.push(b'\n');
                         if out.len() >= WRITE_AT {
-                            let _ = std::io::Write::write_all(&mut stdout, &out);
+                            let _ = sink.write_all(&out);
                             out.clear();
                         }
                     }
                     if !out.is_empty() {
-                        let _ = std::io::Write::write_all(&mut stdout, &out);
+                        let _ = sink.write_all(&out);
                         out.clear();
                     }
-                    let _ = std::io::Write::flush(&mut stdout);
-                    drop(stdout);
+                    let _ = sink.flush();
                     // What a burst left is given back; a steady load keeps its size.
                     batch.shrink_to(KEEP_QUEUED);
                     out.shrink_to(WRITE_AT + 1024);
@@ -343,6 +364,15 @@ impl Audit {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if lines.len() < QUEUE {
                 lines.push(record);
+                // The first line after a quiet second wakes the writer (a quiet sidecar
+                // pays one unpark; a busy one none).
+                if self.queue.asleep.load(Ordering::Acquire) {
+                    self.queue.asleep.store(false, Ordering::Release);
+                    drop(lines);
+                    if let Some(t) = &self.thread {
+                        t.thread().unpark();
+                    }
+                }
                 return;
             }
         }
@@ -480,6 +510,59 @@ mod tests {
                 String::from_utf8(derived).unwrap()
             );
         }
+    }
+
+    /// What the writer thread has written, shared with the test.
+    #[derive(Clone, Default)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Waits (real time, bounded) until `done` holds.
+    fn within(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
+        let start = std::time::SystemTime::now();
+        while !done() {
+            if start.elapsed().unwrap_or_default() > limit {
+                return false;
+            }
+            std::thread::park_timeout(std::time::Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// After a quiet second the writer thread sleeps without a timer, and the next line
+    /// wakes it: that line is written, not left queued.
+    #[test]
+    fn a_sleeping_writer_is_woken_by_the_next_line() {
+        let sink = Sink::default();
+        let audit = Audit::writing_to(sink.clone(), true, None);
+        let lines = || sink.0.lock().unwrap().iter().filter(|&&b| b == b'\n').count();
+        audit.write(record(false));
+        assert!(within(std::time::Duration::from_secs(5), || lines() == 1));
+        assert!(within(std::time::Duration::from_secs(10), || {
+            audit.queue.asleep.load(Ordering::Acquire)
+        }));
+        // Asleep: parked with no timeout, so only the write's unpark can bring this line out.
+        audit.write(record(true));
+        assert!(within(std::time::Duration::from_secs(5), || lines() == 2));
+        assert!(!audit.queue.asleep.load(Ordering::Acquire));
+        drop(audit);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let mut expected = Vec::new();
+        record(false).write_json(&mut expected);
+        expected.push(b'\n');
+        record(true).write_json(&mut expected);
+        expected.push(b'\n');
+        assert_eq!(text, String::from_utf8(expected).unwrap());
     }
 
     /// The line is one JSON object with the documented fields; `score` and
