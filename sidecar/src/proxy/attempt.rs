@@ -89,7 +89,7 @@ pub(super) struct AttemptBase<'a> {
 
 /// How an attempt asks its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Mode {
+enum Mode {
     /// A plain call for a JSON answer, bounded by `perAttempt`.
     Json,
     /// A stream for the client.
@@ -100,7 +100,7 @@ pub(super) enum Mode {
 }
 
 impl AttemptBase<'_> {
-    pub(super) fn mode(&self, target: &TargetRt) -> Mode {
+    fn mode(&self, target: &TargetRt) -> Mode {
         let streams = target
             .cfg
             .capabilities
@@ -117,7 +117,7 @@ impl AttemptBase<'_> {
 }
 
 /// Undecodable events held back before a stream's first real event, at most.
-pub(super) const MAX_HELD: usize = 16;
+const MAX_HELD: usize = 16;
 
 /// One attempt at one target: send, peek the first event of a stream (for an assembled
 /// answer, read the whole stream), classify. A JSON answer's attempt is recorded here; a
@@ -253,7 +253,7 @@ pub(super) async fn attempt(
 
 /// A native Responses JSON answer, or the failure a `status: failed` response is (like a
 /// 5xx: the next target may serve).
-pub(super) fn native_json(answer: Answer) -> Result<PeekedBody, Failure> {
+fn native_json(answer: Answer) -> Result<PeekedBody, Failure> {
     if crate::responses::native::summary(answer.bytes()).failed {
         let mut f =
             Failure::new(Class::ServerError, "upstream answered a failed response").status(StatusCode::OK);
@@ -264,7 +264,7 @@ pub(super) fn native_json(answer: Answer) -> Result<PeekedBody, Failure> {
 }
 
 /// A complete JSON answer, or the content filter that refused it.
-pub(super) fn json_answer(answer: Answer) -> Result<PeekedBody, Failure> {
+fn json_answer(answer: Answer) -> Result<PeekedBody, Failure> {
     if answer.content_filtered() {
         let mut f =
             Failure::new(Class::ContentFilter, "every choice was content-filtered").status(StatusCode::OK);
@@ -278,7 +278,7 @@ pub(super) fn json_answer(answer: Answer) -> Result<PeekedBody, Failure> {
 /// Waits for a stream's first event within the first-byte deadline. Undecodable events before
 /// it are held (a stream: forwarded with it, at most [`MAX_HELD`]) or skipped (an assembled
 /// answer), and counted as anomalies.
-pub(super) async fn first_event(
+async fn first_event(
     target: &TargetRt,
     mut s: EventStream,
     call: &Call<'_>,
@@ -324,7 +324,7 @@ pub(super) async fn first_event(
 /// Reads a stream to its end and assembles the JSON answer. A stall longer than `idle`, the
 /// attempt's deadline, or a stream that breaks before its `finish_reason` fails the attempt
 /// (nothing reached the client: the next target may still serve).
-pub(super) async fn assemble(
+async fn assemble(
     target: &TargetRt,
     mut events: VecDeque<Event>,
     mut rest: EventStream,

@@ -27,21 +27,21 @@ use super::stream::StreamState;
 /// What continuing a broken stream needs (`streaming.continueOnFailure`).
 #[derive(Debug)]
 pub(super) struct Resume {
-    pub(super) route: Arc<RouteRt>,
+    route: Arc<RouteRt>,
     /// Targets after the serving one, in the plan's order, not asked yet.
-    pub(super) next: VecDeque<Arc<TargetRt>>,
+    next: VecDeque<Arc<TargetRt>>,
     /// The client's request body (a reference to the bytes already held).
-    pub(super) raw: Bytes,
+    raw: Bytes,
     pub(super) partial: Partial,
     /// Rewrites the chunks of the target that continues.
     pub(super) splice: Option<Splice>,
     /// The breaks so far, for the `detour` field of the final chunk.
-    pub(super) breaks: Vec<serde_json::Value>,
+    breaks: Vec<serde_json::Value>,
 }
 
 /// A continuation is not started with less time than this before the client's
 /// `x-detour-timeout-ms`.
-pub(super) const MIN_CONTINUATION: Duration = Duration::from_secs(1);
+const MIN_CONTINUATION: Duration = Duration::from_secs(1);
 
 impl Resume {
     /// The targets after `serving` in the plan are the ones a break may be continued on.
@@ -108,7 +108,7 @@ impl StreamState {
     }
 
     /// Tries the targets after the broken one; the first that starts a stream continues.
-    pub(super) async fn continue_on(
+    async fn continue_on(
         &mut self,
         resume: &mut Resume,
         from: &Arc<TargetRt>,

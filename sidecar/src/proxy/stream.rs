@@ -46,7 +46,7 @@ pub(super) struct StreamGuard {
 
 /// How a committed stream ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum End {
+enum End {
     /// `[DONE]`, or a clean end after a `finish_reason`.
     Complete,
     /// Cut, reset, stalled, or an upstream error event: the class of what happened.
@@ -59,7 +59,7 @@ pub(super) enum End {
 }
 
 impl StreamGuard {
-    pub(super) fn end(&mut self, end: End) {
+    fn end(&mut self, end: End) {
         let (class, outcome, error) = match end {
             End::Complete => (Class::Ok, Outcome::Ok, None),
             End::Broken(class) => (class, Outcome::StreamError, Some(class)),
@@ -105,7 +105,7 @@ impl Drop for StreamGuard {
 
 /// Where a committed stream is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Phase {
+enum Phase {
     Open,
     /// `[DONE]` went out: read the upstream's body to its end, then end.
     Drain,
@@ -125,21 +125,21 @@ pub(super) struct StreamState {
     /// The client's own bound on the whole response.
     pub(super) client: Option<Instant>,
     /// Writes what the stream sends in the client's wire format.
-    pub(super) encoder: Encoder,
+    encoder: Encoder,
     /// A chunk with a `finish_reason` went out.
     pub(super) finished: bool,
-    pub(super) phase: Phase,
+    phase: Phase,
     /// Set when a break is continued by the next target (boxed: absent from most streams).
     pub(super) resume: Option<Box<Resume>>,
 }
 
 /// How long a broken stream waits between its error event and the abnormal end, so the server
 /// has written the event (a pending body lets it flush) before it aborts the transfer.
-pub(super) const ABORT_FLUSH: Duration = Duration::from_millis(10);
+const ABORT_FLUSH: Duration = Duration::from_millis(10);
 
 /// How long the end of an upstream's body may take after its `[DONE]` (normally it is in the
 /// same read); an upstream slower than that loses its connection, not the client's time.
-pub(super) const DRAIN_AFTER_DONE: Duration = Duration::from_millis(50);
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(50);
 
 /// Reads what an upstream sends after `[DONE]` — normally only the end of its body — so that
 /// its keep-alive connection goes back to the pool instead of being closed.
@@ -155,7 +155,7 @@ pub(super) async fn drain(rest: &mut EventStream) {
 
 impl StreamState {
     /// A chunk event for the client; `None` when a continuation's rewrite leaves nothing of it.
-    pub(super) fn forward(&mut self, ev: Event) -> Option<Bytes> {
+    fn forward(&mut self, ev: Event) -> Option<Bytes> {
         let Some(resume) = self.resume.as_mut() else {
             return Some(match ev {
                 Event::Data(v) => self.chunk(&Answer::from_value(&v)),
@@ -184,7 +184,7 @@ impl StreamState {
     }
 
     /// One chunk for the client, usage counted.
-    pub(super) fn chunk(&mut self, a: &Answer) -> Bytes {
+    fn chunk(&mut self, a: &Answer) -> Bytes {
         self.finished |= a.finished();
         record_usage(&self.guard.target, a.usage());
         self.encoder.encode(Out::Chunk(a))
@@ -214,7 +214,7 @@ impl StreamState {
     }
 
     /// The stream broke: one error event, then the body ends abnormally.
-    pub(super) fn broken(&mut self, class: Class) -> Bytes {
+    fn broken(&mut self, class: Class) -> Bytes {
         self.phase = Phase::Abort;
         self.guard.end(End::Broken(class));
         self.encoder.encode(Out::Broken {
@@ -224,7 +224,7 @@ impl StreamState {
     }
 
     /// The stream is complete.
-    pub(super) fn complete(&mut self, phase: Phase) -> Bytes {
+    fn complete(&mut self, phase: Phase) -> Bytes {
         self.phase = phase;
         self.guard.end(End::Complete);
         self.encoder.encode(Out::Complete)
@@ -232,7 +232,7 @@ impl StreamState {
 
     /// The next event, within the idle bound and the client's deadline; `Err(true)` when the
     /// client's deadline passed first, `Err(false)` when the upstream was silent too long.
-    pub(super) async fn next(&mut self) -> Result<Option<Result<Event, Failure>>, bool> {
+    async fn next(&mut self) -> Result<Option<Result<Event, Failure>>, bool> {
         if let Some(ev) = self.held.pop_front() {
             return Ok(Some(Ok(ev)));
         }
