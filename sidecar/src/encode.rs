@@ -14,14 +14,14 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::class::Class;
-use crate::providers::{Answer, Event, sse};
+use crate::providers::{Event, OpenAiJson, sse};
 use crate::state::RouteRt;
 
 /// What a committed stream sends next, before encoding.
 #[derive(Debug)]
 pub enum Out<'a> {
     /// One chunk (`chat.completion.chunk` or `text_completion`).
-    Chunk(&'a Answer),
+    Chunk(&'a OpenAiJson),
     /// An upstream event whose data is not JSON, passed on as it came (the raw event without
     /// its blank line).
     Opaque(Bytes),
@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn chat_encoding() {
         let mut e = Encoder::chat(None);
-        let a = Answer::from_value(&json!({"id": "c", "model": "up", "choices": []}));
+        let a = OpenAiJson::from_value(&json!({"id": "c", "model": "up", "choices": []}));
         let chunk = e.encode(Out::Chunk(&a));
         assert!(
             chunk.starts_with(b"data: {") && chunk.ends_with(b"}\n\n"),

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::providers::answer::{RequestBody, Usage, splice};
-use crate::providers::{Answer, anthropic, bedrock, chat, sse};
+use crate::providers::{OpenAiJson, anthropic, bedrock, chat, sse};
 use crate::routing::{Needs, decide};
 
 /// A client's request body, through everything that reads it before a provider is called:
@@ -114,7 +114,7 @@ fn request_reading_agrees(bytes: &[u8]) {
 /// The one-pass answer reading agrees with a tree parse: same objects accepted, same usage,
 /// content-filter and error verdicts, and the model rewrite equals the tree's.
 fn answer_reading_agrees(bytes: &[u8]) {
-    let Some((map, read)) = both(bytes, Answer::parse) else {
+    let Some((map, read)) = both(bytes, OpenAiJson::parse) else {
         return;
     };
     let map = &map;

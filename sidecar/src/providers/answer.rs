@@ -36,9 +36,10 @@ pub struct Usage {
     pub completion: u64,
 }
 
-/// An OpenAI-shaped JSON object as the upstream sent it, with its summary.
+/// An OpenAI-shaped JSON object — a whole answer or one stream chunk — as the upstream (or a
+/// translating provider) wrote it, with its summary.
 #[derive(Clone, Debug)]
-pub struct Answer {
+pub struct OpenAiJson {
     bytes: Bytes,
     /// The bytes' reservation in the process-wide buffer budget, when they were counted
     /// there: given back when the last clone of the answer is dropped (clones share the
@@ -53,7 +54,7 @@ pub struct Answer {
     error: bool,
 }
 
-impl Answer {
+impl OpenAiJson {
     /// Reads `bytes`; `None` when they are not one JSON object.
     pub fn parse(bytes: Bytes) -> Option<Self> {
         // The fields not looked at are skipped without decoding; the bytes are passed on, so
@@ -115,7 +116,7 @@ impl Answer {
         }
     }
 
-    /// Appends [`Answer::with_model`]'s bytes to `out` (one SSE event is built in one buffer).
+    /// Appends [`OpenAiJson::with_model`]'s bytes to `out` (one SSE event is built in one buffer).
     pub fn write_with_model(&self, model: Option<&str>, out: &mut Vec<u8>) {
         let at = out.len();
         if let (Some(model), Some(span)) = (model, &self.model)
@@ -154,7 +155,7 @@ impl Answer {
 }
 
 /// Whether `head`, the first bytes of a body cut anywhere, is a well-formed beginning of one
-/// JSON object (the syntax of everything in it checked as [`Answer::parse`] checks a whole
+/// JSON object (the syntax of everything in it checked as [`OpenAiJson::parse`] checks a whole
 /// answer): what a passed-through answer is committed on.
 pub fn is_object_head(head: &[u8]) -> bool {
     match serde_json::from_slice::<Summary<'_>>(head) {
@@ -164,13 +165,13 @@ pub fn is_object_head(head: &[u8]) -> bool {
 }
 
 /// Two answers are equal when their documents are (where they are counted does not matter).
-impl PartialEq for Answer {
+impl PartialEq for OpenAiJson {
     fn eq(&self, other: &Self) -> bool {
         self.bytes == other.bytes
     }
 }
 
-impl Eq for Answer {}
+impl Eq for OpenAiJson {}
 
 /// `bytes` with the JSON value at `span` replaced by the string `model`: the same bytes when
 /// it already is that string, `None` when `span` is not inside `bytes`.
@@ -403,7 +404,7 @@ impl<'de> serde::Deserialize<'de> for RequestSummary<'de> {
     }
 }
 
-/// What [`Answer`] reads from an answer.
+/// What [`OpenAiJson`] reads from an answer or a chunk.
 #[derive(Default)]
 struct Summary<'a> {
     model: Option<&'a RawValue>,
@@ -619,8 +620,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(s: &str) -> Answer {
-        Answer::parse(Bytes::from(s.to_owned())).unwrap()
+    fn parse(s: &str) -> OpenAiJson {
+        OpenAiJson::parse(Bytes::from(s.to_owned())).unwrap()
     }
 
     /// What the old tree-based path computed, for comparison.
@@ -697,9 +698,9 @@ mod tests {
     #[test]
     fn refuses_what_is_not_one_object() {
         for text in ["", "[]", "\"s\"", "{", "{} {}", "{\"a\":}", "nul"] {
-            assert!(Answer::parse(Bytes::from(text)).is_none(), "{text:?}");
+            assert!(OpenAiJson::parse(Bytes::from(text)).is_none(), "{text:?}");
         }
-        assert!(Answer::parse(Bytes::from_static(b"{\"a\":\"\xff\"}")).is_none());
+        assert!(OpenAiJson::parse(Bytes::from_static(b"{\"a\":\"\xff\"}")).is_none());
     }
 
     /// The route's id is escaped as a JSON string; a model that already matches is left as is.
@@ -789,7 +790,7 @@ mod tests {
     /// A translated answer reads the same as one received.
     #[test]
     fn from_value_summarises() {
-        let a = Answer::from_value(&json!({"model": "m", "usage": {"prompt_tokens": 3}}));
+        let a = OpenAiJson::from_value(&json!({"model": "m", "usage": {"prompt_tokens": 3}}));
         assert_eq!(
             a.usage(),
             Some(Usage {

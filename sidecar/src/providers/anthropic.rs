@@ -19,7 +19,9 @@ use serde_json::{Map, Value, json};
 use super::assemble;
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, KeySource, Reply, UpstreamMeta};
+use super::{
+    Adapter, Call, Endpoint, Event, Failure, HttpClient, KeySource, OpenAiJson, Reply, UpstreamMeta,
+};
 use crate::class::Class;
 
 /// Anthropic's public API base.
@@ -241,7 +243,7 @@ fn prompt_tokens(usage: Option<&Value>) -> u64 {
 
 /// A Messages API response as a `chat.completion`, written as an assembled stream of the same
 /// message would be ([`assemble::completion`]): the same bytes either way.
-pub(crate) fn from_response(v: &Value, created: u64) -> Result<Answer, Failure> {
+pub(crate) fn from_response(v: &Value, created: u64) -> Result<OpenAiJson, Failure> {
     let blocks = v
         .get("content")
         .and_then(Value::as_array)

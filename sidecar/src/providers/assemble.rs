@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{Answer, Endpoint};
+use super::{Endpoint, OpenAiJson};
 
 /// One chunk as far as assembling reads it; anything else is ignored.
 #[derive(Deserialize, Debug)]
@@ -376,7 +376,7 @@ pub fn completion(
     tool_calls: Vec<ToolCall>,
     finish_reason: &str,
     usage: &Value,
-) -> Answer {
+) -> OpenAiJson {
     let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
     let completion = ChatCompletion {
         id: raw(id),
@@ -399,7 +399,7 @@ pub fn completion(
         system_fingerprint: None,
     };
     let bytes = completion.to_bytes();
-    Answer::parse(bytes.clone()).unwrap_or_else(|| Answer::from_value(&Value::Null))
+    OpenAiJson::parse(bytes.clone()).unwrap_or_else(|| OpenAiJson::from_value(&Value::Null))
 }
 
 /// The usage-only chunk OpenAI sends last when `stream_options.include_usage` is set.

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use super::assemble;
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{Adapter, Answer, Call, Endpoint, Event, Failure, HttpClient, Reply, UpstreamMeta};
+use super::{Adapter, Call, Endpoint, Event, Failure, HttpClient, OpenAiJson, Reply, UpstreamMeta};
 use crate::class::Class;
 
 const NAME: &str = "bedrock";
@@ -279,7 +279,7 @@ fn tokens(usage: Option<&Value>, field: &str) -> u64 {
 /// A Converse response as a `chat.completion`. Converse returns no id and no model: the id is
 /// the request id AWS assigned, the model the target's. Written as an assembled stream of the
 /// same message would be ([`assemble::completion`]): the same bytes either way.
-pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> Result<Answer, Failure> {
+pub(crate) fn from_response(v: &Value, id: &str, model: &str, created: u64) -> Result<OpenAiJson, Failure> {
     let blocks = v
         .pointer("/output/message/content")
         .and_then(Value::as_array)

@@ -14,7 +14,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::{sleep, timeout_at};
 
-use super::{Adapter, Answer, Call, Endpoint, Event, Failure, Reply, sse};
+use super::{Adapter, Call, Endpoint, Event, Failure, OpenAiJson, Reply, sse};
 use crate::class::Class;
 
 /// A scripted in-process provider.
@@ -99,8 +99,8 @@ impl Adapter for Mock {
     }
 }
 
-fn answer(v: &Value) -> Answer {
-    Answer::from_value(v)
+fn answer(v: &Value) -> OpenAiJson {
+    OpenAiJson::from_value(v)
 }
 
 impl Mock {

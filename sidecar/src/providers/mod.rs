@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use crate::budget::Budget;
 use crate::class::Class;
-pub use answer::Answer;
+pub use answer::OpenAiJson;
 
 pub use crate::credentials::{KeySource, Secret};
 pub(crate) use assemble::now_unix;
@@ -227,7 +227,7 @@ pub enum Event {
     /// `text_completion`).
     Data(Value),
     /// A `data: {json}` event of an OpenAI-shaped upstream, passed on as it came.
-    Raw(Answer),
+    Raw(OpenAiJson),
     /// `data: [DONE]`.
     Done,
     /// An event of a pass-through upstream whose data is not a JSON object: forwarded to the
@@ -262,7 +262,7 @@ pub struct Reply {
 
 impl Reply {
     /// A JSON answer without upstream headers (add them with [`Reply::meta`]).
-    pub fn json(answer: Answer) -> Self {
+    pub fn json(answer: OpenAiJson) -> Self {
         Self {
             body: ReplyBody::Json(answer),
             meta: UpstreamMeta::default(),
@@ -287,7 +287,7 @@ impl Reply {
 
 /// The body of a [`Reply`].
 pub enum ReplyBody {
-    Json(Answer),
+    Json(OpenAiJson),
     Stream(EventStream),
     /// A JSON answer too large to hold, committed on its head (a 2xx whose body starts as a
     /// JSON object): the client's body, the head and then the rest as it arrives. Its usage is

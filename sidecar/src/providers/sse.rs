@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt, stream};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use super::{Answer, Event, EventStream, Failure};
+use super::{Event, EventStream, Failure, OpenAiJson};
 use crate::class::Class;
 
 /// Largest single event accepted from an upstream.
@@ -77,7 +77,7 @@ pub fn parse_event(raw: Bytes) -> Option<Result<Event, Failure>> {
         if payload.trim_ascii() == b"[DONE]" {
             return Some(Ok(Event::Done));
         }
-        if let Some(a) = Answer::parse(payload) {
+        if let Some(a) = OpenAiJson::parse(payload) {
             return Some(answer_event(a));
         }
     }
@@ -85,7 +85,7 @@ pub fn parse_event(raw: Bytes) -> Option<Result<Event, Failure>> {
 }
 
 /// An answer read from an event: an error event is a failure.
-fn answer_event(a: Answer) -> Result<Event, Failure> {
+fn answer_event(a: OpenAiJson) -> Result<Event, Failure> {
     if a.is_error() {
         Err(Failure::new(Class::ServerError, "upstream sent an error event"))
     } else {
@@ -104,9 +104,9 @@ fn parse_event_general(raw: &Bytes) -> Option<Result<Event, Failure>> {
         serde_json::from_str::<Value>(&data)
             .ok()
             .filter(Value::is_object)
-            .map(|v| Answer::from_value(&v))
+            .map(|v| OpenAiJson::from_value(&v))
     } else {
-        Answer::parse(Bytes::from(data))
+        OpenAiJson::parse(Bytes::from(data))
     };
     Some(answer.map_or_else(|| Ok(Event::Opaque(raw.clone())), answer_event))
 }
@@ -208,8 +208,8 @@ where
 }
 
 /// One `data:` event holding `answer` with its `model` replaced (see
-/// [`Answer::with_model`]), built in one buffer.
-pub fn encode_answer(answer: &Answer, model: Option<&str>) -> Bytes {
+/// [`OpenAiJson::with_model`]), built in one buffer.
+pub fn encode_answer(answer: &OpenAiJson, model: Option<&str>) -> Bytes {
     let mut out = Vec::with_capacity(answer.bytes().len() + 64);
     out.extend_from_slice(b"data: ");
     answer.write_with_model(model, &mut out);

@@ -20,8 +20,8 @@ use tokio::time::{Instant, timeout_at};
 
 use super::client::{self, Body, Dest};
 use super::{
-    Answer, Call, Endpoint, Event, EventStream, Failure, HttpClient, Reply, ReplyBody, UpstreamMeta, answer,
-    sse,
+    Call, Endpoint, Event, EventStream, Failure, HttpClient, OpenAiJson, Reply, ReplyBody, UpstreamMeta,
+    answer, sse,
 };
 use crate::body;
 use crate::budget::{Exhausted, Reservation};
@@ -191,7 +191,7 @@ pub async fn json_reply(resp: Response<Body>, call: &Call<'_>) -> Result<ReplyBo
     let mut held = call.budget.reservation();
     let pass_above = call.pass_through.then_some(HOLD_AT_MOST);
     match gather(&mut body, call.deadline, &mut held, pass_above).await? {
-        Gathered::Whole(bytes) => Answer::parse(bytes)
+        Gathered::Whole(bytes) => OpenAiJson::parse(bytes)
             .map(|a| ReplyBody::Json(a.held(held)))
             .ok_or_else(|| not_json(status)),
         Gathered::Head(head) => {

@@ -19,7 +19,7 @@ use crate::deadline::Deadline;
 use crate::health::{Admission, Verdict};
 use crate::providers::answer::RequestBody;
 use crate::providers::assemble::Assembler;
-use crate::providers::{Answer, Call, Endpoint, Event, EventStream, Failure, ReplyBody, UpstreamMeta};
+use crate::providers::{Call, Endpoint, Event, EventStream, Failure, OpenAiJson, ReplyBody, UpstreamMeta};
 use crate::state::{TargetRt, TargetState};
 
 use super::context::{AttemptEnd, Ctx};
@@ -253,7 +253,7 @@ pub(super) async fn attempt(
 
 /// A native Responses JSON answer, or the failure a `status: failed` response is (like a
 /// 5xx: the next target may serve).
-fn native_json(answer: Answer) -> Result<PeekedBody, Failure> {
+fn native_json(answer: OpenAiJson) -> Result<PeekedBody, Failure> {
     if crate::responses::native::summary(answer.bytes()).failed {
         let mut f =
             Failure::new(Class::ServerError, "upstream answered a failed response").status(StatusCode::OK);
@@ -264,7 +264,7 @@ fn native_json(answer: Answer) -> Result<PeekedBody, Failure> {
 }
 
 /// A complete JSON answer, or the content filter that refused it.
-fn json_answer(answer: Answer) -> Result<PeekedBody, Failure> {
+fn json_answer(answer: OpenAiJson) -> Result<PeekedBody, Failure> {
     if answer.content_filtered() {
         let mut f =
             Failure::new(Class::ContentFilter, "every choice was content-filtered").status(StatusCode::OK);
@@ -330,7 +330,7 @@ async fn assemble(
     mut rest: EventStream,
     call: &Call<'_>,
     idle: Duration,
-) -> Result<Answer, Failure> {
+) -> Result<OpenAiJson, Failure> {
     let until = call.deadline;
     let mut asm = Assembler::new(call.endpoint);
     // What the assembler keeps grows with the chunks' bytes: counted in the buffer budget
@@ -364,7 +364,7 @@ async fn assemble(
                 break;
             }
             Event::Data(v) => {
-                let a = Answer::from_value(&v);
+                let a = OpenAiJson::from_value(&v);
                 finished |= a.finished();
                 held.grow(a.bytes().len()).map_err(|e| e.failure())?;
                 asm.push(a.bytes());
@@ -377,7 +377,7 @@ async fn assemble(
             Event::Opaque(_) | Event::Native(_) => target.metrics.stream_anomaly(),
         }
     }
-    Answer::parse(asm.finish())
+    OpenAiJson::parse(asm.finish())
         .map(|a| a.held(held))
         .ok_or_else(|| Failure::new(Class::BadResponse, "the assembled answer is not JSON"))
 }
@@ -407,7 +407,7 @@ pub(super) struct Success {
 /// A [`ReplyBody`] as a successful attempt leaves it: a JSON answer classified, a large one
 /// committed on its head, a stream with its first event read.
 pub(super) enum PeekedBody {
-    Json(Answer),
+    Json(OpenAiJson),
     /// A large JSON answer committed on its head: the client's body.
     Passthrough(body::Body),
     /// The first event (after any undecodable ones held before it) and the rest.

@@ -17,7 +17,7 @@ use crate::body;
 use crate::class::Class;
 use crate::encode::{Encoder, Out};
 use crate::metrics::Outcome;
-use crate::providers::{Answer, Event, EventStream, Failure};
+use crate::providers::{Event, EventStream, Failure, OpenAiJson};
 use crate::responses::native::NativeEvent;
 use crate::state::TargetRt;
 
@@ -158,7 +158,7 @@ impl StreamState {
     fn forward(&mut self, ev: Event) -> Option<Bytes> {
         let Some(resume) = self.resume.as_mut() else {
             return Some(match ev {
-                Event::Data(v) => self.chunk(&Answer::from_value(&v)),
+                Event::Data(v) => self.chunk(&OpenAiJson::from_value(&v)),
                 Event::Raw(a) => self.chunk(&a),
                 _ => Bytes::new(),
             });
@@ -180,11 +180,11 @@ impl StreamState {
             None => v,
         };
         resume.partial.observe(&v);
-        Some(self.chunk(&Answer::from_value(&v)))
+        Some(self.chunk(&OpenAiJson::from_value(&v)))
     }
 
     /// One chunk for the client, usage counted.
-    fn chunk(&mut self, a: &Answer) -> Bytes {
+    fn chunk(&mut self, a: &OpenAiJson) -> Bytes {
         self.finished |= a.finished();
         record_usage(&self.guard.target, a.usage());
         self.encoder.encode(Out::Chunk(a))

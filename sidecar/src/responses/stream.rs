@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use super::answer::{self, Ids};
 use crate::class::Class;
 use crate::encode::Out;
-use crate::providers::Answer;
+use crate::providers::OpenAiJson;
 use crate::state::RouteRt;
 
 #[derive(Debug)]
@@ -141,7 +141,7 @@ impl Encoder {
         self.emit("response.in_progress", json!({"response": r}));
     }
 
-    fn chunk(&mut self, a: &Answer) {
+    fn chunk(&mut self, a: &OpenAiJson) {
         let Some(v) = a.to_value() else {
             return;
         };
@@ -427,8 +427,8 @@ mod tests {
             .collect()
     }
 
-    fn chunk(delta: Value, finish: Option<&str>) -> Answer {
-        Answer::from_value(
+    fn chunk(delta: Value, finish: Option<&str>) -> OpenAiJson {
+        OpenAiJson::from_value(
             &json!({"id": "c", "object": "chat.completion.chunk", "created": 9, "model": "up",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
         )
@@ -455,7 +455,7 @@ mod tests {
             None,
         ))));
         push(e.encode(Out::Chunk(&chunk(json!({}), Some("tool_calls")))));
-        push(e.encode(Out::Chunk(&Answer::from_value(&json!({"choices": [],
+        push(e.encode(Out::Chunk(&OpenAiJson::from_value(&json!({"choices": [],
             "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}})))));
         push(e.encode(Out::Complete));
         let kinds: Vec<&str> = all.iter().map(|v| v["type"].as_str().unwrap()).collect();
