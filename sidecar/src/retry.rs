@@ -15,7 +15,7 @@
 //!   `floor(1 / ratio)`, so a policy's `budgetRatio: 0.4` would allow 50 % and `0.3` 33 %;
 //!   here the ratio is exact.
 //! - Its parameters are fixed at construction, so a reload that changes them would have to
-//!   start a new budget and forget the window; here [`Budget::set_params`] keeps the history.
+//!   start a new budget and forget the window; here [`RetryBudget::set_params`] keeps the history.
 //! - Its constructor `assert!`s its parameter ranges (a panic on configuration input), and it
 //!   `expect`s its internal `Mutex` on every call; this one is a plain value (the route's
 //!   state holds it under its own lock) and has no panicking path.
@@ -52,14 +52,14 @@ struct Second {
 
 /// Retry budget of one route, shared by every request of that route.
 #[derive(Debug)]
-pub struct Budget {
+pub struct RetryBudget {
     ratio: f64,
     min_per_second: u32,
     origin: Instant,
     seconds: [Second; WINDOW_SECS as usize],
 }
 
-impl Budget {
+impl RetryBudget {
     pub fn new(ratio: f64, min_per_second: u32, now: Instant) -> Self {
         Self {
             ratio,
@@ -156,7 +156,7 @@ mod tests {
     /// window slides.
     #[tokio::test(start_paused = true)]
     async fn budget_caps_retries_and_refills() {
-        let mut b = Budget::new(0.2, 1, Instant::now());
+        let mut b = RetryBudget::new(0.2, 1, Instant::now());
         for _ in 0..100 {
             b.deposit(Instant::now());
         }
@@ -174,7 +174,7 @@ mod tests {
     /// With no traffic at all the floor still allows a few retries.
     #[tokio::test(start_paused = true)]
     async fn floor_allows_retries_when_quiet() {
-        let mut b = Budget::new(0.0, 2, Instant::now());
+        let mut b = RetryBudget::new(0.0, 2, Instant::now());
         let granted = (0..50).filter(|_| b.try_withdraw(Instant::now())).count();
         assert_eq!(granted, 20);
     }

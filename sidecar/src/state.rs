@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::health::{Breaker, Params};
 use crate::metrics::{Metrics, RouteMetrics, TargetMetrics};
 use crate::providers::{HttpClient, Provider, mock::Mock};
-use crate::retry::Budget;
+use crate::retry::RetryBudget;
 use crate::share::ScoreWindow;
 
 /// What identifies a target's health across reloads.
@@ -105,7 +105,7 @@ pub struct RouteRt {
     /// `x-detour-route` (`None` if the id is no header value).
     pub route_header: Option<HeaderValue>,
     pub targets: Vec<Arc<TargetRt>>,
-    pub budget: Arc<Mutex<Budget>>,
+    pub budget: Arc<Mutex<RetryBudget>>,
     pub metrics: RouteMetrics,
     /// Recent complexity scores, for a policy that asks for a share (`scoring.cheapShare`).
     pub scores: Arc<ScoreWindow>,
@@ -144,7 +144,7 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub struct Registry {
     targets: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
-    budgets: Mutex<HashMap<String, Arc<Mutex<Budget>>>>,
+    budgets: Mutex<HashMap<String, Arc<Mutex<RetryBudget>>>>,
     /// Score windows by route and scorer: a change of scorer starts a fresh window.
     scores: Mutex<HashMap<(String, Scorer), Arc<ScoreWindow>>>,
 }
@@ -177,7 +177,7 @@ impl Registry {
             let params = Params::from_policy(&route.policy.health);
             let retry = &route.policy.retry;
             let budget = old_budgets.remove(&route.model).unwrap_or_else(|| {
-                Arc::new(Mutex::new(Budget::new(
+                Arc::new(Mutex::new(RetryBudget::new(
                     retry.budget_ratio,
                     retry.budget_min_per_second,
                     now,
