@@ -4,6 +4,7 @@
 //! could not reach its upstream — the sidecar's own words for why (the credential file or
 //! variable, or the connection phase that failed; never a value).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
@@ -14,7 +15,8 @@ use crate::class::Class;
 /// One attempt, as the audit line shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttemptRecord {
-    pub target: String,
+    /// Shared with the route table: no copy per request.
+    pub target: Arc<str>,
     pub class: Class,
     pub status: Option<u16>,
     pub latency_ms: f64,
@@ -77,12 +79,13 @@ pub struct AuditRecord {
     pub ts_ms: u128,
     pub request_id: String,
     pub endpoint: &'static str,
-    pub route: Option<String>,
+    /// The route's id and the serving target's name, shared with the route table.
+    pub route: Option<Arc<str>>,
     pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<ScoreRecord>,
     pub stream: bool,
-    pub target: Option<String>,
+    pub target: Option<Arc<str>>,
     pub provider: Option<&'static str>,
     /// The serving provider's own id of the request.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,7 +149,7 @@ impl AuditRecord {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"target\":");
-            value(out, a.target.as_str());
+            value(out, &*a.target);
             out.extend_from_slice(b",\"class\":");
             value(out, &a.class);
             out.extend_from_slice(b",\"status\":");
@@ -254,7 +257,7 @@ struct Queue {
 #[derive(Debug)]
 pub struct Audit {
     stdout: AtomicBool,
-    queue: std::sync::Arc<Queue>,
+    queue: Arc<Queue>,
     thread: Option<std::thread::JoinHandle<()>>,
     tap: Option<mpsc::UnboundedSender<AuditRecord>>,
 }
@@ -287,7 +290,7 @@ impl Audit {
         stdout: bool,
         tap: Option<mpsc::UnboundedSender<AuditRecord>>,
     ) -> Self {
-        let queue = std::sync::Arc::new(Queue::default());
+        let queue = Arc::new(Queue::default());
         let q = queue.clone();
         let thread = std::thread::Builder::new()
             .name("detour-audit".to_owned())
@@ -407,7 +410,7 @@ mod tests {
             ts_ms: 1_790_000_000_123,
             request_id: "0123456789abcdef0123456789abcdef".to_owned(),
             endpoint: "chat/completions",
-            route: full.then(|| "smart/\"odd\"\\name\u{1}é".to_owned()),
+            route: full.then(|| "smart/\"odd\"\\name\u{1}é".into()),
             rule: full.then(|| "free-tier".to_owned()),
             score: full.then(|| ScoreRecord {
                 value: Some(0.8125),
@@ -416,14 +419,14 @@ mod tests {
                 rule: "score 0.81 > complexAbove 0.60 (reasoning_words): most capable first".to_owned(),
             }),
             stream: full,
-            target: full.then(|| "backup".to_owned()),
+            target: full.then(|| "backup".into()),
             provider: full.then_some("anthropic"),
             upstream_request_id: full.then(|| "req_011CX".to_owned()),
             fallback_count: u32::from(full),
             attempts: if full {
                 vec![
                     AttemptRecord {
-                        target: "primary".to_owned(),
+                        target: "primary".into(),
                         class: Class::RateLimited,
                         status: Some(429),
                         latency_ms: 12.0,
@@ -431,7 +434,7 @@ mod tests {
                         upstream_request_id: None,
                     },
                     AttemptRecord {
-                        target: "backup".to_owned(),
+                        target: "backup".into(),
                         class: Class::Ok,
                         status: None,
                         latency_ms: 0.001,
@@ -514,7 +517,7 @@ mod tests {
 
     /// What the writer thread has written, shared with the test.
     #[derive(Clone, Default)]
-    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
 
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -579,7 +582,7 @@ mod tests {
         let (short, _) = keys(&record(false));
         assert!(!short.contains(&"score".to_owned()) && !short.contains(&"stream_error".to_owned()));
         let mut r = record(true);
-        r.route = Some("a \"quoted\" route".to_owned());
+        r.route = Some("a \"quoted\" route".into());
         let (long, v) = keys(&r);
         for k in [
             "ts_ms",

@@ -515,7 +515,7 @@ mod tests {
         detail: Option<&'static str>,
     ) -> AttemptRecord {
         AttemptRecord {
-            target: target.to_owned(),
+            target: target.into(),
             class,
             status,
             latency_ms: 12.4,

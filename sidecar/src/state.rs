@@ -63,6 +63,8 @@ pub struct TargetRt {
     pub metrics: TargetMetrics,
     /// `x-detour-target` for answers it served (`None` if the name is no header value).
     pub name_header: Option<HeaderValue>,
+    /// The target's name, shared by the audit lines that name it.
+    pub name: Arc<str>,
 }
 
 impl TargetRt {
@@ -104,6 +106,8 @@ pub struct RouteRt {
     pub route: Route,
     /// `x-detour-route` (`None` if the id is no header value).
     pub route_header: Option<HeaderValue>,
+    /// The route's id, shared by the audit lines that name it.
+    pub name: Arc<str>,
     pub targets: Vec<Arc<TargetRt>>,
     pub budget: Arc<Mutex<RetryBudget>>,
     pub metrics: RouteMetrics,
@@ -223,6 +227,7 @@ impl Registry {
                     state,
                     metrics: TargetMetrics::new(metrics, &route.model, &t.name),
                     name_header: HeaderValue::from_str(&t.name).ok(),
+                    name: t.name.as_str().into(),
                 });
                 gauges.push((target.clone(), gauge));
                 targets.push(target);
@@ -235,6 +240,7 @@ impl Registry {
                 Arc::new(RouteRt {
                     route: route.clone(),
                     route_header: HeaderValue::from_str(&route.model).ok(),
+                    name: route.model.as_str().into(),
                     targets,
                     budget,
                     metrics: RouteMetrics::new(metrics, &route.model),

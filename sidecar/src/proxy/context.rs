@@ -130,7 +130,7 @@ impl Ctx {
         );
         self.target = Some(target.clone());
         self.attempts.push(AttemptRecord {
-            target: name.to_owned(),
+            target: target.name.clone(),
             class,
             status: end.status,
             latency_ms: ms(end.elapsed),
@@ -201,7 +201,7 @@ impl Ctx {
             } else {
                 self.endpoint.path()
             },
-            route: self.route.as_ref().map(|r| r.route.model.clone()),
+            route: self.route.as_ref().map(|r| r.name.clone()),
             rule: self.rule,
             score: self.score.as_ref().map(|d| crate::audit::ScoreRecord {
                 value: d.value,
@@ -210,7 +210,7 @@ impl Ctx {
                 rule: d.rule(),
             }),
             stream: self.stream,
-            target: served_by.map(|t| t.cfg.name.clone()),
+            target: served_by.map(|t| t.name.clone()),
             provider: served_by.map(|t| t.provider_name()),
             upstream_request_id,
             fallback_count: self.fallback_count,

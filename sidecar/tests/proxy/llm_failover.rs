@@ -499,7 +499,7 @@ async fn recovered_target_is_back_within_one_cooldown() {
     tokio::time::sleep(Duration::from_millis(320)).await;
     let r = sc.chat_stream("m").await;
     let rec = sc.audit_of(&r).await;
-    assert_eq!(rec.attempts[0].target, "primary", "probed after one cooldown");
+    assert_eq!(&*rec.attempts[0].target, "primary", "probed after one cooldown");
     assert!(
         rec.attempts[0].latency_ms < 150.0,
         "{}",
