@@ -40,7 +40,7 @@ pub enum Out<'a> {
 #[derive(Debug)]
 pub enum Encoder {
     /// OpenAI's chunk SSE, as chat completions and completions define it.
-    Chat(Chat),
+    Chat(ChatEncoder),
     /// The Responses API's typed events (boxed: it keeps the items streamed so far).
     Responses(Box<crate::responses::stream::Encoder>),
     /// A native Responses stream: the provider's events as they came.
@@ -51,7 +51,7 @@ impl Encoder {
     /// Chat (and completions) SSE; `model`: the route whose id goes in each chunk's `model`
     /// (`None`: the upstream's is kept).
     pub fn chat(model: Option<Arc<RouteRt>>) -> Self {
-        Self::Chat(Chat { model })
+        Self::Chat(ChatEncoder { model })
     }
 
     /// The Responses API's typed events; `echo`: the request fields the response repeats.
@@ -71,11 +71,11 @@ impl Encoder {
 
 /// OpenAI's chunk SSE.
 #[derive(Debug)]
-pub struct Chat {
+pub struct ChatEncoder {
     model: Option<Arc<RouteRt>>,
 }
 
-impl Chat {
+impl ChatEncoder {
     fn encode(&self, out: Out<'_>) -> Bytes {
         match out {
             Out::Chunk(a) => sse::encode_answer(a, self.model.as_ref().map(|r| r.route.model.as_str())),
