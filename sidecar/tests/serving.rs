@@ -169,6 +169,143 @@ async fn an_early_413_is_read_by_a_client_still_sending() {
     sc.stop().await;
 }
 
+/// Policies and routes for [`each_response_carries_each_detour_header_once`]: a plain route, a
+/// scored one, one whose targets all fail, and one that passes a 5xx through.
+const EVERY_KIND: &str = r#"apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: scored}
+spec:
+  strategy: balanced
+  scoring: {scorer: v1}
+---
+apiVersion: detour.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: pass}
+spec:
+  retry: {attempts: 1, on: ["timeout"]}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: m}
+spec:
+  model: mock/m
+  targets:
+    - {name: t, provider: mock, model: up, mock: {reply: "one two three"}}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: scored}
+spec:
+  model: mock/scored
+  policyRef: {name: scored}
+  targets:
+    - {name: big, provider: mock, model: big, quality: frontier, cost: {input: 5, output: 15}}
+    - {name: small, provider: mock, model: small, quality: basic, cost: {input: 0.1, output: 0.4}}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: down}
+spec:
+  model: mock/down
+  targets:
+    - {name: a, provider: mock, model: up, mock: {script: ["5xx"]}}
+    - {name: b, provider: mock, model: up, mock: {script: ["5xx"]}}
+---
+apiVersion: detour.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: pass}
+spec:
+  model: mock/pass
+  policyRef: {name: pass}
+  targets:
+    - {name: a, provider: mock, model: up, mock: {script: ["5xx"]}}
+"#;
+
+/// How many times the response head in `text` carries header `name`.
+fn count_header(text: &str, name: &str) -> usize {
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .count()
+}
+
+/// Every kind of response — a JSON answer, a stream, a scored answer, an exhausted route's
+/// 503, a 5xx passed through, the proxy's own refusals, the Responses translation's, the
+/// router's 404 and 405, the model list, and the edge's 413 and `Host` 400 — carries
+/// `x-detour-request-id`, `-target`, `-provider` and `-fallback-count` exactly once, and
+/// `-route` / `-score` once where they apply, never twice: one writer stamps them.
+#[tokio::test]
+async fn each_response_carries_each_detour_header_once() {
+    let sc = start_limited(EVERY_KIND, 4096).await;
+    let close = "connection: close\r\n";
+    let chat = |model: &str, stream: bool| {
+        let body = format!(
+            r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        post(&body, close)
+    };
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\n{close}\r\n");
+    // (request, status, routed, scored)
+    let cases = [
+        (chat("mock/m", false), "200", true, false),
+        (chat("mock/m", true), "200", true, false),
+        (chat("mock/scored", false), "200", true, true),
+        (chat("mock/down", false), "503", true, false),
+        (chat("mock/pass", false), "500", true, false),
+        (chat("nope", false), "404", false, false),
+        (post("{not json", close), "400", false, false),
+        (
+            format!("POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n{close}\r\n[]"),
+            "400",
+            false,
+            false,
+        ),
+        (get("/v1/models"), "200", false, false),
+        (get("/v1/models/nope"), "404", false, false),
+        (get("/nowhere"), "404", false, false),
+        (get("/v1/chat/completions"), "405", false, false),
+        (
+            format!("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n{close}\r\n"),
+            "413",
+            false,
+            false,
+        ),
+        (
+            format!("GET /v1/models HTTP/1.1\r\n{close}\r\n"),
+            "400",
+            false,
+            false,
+        ),
+    ];
+    for (request, status, routed, scored) in &cases {
+        let text = exchange(sc.addr, request.as_bytes()).await;
+        let first = request.lines().next().unwrap_or_default();
+        assert_eq!(statuses(&text), [*status], "{first}: {text}");
+        for name in [
+            "x-detour-request-id",
+            "x-detour-target",
+            "x-detour-provider",
+            "x-detour-fallback-count",
+        ] {
+            assert_eq!(count_header(&text, name), 1, "{name} on {first}: {text}");
+        }
+        assert_eq!(
+            count_header(&text, "x-detour-route"),
+            usize::from(*routed),
+            "{first}: {text}"
+        );
+        assert_eq!(
+            count_header(&text, "x-detour-score"),
+            usize::from(*scored),
+            "{first}: {text}"
+        );
+    }
+    sc.stop().await;
+}
+
 /// Requests hyper cannot read safely are answered 400 (431 for a head over the limits) and
 /// the connection closes; each is counted as refused.
 #[tokio::test]

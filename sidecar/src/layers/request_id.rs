@@ -1,6 +1,7 @@
-//! Outermost layer: gives every request an id and makes sure every response — including
-//! errors produced by any inner layer — carries `x-detour-request-id` and the other
-//! `x-detour-*` response headers (with `none`/`0` when no target was involved). A response an
+//! Outermost layer: gives every request an id, and is the one writer of the `x-detour-*`
+//! response headers: every response — a proxied answer or stream, the proxy's own errors, and
+//! those of any inner layer — gets `x-detour-request-id` and the rest from the [`Stamp`] the
+//! proxy left on it (`none`/`0` when there is none: no target was involved). A response an
 //! inner layer marked [`Refused`] (a request refused before routing: malformed, over a limit)
 //! is counted in `detour_refused_requests_total` and gets an audit line.
 
@@ -14,7 +15,7 @@ use tower::{Layer, Service};
 
 use crate::audit::{AuditRecord, now_ms};
 use crate::body::Response;
-use crate::headers::{H_FALLBACK_COUNT, H_PROVIDER, H_REQUEST_ID, H_TARGET};
+use crate::headers::Stamp;
 use crate::proxy::Shared;
 
 /// The request's id, in the request's extensions.
@@ -132,19 +133,8 @@ where
                 let id = value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default();
                 record_refusal(&shared, id, endpoint, resp.status(), reason);
             }
-            let h = resp.headers_mut();
-            if let Some(v) = value {
-                h.insert(H_REQUEST_ID, v);
-            }
-            if !h.contains_key(H_TARGET) {
-                h.insert(H_TARGET, HeaderValue::from_static("none"));
-            }
-            if !h.contains_key(H_PROVIDER) {
-                h.insert(H_PROVIDER, HeaderValue::from_static("none"));
-            }
-            if !h.contains_key(H_FALLBACK_COUNT) {
-                h.insert(H_FALLBACK_COUNT, HeaderValue::from_static("0"));
-            }
+            let stamp = resp.extensions_mut().remove::<Stamp>().unwrap_or_default();
+            stamp.write(value, resp.headers_mut());
             Ok(resp)
         })
     }

@@ -1,12 +1,12 @@
 //! The client's response: a successful attempt's answer (JSON, passed through, or a stream),
 //! a failure passed through as the upstream sent it, the error of an exhausted route, or the
-//! sidecar's own refusal ([`Ctx::reject`]); each stamped with the `x-detour-*` response headers
-//! ([`Ctx::stamp`]).
+//! sidecar's own refusal ([`Ctx::reject`]); each carrying what its `x-detour-*` response headers
+//! say ([`Ctx::stamp`]), for `layers::request_id` to write.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 
 use detour_api::table::ResponseModel;
@@ -16,7 +16,7 @@ use crate::class::Class;
 use crate::deadline::Deadline;
 use crate::encode::Encoder;
 use crate::error::Reason;
-use crate::headers::{H_FALLBACK_COUNT, H_PROVIDER, H_ROUTE, H_SCORE, H_TARGET};
+use crate::headers::Stamp;
 use crate::metrics::Outcome;
 use crate::providers::answer::Usage;
 use crate::providers::{Failure, UpstreamMeta};
@@ -35,7 +35,7 @@ fn json_answer(ctx: Ctx, meta: &UpstreamMeta, body: body::Body) -> Response {
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     meta.apply(resp.headers_mut());
-    ctx.stamp(resp.headers_mut());
+    ctx.stamp(&mut resp);
     ctx.finish(200, Outcome::Ok, None);
     resp
 }
@@ -91,7 +91,7 @@ pub(super) fn respond(
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             ok.meta.apply(resp.headers_mut());
-            ctx.stamp(resp.headers_mut());
+            ctx.stamp(&mut resp);
             let guard = StreamGuard {
                 ctx: Some(ctx),
                 target: target.clone(),
@@ -114,7 +114,7 @@ pub(super) fn respond(
         (PeekedBody::Stream(..), None) => {
             ctx.commit();
             let mut resp = http::Response::new(body::full(Bytes::new()));
-            ctx.stamp(resp.headers_mut());
+            ctx.stamp(&mut resp);
             ctx.finish(200, Outcome::Ok, None);
             resp
         }
@@ -162,7 +162,7 @@ pub(super) fn passthrough(mut ctx: Ctx, target: &TargetRt, f: Failure) -> Respon
     };
     f.meta.apply(resp.headers_mut());
     ctx.commit();
-    ctx.stamp(resp.headers_mut());
+    ctx.stamp(&mut resp);
     let status = resp.status().as_u16();
     ctx.finish(status, outcome, None);
     resp
@@ -198,39 +198,29 @@ pub(super) fn exhausted(
     };
     ctx.commit();
     let mut resp = e.into_response();
-    ctx.stamp(resp.headers_mut());
+    ctx.stamp(&mut resp);
     ctx.finish(503, Outcome::Exhausted, None);
     resp
 }
 
 /// The client's response from the context: its `x-detour-*` headers, and the sidecar's own errors.
 impl Ctx {
-    /// Writes the `x-detour-*` response headers.
-    pub(super) fn stamp(&self, headers: &mut HeaderMap) {
-        if let Some(v) = self.route.as_ref().and_then(|r| r.route_header.clone()) {
-            headers.insert(H_ROUTE, v);
-        }
-        match &self.target {
-            Some(t) => {
-                if let Some(v) = &t.name_header {
-                    headers.insert(H_TARGET, v.clone());
-                }
-                headers.insert(H_PROVIDER, HeaderValue::from_static(t.provider_name()));
-            }
-            None => {
-                headers.insert(H_TARGET, HeaderValue::from_static("none"));
-                headers.insert(H_PROVIDER, HeaderValue::from_static("none"));
-            }
-        }
-        headers.insert(H_FALLBACK_COUNT, count_header(self.fallback_count));
-        if let Some(d) = &self.score {
+    /// Leaves what the `x-detour-*` response headers say on the response, for
+    /// `layers::request_id`, their one writer.
+    pub(super) fn stamp(&self, resp: &mut Response) {
+        let score = self.score.as_ref().and_then(|d| {
             let v = d
                 .value
                 .map_or_else(|| d.class.as_str().to_owned(), |v| format!("{v:.3}"));
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                headers.insert(H_SCORE, v);
-            }
-        }
+            HeaderValue::from_str(&v).ok()
+        });
+        resp.extensions_mut().insert(Stamp {
+            route: self.route.as_ref().and_then(|r| r.route_header.clone()),
+            target: self.target.as_ref().and_then(|t| t.name_header.clone()),
+            provider: self.target.as_ref().map(|t| t.provider_name()),
+            fallback_count: self.fallback_count,
+            score,
+        });
     }
 
     /// Answers with an error of the sidecar's own.
@@ -238,17 +228,8 @@ impl Ctx {
         self.commit();
         let mut resp = reason.into_response();
         let status = resp.status().as_u16();
-        self.stamp(resp.headers_mut());
+        self.stamp(&mut resp);
         self.finish(status, outcome, None);
         resp
-    }
-}
-
-/// `x-detour-fallback-count`: the common small counts without an allocation.
-fn count_header(n: u32) -> HeaderValue {
-    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    match SMALL.get(n as usize) {
-        Some(s) => HeaderValue::from_static(s),
-        None => HeaderValue::from(n),
     }
 }
