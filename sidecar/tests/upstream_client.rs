@@ -30,6 +30,9 @@ enum Then {
     CloseSilently,
     /// Answers with `connection: close` and closes.
     AnnounceClose,
+    /// Answers and keeps the connection until [`Upstream::close`] is notified, then closes it
+    /// without saying so and notifies [`Upstream::has_closed`].
+    CloseWhenTold,
     /// Sends the head and half the body, then waits for the client to go away.
     HalfBody,
     /// Sends these pieces of a response as written, each flushed on its own a moment after
@@ -44,6 +47,8 @@ struct Upstream {
     accepted: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     heads: Arc<Mutex<Vec<String>>>,
+    close: Arc<tokio::sync::Notify>,
+    has_closed: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
@@ -56,22 +61,27 @@ impl Upstream {
             accepted: Arc::default(),
             requests: Arc::default(),
             heads: Arc::default(),
+            close: Arc::default(),
+            has_closed: Arc::default(),
         };
         let (accepted, requests, heads) = (up.accepted.clone(), up.requests.clone(), up.heads.clone());
+        let (close, has_closed) = (up.close.clone(), up.has_closed.clone());
         let script = Arc::new(script);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let (requests, heads, script, tls) =
                     (requests.clone(), heads.clone(), script.clone(), tls.clone());
+                let (close, has_closed) = (close.clone(), has_closed.clone());
                 tokio::spawn(async move {
+                    let notes = (&*close, &*has_closed);
                     match tls {
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(tcp).await {
-                                serve(s, &script, &requests, &heads).await;
+                                serve(s, &script, &requests, &heads, notes).await;
                             }
                         }
-                        None => serve(tcp, &script, &requests, &heads).await,
+                        None => serve(tcp, &script, &requests, &heads, notes).await,
                     }
                 });
             }
@@ -99,6 +109,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     script: &[Then],
     requests: &AtomicUsize,
     heads: &Mutex<Vec<String>>,
+    (close, has_closed): (&tokio::sync::Notify, &tokio::sync::Notify),
 ) {
     let mut buf = Vec::new();
     loop {
@@ -146,7 +157,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let out = match then {
             Then::Raw(..) => unreachable!("answered above"),
-            Then::KeepAlive | Then::CloseSilently => answer(""),
+            Then::KeepAlive | Then::CloseSilently | Then::CloseWhenTold => answer(""),
             Then::AnnounceClose => answer("connection: close\r\n"),
             Then::HalfBody => format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}",
@@ -161,6 +172,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Then::KeepAlive | Then::Raw(..) => {}
             Then::CloseSilently | Then::AnnounceClose => {
                 let _ = s.shutdown().await;
+                return;
+            }
+            Then::CloseWhenTold => {
+                close.notified().await;
+                drop(s);
+                has_closed.notify_one();
                 return;
             }
             Then::HalfBody => {
@@ -284,6 +301,97 @@ async fn an_idle_connection_the_upstream_closed_is_skipped() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
     assert_eq!((up.accepted(), up.requests()), (2, 2));
+}
+
+/// The upstream closes an idle connection just as the next request is handed to it: hyper
+/// gives the request back unsent, and it goes once more, on a new connection, instead of
+/// failing.
+#[tokio::test]
+async fn a_request_on_an_idle_connection_closed_under_it_goes_again_on_a_new_one() {
+    let up = Upstream::start(vec![Then::CloseWhenTold], None).await;
+    let client = direct(None);
+    let url = up.url("http", "127.0.0.1");
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    up.close.notify_one();
+    up.has_closed.notified().await;
+    // The pooled connection still looks ready: the client has not read the close yet.
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    assert_eq!((up.accepted(), up.requests()), (2, 2));
+}
+
+/// Requests to different paths of one origin, through destinations resolved once, share its
+/// idle connection.
+#[tokio::test]
+async fn destinations_on_one_origin_share_its_connections() {
+    let up = Upstream::start(vec![], None).await;
+    let client = direct(None);
+    let port = up.addr.port();
+    let chat = client
+        .dest(
+            &format!("http://127.0.0.1:{port}/v1/chat/completions")
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
+    let embed = client
+        .dest(&format!("http://127.0.0.1:{port}/v1/embeddings").parse().unwrap())
+        .unwrap();
+    for dest in [&chat, &embed, &chat, &embed] {
+        let mut req = post("/");
+        *req.uri_mut() = dest.path().clone();
+        let resp = dest.send(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, ANSWER);
+    }
+    assert_eq!((up.accepted(), up.requests()), (1, 4));
+    let heads = up.heads.lock().unwrap().clone();
+    assert!(
+        heads[1].starts_with("post /v1/embeddings http/1.1\r\n"),
+        "{}",
+        heads[1]
+    );
+}
+
+/// An idle connection is closed by the client once it has been idle for the idle timeout,
+/// with no request to notice it. (The upstream here waits for the close without a clock of
+/// its own.)
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/v1/chat/completions",
+        listener.local_addr().unwrap().port()
+    );
+    let (closed_tx, mut closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The head and the 13-byte body of `post`.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") || !buf.ends_with(br#"{"model":"m"}"#) {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the client closed before its request");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ANSWER}",
+            ANSWER.len()
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+        while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
+        let _ = closed_tx.send(());
+    });
+    let client = direct(None);
+    assert_eq!(call(&client, &url).await.unwrap(), ANSWER);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(closed.try_recv().is_err(), "kept after its answer");
+    tokio::time::pause();
+    tokio::time::advance(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+    tokio::time::resume();
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap();
 }
 
 /// `connection: close` from the upstream keeps the connection out of the pool.
@@ -769,6 +877,61 @@ async fn http2_is_used_when_the_upstream_offers_it() {
         1,
         "one HTTP/2 connection carries them all"
     );
+}
+
+/// Requests in flight together to an HTTP/2 upstream are streams of its one connection: the
+/// upstream answers none of them until all four have arrived on it.
+#[tokio::test]
+async fn http2_carries_requests_in_flight_together_on_one_connection() {
+    use hyper::server::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (ca_pem, acceptor) = private_ca_with_alpn(&[b"h2", b"http/1.1"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    // The first request alone, then four that wait for each other.
+    let together = Arc::new(tokio::sync::Barrier::new(4));
+    let seen = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, together, seen) = (acceptor.clone(), together.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                    let (together, seen) = (together.clone(), seen.clone());
+                    async move {
+                        if seen.fetch_add(1, Ordering::SeqCst) > 0 {
+                            together.wait().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"together"),
+                        )))
+                    }
+                });
+                let _ = http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let client = direct(Some(&ca_file));
+    let url = format!("https://localhost:{}/v1/chat/completions", addr.port());
+    assert_eq!(
+        exchange(&client, &url).await.unwrap(),
+        (200, Bytes::from("together"))
+    );
+    let answers = futures_util::future::join_all((0..4).map(|_| exchange(&client, &url))).await;
+    for a in answers {
+        assert_eq!(a.unwrap(), (200, Bytes::from("together")));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 /// The sidecar binary reads the proxy from the environment as curl does, lower-case names

@@ -1,5 +1,6 @@
-//! The upstream HTTP client: hyper-util's pooled client over hyper's HTTP/1.1 and HTTP/2
-//! connections, TLS through rustls, egress through an HTTP proxy when the environment asks.
+//! The upstream HTTP client: a small pool of our own over hyper's HTTP/1.1 and HTTP/2 client
+//! connections, TLS through rustls, egress through an HTTP proxy when the environment asks
+//! (hyper-util's connector, resolver, proxy matcher and `CONNECT` tunnel).
 //!
 //! Contract:
 //! - Connections are kept per origin (scheme, host and port) and reused; HTTPS upstreams that
@@ -13,30 +14,36 @@
 //!   curl reads them) route upstream connections through an HTTP proxy: HTTPS through a
 //!   `CONNECT` tunnel (TLS still ends at the upstream), plain HTTP as absolute-form requests.
 //!   Credentials in the proxy URL go in `Proxy-Authorization`.
-//! - Targets resolve their URLs to a [`Dest`] once, when they are loaded.
+//! - Targets resolve their URLs to a [`Dest`] once, when they are loaded: it holds its
+//!   origin's pool and `Host` value and its request target, so a request hashes no URL.
+//! - An HTTP/1.1 connection is idle only when hyper says it is ready for the next request;
+//!   closed ones are dropped; at most `max_idle` are kept per origin, none longer than
+//!   [`IDLE_TIMEOUT`] (a task per origin closes them while any are idle). An HTTP/2
+//!   connection is shared by every request to its origin and replaced when it closes.
 //! - Destination rules on addresses ([`crate::egress::check_addr`]): a name's resolved
 //!   addresses that are link-local, cloud metadata, or loopback behind a name that is not
 //!   loopback are dropped before connecting (none left: a connect error naming the rule), and
 //!   every connection's peer is checked again, which covers address literals too.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 pub use hyper_util::client::proxy::matcher::Matcher as Proxies;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
@@ -44,6 +51,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tower::Service;
@@ -117,7 +125,7 @@ impl fmt::Display for ConnectKind {
 }
 
 /// A connection that could not be made, as the connector saw it (in the client error's
-/// source chain, where [`Error::from_client`] finds it).
+/// source chain, where [`Error::from_connect`] finds it).
 #[derive(Debug, thiserror::Error)]
 #[error("{kind}: {message}")]
 struct ConnectFailure {
@@ -157,21 +165,19 @@ impl Error {
         }
     }
 
-    fn from_client(e: &hyper_util::client::legacy::Error) -> Self {
-        if e.is_connect() {
-            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-            while let Some(err) = cur {
-                if let Some(f) = err.downcast_ref::<ConnectFailure>() {
-                    return Self::Connect {
-                        kind: f.kind,
-                        message: f.message.clone(),
-                    };
-                }
-                cur = err.source();
+    /// A connection that could not be made, with the step the connector named.
+    fn from_connect(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(f) = err.downcast_ref::<ConnectFailure>() {
+                return Self::Connect {
+                    kind: f.kind,
+                    message: f.message.clone(),
+                };
             }
-            return Self::connect_other(chain(e));
+            cur = err.source();
         }
-        Self::from_chain(e, chain(e))
+        Self::connect_other(chain(e))
     }
 
     fn from_hyper(e: &hyper::Error) -> Self {
@@ -220,13 +226,23 @@ pub enum BuildError {
 /// The shared upstream client; clones share the connections.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<Connector, Full<Bytes>>,
-    egress: Arc<Egress>,
+    shared: Arc<Shared>,
+}
+
+/// The pools by origin, looked up when a [`Dest`] is made, never per request.
+struct Shared {
+    conf: Arc<Conf>,
+    origins: Mutex<HashMap<String, Arc<Origin>>>,
+}
+
+/// What every origin's pool uses: the connector, the HTTP/2 settings, the idle limit.
+struct Conf {
+    connector: Connector,
+    h2: http2::Builder<TokioExecutor>,
+    max_idle: usize,
 }
 
 /// How connections leave: through which proxy, and whether the destination rules apply.
-/// One `Arc` shared by the client and its connector (the pooled client is cloned into every
-/// request in flight, so its size matters).
 struct Egress {
     proxies: Proxies,
     /// The destination rules apply to each connection's peer (provider traffic); `false` only
@@ -311,19 +327,23 @@ impl HttpClient {
         let mut tcp = HttpConnector::new_with_resolver(GuardedResolver(GaiResolver::new()));
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
-        let egress = Arc::new(Egress { proxies, guarded });
         let connector = Connector {
             tcp,
             tls: TlsConnector::from(Arc::new(tls)),
-            egress: Arc::clone(&egress),
+            egress: Arc::new(Egress { proxies, guarded }),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(max_idle)
-            .build(connector);
-        Ok(Self { client, egress })
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                conf: Arc::new(Conf {
+                    connector,
+                    h2,
+                    max_idle,
+                }),
+                origins: Mutex::default(),
+            }),
+        })
     }
 
     /// Where `url` (absolute, `http` or `https`) is sent. `None` when it is not such a URL.
@@ -341,13 +361,16 @@ impl HttpClient {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let url = Uri::builder()
             .scheme(scheme.clone())
-            .authority(authority)
+            .authority(authority.clone())
             .path_and_query(path.clone())
             .build()
             .ok()?;
         // Plain HTTP through a proxy: each request names the proxy's credentials.
         let proxy_auth = if scheme == Scheme::HTTP {
-            self.egress
+            self.shared
+                .conf
+                .connector
+                .egress
                 .proxies
                 .intercept(&url)
                 .and_then(|i| i.basic_auth().cloned())
@@ -355,7 +378,7 @@ impl HttpClient {
             None
         };
         Some(Dest {
-            client: self.clone(),
+            origin: Origin::of(&self.shared, scheme, authority)?,
             url,
             path: Uri::from(path),
             proxy_auth,
@@ -378,7 +401,7 @@ impl HttpClient {
 /// A resolved upstream URL.
 #[derive(Clone)]
 pub struct Dest {
-    client: HttpClient,
+    origin: Arc<Origin>,
     /// Absolute, without userinfo.
     url: Uri,
     /// The request target (origin-form).
@@ -408,25 +431,40 @@ impl Dest {
     }
 
     /// Sends `req` (its URI the [`Dest::path`], or another path on the same origin).
-    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, Error> {
+    ///
+    /// On an idle connection the upstream has just closed, hyper hands the request back
+    /// unsent; it then goes once more, on a new connection.
+    ///
+    /// Boxed, as hyper-util's pooled client boxed it: until the answer's head, the request
+    /// and its connection's handle are held here, not in every request's future for its
+    /// whole life. Connecting is boxed again inside: it is rare, and its future (resolver,
+    /// proxy tunnel, TLS handshake) is large.
+    pub fn send(
+        &self,
+        req: Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send + '_>> {
+        Box::pin(self.send_now(req))
+    }
+
+    async fn send_now(&self, req: Request<Bytes>) -> Result<Response<Body>, Error> {
         let (mut parts, body) = req.into_parts();
-        parts.uri = if parts.uri == self.path {
-            self.url.clone()
-        } else {
-            let mut p = self.url.clone().into_parts();
-            p.path_and_query = parts.uri.path_and_query().cloned();
-            Uri::from_parts(p).map_err(|e| Error::connect_other(format!("invalid request target: {e}")))?
-        };
         if let Some(auth) = &self.proxy_auth {
             parts.headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
         }
-        let resp = self
-            .client
-            .client
-            .request(Request::from_parts(parts, Full::new(body)))
-            .await
-            .map_err(|e| Error::from_client(&e))?;
-        Ok(resp.map(Body))
+        let req = Request::from_parts(parts, Full::new(body));
+        let origin = &self.origin;
+        let (conn, reused) = match origin.checkout() {
+            Some(conn) => (conn, true),
+            None => (Box::pin(origin.connect()).await?, false),
+        };
+        match origin.send_on(conn, req).await {
+            Ok(resp) => Ok(resp),
+            Err((Some(req), _)) if reused => {
+                let conn = Box::pin(origin.connect()).await?;
+                origin.send_on(conn, req).await.map_err(|(_, e)| e)
+            }
+            Err((_, e)) => Err(e),
+        }
     }
 }
 
@@ -436,9 +474,329 @@ fn host_and_port(authority: &Authority) -> &str {
     s.rsplit_once('@').map_or(s, |(_, host)| host)
 }
 
-/// An upstream response body.
-#[derive(Debug)]
-pub struct Body(Incoming);
+type Req = Request<Full<Bytes>>;
+
+/// The connections of one origin (scheme, host and port), shared by every [`Dest`] on it.
+struct Origin {
+    conf: Arc<Conf>,
+    scheme: Scheme,
+    authority: Authority,
+    /// `scheme://authority`, what the connector is called with.
+    root: Uri,
+    /// The `Host` of HTTP/1.1 requests: the authority, its port left out when it is the
+    /// scheme's default.
+    host: HeaderValue,
+    idle: Mutex<Idle>,
+}
+
+/// An origin's connections between requests. Locked only for pushes and pops, never across
+/// an await.
+#[derive(Default)]
+struct Idle {
+    /// HTTP/1.1 connections ready for a request, the most recently used last.
+    h1: Vec<Idle1>,
+    /// The HTTP/2 connection every request shares, when the upstream offers it, and when it
+    /// was last handed out.
+    h2: Option<(http2::SendRequest<Full<Bytes>>, Instant)>,
+    /// Whether a task is closing the connections idle for longer than [`IDLE_TIMEOUT`].
+    reaping: bool,
+}
+
+impl Idle {
+    fn is_empty(&self) -> bool {
+        self.h1.is_empty() && self.h2.is_none()
+    }
+}
+
+struct Idle1 {
+    tx: http1::SendRequest<Full<Bytes>>,
+    proxied: bool,
+    since: Instant,
+}
+
+/// A connection a request goes out on.
+enum Conn {
+    H1 {
+        tx: http1::SendRequest<Full<Bytes>>,
+        /// To a proxy taking absolute-form requests.
+        proxied: bool,
+    },
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// Spawns a connection's task (or the wait for its readiness). No one joins it: the
+/// connection owns it, and it ends when the connection closes — when the upstream closes it,
+/// or when the pool and the response body holding its last request handle drop them.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "owned by its connection, which ends when the pool and the body drop its handles"
+)]
+fn spawn_detached(task: impl Future<Output = ()> + Send + 'static) {
+    drop(tokio::spawn(task));
+}
+
+impl Origin {
+    /// The pool of `scheme://authority`, shared with the other destinations on it.
+    fn of(shared: &Shared, scheme: Scheme, authority: Authority) -> Option<Arc<Self>> {
+        let root = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(p) if p != default_port => HeaderValue::from_str(authority.as_str()),
+            _ => HeaderValue::from_str(authority.host()),
+        }
+        .ok()?;
+        let key = format!("{scheme}://{authority}");
+        let mut origins = shared.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(o) = origins.get(&key) {
+            return Some(Arc::clone(o));
+        }
+        // Origins no destination names any more go once their connections have.
+        origins.retain(|_, o| Arc::strong_count(o) > 1 || !o.idle().is_empty());
+        let o = Arc::new(Self {
+            conf: Arc::clone(&shared.conf),
+            scheme,
+            authority,
+            root,
+            host,
+            idle: Mutex::default(),
+        });
+        origins.insert(key, Arc::clone(&o));
+        Some(o)
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection ready for a request: the shared HTTP/2 one, or the most recently used
+    /// idle HTTP/1.1 one (closed and expired ones are dropped on the way).
+    fn checkout(&self) -> Option<Conn> {
+        let mut idle = self.idle();
+        let now = Instant::now();
+        if let Some((tx, used)) = &mut idle.h2 {
+            if !tx.is_closed() {
+                *used = now;
+                return Some(Conn::H2(tx.clone()));
+            }
+            idle.h2 = None;
+        }
+        while let Some(c) = idle.h1.pop() {
+            if now.saturating_duration_since(c.since) >= IDLE_TIMEOUT {
+                // The older ones expired too.
+                idle.h1.clear();
+                break;
+            }
+            if c.tx.is_ready() {
+                return Some(Conn::H1 {
+                    tx: c.tx,
+                    proxied: c.proxied,
+                });
+            }
+        }
+        None
+    }
+
+    /// A new connection: HTTP/2 when the upstream chose it by ALPN (it then becomes the one
+    /// the origin's requests share), else HTTP/1.1.
+    async fn connect(self: &Arc<Self>) -> Result<Conn, Error> {
+        let io = self
+            .conf
+            .connector
+            .open(self.root.clone())
+            .await
+            .map_err(|e| Error::from_connect(&*e))?;
+        if io.inner().is_h2() {
+            let (tx, conn) = self
+                .conf
+                .h2
+                .handshake(io)
+                .await
+                .map_err(|e| Error::from_hyper(&e))?;
+            spawn_detached(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            let mut idle = self.idle();
+            if idle.h2.as_ref().is_none_or(|(t, _)| t.is_closed()) {
+                idle.h2 = Some((tx.clone(), Instant::now()));
+                self.reap_later(&mut idle);
+            }
+            return Ok(Conn::H2(tx));
+        }
+        let proxied = io.inner().is_proxied();
+        let (tx, conn) = http1::handshake(io).await.map_err(|e| Error::from_hyper(&e))?;
+        spawn_detached(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(Conn::H1 { tx, proxied })
+    }
+
+    /// Sends `req` on `conn`. On failure, the request comes back when hyper says it was
+    /// never sent.
+    async fn send_on(
+        self: &Arc<Self>,
+        conn: Conn,
+        mut req: Req,
+    ) -> Result<Response<Body>, (Option<Req>, Error)> {
+        match conn {
+            Conn::H1 { mut tx, proxied } => {
+                req.headers_mut()
+                    .entry(header::HOST)
+                    .or_insert_with(|| self.host.clone());
+                self.set_form(req.uri_mut(), proxied);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Ok(resp.map(|inner| {
+                        let mut body = Body {
+                            inner,
+                            back: Some(Back {
+                                origin: Arc::clone(self),
+                                tx,
+                                proxied,
+                            }),
+                        };
+                        if body.inner.is_end_stream() {
+                            body.give_back();
+                        }
+                        body
+                    })),
+                    Err(mut e) => Err((e.take_message(), Error::from_hyper(e.error()))),
+                }
+            }
+            Conn::H2(mut tx) => {
+                self.set_form(req.uri_mut(), true);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Ok(resp.map(|inner| Body { inner, back: None })),
+                    Err(mut e) => Err((e.take_message(), Error::from_hyper(e.error()))),
+                }
+            }
+        }
+    }
+
+    /// The request target in absolute form (to a proxy, and for HTTP/2's pseudo-headers) or
+    /// in origin form.
+    fn set_form(&self, uri: &mut Uri, absolute: bool) {
+        if absolute == uri.scheme().is_some() {
+            return;
+        }
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *uri = if absolute {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(path);
+            Uri::from_parts(parts).unwrap_or_else(|_| self.root.clone())
+        } else {
+            Uri::from(path)
+        };
+    }
+
+    /// Takes back an HTTP/1.1 connection whose answer was read to the end, once it is ready
+    /// for the next request.
+    fn put(self: Arc<Self>, mut tx: http1::SendRequest<Full<Bytes>>, proxied: bool) {
+        if tx.is_ready() {
+            self.put_ready(tx, proxied);
+        } else if !tx.is_closed() {
+            spawn_detached(async move {
+                if std::future::poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
+                    self.put_ready(tx, proxied);
+                }
+            });
+        }
+    }
+
+    fn put_ready(self: &Arc<Self>, tx: http1::SendRequest<Full<Bytes>>, proxied: bool) {
+        let mut idle = self.idle();
+        if idle.h1.len() >= self.conf.max_idle {
+            return;
+        }
+        idle.h1.push(Idle1 {
+            tx,
+            proxied,
+            since: Instant::now(),
+        });
+        self.reap_later(&mut idle);
+    }
+
+    /// Starts the task that closes the connections idle for longer than [`IDLE_TIMEOUT`],
+    /// unless it runs; it ends when nothing is left idle, or the origin is gone.
+    fn reap_later(self: &Arc<Self>, idle: &mut Idle) {
+        if idle.reaping {
+            return;
+        }
+        idle.reaping = true;
+        let origin = Arc::downgrade(self);
+        spawn_detached(async move {
+            loop {
+                tokio::time::sleep(IDLE_TIMEOUT).await;
+                let Some(origin) = origin.upgrade() else {
+                    return;
+                };
+                let mut idle = origin.idle();
+                let now = Instant::now();
+                let fresh = |since: Instant| now.saturating_duration_since(since) < IDLE_TIMEOUT;
+                idle.h1.retain(|c| !c.tx.is_closed() && fresh(c.since));
+                if idle
+                    .h2
+                    .as_ref()
+                    .is_some_and(|(t, used)| t.is_closed() || !fresh(*used))
+                {
+                    idle.h2 = None;
+                }
+                if idle.is_empty() {
+                    idle.reaping = false;
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// An upstream response body. The HTTP/1.1 connection it came on goes back to its pool once
+/// the body has been read to the end; a body dropped before that closes it.
+pub struct Body {
+    inner: Incoming,
+    back: Option<Back>,
+}
+
+/// The HTTP/1.1 connection to give back after the body.
+struct Back {
+    origin: Arc<Origin>,
+    tx: http1::SendRequest<Full<Bytes>>,
+    proxied: bool,
+}
+
+impl Body {
+    fn give_back(&mut self) {
+        if let Some(back) = self.back.take() {
+            back.origin.put(back.tx, back.proxied);
+        }
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Body").field(&self.inner).finish()
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if self.back.is_some() && self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
 
 impl http_body::Body for Body {
     type Data = Bytes;
@@ -448,17 +806,23 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        Pin::new(&mut self.0)
-            .poll_frame(cx)
-            .map_err(|e| Error::from_hyper(&e))
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.give_back(),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.give_back(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) => this.back = None,
+        }
+        Poll::Ready(frame.map(|f| f.map_err(|e| Error::from_hyper(&e))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
+        self.inner.size_hint()
     }
 }
 
@@ -471,28 +835,18 @@ struct Connector {
     egress: Arc<Egress>,
 }
 
-impl Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let host = dst.host().unwrap_or_default().to_owned();
-            tokio::time::timeout(CONNECT_TIMEOUT, this.connect(dst))
-                .await
-                .map_err(|_| {
-                    ConnectFailure::boxed(
-                        ConnectKind::Timeout,
-                        format!("no connection to {host} within {}s", CONNECT_TIMEOUT.as_secs()),
-                    )
-                })?
-        })
+impl Connector {
+    /// A connection to `dst` (`scheme://authority`) within [`CONNECT_TIMEOUT`].
+    async fn open(&self, dst: Uri) -> Result<TokioIo<Stream>, BoxError> {
+        let host = dst.host().unwrap_or_default().to_owned();
+        tokio::time::timeout(CONNECT_TIMEOUT, self.clone().connect(dst))
+            .await
+            .map_err(|_| {
+                ConnectFailure::boxed(
+                    ConnectKind::Timeout,
+                    format!("no connection to {host} within {}s", CONNECT_TIMEOUT.as_secs()),
+                )
+            })?
     }
 }
 
@@ -692,18 +1046,18 @@ enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
+impl Stream {
+    /// Whether the upstream chose HTTP/2 by ALPN.
+    fn is_h2(&self) -> bool {
         match self {
-            Stream::Tcp(_, proxied) => Connected::new().proxy(*proxied),
-            Stream::Tls(s) => {
-                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Connected::new().negotiated_h2()
-                } else {
-                    Connected::new()
-                }
-            }
+            Stream::Tcp(..) => false,
+            Stream::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
         }
+    }
+
+    /// Whether this is a connection to a proxy that takes absolute-form requests.
+    fn is_proxied(&self) -> bool {
+        matches!(self, Stream::Tcp(_, true))
     }
 }
 
