@@ -22,7 +22,7 @@ use tokio::time::timeout;
 
 use crate::audit::AuditRecord;
 use crate::providers::HttpClient;
-use crate::providers::client::Body;
+use crate::providers::client::UpstreamBody;
 use crate::server::Running;
 
 /// Requests in the burst.
@@ -127,7 +127,7 @@ fn out(line: &str) {
     let _ = stdout.flush();
 }
 
-fn header(resp: &http::Response<Body>, name: &str) -> String {
+fn header(resp: &http::Response<UpstreamBody>, name: &str) -> String {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -387,7 +387,7 @@ impl HttpClient {
 
     /// Sends a request with an absolute URL (resolved on each call; targets on the hot path
     /// resolve theirs once, see [`Dest`]).
-    pub async fn request(&self, req: Request<Bytes>) -> Result<Response<Body>, Error> {
+    pub async fn request(&self, req: Request<Bytes>) -> Result<Response<UpstreamBody>, Error> {
         let dest = self
             .dest(req.uri())
             .ok_or_else(|| Error::connect_other("not an http or https URL with a host".into()))?;
@@ -442,11 +442,11 @@ impl Dest {
     pub fn send(
         &self,
         req: Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, Error>> + Send + '_>> {
         Box::pin(self.send_now(req))
     }
 
-    async fn send_now(&self, req: Request<Bytes>) -> Result<Response<Body>, Error> {
+    async fn send_now(&self, req: Request<Bytes>) -> Result<Response<UpstreamBody>, Error> {
         let (mut parts, body) = req.into_parts();
         if let Some(auth) = &self.proxy_auth {
             parts.headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
@@ -645,7 +645,7 @@ impl Origin {
         self: &Arc<Self>,
         conn: Conn,
         mut req: Req,
-    ) -> Result<Response<Body>, (Option<Req>, Error)> {
+    ) -> Result<Response<UpstreamBody>, (Option<Req>, Error)> {
         match conn {
             Conn::H1 { mut tx, proxied } => {
                 req.headers_mut()
@@ -654,7 +654,7 @@ impl Origin {
                 self.set_form(req.uri_mut(), proxied);
                 match tx.try_send_request(req).await {
                     Ok(resp) => Ok(resp.map(|inner| {
-                        let mut body = Body {
+                        let mut body = UpstreamBody {
                             inner,
                             back: Some(Back {
                                 origin: Arc::clone(self),
@@ -673,7 +673,7 @@ impl Origin {
             Conn::H2(mut tx) => {
                 self.set_form(req.uri_mut(), true);
                 match tx.try_send_request(req).await {
-                    Ok(resp) => Ok(resp.map(|inner| Body { inner, back: None })),
+                    Ok(resp) => Ok(resp.map(|inner| UpstreamBody { inner, back: None })),
                     Err(mut e) => Err((e.take_message(), Error::from_hyper(e.error()))),
                 }
             }
@@ -764,7 +764,7 @@ impl Origin {
 
 /// An upstream response body. The HTTP/1.1 connection it came on goes back to its pool once
 /// the body has been read to the end; a body dropped before that closes it.
-pub struct Body {
+pub struct UpstreamBody {
     inner: Incoming,
     back: Option<Back>,
 }
@@ -776,7 +776,7 @@ struct Back {
     proxied: bool,
 }
 
-impl Body {
+impl UpstreamBody {
     fn give_back(&mut self) {
         if let Some(back) = self.back.take() {
             back.origin.put(back.tx, back.proxied);
@@ -784,13 +784,13 @@ impl Body {
     }
 }
 
-impl fmt::Debug for Body {
+impl fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Body").field(&self.inner).finish()
+        f.debug_tuple("UpstreamBody").field(&self.inner).finish()
     }
 }
 
-impl Drop for Body {
+impl Drop for UpstreamBody {
     fn drop(&mut self) {
         if self.back.is_some() && self.inner.is_end_stream() {
             self.give_back();
@@ -798,7 +798,7 @@ impl Drop for Body {
     }
 }
 
-impl http_body::Body for Body {
+impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = Error;
 

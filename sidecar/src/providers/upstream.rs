@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, StreamBody};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
-use super::client::{self, Body, Dest};
+use super::client::{self, Dest, UpstreamBody};
 use super::{
     Call, Endpoint, Event, EventStream, Failure, HttpClient, OpenAiJson, Reply, ReplyBody, UpstreamMeta,
     answer, sse,
@@ -46,13 +46,17 @@ pub async fn send(
     client: &HttpClient,
     call: &Call<'_>,
     req: Request<Bytes>,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<UpstreamBody>, Failure> {
     head(call, client.request(req)).await
 }
 
 /// Sends `req` (its URI `dest`'s path) to `dest` and waits for the response head within the
 /// call's header deadline.
-pub async fn send_to(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) -> Result<Response<Body>, Failure> {
+pub async fn send_to(
+    dest: &Dest,
+    call: &Call<'_>,
+    req: Request<Bytes>,
+) -> Result<Response<UpstreamBody>, Failure> {
     head(call, dest.send(req)).await
 }
 
@@ -60,8 +64,8 @@ pub async fn send_to(dest: &Dest, call: &Call<'_>, req: Request<Bytes>) -> Resul
 /// awaits, and that size is paid by every attempt in flight.
 fn head(
     call: &Call<'_>,
-    sent: impl Future<Output = Result<Response<Body>, client::Error>>,
-) -> impl Future<Output = Result<Response<Body>, Failure>> {
+    sent: impl Future<Output = Result<Response<UpstreamBody>, client::Error>>,
+) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> {
     let first_byte_class = call.first_byte_class();
     timeout_at(call.headers_deadline(), sent).map(move |r| match r {
         Err(_) => Err(Failure::new(
@@ -185,7 +189,7 @@ pub async fn openai_shaped_with(
 /// the buffer budget until it is sent; past that, when the call allows, committed on its head
 /// — a 2xx whose first [`HOLD_AT_MOST`] bytes are a well-formed beginning of a JSON object —
 /// and passed on as it arrives ([`ReplyBody::Passthrough`]).
-pub async fn json_reply(resp: Response<Body>, call: &Call<'_>) -> Result<ReplyBody, Failure> {
+pub async fn json_reply(resp: Response<UpstreamBody>, call: &Call<'_>) -> Result<ReplyBody, Failure> {
     let status = resp.status();
     let mut body = resp.into_body();
     let mut held = call.budget.reservation();
@@ -221,7 +225,7 @@ enum Gathered {
 /// are gathered into one buffer as they arrive (a body in one frame is kept as it came), so
 /// the peak is about the bytes held, not twice them.
 async fn gather(
-    body: &mut Body,
+    body: &mut UpstreamBody,
     deadline: Instant,
     held: &mut Reservation,
     pass_above: Option<usize>,
@@ -283,7 +287,7 @@ async fn gather(
 /// The client's body of a passed-through answer: `head`, then the rest of `upstream` as it
 /// arrives, within `deadline`; a break or the deadline ends the transfer abnormally. `held`
 /// (the head's bytes) is given back when the body is done.
-fn passthrough_body(head: Bytes, upstream: Body, deadline: Instant, held: Reservation) -> body::Body {
+fn passthrough_body(head: Bytes, upstream: UpstreamBody, deadline: Instant, held: Reservation) -> body::Body {
     let rest = stream::unfold(Some(upstream), move |upstream| async move {
         let mut upstream = upstream?;
         loop {
@@ -312,7 +316,7 @@ fn passthrough_body(head: Bytes, upstream: Body, deadline: Instant, held: Reserv
 /// Reads a whole body within `deadline` and `limit`. The bytes are gathered into one buffer
 /// as they arrive (a body in one frame is kept as it came), so the peak is about the body's
 /// size, not twice it.
-pub async fn collect(body: Body, deadline: Instant, limit: usize) -> Result<Bytes, Failure> {
+pub async fn collect(body: UpstreamBody, deadline: Instant, limit: usize) -> Result<Bytes, Failure> {
     let read = async {
         let mut body = std::pin::pin!(body);
         let mut first: Option<Bytes> = None;
@@ -353,7 +357,7 @@ pub async fn collect(body: Body, deadline: Instant, limit: usize) -> Result<Byte
 
 /// Reads a 2xx JSON body (to translate it), counted in the buffer budget while it is read and
 /// parsed.
-pub async fn json_body(resp: Response<Body>, call: &Call<'_>) -> Result<Value, Failure> {
+pub async fn json_body(resp: Response<UpstreamBody>, call: &Call<'_>) -> Result<Value, Failure> {
     let status = resp.status();
     let mut body = resp.into_body();
     let mut held = call.budget.reservation();
