@@ -16,7 +16,7 @@ use crate::audit::{AttemptRecord, SkipRecord};
 use crate::body::{self, Response};
 use crate::budget::Exhausted;
 use crate::class::Class;
-use crate::layers::request_id::Refused;
+use crate::layers::request_id::EarlyRefusal;
 
 /// Why the sidecar refuses or fails a request. Each variant maps to one status, `type` and
 /// `code` in [`Reason::to_api_error`]; its fields are what the message names.
@@ -399,12 +399,12 @@ impl Reason {
         self.to_api_error().into_response()
     }
 
-    /// The response to a request refused before it reached the proxy, marked [`Refused`] so
+    /// The response to a request refused before it reached the proxy, marked [`EarlyRefusal`] so
     /// the request-id layer counts it and writes its audit line.
     pub fn refusal(self) -> Response {
         let label = self.label();
         let mut resp = self.into_response();
-        resp.extensions_mut().insert(Refused(label));
+        resp.extensions_mut().insert(EarlyRefusal(label));
         resp
     }
 }
@@ -881,14 +881,14 @@ mod tests {
         let resp = Reason::BodyTooLarge { max: 1 }.refusal();
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert!(matches!(
-            resp.extensions().get::<Refused>(),
-            Some(Refused("body_too_large"))
+            resp.extensions().get::<EarlyRefusal>(),
+            Some(EarlyRefusal("body_too_large"))
         ));
         assert!(
             Reason::NotReady
                 .into_response()
                 .extensions()
-                .get::<Refused>()
+                .get::<EarlyRefusal>()
                 .is_none()
         );
     }

@@ -45,7 +45,7 @@ pub struct OpenTarget {
 
 /// Why a view was not taken (the answer's status and message).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Refused {
+pub enum ViewRefused {
     #[error("this sidecar takes no fleet view (no --fleet-key)")]
     NotEnabled,
     #[error("the fleet key does not match")]
@@ -65,10 +65,13 @@ pub fn authorized(authorization: Option<&[u8]>, key: &str) -> bool {
 }
 
 /// Parses a view body.
-pub fn parse(body: &[u8]) -> Result<View, Refused> {
-    let view: View = serde_json::from_slice(body).map_err(|e| Refused::Invalid(e.to_string()))?;
+pub fn parse(body: &[u8]) -> Result<View, ViewRefused> {
+    let view: View = serde_json::from_slice(body).map_err(|e| ViewRefused::Invalid(e.to_string()))?;
     if view.version != 1 {
-        return Err(Refused::Invalid(format!("version {} (expected 1)", view.version)));
+        return Err(ViewRefused::Invalid(format!(
+            "version {} (expected 1)",
+            view.version
+        )));
     }
     Ok(view)
 }
@@ -110,8 +113,8 @@ mod tests {
             .unwrap();
         assert_eq!(v.open[0].target, "primary");
         assert!(
-            matches!(parse(br#"{"version":2,"ttlMs":1}"#), Err(Refused::Invalid(m)) if m.contains("version 2"))
+            matches!(parse(br#"{"version":2,"ttlMs":1}"#), Err(ViewRefused::Invalid(m)) if m.contains("version 2"))
         );
-        assert!(matches!(parse(b"nope"), Err(Refused::Invalid(_))));
+        assert!(matches!(parse(b"nope"), Err(ViewRefused::Invalid(_))));
     }
 }

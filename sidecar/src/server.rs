@@ -288,21 +288,21 @@ async fn take_fleet_view(
     key: Option<&str>,
     req: Request<hyper::body::Incoming>,
 ) -> Response {
-    let refuse = |status: StatusCode, why: crate::fleet::Refused| {
+    let refuse = |status: StatusCode, why: crate::fleet::ViewRefused| {
         tracing::warn!(%why, "fleet view refused");
         let mut r = http::Response::new(body::full(Bytes::from(format!("{why}\n"))));
         *r.status_mut() = status;
         r
     };
     let Some(key) = key else {
-        return refuse(StatusCode::FORBIDDEN, crate::fleet::Refused::NotEnabled);
+        return refuse(StatusCode::FORBIDDEN, crate::fleet::ViewRefused::NotEnabled);
     };
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
     if !crate::fleet::authorized(authorization, key) {
-        return refuse(StatusCode::UNAUTHORIZED, crate::fleet::Refused::BadKey);
+        return refuse(StatusCode::UNAUTHORIZED, crate::fleet::ViewRefused::BadKey);
     }
     let limited = http_body_util::Limited::new(req.into_body(), crate::fleet::MAX_VIEW_BYTES);
     let body =
@@ -311,13 +311,13 @@ async fn take_fleet_view(
             Ok(Err(e)) => {
                 return refuse(
                     StatusCode::BAD_REQUEST,
-                    crate::fleet::Refused::Invalid(format!("unreadable body: {e}")),
+                    crate::fleet::ViewRefused::Invalid(format!("unreadable body: {e}")),
                 );
             }
             Err(_) => {
                 return refuse(
                     StatusCode::BAD_REQUEST,
-                    crate::fleet::Refused::Invalid("body not sent within 5s".to_owned()),
+                    crate::fleet::ViewRefused::Invalid("body not sent within 5s".to_owned()),
                 );
             }
         };

@@ -174,7 +174,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::layers::request_id::Refused;
+    use crate::layers::request_id::EarlyRefusal;
 
     /// Echoes the body it was given.
     #[derive(Clone)]
@@ -213,8 +213,8 @@ mod tests {
         let refused = svc.clone().oneshot(post(b"12345")).await.unwrap();
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(matches!(
-            refused.extensions().get::<Refused>(),
-            Some(Refused("buffer_budget"))
+            refused.extensions().get::<EarlyRefusal>(),
+            Some(EarlyRefusal("buffer_budget"))
         ));
         let text = refused.into_body().collect().await.unwrap().to_bytes();
         assert!(String::from_utf8_lossy(&text).contains("buffer_budget_exhausted"));

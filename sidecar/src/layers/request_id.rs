@@ -2,7 +2,7 @@
 //! response headers: every response — a proxied answer or stream, the proxy's own errors, and
 //! those of any inner layer — gets `x-detour-request-id` and the rest from the [`Stamp`] the
 //! proxy left on it (`none`/`0` when there is none: no target was involved). A response an
-//! inner layer marked [`Refused`] (a request refused before routing: malformed, over a limit)
+//! inner layer marked [`EarlyRefusal`] (a request refused before routing: malformed, over a limit)
 //! is counted in `detour_refused_requests_total` and gets an audit line.
 
 use std::convert::Infallible;
@@ -38,7 +38,7 @@ impl RequestId {
 
 /// Marks a response as a refusal before routing; the value is the reason (a metric label).
 #[derive(Clone, Copy, Debug)]
-pub struct Refused(pub &'static str);
+pub struct EarlyRefusal(pub &'static str);
 
 /// Counts a refusal and writes its audit line.
 pub fn record_refusal(shared: &Shared, id: &str, endpoint: &'static str, status: StatusCode, reason: &str) {
@@ -129,7 +129,7 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
-            if let Some(Refused(reason)) = resp.extensions().get::<Refused>().copied() {
+            if let Some(EarlyRefusal(reason)) = resp.extensions().get::<EarlyRefusal>().copied() {
                 let id = value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default();
                 record_refusal(&shared, id, endpoint, resp.status(), reason);
             }

@@ -60,7 +60,7 @@ impl OpenAiJson {
         // The fields not looked at are skipped without decoding; the bytes are passed on, so
         // they must be text. Checked once here, then read as `str` (no per-string check).
         let text = std::str::from_utf8(&bytes).ok()?;
-        let s = serde_json::from_str::<Summary<'_>>(text).ok()?;
+        let s = serde_json::from_str::<AnswerSummary<'_>>(text).ok()?;
         let model = s.model.and_then(|m| span_of(text, m));
         Some(Self {
             model,
@@ -158,7 +158,7 @@ impl OpenAiJson {
 /// JSON object (the syntax of everything in it checked as [`OpenAiJson::parse`] checks a whole
 /// answer): what a passed-through answer is committed on.
 pub fn is_object_head(head: &[u8]) -> bool {
-    match serde_json::from_slice::<Summary<'_>>(head) {
+    match serde_json::from_slice::<AnswerSummary<'_>>(head) {
         Ok(_) => true,
         Err(e) => e.is_eof(),
     }
@@ -406,23 +406,23 @@ impl<'de> serde::Deserialize<'de> for RequestSummary<'de> {
 
 /// What [`OpenAiJson`] reads from an answer or a chunk.
 #[derive(Default)]
-struct Summary<'a> {
+struct AnswerSummary<'a> {
     model: Option<&'a RawValue>,
     usage: Option<Usage>,
     choices: Choices,
     error: bool,
 }
 
-impl<'de> serde::Deserialize<'de> for Summary<'de> {
+impl<'de> serde::Deserialize<'de> for AnswerSummary<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SummaryVisitor;
-        impl<'de> Visitor<'de> for SummaryVisitor {
-            type Value = Summary<'de>;
+        struct AnswerSummaryVisitor;
+        impl<'de> Visitor<'de> for AnswerSummaryVisitor {
+            type Value = AnswerSummary<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Summary<'de>, A::Error> {
-                let mut s = Summary::default();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnswerSummary<'de>, A::Error> {
+                let mut s = AnswerSummary::default();
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
                         Key::Model => s.model = Some(map.next_value()?),
@@ -440,7 +440,7 @@ impl<'de> serde::Deserialize<'de> for Summary<'de> {
                 Ok(s)
             }
         }
-        d.deserialize_map(SummaryVisitor)
+        d.deserialize_map(AnswerSummaryVisitor)
     }
 }
 

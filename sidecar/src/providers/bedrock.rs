@@ -47,7 +47,7 @@ const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
 pub struct Bedrock {
     base: String,
     region: String,
-    credentials: credentials::Source,
+    credentials: credentials::AwsSource,
     client: HttpClient,
 }
 
@@ -60,7 +60,7 @@ impl Bedrock {
         );
         Self {
             base,
-            credentials: credentials::Source::from_config(t.credentials.as_ref(), &region),
+            credentials: credentials::AwsSource::from_config(t.credentials.as_ref(), &region),
             region,
             client,
         }

@@ -226,11 +226,11 @@ pub enum BuildError {
 /// The shared upstream client; clones share the connections.
 #[derive(Clone)]
 pub struct HttpClient {
-    shared: Arc<Shared>,
+    pools: Arc<Pools>,
 }
 
 /// The pools by origin, looked up when a [`Dest`] is made, never per request.
-struct Shared {
+struct Pools {
     conf: Arc<Conf>,
     origins: Mutex<HashMap<String, Arc<Origin>>>,
 }
@@ -335,7 +335,7 @@ impl HttpClient {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
         Ok(Self {
-            shared: Arc::new(Shared {
+            pools: Arc::new(Pools {
                 conf: Arc::new(Conf {
                     connector,
                     h2,
@@ -367,7 +367,7 @@ impl HttpClient {
             .ok()?;
         // Plain HTTP through a proxy: each request names the proxy's credentials.
         let proxy_auth = if scheme == Scheme::HTTP {
-            self.shared
+            self.pools
                 .conf
                 .connector
                 .egress
@@ -378,7 +378,7 @@ impl HttpClient {
             None
         };
         Some(Dest {
-            origin: Origin::of(&self.shared, scheme, authority)?,
+            origin: Origin::of(&self.pools, scheme, authority)?,
             url,
             path: Uri::from(path),
             proxy_auth,
@@ -537,7 +537,7 @@ fn spawn_detached(task: impl Future<Output = ()> + Send + 'static) {
 
 impl Origin {
     /// The pool of `scheme://authority`, shared with the other destinations on it.
-    fn of(shared: &Shared, scheme: Scheme, authority: Authority) -> Option<Arc<Self>> {
+    fn of(pools: &Pools, scheme: Scheme, authority: Authority) -> Option<Arc<Self>> {
         let root = Uri::builder()
             .scheme(scheme.clone())
             .authority(authority.clone())
@@ -551,14 +551,14 @@ impl Origin {
         }
         .ok()?;
         let key = format!("{scheme}://{authority}");
-        let mut origins = shared.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut origins = pools.origins.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(o) = origins.get(&key) {
             return Some(Arc::clone(o));
         }
         // Origins no destination names any more go once their connections have.
         origins.retain(|_, o| Arc::strong_count(o) > 1 || !o.idle().is_empty());
         let o = Arc::new(Self {
-            conf: Arc::clone(&shared.conf),
+            conf: Arc::clone(&pools.conf),
             scheme,
             authority,
             root,

@@ -1,6 +1,7 @@
 //! The request's context ([`Ctx`]): what is known about one request, the recorder of each
 //! attempt (breaker, metrics, audit), and the request's metrics and audit line when it ends.
-//! What goes to the client (its `x-detour-*` headers included) is [`super::respond`]'s.
+//! What goes to the client is [`super::respond`]'s; its `x-detour-*` headers are written by
+//! [`crate::layers::request_id`] from the [`crate::headers::Stamp`] the response carries.
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -63,7 +63,7 @@ use crate::state::{RouteRt, Snapshot, TargetRt};
 
 use attempt::{AttemptBase, attempt};
 use context::Ctx;
-use options::Options;
+use options::RequestOptions;
 use respond::{exhausted, passthrough, respond};
 use resume::Resume;
 
@@ -157,7 +157,7 @@ async fn serve(
     // The headers are read once, here; only what the attempts need outlives this block (the
     // rest is not part of the request's future).
     let (plan, continue_off, client_ms) = {
-        let options = match Options::parse(req) {
+        let options = match RequestOptions::parse(req) {
             Ok(o) => o,
             Err(e) => return ctx.reject(*e, Outcome::Rejected),
         };

@@ -1,5 +1,5 @@
 //! What the client asks of Detour in `x-detour-*` request headers: read once, checked, and
-//! handed to the failover loop as [`Options`].
+//! handed to the failover loop as [`RequestOptions`].
 
 use bytes::Bytes;
 use http::{HeaderName, Request};
@@ -14,14 +14,14 @@ const ON_OFF: &str = "\"off\" or \"on\"";
 
 /// The request's `x-detour-*` headers.
 #[derive(Debug)]
-pub(super) struct Options {
+pub(super) struct RequestOptions {
     /// `x-detour-tags`, for the routing rules.
     pub(super) tags: Vec<(String, String)>,
     /// `x-detour-target` and `x-detour-fallback: off`.
     pub(super) overrides: Overrides,
     /// `x-detour-timeout-ms`: the client's own bound on the whole response.
     pub(super) client_ms: Option<u64>,
-    /// `x-detour-continue`, checked against the route's policy by [`Options::continue_off`].
+    /// `x-detour-continue`, checked against the route's policy by [`RequestOptions::continue_off`].
     continuation: Toggle,
 }
 
@@ -43,9 +43,9 @@ impl Toggle {
     }
 }
 
-impl Options {
+impl RequestOptions {
     /// Reads the headers; a malformed `x-detour-fallback` or `x-detour-timeout-ms` is the
-    /// client's error. `x-detour-continue` is checked later ([`Options::continue_off`]): after
+    /// client's error. `x-detour-continue` is checked later ([`RequestOptions::continue_off`]): after
     /// the plan, whose own refusals come first.
     pub(super) fn parse(req: &Request<Bytes>) -> Result<Self, Box<Reason>> {
         let tags = header_str(req, H_TAGS)
@@ -121,7 +121,7 @@ mod tests {
     /// The headers are read trimmed: tags, the target override, fallback off and the timeout.
     #[test]
     fn headers_are_read_once_and_trimmed() {
-        let o = Options::parse(&request(&[
+        let o = RequestOptions::parse(&request(&[
             ("x-detour-tags", "tier=free, team = a"),
             ("x-detour-target", " backup "),
             ("x-detour-fallback", " off"),
@@ -147,13 +147,13 @@ mod tests {
             ("x-detour-timeout-ms", "0"),
             ("x-detour-timeout-ms", "soon"),
         ] {
-            let e = Options::parse(&request(&[(name, value)])).unwrap_err();
+            let e = RequestOptions::parse(&request(&[(name, value)])).unwrap_err();
             assert!(
                 matches!(*e, Reason::InvalidHeader { ref header, .. } if header == name),
                 "{name}: {value}: {e:?}"
             );
         }
-        let o = Options::parse(&request(&[("x-detour-continue", "maybe")])).unwrap();
+        let o = RequestOptions::parse(&request(&[("x-detour-continue", "maybe")])).unwrap();
         assert_eq!(o.continuation, Toggle::Invalid);
     }
 }

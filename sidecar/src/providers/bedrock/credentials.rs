@@ -20,7 +20,7 @@ use crate::credentials::aws::AwsCredentials;
 
 /// Where a target's credentials come from.
 #[derive(Debug)]
-pub enum Source {
+pub enum AwsSource {
     Static {
         access_key_id: KeySource,
         secret_access_key: KeySource,
@@ -29,7 +29,7 @@ pub enum Source {
     Sdk(AwsCredentials),
 }
 
-impl Source {
+impl AwsSource {
     pub fn from_config(c: Option<&detour_api::table::Credentials>, region: &str) -> Self {
         let c = c.cloned().unwrap_or_default();
         if let Some(w) = &c.web_identity {
