@@ -828,10 +828,14 @@ async fn http_goes_to_the_proxy_in_absolute_form_unless_no_proxy() {
     assert!(err.is_connect(), "{err}");
 }
 
-/// An HTTPS upstream that offers HTTP/2 by ALPN gets it: once the first answer has shown
-/// it, concurrent requests share its one connection.
-#[tokio::test]
-async fn http2_is_used_when_the_upstream_offers_it() {
+/// An HTTPS upstream on 127.0.0.1 that offers only HTTP/2 by ALPN and answers each request
+/// with `answer`: its address, the connections it accepted, and a client trusting its CA (the
+/// directory holding the CA file goes with it).
+async fn h2_upstream<F, Fut>(answer: F) -> (SocketAddr, Arc<AtomicUsize>, HttpClient, tempfile::TempDir)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Bytes> + Send + 'static,
+{
     use hyper::server::conn::http2;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let (ca_pem, acceptor) = private_ca_with_alpn(&[b"h2", b"http/1.1"]);
@@ -842,16 +846,18 @@ async fn http2_is_used_when_the_upstream_offers_it() {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
+            let (acceptor, answer) = (acceptor.clone(), answer.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let v = format!("{:?}", req.version());
-                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                        Bytes::from(v),
-                    )))
+                let svc = hyper::service::service_fn(move |req| {
+                    let answer = answer(req);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            answer.await,
+                        )))
+                    }
                 });
                 let _ = http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
@@ -863,6 +869,18 @@ async fn http2_is_used_when_the_upstream_offers_it() {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
     let client = direct(Some(&ca_file));
+    (addr, accepted, client, dir)
+}
+
+/// An HTTPS upstream that offers HTTP/2 by ALPN gets it: once the first answer has shown
+/// it, concurrent requests share its one connection.
+#[tokio::test]
+async fn http2_is_used_when_the_upstream_offers_it() {
+    let (addr, accepted, client, _dir) = h2_upstream(|req: Request<hyper::body::Incoming>| {
+        let v = format!("{:?}", req.version());
+        async move { Bytes::from(v) }
+    })
+    .await;
     let url = format!("https://localhost:{}/v1/chat/completions", addr.port());
     assert_eq!(
         exchange(&client, &url).await.unwrap(),
@@ -883,45 +901,19 @@ async fn http2_is_used_when_the_upstream_offers_it() {
 /// upstream answers none of them until all four have arrived on it.
 #[tokio::test]
 async fn http2_carries_requests_in_flight_together_on_one_connection() {
-    use hyper::server::conn::http2;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let (ca_pem, acceptor) = private_ca_with_alpn(&[b"h2", b"http/1.1"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
     // The first request alone, then four that wait for each other.
     let together = Arc::new(tokio::sync::Barrier::new(4));
     let seen = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, together, seen) = (acceptor.clone(), together.clone(), seen.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
-                    let (together, seen) = (together.clone(), seen.clone());
-                    async move {
-                        if seen.fetch_add(1, Ordering::SeqCst) > 0 {
-                            together.wait().await;
-                        }
-                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"together"),
-                        )))
-                    }
-                });
-                let _ = http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
+    let (addr, accepted, client, _dir) = h2_upstream(move |_: Request<hyper::body::Incoming>| {
+        let (together, seen) = (together.clone(), seen.clone());
+        async move {
+            if seen.fetch_add(1, Ordering::SeqCst) > 0 {
+                together.wait().await;
+            }
+            Bytes::from_static(b"together")
         }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
-    let client = direct(Some(&ca_file));
+    })
+    .await;
     let url = format!("https://localhost:{}/v1/chat/completions", addr.port());
     assert_eq!(
         exchange(&client, &url).await.unwrap(),
