@@ -130,18 +130,23 @@ impl Features {
 
     /// The feature that contributed most to the score (weight × value), if any did.
     pub fn top(&self) -> Option<&'static str> {
-        let w = WEIGHTS.named();
-        self.named()
-            .iter()
-            .zip(w.iter())
-            .map(|((name, v), (_, w))| (*name, v * w))
-            .filter(|(_, c)| *c > 0.0)
-            .fold(None, |best: Option<(&'static str, f64)>, (n, c)| match best {
-                Some((_, b)) if b >= c => best,
-                _ => Some((n, c)),
-            })
-            .map(|(n, _)| n)
+        top_feature(&self.named(), &WEIGHTS.named())
     }
+}
+
+/// The feature whose weight × value is largest and positive (the first of equals), from a
+/// scorer's named values and its weights in the same order.
+fn top_feature(values: &[(&'static str, f64)], weights: &[(&'static str, f64)]) -> Option<&'static str> {
+    values
+        .iter()
+        .zip(weights)
+        .map(|((name, v), (_, w))| (*name, v * w))
+        .filter(|(_, c)| *c > 0.0)
+        .fold(None, |best: Option<(&'static str, f64)>, (n, c)| match best {
+            Some((_, b)) if b >= c => best,
+            _ => Some((n, c)),
+        })
+        .map(|(n, _)| n)
 }
 
 /// A request's complexity.

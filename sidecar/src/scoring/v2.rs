@@ -96,16 +96,7 @@ impl Features {
 
     /// The feature that raised the score most (weight × value), if any did.
     pub fn top(&self) -> Option<&'static str> {
-        self.named()
-            .iter()
-            .zip(WEIGHTS.named().iter())
-            .map(|((name, v), (_, w))| (*name, v * w))
-            .filter(|(_, c)| *c > 0.0)
-            .fold(None, |best: Option<(&'static str, f64)>, (n, c)| match best {
-                Some((_, b)) if b >= c => best,
-                _ => Some((n, c)),
-            })
-            .map(|(n, _)| n)
+        super::top_feature(&self.named(), &WEIGHTS.named())
     }
 }
 
