@@ -19,9 +19,7 @@ use serde_json::{Map, Value, json};
 use super::assemble;
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{
-    Adapter, Call, Endpoint, Event, Failure, HttpClient, KeySource, OpenAiJson, Reply, UpstreamMeta,
-};
+use super::{Adapter, Call, Event, Failure, HttpClient, KeySource, OpenAiJson, Reply, UpstreamMeta};
 use crate::class::Class;
 
 /// Anthropic's public API base.
@@ -443,13 +441,7 @@ impl Translator {
 
 impl Adapter for Anthropic {
     async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
-        if call.endpoint != Endpoint::Chat {
-            return Err(upstream::unsupported(
-                NAME,
-                "endpoint",
-                &format!("/v1/{} is not served by this provider", call.endpoint.path()),
-            ));
-        }
+        upstream::chat_only(NAME, call)?;
         let chat = chat::read(NAME, call.body()?)?;
         let body = to_request(&chat, call.model, call.stream);
         let key = self

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use super::assemble;
 use super::chat::{self, Chat, Image, Part, Role, ToolChoice};
 use super::upstream::{self, Translate};
-use super::{Adapter, Call, Endpoint, Event, Failure, HttpClient, OpenAiJson, Reply, UpstreamMeta};
+use super::{Adapter, Call, Event, Failure, HttpClient, OpenAiJson, Reply, UpstreamMeta};
 use crate::class::Class;
 
 const NAME: &str = "bedrock";
@@ -508,13 +508,7 @@ fn sign_request(
 
 impl Adapter for Bedrock {
     async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
-        if call.endpoint != Endpoint::Chat {
-            return Err(upstream::unsupported(
-                NAME,
-                "endpoint",
-                &format!("/v1/{} is not served by this provider", call.endpoint.path()),
-            ));
-        }
+        upstream::chat_only(NAME, call)?;
         let chat = chat::read(NAME, call.body()?)?;
         let body = Bytes::from(to_request(&chat)?.to_string());
         // Fetching credentials counts against the attempt's deadline like the call itself.

@@ -126,6 +126,29 @@ where
     Box::pin(frames(body, parse_event))
 }
 
+/// Reads the next frame of a streaming upstream body into `buf`: `Ok(true)` when there may be
+/// more, `Ok(false)` at the body's end, a reset when the body broke. Shared by the framers of
+/// SSE and of Bedrock's event stream.
+pub(crate) async fn read_more<B>(body: &mut B, buf: &mut BytesMut) -> Result<bool, Failure>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    match body.frame().await {
+        Some(Ok(frame)) => {
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            Ok(true)
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "upstream stream broke");
+            Err(Failure::new(Class::Reset, "upstream stream broke"))
+        }
+        None => Ok(false),
+    }
+}
+
 /// The one SSE framer: splits a streaming body into events (blank-line separated, `\n\n` or
 /// `\r\n\r\n`) and hands each to `parse`, which says what it is (`None`: skip it). Never
 /// buffers more than one event ([`MAX_EVENT`]), scans each byte for a separator once, and
@@ -184,18 +207,13 @@ where
                     st,
                 ));
             }
-            match st.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        st.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => {
+            match read_more(&mut st.body, &mut st.buf).await {
+                Ok(true) => {}
+                Err(f) => {
                     st.done = true;
-                    tracing::debug!(error = %e, "upstream stream broke");
-                    return Some((Err(Failure::new(Class::Reset, "upstream stream broke")), st));
+                    return Some((Err(f), st));
                 }
-                None => {
+                Ok(false) => {
                     st.done = true;
                     // A last event without its blank line still counts.
                     let rest = std::mem::take(&mut st.buf);

@@ -236,33 +236,24 @@ async fn gather(
         Budget(Exhausted),
     }
     let read = async {
-        let mut first: Option<Bytes> = None;
-        let mut all = BytesMut::new();
+        let mut gathered = Gather::default();
         let mut head = false;
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(|_| Unread::Broken)?.into_data() else {
                 continue;
             };
-            let have = first.as_ref().map_or(0, Bytes::len) + all.len() + data.len();
+            let have = gathered.len() + data.len();
             if have > MAX_RESPONSE {
                 return Err(Unread::TooLarge);
             }
             held.grow(data.len()).map_err(Unread::Budget)?;
-            match first.take() {
-                None if all.is_empty() => first = Some(data),
-                taken => {
-                    if let Some(f) = taken {
-                        all.extend_from_slice(&f);
-                    }
-                    all.extend_from_slice(&data);
-                }
-            }
+            gathered.push(data);
             if pass_above.is_some_and(|n| have > n) {
                 head = true;
                 break;
             }
         }
-        let bytes = first.unwrap_or_else(|| all.freeze());
+        let bytes = gathered.finish();
         Ok(if head {
             Gathered::Head(bytes)
         } else {
@@ -313,33 +304,53 @@ fn passthrough_body(head: Bytes, upstream: UpstreamBody, deadline: Instant, held
     body::Body::new(body::Guarded::new(StreamBody::new(frames).boxed_unsync(), held))
 }
 
+/// A body's frames gathered into one buffer as they arrive: a body in one frame is kept as
+/// it came, without a copy.
+#[derive(Default)]
+struct Gather {
+    first: Option<Bytes>,
+    all: BytesMut,
+}
+
+impl Gather {
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.all.len()
+    }
+
+    fn push(&mut self, data: Bytes) {
+        match self.first.take() {
+            None if self.all.is_empty() => self.first = Some(data),
+            taken => {
+                if let Some(f) = taken {
+                    self.all.extend_from_slice(&f);
+                }
+                self.all.extend_from_slice(&data);
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.all.freeze())
+    }
+}
+
 /// Reads a whole body within `deadline` and `limit`. The bytes are gathered into one buffer
 /// as they arrive (a body in one frame is kept as it came), so the peak is about the body's
 /// size, not twice it.
 pub async fn collect(body: UpstreamBody, deadline: Instant, limit: usize) -> Result<Bytes, Failure> {
     let read = async {
         let mut body = std::pin::pin!(body);
-        let mut first: Option<Bytes> = None;
-        let mut all = BytesMut::new();
+        let mut gathered = Gather::default();
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(|_| ())?.into_data() else {
                 continue;
             };
-            let held = first.as_ref().map_or(0, Bytes::len) + all.len();
-            if held + data.len() > limit {
+            if gathered.len() + data.len() > limit {
                 return Ok(None);
             }
-            match first.take() {
-                None if all.is_empty() => first = Some(data),
-                taken => {
-                    if let Some(f) = taken {
-                        all.extend_from_slice(&f);
-                    }
-                    all.extend_from_slice(&data);
-                }
-            }
+            gathered.push(data);
         }
-        Ok(Some(first.unwrap_or_else(|| all.freeze())))
+        Ok(Some(gathered.finish()))
     };
     match timeout_at(deadline, read).await {
         Err(_) => Err(Failure::new(
@@ -416,6 +427,19 @@ pub fn translated_failure(
         .into(),
         meta: UpstreamMeta::default(),
     }
+}
+
+/// Refuses, as `provider` cannot express it, a call to any endpoint but chat completions
+/// (the providers whose API has only a chat shape).
+pub fn chat_only(provider: &'static str, call: &Call<'_>) -> Result<(), Failure> {
+    if call.endpoint == Endpoint::Chat {
+        return Ok(());
+    }
+    Err(unsupported(
+        provider,
+        "endpoint",
+        &format!("/v1/{} is not served by this provider", call.endpoint.path()),
+    ))
 }
 
 /// A request this provider cannot express: a 400 in OpenAI's shape naming the field, never

@@ -26,7 +26,7 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::upstream;
-use super::{Adapter, Call, Endpoint, Failure, HttpClient, Reply, anthropic, chat};
+use super::{Adapter, Call, Failure, HttpClient, Reply, anthropic, chat};
 use crate::class::Class;
 use crate::credentials::google::TokenSource;
 use detour_api::table::VertexPublisher;
@@ -189,13 +189,7 @@ impl Adapter for Vertex {
     async fn send(&self, call: &Call<'_>) -> Result<Reply, Failure> {
         match &self.wire {
             Wire::OpenAi(uris) => {
-                if call.endpoint != Endpoint::Chat {
-                    return Err(upstream::unsupported(
-                        NAME,
-                        "endpoint",
-                        &format!("/v1/{} is not served by this provider", call.endpoint.path()),
-                    ));
-                }
+                upstream::chat_only(NAME, call)?;
                 let dest = uris.get(call.endpoint)?;
                 let mut req = upstream::post(dest, call)?;
                 req.headers_mut()
@@ -203,13 +197,7 @@ impl Adapter for Vertex {
                 upstream::openai_shaped_with(dest, call, req, map_error_bytes).await
             }
             Wire::Claude { predict, stream } => {
-                if call.endpoint != Endpoint::Chat {
-                    return Err(upstream::unsupported(
-                        NAME,
-                        "endpoint",
-                        &format!("/v1/{} is not served by this provider", call.endpoint.path()),
-                    ));
-                }
+                upstream::chat_only(NAME, call)?;
                 let chat = chat::read(NAME, call.body()?)?;
                 let body = claude_request(&chat, call.model, call.stream);
                 let auth = self.authorization().await?;
@@ -238,6 +226,7 @@ impl Adapter for Vertex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Endpoint;
 
     fn target(publisher: VertexPublisher, region: &str) -> detour_api::table::Target {
         let mut t: detour_api::table::Target = serde_json::from_value(json!({

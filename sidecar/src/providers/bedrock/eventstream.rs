@@ -16,7 +16,6 @@ use aws_smithy_eventstream::frame::{read_message_from, write_message_to};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message as Wire};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, stream};
-use http_body_util::BodyExt;
 
 use super::super::Failure;
 use crate::class::Class;
@@ -109,18 +108,13 @@ where
                 Ok(Some(m)) => return Some((Ok(m), st)),
                 Ok(None) => {}
             }
-            match st.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        st.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => {
+            match super::super::sse::read_more(&mut st.body, &mut st.buf).await {
+                Ok(true) => {}
+                Err(f) => {
                     st.done = true;
-                    tracing::debug!(error = %e, "bedrock stream broke");
-                    return Some((Err(Failure::new(Class::Reset, "upstream stream broke")), st));
+                    return Some((Err(f), st));
                 }
-                None => {
+                Ok(false) => {
                     st.done = true;
                     if st.buf.has_remaining() {
                         return Some((
