@@ -7,6 +7,7 @@
 #   RUNS=5 DURATION=10 bash bench/run.sh
 #   SIDECAR_ARGS="--worker-threads 2" bash bench/run.sh   # extra flags for the sidecar
 #   BIN=/path/to/detour-sidecar bash bench/run.sh          # another build (no cargo build)
+#   PINNED=0 bash bench/run.sh        # skip the c=1 runs with the CPUs fixed
 #
 # Needs wrk and nginx-light (Debian; installed if missing) and python3. Everything listens
 # on 127.0.0.1 only, and every process this script starts is stopped by its PID on exit.
@@ -143,7 +144,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() { # label url conns threads pid-under-test [body] — one run of one case
   local label=$1 url=$2 c=$3 t=$4 pid=$5 body=${6:-}
   local t0; t0=$(ticks "$pid")
-  BENCH_BODY="$body" wrk -t"$t" -c"$c" -d"${DURATION}s" --latency -s bench/post.lua "$url" > "$work/wrk.out" || true
+  BENCH_BODY="$body" ${PIN_WRK:+taskset -c "$PIN_WRK"} wrk -t"$t" -c"$c" -d"${DURATION}s" --latency -s bench/post.lua "$url" > "$work/wrk.out" || true
   local t1; t1=$(ticks "$pid")
   python3 - "$label" "$c" "$work/wrk.out" "$((t1 - t0))" "$(getconf CLK_TCK)" >> "$work/results.tsv" <<'PY'
 import re, sys
@@ -182,6 +183,21 @@ for c in ${CONCURRENCY:-1 32 256}; do
     fi
   done
 done
+# c=1 again with every process's CPU fixed, the same for each case: wrk on CPU 0, the upstream
+# and the proxy under test (all its threads) on CPU 1. Left free, the scheduler settles the
+# three processes differently for nginx (next to the upstream) and for the sidecar (alone,
+# so each of its four hand-offs per request wakes an idle CPU), and that placement, not the
+# proxy, decides tens of microseconds at c=1 (docs/benchmarks.md). PINNED=0 skips it.
+if [ "${PINNED:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  every="0-$(( $(nproc) - 1 ))"
+  for p in "$UPID" "$NPID" "$SPID"; do taskset -a -p -c 1 "$p" >/dev/null; done
+  for _ in $(seq "$RUNS"); do
+    PIN_WRK=0 run direct-pinned "http://127.0.0.1:$UP/v1/chat/completions" 1 1 "$UPID"
+    PIN_WRK=0 run nginx-pinned "http://127.0.0.1:$NG/v1/chat/completions" 1 1 "$NPID"
+    PIN_WRK=0 run sidecar-pinned "http://127.0.0.1:$SC/v1/chat/completions" 1 1 "$SPID"
+  done
+  for p in "$UPID" "$NPID" "$SPID"; do taskset -a -p -c "$every" "$p" >/dev/null; done
+fi
 rss_after=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
 
 held_streams # 1,000 streaming requests held in flight again, after all the load
@@ -203,11 +219,12 @@ print("|---|---|---|---|---|---|---|")
 for (label, c), (p50, p99, rps, bad, cpu) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     print(f"| {label} | {c} | {p50:.0f} | {p99:.0f} | {rps:.0f} | {bad} | {cpu:.1f} |")
 print()
-for suffix in ("", "-stream"):
+kinds = {"": "plain", "-stream": "streaming (≈ time to first byte)",
+         "-pinned": "plain, CPUs fixed (wrk on 0; upstream and proxy on 1)"}
+for suffix, kind in kinds.items():
     for c in sorted({k[1] for k in med}):
         d, n, s = (med.get((x + suffix, c)) for x in ("direct", "nginx", "sidecar"))
         if d and n and s:
-            kind = "streaming (≈ time to first byte)" if suffix else "plain"
             print(f"- {kind}, c={c}: added p50 sidecar {s[0]-d[0]:.0f} µs vs nginx {n[0]-d[0]:.0f} µs; "
                   f"added p99 sidecar {s[1]-d[1]:.0f} µs vs nginx {n[1]-d[1]:.0f} µs; "
                   f"throughput sidecar/direct {s[2]/d[2]:.2f}, sidecar/nginx {s[2]/n[2]:.2f}; "
