@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 use tower::{Service, ServiceExt};
 
@@ -117,7 +117,7 @@ pub async fn serve<S: Serve>(
         write_timeout: limits.write,
         stalled: None,
     };
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new(Instant::now()));
     let svc = Tracked {
         inner: svc,
         activity: Arc::clone(&activity),
@@ -136,44 +136,34 @@ pub async fn serve<S: Serve>(
         .max_concurrent_streams(MAX_STREAMS);
     // Boxed so that it can be dropped (handing the socket back) before this function ends.
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
-    let mut idle_since = Some(Instant::now());
     // When the connection was asked to close (idle too long, or shutdown); it is dropped once
     // it has had no request in flight for [`GRACE`] since then.
     let mut closing: Option<Instant> = None;
-    // One timer for the connection's life, moved only when it fires or when the deadline
-    // comes earlier: a request that starts and ends within the idle timeout touches no timer
-    // (the deadline only moves later then, and is checked again when the timer fires).
-    let timer = tokio::time::sleep_until(Instant::now() + limits.idle);
+    // One timer for the connection's life, looked at only when it fires: requests that start
+    // and end in between touch neither it nor this task (they only move `activity`'s idle
+    // mark), so serving a request polls the connection no more often than hyper asks.
+    let timer = tokio::time::sleep_until(activity.born + limits.idle);
     tokio::pin!(timer);
+    let shutdown_asked = shutdown.wait_for(|s| *s);
+    tokio::pin!(shutdown_asked);
     let ended = loop {
-        // Registered before the count is read, so a change in between is not missed.
-        let changed = activity.changed.notified();
-        if activity.active.load(Ordering::Acquire) == 0 {
-            idle_since.get_or_insert_with(Instant::now);
-        } else {
-            idle_since = None;
-        }
-        let deadline = match closing {
-            Some(asked) => idle_since.map(|since| since.max(asked) + GRACE),
-            None => idle_since.map(|since| since + limits.idle),
-        };
-        if let Some(at) = deadline
-            && at < timer.deadline()
-        {
-            timer.as_mut().reset(at);
-        }
         tokio::select! {
             biased;
             r = conn.as_mut() => break r,
-            // A request started or ended (maybe both, within one poll of the connection):
-            // idle, if at all, only from now.
-            () = changed => idle_since = None,
-            _ = shutdown.wait_for(|s| *s), if closing.is_none() => {
+            _ = &mut shutdown_asked, if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now());
+                let now = Instant::now();
+                closing = Some(now);
+                if now + GRACE < timer.deadline() {
+                    timer.as_mut().reset(now + GRACE);
+                }
             }
             () = timer.as_mut() => {
                 let now = Instant::now();
+                let deadline = activity.idle_since().map(|since| match closing {
+                    Some(asked) => since.max(asked) + GRACE,
+                    None => since + limits.idle,
+                });
                 match deadline {
                     Some(at) if at <= now => {
                         if closing.is_some() {
@@ -181,11 +171,13 @@ pub async fn serve<S: Serve>(
                         }
                         conn.as_mut().graceful_shutdown();
                         closing = Some(now);
+                        timer.as_mut().reset(now + GRACE);
                     }
-                    // Not idle that long (yet): look again at the deadline, or, while a
-                    // request is in flight, one idle timeout from now.
+                    // Not idle that long (yet): look again at the deadline.
                     Some(at) => timer.as_mut().reset(at),
-                    None => timer.as_mut().reset(now + limits.idle),
+                    // A request in flight: look again one idle timeout from now, or, once
+                    // closing, soon (hyper ends the connection when it is done).
+                    None => timer.as_mut().reset(now + closing.map_or(limits.idle, |_| GRACE)),
                 }
             }
         }
@@ -231,11 +223,33 @@ async fn linger(mut tcp: TcpStream, limit: Duration) {
     }
 }
 
-/// Requests in flight on one connection.
-#[derive(Default)]
+/// Requests in flight on one connection, and since when it has had none.
 struct Activity {
+    /// When the connection was accepted; the idle mark counts from it.
+    born: Instant,
     active: AtomicUsize,
-    changed: Notify,
+    /// Microseconds after `born` at which a request last ended: the start of the current idle
+    /// spell while none is in flight. Written before the count falls, so a reader that sees
+    /// no request in flight (`Acquire`) reads the mark of the one that ended last.
+    idle_mark_us: AtomicU64,
+}
+
+impl Activity {
+    fn new(born: Instant) -> Self {
+        Self {
+            born,
+            active: AtomicUsize::new(0),
+            idle_mark_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Since when the connection has had no request in flight; `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        Some(self.born + Duration::from_micros(self.idle_mark_us.load(Ordering::Relaxed)))
+    }
 }
 
 /// One request in flight, until its answer has been written (or dropped).
@@ -243,18 +257,17 @@ struct Active(Arc<Activity>);
 
 impl Active {
     fn new(activity: &Arc<Activity>) -> Self {
-        if activity.active.fetch_add(1, Ordering::AcqRel) == 0 {
-            activity.changed.notify_one();
-        }
+        activity.active.fetch_add(1, Ordering::AcqRel);
         Self(Arc::clone(activity))
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
-        }
+        let a = &self.0;
+        let since_born = u64::try_from(a.born.elapsed().as_micros()).unwrap_or(u64::MAX);
+        a.idle_mark_us.fetch_max(since_born, Ordering::Relaxed);
+        a.active.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -601,6 +601,57 @@ async fn the_idle_clock_restarts_at_each_answer() {
     sc.stop().await;
 }
 
+/// A request whose answer takes longer than the idle timeout is not cut by it: the idle
+/// clock starts when the answer has been written, and the connection closes idle after that.
+#[tokio::test]
+async fn a_request_slower_than_the_idle_timeout_is_answered() {
+    let routes = ROUTES.replace(
+        r#"reply: "one two three""#,
+        r#"reply: "one two three", latency: 700ms"#,
+    );
+    let sc = start_with_conn_limits(&routes, 1 << 20, limits(300, 5_000, 100)).await;
+    for stream in [false, true] {
+        let mut s = TcpStream::connect(sc.addr).await.unwrap();
+        let body = if stream { STREAM } else { CHAT };
+        s.write_all(post(body, "").as_bytes()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if whole_answer(&got) || text.contains("[DONE]") {
+                    return;
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(answered.is_ok(), "stream {stream}: no answer in 5 s: {text}");
+        assert!(text.starts_with("HTTP/1.1 200"), "stream {stream}: {text}");
+        assert!(text.contains("three"), "stream {stream}: cut short: {text}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(600),
+            "stream {stream}: answered early"
+        );
+        let ended = tokio::time::Instant::now();
+        assert!(
+            closes_within(&mut s, Duration::from_secs(5)).await,
+            "stream {stream}: stays open"
+        );
+        assert!(
+            ended.elapsed() >= Duration::from_millis(250),
+            "stream {stream}: closed before an idle timeout after the answer"
+        );
+    }
+    sc.stop().await;
+}
+
 /// A client that sends a request and never reads its (large) answer is disconnected after
 /// the write timeout, and its connection no longer counts as open.
 #[tokio::test]
