@@ -5,7 +5,8 @@
 //! - Idle: a connection with no request in flight for [`Limits::idle`] — since it was
 //!   accepted, or since its last answer ended — is closed (HTTP/2 with a GOAWAY first). This
 //!   one clock also bounds how long a request head may take to arrive, whatever the protocol;
-//!   hyper's HTTP/1.1 header-read timeout is set to the same value.
+//!   hyper's own HTTP/1.1 header-read timeout is off (a second clock, and a timer made and
+//!   dropped for every request).
 //! - Write: a connection whose writes make no progress for [`Limits::write`] (a client that
 //!   stopped reading) fails; its request is dropped, and with it the upstream call.
 //! - A client that goes away cancels its request: hyper drops the service's future.
@@ -126,7 +127,7 @@ pub async fn serve<S: Serve>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle)
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS);
     builder
