@@ -140,45 +140,50 @@ pub async fn serve<S: Serve>(
     // When the connection was asked to close (idle too long, or shutdown); it is dropped once
     // it has had no request in flight for [`GRACE`] since then.
     let mut closing: Option<Instant> = None;
-    // One timer for the connection's life, looked at only when it fires: requests that start
-    // and end in between touch neither it nor this task (they only move `activity`'s idle
-    // mark), so serving a request polls the connection no more often than hyper asks.
-    let timer = tokio::time::sleep_until(activity.born + limits.idle);
-    tokio::pin!(timer);
-    let shutdown_asked = shutdown.wait_for(|s| *s);
-    tokio::pin!(shutdown_asked);
-    let ended = loop {
-        tokio::select! {
-            biased;
-            r = conn.as_mut() => break r,
-            _ = &mut shutdown_asked, if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                let now = Instant::now();
-                closing = Some(now);
-                if now + GRACE < timer.deadline() {
-                    timer.as_mut().reset(now + GRACE);
-                }
-            }
-            () = timer.as_mut() => {
-                let now = Instant::now();
-                let deadline = activity.idle_since().map(|since| match closing {
-                    Some(asked) => since.max(asked) + GRACE,
-                    None => since + limits.idle,
-                });
-                match deadline {
-                    Some(at) if at <= now => {
-                        if closing.is_some() {
-                            break Ok(());
-                        }
-                        conn.as_mut().graceful_shutdown();
-                        closing = Some(now);
+    // The timer and the wait for shutdown end with the loop: the lingering close after it
+    // does not carry them.
+    let ended = {
+        // One timer for the connection's life, looked at only when it fires: requests that
+        // start and end in between touch neither it nor this task (they only move
+        // `activity`'s idle mark), so serving a request polls the connection no more often
+        // than hyper asks.
+        let timer = tokio::time::sleep_until(activity.born + limits.idle);
+        tokio::pin!(timer);
+        let shutdown_asked = shutdown.wait_for(|s| *s);
+        tokio::pin!(shutdown_asked);
+        loop {
+            tokio::select! {
+                biased;
+                r = conn.as_mut() => break r,
+                _ = &mut shutdown_asked, if closing.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    let now = Instant::now();
+                    closing = Some(now);
+                    if now + GRACE < timer.deadline() {
                         timer.as_mut().reset(now + GRACE);
                     }
-                    // Not idle that long (yet): look again at the deadline.
-                    Some(at) => timer.as_mut().reset(at),
-                    // A request in flight: look again one idle timeout from now, or, once
-                    // closing, soon (hyper ends the connection when it is done).
-                    None => timer.as_mut().reset(now + closing.map_or(limits.idle, |_| GRACE)),
+                }
+                () = timer.as_mut() => {
+                    let now = Instant::now();
+                    let deadline = activity.idle_since().map(|since| match closing {
+                        Some(asked) => since.max(asked) + GRACE,
+                        None => since + limits.idle,
+                    });
+                    match deadline {
+                        Some(at) if at <= now => {
+                            if closing.is_some() {
+                                break Ok(());
+                            }
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(now);
+                            timer.as_mut().reset(now + GRACE);
+                        }
+                        // Not idle that long (yet): look again at the deadline.
+                        Some(at) => timer.as_mut().reset(at),
+                        // A request in flight: look again one idle timeout from now, or, once
+                        // closing, soon (hyper ends the connection when it is done).
+                        None => timer.as_mut().reset(now + closing.map_or(limits.idle, |_| GRACE)),
+                    }
                 }
             }
         }
