@@ -10,6 +10,8 @@
 #   STREAM=1 bash bench/instructions.sh               # a streamed answer (two chunks, [DONE])
 #   BIN=/path/to/detour-sidecar bash bench/instructions.sh
 #   KEEP=/tmp/cg bash bench/instructions.sh          # keep the callgrind files (callgrind_annotate)
+#   OPENAI_HEADERS=1 bash bench/instructions.sh       # the upstream's answers carry the request id
+#                                                    # and six rate-limit headers, as OpenAI's do
 #
 # Needs valgrind, hey and nginx-light (Debian; installed if missing) and python3. Listens on
 # 127.0.0.1 only; stops every process it starts by PID.
@@ -37,6 +39,14 @@ trap cleanup EXIT
 UP=$(free_port); SC=$(free_port); AD=$(free_port)
 
 reply=$BENCH_REPLY
+# OpenAI answers with its request id and six rate-limit headers, which the sidecar passes on.
+extra=""
+if [ "${OPENAI_HEADERS:-0}" = 1 ]; then
+  extra="add_header x-request-id req_0123456789abcdef0123456789abcdef;
+    add_header x-ratelimit-limit-requests 10000; add_header x-ratelimit-limit-tokens 2000000;
+    add_header x-ratelimit-remaining-requests 9999; add_header x-ratelimit-remaining-tokens 1999950;
+    add_header x-ratelimit-reset-requests 6ms; add_header x-ratelimit-reset-tokens 1ms;"
+fi
 mkdir -p "$work/up"
 cat > "$work/up/nginx.conf" <<CONF
 worker_processes 1;
@@ -50,6 +60,7 @@ http {
   client_body_temp_path $work/up/body;
   keepalive_requests 1000000;
   server { listen 127.0.0.1:$UP;
+    $extra
     location /s/ { default_type text/event-stream; return 200 '$BENCH_SSE'; }
     location / { default_type application/json; return 200 '$reply'; } }
 }
