@@ -50,6 +50,16 @@ pub struct Stamp {
     pub score: Option<HeaderValue>,
 }
 
+/// The most headers a [`Stamp`] writes.
+pub const STAMP_HEADERS: usize = 6;
+
+/// A header map sized once for an answer's `own` headers, the upstream's it passes on, the
+/// stamp and the `content-length` hyper adds when it writes the head, so that filling it never
+/// grows it (a growth moves and rehashes every entry).
+pub fn answer_headers(own: usize, upstream: usize) -> HeaderMap {
+    HeaderMap::with_capacity(own + upstream + STAMP_HEADERS + 1)
+}
+
 impl Stamp {
     /// Writes the response headers (replacing any of the same name), with the request's id.
     pub fn write(self, request_id: Option<HeaderValue>, headers: &mut HeaderMap) {

@@ -161,6 +161,11 @@ impl UpstreamMeta {
         self.headers.as_ref().map_or(&[], |h| &h.0)
     }
 
+    /// How many headers [`UpstreamMeta::apply`] sets.
+    pub fn len(&self) -> usize {
+        self.list().len()
+    }
+
     /// Sets the headers on the client's response (replacing any of the same name).
     pub fn apply(&self, out: &mut HeaderMap) {
         for (name, value) in self.list() {

@@ -16,7 +16,7 @@ use crate::class::Class;
 use crate::deadline::Deadline;
 use crate::encode::Encoder;
 use crate::error::Reason;
-use crate::headers::Stamp;
+use crate::headers::{Stamp, answer_headers};
 use crate::metrics::Outcome;
 use crate::providers::answer::Usage;
 use crate::providers::{Failure, UpstreamMeta};
@@ -32,6 +32,7 @@ use super::stream::{StreamGuard, stream_body};
 /// and the `x-detour-*` headers; the request ends here.
 fn json_answer(ctx: Ctx, meta: &UpstreamMeta, body: body::Body) -> Response {
     let mut resp = http::Response::new(body);
+    *resp.headers_mut() = answer_headers(1, meta.len());
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     meta.apply(resp.headers_mut());
@@ -84,6 +85,7 @@ pub(super) fn respond(
             target.metrics.first_byte().observe(ok.ttft.as_secs_f64());
             ctx.commit();
             let mut resp = http::Response::new(body::full(Bytes::new()));
+            *resp.headers_mut() = answer_headers(2, ok.meta.len());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
