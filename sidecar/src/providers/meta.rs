@@ -75,6 +75,8 @@ impl UpstreamMeta {
             [None; ANTHROPIC_TO_OPENAI.len()];
         let mut has_openai = false;
         let mut has_any = false;
+        // The rate-limit headers passed on as they are, so that the list is allocated once.
+        let mut limits = 0;
         for (name, value) in h {
             let n = name.as_str();
             if let Some(i) = REQUEST_ID_HEADERS.iter().position(|r| *r == n) {
@@ -82,8 +84,10 @@ impl UpstreamMeta {
             } else if n.starts_with("x-ratelimit-") {
                 has_openai = true;
                 has_any = true;
+                limits += 1;
             } else if n.starts_with("anthropic-ratelimit-") {
                 has_any = true;
+                limits += 1;
                 if let Some(i) = ANTHROPIC_TO_OPENAI.iter().position(|(from, _)| *from == n) {
                     anthropic[i].get_or_insert(value);
                 }
@@ -96,7 +100,12 @@ impl UpstreamMeta {
         if id.is_none() && !has_any {
             return Self::default();
         }
-        let mut headers = Vec::new();
+        let mapped = if has_openai {
+            0
+        } else {
+            anthropic.iter().flatten().count()
+        };
+        let mut headers = Vec::with_capacity((usize::from(id.is_some()) + limits + mapped).min(MAX_HEADERS));
         if let Some(id) = id {
             headers.push((X_REQUEST_ID, id.clone()));
         }
