@@ -1,0 +1,121 @@
+"""`scripts/choose-share`: a share chosen from a team's own labelled requests, scored by the
+same scorer the sidecar runs (the `score` example, built by scripts/test)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.environ.get("DETOUR_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCORE_BIN = os.environ.get("DETOUR_SCORE_BIN", "")
+PROMPTS = os.path.join(ROOT, "sidecar", "tests", "data", "complexity-prompts.jsonl")
+
+
+@pytest.fixture
+def score_bin():
+    if not SCORE_BIN:
+        pytest.skip("DETOUR_SCORE_BIN is not set (run through scripts/test)")
+    return SCORE_BIN
+
+
+def team_prompts():
+    with open(PROMPTS, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write(tmp_path, rows, name="sample.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def choose(score_bin, path, *extra):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "choose-share"), str(path), "--scorer-cmd", score_bin, *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def chosen_share(stdout):
+    lines = [l for l in stdout.splitlines() if l.strip().startswith("cheapShare:")]
+    assert len(lines) == 1, stdout
+    return float(lines[0].split(":")[1])
+
+
+def test_a_sample_where_only_complex_requests_need_the_capable_tier_gets_the_share_of_simple_ones(tmp_path, score_bin):
+    prompts = team_prompts()
+    rows = [{"request": p["body"], "capable": 1, "cheap": 1 if p["label"] == "simple" else 0} for p in prompts]
+    out = choose(score_bin, write(tmp_path, rows))
+    assert out.returncode == 0, out.stderr
+    simple = sum(p["label"] == "simple" for p in prompts) / len(prompts)  # 32 of 54
+    share = chosen_share(out.stdout)
+    # Every share up to the simple requests' keeps the whole advantage; above it, the intervals
+    # of the bootstrap decide how close to it the choice comes.
+    assert 0.4 <= share <= simple + 0.02, out.stdout
+    apgr = [l for l in out.stdout.splitlines() if l.startswith("How well scorer v2")]
+    lo = float(apgr[0].split("[")[1].split(",")[0])
+    assert lo > 0.5, out.stdout
+    assert "does not find the requests" not in out.stdout
+
+
+def test_a_stricter_bar_gives_a_smaller_share(tmp_path, score_bin):
+    rows = []
+    for i, p in enumerate(team_prompts()):
+        # The cheap tier fails some simple requests too, so the advantage is spread.
+        cheap = 0 if p["label"] == "complex" or i % 4 == 0 else 1
+        rows.append({"request": p["body"], "capable": 1, "cheap": cheap})
+    path = write(tmp_path, rows)
+    loose = choose(score_bin, path, "--keep", "0.6")
+    strict = choose(score_bin, path, "--keep", "0.8")
+    assert loose.returncode == 0 and strict.returncode == 0, loose.stderr + strict.stderr
+    assert chosen_share(loose.stdout) > chosen_share(strict.stdout), loose.stdout + strict.stdout
+    # A simple request the cheap tier fails scores among the lowest: no share keeps it all.
+    none = choose(score_bin, path, "--keep", "0.99")
+    assert none.returncode == 0, none.stderr
+    assert "No share keeps 99%" in none.stdout and "cheapShare:" not in none.stdout, none.stdout
+
+
+def test_ratings_the_score_cannot_see_are_reported_as_no_better_than_a_random_split(tmp_path, score_bin):
+    rows, seen = [], {"simple": 0, "complex": 0}
+    for p in team_prompts():
+        # Half of each class fails on the cheap tier, whatever the request asks.
+        seen[p["label"]] += 1
+        rows.append({"request": p["body"], "capable": 1, "cheap": seen[p["label"]] % 2})
+    out = choose(score_bin, write(tmp_path, rows))
+    assert out.returncode == 0, out.stderr
+    assert "does not find the requests" in out.stdout, out.stdout
+
+
+def test_requests_without_a_prompt_are_counted_and_left_out(tmp_path, score_bin):
+    rows = [{"request": p["body"], "capable": 1, "cheap": 1 if p["label"] == "simple" else 0} for p in team_prompts()]
+    rows.append({"request": {"model": "embed", "input": "a document"}, "capable": 1, "cheap": 1})
+    out = choose(score_bin, write(tmp_path, rows))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("54 scored requests (1 not scored, left out"), out.stdout
+
+
+@pytest.mark.parametrize(
+    "bad, names",
+    [
+        ('{"request": {"model": "m", "messages": []}, "capable": 1, "cheap": "yes"}', ["line 3", "`cheap`", '"yes"']),
+        ('{"request": "hello", "capable": 1, "cheap": 0}', ["line 3", "`request`"]),
+        ('{"request": {"model": "m"}, "cheap": 0}', ["line 3", "`capable`"]),
+        ("{not json", ["line 3", "not JSON"]),
+    ],
+)
+def test_a_bad_line_is_refused_naming_the_line_and_the_field(tmp_path, score_bin, bad, names):
+    good = {"request": {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}, "capable": 1, "cheap": 1}
+    out = choose(score_bin, write(tmp_path, [good, good, bad, good]))
+    assert out.returncode == 2, out.stdout
+    for n in names:
+        assert n in out.stderr, out.stderr
+    assert out.stdout == ""
+
+
+def test_too_small_a_sample_is_refused(tmp_path, score_bin):
+    rows = [{"request": {"model": "m", "messages": [{"role": "user", "content": f"Hi {i}"}]}, "capable": 1, "cheap": 0} for i in range(5)]
+    out = choose(score_bin, write(tmp_path, rows))
+    assert out.returncode == 2
+    assert "too few" in out.stderr
