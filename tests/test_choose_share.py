@@ -88,6 +88,36 @@ def test_ratings_the_score_cannot_see_are_reported_as_no_better_than_a_random_sp
     assert "does not find the requests" in out.stdout, out.stdout
 
 
+def test_responses_requests_are_scored_on_their_chat_translation_as_the_sidecar_does(tmp_path, score_bin):
+    chat_rows, responses_rows = [], []
+    for p in team_prompts():
+        cheap = 1 if p["label"] == "simple" else 0
+        chat_rows.append({"request": p["body"], "capable": 1, "cheap": cheap})
+        messages = p["body"]["messages"]
+        # The Responses form of the same request: a system message as `instructions`, the turns as `input`.
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        body = {"model": p["body"]["model"], "input": [m for m in messages if m["role"] != "system"]}
+        if system:
+            body["instructions"] = system[0]
+        if "tools" in p["body"]:
+            body["tools"] = [{"type": "function", "name": t["function"]["name"], "parameters": t["function"].get("parameters", {})}
+                             for t in p["body"]["tools"]]
+        if "reasoning_effort" in p["body"]:
+            body["reasoning"] = {"effort": p["body"]["reasoning_effort"]}
+        if "response_format" in p["body"]:
+            body["text"] = {"format": p["body"]["response_format"]}
+        responses_rows.append({"request": body, "capable": 1, "cheap": cheap})
+    as_chat = choose(score_bin, write(tmp_path, chat_rows, "chat.jsonl"))
+    as_responses = choose(score_bin, write(tmp_path, responses_rows, "responses.jsonl"), "--api", "responses")
+    assert as_chat.returncode == 0 and as_responses.returncode == 0, as_chat.stderr + as_responses.stderr
+    assert as_responses.stdout.startswith("54 scored requests\n"), as_responses.stdout
+    # The same requests score the same: every figure of the report is equal.
+    assert as_responses.stdout == as_chat.stdout
+    # Read as chat bodies, they have no messages: nothing is scored.
+    misread = choose(score_bin, write(tmp_path, responses_rows, "responses.jsonl"))
+    assert misread.returncode == 2 and "too few" in misread.stderr, misread.stdout + misread.stderr
+
+
 def test_requests_without_a_prompt_are_counted_and_left_out(tmp_path, score_bin):
     rows = [{"request": p["body"], "capable": 1, "cheap": 1 if p["label"] == "simple" else 0} for p in team_prompts()]
     rows.append({"request": {"model": "embed", "input": "a document"}, "capable": 1, "cheap": 1})

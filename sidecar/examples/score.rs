@@ -6,7 +6,10 @@
 //! Useful to see how a sample of a team's own traffic scores before choosing thresholds or
 //! a share, and used by `scripts/eval-scorer` for the public evaluation in `docs/scoring.md`.
 //! With `--features` after the version (`v2` only), a third column holds every feature's
-//! value as a JSON object, to see why a request scored as it did.
+//! value as a JSON object, to see why a request scored as it did. With `--responses`, every
+//! body is a Responses API request (`input`, `instructions`), scored as the sidecar scores
+//! one: on its translation to chat completions (a body that needs provider state, such as
+//! `previous_response_id`, translates to none and is not scored).
 
 #![expect(
     clippy::print_stderr,
@@ -15,18 +18,41 @@
 
 use std::io::{BufRead, Write};
 
+use detour_sidecar::responses::request::to_chat;
 use detour_sidecar::scoring::{Version, score_with, v2};
+use serde_json::{Map, Value};
+
+/// The body the sidecar scores: the request itself, or a Responses request's chat translation
+/// (an empty one when it has none, which scores as no prompt).
+fn scored_body(line: &str, responses: bool) -> Option<Map<String, Value>> {
+    let Ok(Value::Object(body)) = serde_json::from_str::<Value>(line) else {
+        return None;
+    };
+    if !responses {
+        return Some(body);
+    }
+    Some(to_chat(&body).map(|t| t.chat).unwrap_or_default())
+}
 
 fn main() -> std::process::ExitCode {
-    let features = std::env::args().nth(2).as_deref() == Some("--features");
-    let version = match std::env::args().nth(1).as_deref() {
-        Some("v1") => Version::V1,
-        Some("v2") | None => Version::V2,
-        Some(other) => {
-            eprintln!("unknown scorer {other:?}: v1 or v2");
-            return std::process::ExitCode::FAILURE;
+    let mut version = Version::V2;
+    let (mut features, mut responses) = (false, false);
+    for (i, arg) in std::env::args().skip(1).enumerate() {
+        match arg.as_str() {
+            "v1" if i == 0 => version = Version::V1,
+            "v2" if i == 0 => version = Version::V2,
+            "--features" => features = true,
+            "--responses" => responses = true,
+            other if i == 0 => {
+                eprintln!("unknown scorer {other:?}: v1 or v2");
+                return std::process::ExitCode::FAILURE;
+            }
+            other => {
+                eprintln!("unexpected argument {other:?}: score [v1|v2] [--features] [--responses]");
+                return std::process::ExitCode::FAILURE;
+            }
         }
-    };
+    }
     let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (n, line) in stdin.lock().lines().enumerate() {
@@ -34,14 +60,13 @@ fn main() -> std::process::ExitCode {
             eprintln!("line {}: not UTF-8", n + 1);
             return std::process::ExitCode::FAILURE;
         };
-        let scored = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v.as_object().and_then(|m| score_with(version, m).ok()));
+        let body = scored_body(&line, responses);
+        let scored = body.as_ref().and_then(|m| score_with(version, m).ok());
         let written = match scored {
             Some(s) if features && version == Version::V2 => {
-                let f = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.as_object().and_then(|m| v2::score_map(m).ok()))
+                let f = body
+                    .as_ref()
+                    .and_then(|m| v2::score_map(m).ok())
                     .map(|s| s.features)
                     .unwrap_or_default();
                 let named = [
