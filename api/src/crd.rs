@@ -1016,6 +1016,9 @@ pub enum Scorer {
     /// The latest instruction apart from pasted material, in estimated tokens.
     #[default]
     V2,
+    /// The user's text in estimated tokens, nothing else: for traffic of one kind of task,
+    /// where size is what tells hard requests from easy ones.
+    Length,
 }
 
 impl Scorer {
@@ -1023,6 +1026,7 @@ impl Scorer {
         match self {
             Self::V1 => "v1",
             Self::V2 => "v2",
+            Self::Length => "length",
         }
     }
 }

@@ -103,9 +103,11 @@ pub fn policy() -> Policy {
 /// Default complexity thresholds `(simple_below, complex_above)` of each cost/quality strategy
 /// and scorer. `v2`'s are calibrated on public prompt sets (`scripts/eval-scorer`, figures in
 /// `docs/scoring.md`) so that, on that mix, `cost-optimized` sends about 70 % to cheap
-/// targets, `balanced` about half, `quality-first` about 30 %. `v1`'s are those it shipped
-/// with, calibrated on `sidecar/tests/data/complexity-prompts.jsonl`. A team's own mix shifts
-/// these shares; `spec.scoring.cheapShare` holds a share on it instead. Other strategies do
+/// targets, `balanced` about half, `quality-first` about 30 %; `length`'s so that the same
+/// mix splits as under `v2` (to cheap targets, and above `complexAbove`). Those prompts are
+/// short, so `length`'s thresholds are small token counts (`balanced`: about 43 and 74).
+/// `v1`'s are those it shipped with, calibrated on
+/// `sidecar/tests/data/complexity-prompts.jsonl`. A team's own mix shifts these shares; `spec.scoring.cheapShare` holds a share on it instead. Other strategies do
 /// not score.
 pub const fn scoring_thresholds(strategy: Strategy, scorer: Scorer) -> (f64, f64) {
     let t = match (scorer, strategy) {
@@ -115,6 +117,9 @@ pub const fn scoring_thresholds(strategy: Strategy, scorer: Scorer) -> (f64, f64
         (Scorer::V2, Strategy::CostOptimized) => V2_COST_OPTIMIZED,
         (Scorer::V2, Strategy::QualityFirst) => V2_QUALITY_FIRST,
         (Scorer::V2, _) => V2_BALANCED,
+        (Scorer::Length, Strategy::CostOptimized) => LENGTH_COST_OPTIMIZED,
+        (Scorer::Length, Strategy::QualityFirst) => LENGTH_QUALITY_FIRST,
+        (Scorer::Length, _) => LENGTH_BALANCED,
     };
     (t.0, t.1)
 }
@@ -122,6 +127,9 @@ pub const fn scoring_thresholds(strategy: Strategy, scorer: Scorer) -> (f64, f64
 const V2_COST_OPTIMIZED: (f64, f64) = (0.62, 0.77);
 const V2_BALANCED: (f64, f64) = (0.32, 0.66);
 const V2_QUALITY_FIRST: (f64, f64) = (0.15, 0.57);
+const LENGTH_COST_OPTIMIZED: (f64, f64) = (0.23, 0.29);
+const LENGTH_BALANCED: (f64, f64) = (0.19, 0.25);
+const LENGTH_QUALITY_FIRST: (f64, f64) = (0.14, 0.22);
 const COST_OPTIMIZED: (f64, f64) = (0.85, 0.95);
 const BALANCED: (f64, f64) = (0.40, 0.60);
 const QUALITY_FIRST: (f64, f64) = (0.15, 0.40);

@@ -881,6 +881,32 @@ fn scorer_version_and_share_compile() {
     assert_eq!(scoring("{scorer: v1}").scorer, Scorer::V1);
     let share = scoring("{cheapShare: 0.6}");
     assert_eq!((share.scorer, share.cheap_share), (Scorer::V2, Some(0.6)));
+    let length = scoring("{scorer: length, cheapShare: 0.6}");
+    assert_eq!((length.scorer, length.cheap_share), (Scorer::Length, Some(0.6)));
+    assert_eq!(scoring("{scorer: length}").scorer, Scorer::Length);
+}
+
+/// Under every scorer, `cost-optimized` sends more to cheap targets than `balanced`, and
+/// `balanced` more than `quality-first`; no default has `complexAbove` below `simpleBelow`.
+#[test]
+fn every_scorer_orders_its_default_thresholds_by_strategy() {
+    use detour_api::defaults::scoring_thresholds;
+    use detour_api::table::{Scorer, Strategy};
+    for scorer in [Scorer::V1, Scorer::V2, Scorer::Length] {
+        let [cost, balanced, quality] = [
+            Strategy::CostOptimized,
+            Strategy::Balanced,
+            Strategy::QualityFirst,
+        ]
+        .map(|s| scoring_thresholds(s, scorer));
+        assert!(
+            cost.0 > balanced.0 && balanced.0 > quality.0,
+            "{scorer:?}: {cost:?} {balanced:?} {quality:?}"
+        );
+        for (lo, hi) in [cost, balanced, quality] {
+            assert!(0.0 < lo && lo <= hi && hi < 1.0, "{scorer:?}: {lo} {hi}");
+        }
+    }
 }
 
 /// A share and thresholds together are refused on the share's field; a share outside [0, 1]

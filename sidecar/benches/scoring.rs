@@ -38,7 +38,7 @@ fn main() {
             {"role": "user", "content": prompt},
         ]});
         let Some(map) = body.as_object() else { return };
-        for version in [Version::V1, Version::V2] {
+        for version in [Version::V1, Version::V2, Version::Length] {
             for _ in 0..2_000 {
                 black_box(score_with(version, black_box(map)).ok());
             }

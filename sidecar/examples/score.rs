@@ -41,14 +41,15 @@ fn main() -> std::process::ExitCode {
         match arg.as_str() {
             "v1" if i == 0 => version = Version::V1,
             "v2" if i == 0 => version = Version::V2,
+            "length" if i == 0 => version = Version::Length,
             "--features" => features = true,
             "--responses" => responses = true,
             other if i == 0 => {
-                eprintln!("unknown scorer {other:?}: v1 or v2");
+                eprintln!("unknown scorer {other:?}: v1, v2 or length");
                 return std::process::ExitCode::FAILURE;
             }
             other => {
-                eprintln!("unexpected argument {other:?}: score [v1|v2] [--features] [--responses]");
+                eprintln!("unexpected argument {other:?}: score [v1|v2|length] [--features] [--responses]");
                 return std::process::ExitCode::FAILURE;
             }
         }

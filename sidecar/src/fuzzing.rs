@@ -24,14 +24,17 @@ pub fn request_body(bytes: &[u8]) {
     let stream = map.get("stream").and_then(Value::as_bool) == Some(true);
     let _ = Needs::of(&map, bytes.len(), stream);
     let _ = crate::scoring::score_map(&map);
-    for (scorer, s) in [Scorer::V1, Scorer::V2].into_iter().flat_map(|v| {
-        [
-            Strategy::CostOptimized,
-            Strategy::Balanced,
-            Strategy::QualityFirst,
-        ]
-        .map(|s| (v, s))
-    }) {
+    for (scorer, s) in [Scorer::V1, Scorer::V2, Scorer::Length]
+        .into_iter()
+        .flat_map(|v| {
+            [
+                Strategy::CostOptimized,
+                Strategy::Balanced,
+                Strategy::QualityFirst,
+            ]
+            .map(|s| (v, s))
+        })
+    {
         let scoring = Scoring {
             simple_below: None,
             complex_above: None,

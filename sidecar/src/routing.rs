@@ -239,6 +239,7 @@ pub fn decide_with(
     let version = match scoring.scorer {
         detour_api::table::Scorer::V1 => crate::scoring::Version::V1,
         detour_api::table::Scorer::V2 => crate::scoring::Version::V2,
+        detour_api::table::Scorer::Length => crate::scoring::Version::Length,
     };
     let unscored = |because| ScoreDecision {
         value: None,

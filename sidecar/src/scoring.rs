@@ -2,9 +2,10 @@
 //! cost/quality strategies (`cost-optimized`, `balanced`, `quality-first`) compare with the
 //! policy's thresholds to send simple requests to cheap targets and hard ones to capable ones.
 //!
-//! Two scorers, chosen per policy ([`Version`], [`score_with`]): `v1`, this module, frozen as it
-//! shipped; and `v2` ([`v2`]), which reads the latest instruction apart from pasted material.
-//! The contract below holds for both; the feature table below is `v1`'s.
+//! Three scorers, chosen per policy ([`Version`], [`score_with`]): `v1`, this module, frozen as
+//! it shipped; `v2` ([`v2`]), which reads the latest instruction apart from pasted material;
+//! and `length` ([`length`]), the user's text in estimated tokens and nothing else, for traffic
+//! of one kind of task. The contract below holds for all; the feature table below is `v1`'s.
 //!
 //! Contract:
 //! - deterministic: the same body gives the same score, on any machine, forever within one
@@ -32,6 +33,7 @@
 
 use serde_json::Value;
 
+pub mod length;
 pub mod v2;
 
 /// Version of the `v1` feature set and weights; part of metrics and the audit line.
@@ -45,6 +47,8 @@ pub enum Version {
     V1,
     /// The latest instruction apart from pasted material, in estimated tokens ([`v2`]).
     V2,
+    /// The user's text in estimated tokens, nothing else ([`length`]).
+    Length,
 }
 
 impl Version {
@@ -53,6 +57,7 @@ impl Version {
         match self {
             Self::V1 => SCORER_VERSION,
             Self::V2 => "v2",
+            Self::Length => "length",
         }
     }
 }
@@ -76,6 +81,11 @@ pub fn score_with(version: Version, body: &serde_json::Map<String, Value>) -> Re
         Version::V2 => v2::score_map(body).map(|s| Scored {
             value: s.value,
             top: s.features.top(),
+            version,
+        }),
+        Version::Length => length::score_map(body).map(|value| Scored {
+            value,
+            top: (value > 0.0).then_some(length::FEATURE),
             version,
         }),
     }

@@ -31,6 +31,7 @@ fn routes() -> String {
         ("bal", "balanced", "  scoring: {scorer: v1}\n"),
         ("qf", "quality-first", "  scoring: {scorer: v1}\n"),
         ("share", "quality-first", "  scoring: {cheapShare: 0.5}\n"),
+        ("len", "balanced", "  scoring: {scorer: length}\n"),
         ("off", "cost-optimized", "  scoring: {disabled: true}\n"),
         (
             "custom",
@@ -179,6 +180,44 @@ async fn score_is_explained_in_audit_and_metrics() {
             "detour_request_score_count{route=\"bal/chat\",scorer=\"v1\"}"
         ),
         1.0
+    );
+    sc.stop().await;
+}
+
+/// A policy with `scorer: length` routes on the size of what the user wrote and nothing else: a
+/// short ask full of reasoning words goes to the cheap target, a long plain one to the capable
+/// target, and the header, the audit line and the histogram name the scorer.
+#[tokio::test]
+async fn the_length_scorer_routes_on_size_alone() {
+    let mut sc = start(&routes()).await;
+    let short = json!({"messages": [{"role": "user", "content": "Prove step by step why this algorithm is optimal, and analyse its trade-offs."}]});
+    let long = json!({"messages": [{"role": "user", "content": "The shop on the corner opened late on Monday. ".repeat(30)}]});
+    let (target, header) = served_by(&sc, "len/chat", short.clone()).await;
+    assert_eq!(target, "cheap", "{header}");
+    let (target, header) = served_by(&sc, "len/chat", long).await;
+    assert_eq!(target, "capable", "{header}");
+    let mut body = short;
+    body["model"] = json!("len/chat");
+    let r = sc
+        .send("POST", "/v1/chat/completions", Bytes::from(body.to_string()), &[])
+        .await;
+    let score = sc.audit_of(&r).await.score.expect("score in the audit line");
+    assert_eq!((score.scorer, score.class), ("length", "simple"));
+    assert!(score.rule.contains("< simpleBelow 0.19"), "{}", score.rule);
+    assert!(score.value.is_some_and(|v| v < 0.19));
+    // Under `v2`, the same strategy's default, the ask is complex (above `balanced`'s 0.66):
+    // the scorer, not the strategy, made the difference.
+    let under_v2 =
+        detour_sidecar::scoring::score_with(detour_sidecar::scoring::Version::V2, body.as_object().unwrap())
+            .unwrap();
+    assert!(under_v2.value > 0.66, "{}", under_v2.value);
+    let metrics = sc.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "detour_request_score_count{route=\"len/chat\",scorer=\"length\"}"
+        ),
+        3.0
     );
     sc.stop().await;
 }

@@ -641,6 +641,11 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// Estimated tokens of `s`, as [`scan_chars`] counts them (the `length` scorer's measure).
+pub(super) fn estimate_tokens(s: &str) -> f64 {
+    scan_chars(s, s.is_ascii()).0
+}
+
 /// Tokens a typical BPE tokenizer makes of `s` (about 4 bytes of ASCII, one CJK character, or
 /// 3 characters of other scripts per token), and the maths symbols in it, in one pass.
 fn scan_chars(s: &str, ascii: bool) -> (f64, f64) {
