@@ -124,6 +124,13 @@ def test_requests_without_a_prompt_are_counted_and_left_out(tmp_path, score_bin)
     out = choose(score_bin, write(tmp_path, rows))
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("54 scored requests (1 not scored, left out"), out.stdout
+    # A body with only a system prompt is scored by v2 but not by length: it is left out of
+    # every scorer's figures, and said so.
+    rows.append({"request": {"model": "m", "messages": [{"role": "system", "content": "Be brief."}]}, "capable": 1, "cheap": 1})
+    out = choose(score_bin, write(tmp_path, rows))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("54 scored requests (1 not scored, left out: they go to the most capable target)"
+                                 " (1 that another scorer does not score, left out"), out.stdout
 
 
 @pytest.mark.parametrize(
@@ -149,3 +156,33 @@ def test_too_small_a_sample_is_refused(tmp_path, score_bin):
     out = choose(score_bin, write(tmp_path, rows))
     assert out.returncode == 2
     assert "too few" in out.stderr
+
+
+def test_traffic_where_only_size_tells_hard_from_easy_is_sent_to_the_length_scorer(tmp_path, score_bin):
+    # One kind of task: short requests full of v2's signals (maths, asks for proof) that the
+    # cheap tier answers, and long plain case descriptions only the capable tier gets right.
+    rows = []
+    for i in range(80):
+        short = f"Prove step by step that {i}x^2 + {i + 1}x = {2 * i} has an integer solution, and explain why."
+        rows.append({"request": {"model": "m", "messages": [{"role": "user", "content": short}]}, "capable": 1, "cheap": 1})
+        story = " ".join(f"On day {d} the shop on street {i} opened late and the owner met a supplier." for d in range(10 + i % 25))
+        long = story + f" Which supplier did the owner of shop {i} meet first?"
+        rows.append({"request": {"model": "m", "messages": [{"role": "user", "content": long}]}, "capable": 1, "cheap": 0})
+    path = write(tmp_path, rows)
+    out = choose(score_bin, path)
+    assert out.returncode == 0, out.stderr
+    assert "Scorer length orders this traffic better than v2" in out.stdout, out.stdout
+    assert "cheapShare:" not in out.stdout or chosen_share(out.stdout) < 0.4, out.stdout
+    by_length = choose(score_bin, path, "--scorer", "length")
+    assert by_length.returncode == 0, by_length.stderr
+    assert "orders this traffic better" not in by_length.stdout, by_length.stdout
+    assert "scorer: length" in by_length.stdout and 0.4 <= chosen_share(by_length.stdout) <= 0.5, by_length.stdout
+
+
+def test_a_scorer_no_better_than_the_chosen_one_is_not_recommended(tmp_path, score_bin):
+    rows = [{"request": p["body"], "capable": 1, "cheap": 1 if p["label"] == "simple" else 0} for p in team_prompts()]
+    out = choose(score_bin, write(tmp_path, rows))
+    assert out.returncode == 0, out.stderr
+    table = [l for l in out.stdout.splitlines() if l.startswith("| v1 |") or l.startswith("| length |") or l.startswith("| v2 (chosen)")]
+    assert len(table) == 3, out.stdout
+    assert "orders this traffic better" not in out.stdout, out.stdout
