@@ -410,6 +410,14 @@ impl Acc {
         let mut numbers = 0.0;
         let mut i = 0;
         while i < b.len() {
+            // Most bytes start nothing below: skip to the next one that may.
+            match b
+                .get(i..)
+                .and_then(|rest| rest.iter().position(|&c| MATHS_START[usize::from(c)]))
+            {
+                Some(skip) => i += skip,
+                None => break,
+            }
             let c = at(i);
             match c {
                 b'0'..=b'9' => {
@@ -640,6 +648,22 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
     }
     i
 }
+
+/// The bytes that [`Acc::symbols`] reads something from: digits, `\\`, operators and `$`.
+static MATHS_START: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_digit()
+            || matches!(
+                b,
+                b'\\' | b'+' | b'*' | b'/' | b'^' | b'=' | b'-' | b'<' | b'>' | b'$'
+            );
+        i += 1;
+    }
+    table
+};
 
 /// Estimated tokens of `s`, as [`scan_chars`] counts them (the `length` scorer's measure).
 pub(super) fn estimate_tokens(s: &str) -> f64 {
