@@ -107,8 +107,8 @@ pub fn policy() -> Policy {
 /// mix splits as under `v2` (to cheap targets, and above `complexAbove`). Those prompts are
 /// short, so `length`'s thresholds are small token counts (`balanced`: about 43 and 74).
 /// `v1`'s are those it shipped with, calibrated on
-/// `sidecar/tests/data/complexity-prompts.jsonl`. A team's own mix shifts these shares; `spec.scoring.cheapShare` holds a share on it instead. Other strategies do
-/// not score.
+/// `sidecar/tests/data/complexity-prompts.jsonl`. A team's own mix shifts these shares;
+/// `spec.scoring.cheapShare` holds a share on it instead. Other strategies do not score.
 pub const fn scoring_thresholds(strategy: Strategy, scorer: Scorer) -> (f64, f64) {
     let t = match (scorer, strategy) {
         (Scorer::V1, Strategy::CostOptimized) => COST_OPTIMIZED,
