@@ -62,39 +62,27 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         };
         let body = scored_body(&line, responses);
-        let scored = body.as_ref().and_then(|m| score_with(version, m).ok());
-        let written = match scored {
-            Some(s) if features && version == Version::V2 => {
-                let f = body
-                    .as_ref()
-                    .and_then(|m| v2::score_map(m).ok())
-                    .map(|s| s.features)
-                    .unwrap_or_default();
-                let named = [
-                    ("length", f.length),
-                    ("material", f.material),
-                    ("code_request", f.code_request),
-                    ("code", f.code),
-                    ("math", f.math),
-                    ("reasoning", f.reasoning),
-                    ("constraints", f.constraints),
-                    ("simple_ask", f.simple_ask),
-                    ("turns", f.turns),
-                    ("tools", f.tools),
-                    ("json_schema", f.json_schema),
-                    ("reasoning_effort", f.reasoning_effort),
-                ];
+        // With `--features`, `v2`'s own score carries its features: scored once.
+        let (scored, named) = match body.as_ref() {
+            Some(m) if features && version == Version::V2 => match v2::score_map(m) {
+                Ok(s) => (Some((s.value, s.features.top())), Some(s.features.named())),
+                Err(_) => (None, None),
+            },
+            Some(m) => (score_with(version, m).ok().map(|s| (s.value, s.top)), None),
+            None => (None, None),
+        };
+        let written = match (scored, named) {
+            (Some((value, top)), Some(named)) => {
                 let fields: Vec<String> = named.iter().map(|(n, v)| format!("\"{n}\": {v:.6}")).collect();
                 writeln!(
                     out,
-                    "{:.4}\t{}\t{{{}}}",
-                    s.value,
-                    s.top.unwrap_or("-"),
+                    "{value:.4}\t{}\t{{{}}}",
+                    top.unwrap_or("-"),
                     fields.join(", ")
                 )
             }
-            Some(s) => writeln!(out, "{:.4}\t{}", s.value, s.top.unwrap_or("-")),
-            None => writeln!(out, "nan\t-"),
+            (Some((value, top)), None) => writeln!(out, "{value:.4}\t{}", top.unwrap_or("-")),
+            (None, _) => writeln!(out, "nan\t-"),
         };
         if written.is_err() {
             return std::process::ExitCode::FAILURE;

@@ -68,7 +68,8 @@ pub struct Features {
 }
 
 impl Features {
-    pub(super) fn named(&self) -> [(&'static str, f64); 12] {
+    /// Every feature with its name, in the order of the table above.
+    pub fn named(&self) -> [(&'static str, f64); 12] {
         [
             ("length", self.length),
             ("material", self.material),
