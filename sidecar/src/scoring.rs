@@ -167,6 +167,58 @@ pub struct Score {
     pub features: Features,
 }
 
+/// What every scorer reads of a request body: the chat `messages`, or the Completions
+/// `prompt` (a string, or an array of strings) as one user turn.
+pub(crate) enum Prompt<'a> {
+    Messages(&'a [Value]),
+    Completion(&'a Value),
+}
+
+impl<'a> Prompt<'a> {
+    /// The body's prompt; [`ScoreError::NoPrompt`] when it has neither non-empty `messages`
+    /// nor a `prompt` string or non-empty array.
+    pub(crate) fn of(body: &'a serde_json::Map<String, Value>) -> Result<Self, ScoreError> {
+        match (body.get("messages").and_then(Value::as_array), body.get("prompt")) {
+            (Some(messages), _) if !messages.is_empty() => Ok(Self::Messages(messages)),
+            (_, Some(p @ Value::String(_))) => Ok(Self::Completion(p)),
+            (_, Some(p @ Value::Array(ps))) if !ps.is_empty() => Ok(Self::Completion(p)),
+            _ => Err(ScoreError::NoPrompt),
+        }
+    }
+}
+
+/// A message's role (`user` when it names none).
+pub(crate) fn role(message: &Value) -> &str {
+    message.get("role").and_then(Value::as_str).unwrap_or("user")
+}
+
+/// A message's text: its `content` string, or the `text` of each content part, in order.
+pub(crate) fn message_texts(message: &Value) -> impl Iterator<Item = &str> {
+    let (whole, parts) = match message.get("content") {
+        Some(Value::String(s)) => (Some(s.as_str()), None),
+        Some(Value::Array(parts)) => (None, Some(parts)),
+        _ => (None, None),
+    };
+    whole.into_iter().chain(
+        parts
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("text").and_then(Value::as_str)),
+    )
+}
+
+/// A Completions prompt's text: the string, or each string of the array, in order.
+pub(crate) fn prompt_texts(prompt: &Value) -> impl Iterator<Item = &str> {
+    let (whole, many) = match prompt {
+        Value::String(s) => (Some(s.as_str()), None),
+        Value::Array(ps) => (None, Some(ps)),
+        _ => (None, None),
+    };
+    whole
+        .into_iter()
+        .chain(many.into_iter().flatten().filter_map(Value::as_str))
+}
+
 /// Why a request could not be scored. The strategies then use the most capable target.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScoreError {
@@ -182,38 +234,22 @@ pub fn score(body: &Value) -> Result<Score, ScoreError> {
 /// [`score`] of a body already parsed as a JSON object.
 pub fn score_map(body: &serde_json::Map<String, Value>) -> Result<Score, ScoreError> {
     let mut acc = Accumulator::default();
-    match (body.get("messages").and_then(Value::as_array), body.get("prompt")) {
-        (Some(messages), _) if !messages.is_empty() => {
+    match Prompt::of(body)? {
+        Prompt::Messages(messages) => {
             for m in messages {
-                let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-                let counted = matches!(role, "user" | "system" | "developer");
+                let role = role(m);
                 if role == "user" {
                     acc.user_turns += 1;
                 }
-                match m.get("content") {
-                    Some(Value::String(s)) if counted => acc.text(s),
-                    Some(Value::Array(parts)) if counted => {
-                        for p in parts {
-                            if let Some(s) = p.get("text").and_then(Value::as_str) {
-                                acc.text(s);
-                            }
-                        }
-                    }
-                    _ => {}
+                if matches!(role, "user" | "system" | "developer") {
+                    message_texts(m).for_each(|s| acc.text(s));
                 }
             }
         }
-        (_, Some(Value::String(p))) => {
+        Prompt::Completion(p) => {
             acc.user_turns = 1;
-            acc.text(p);
+            prompt_texts(p).for_each(|s| acc.text(s));
         }
-        (_, Some(Value::Array(ps))) if !ps.is_empty() => {
-            acc.user_turns = 1;
-            for p in ps.iter().filter_map(Value::as_str) {
-                acc.text(p);
-            }
-        }
-        _ => return Err(ScoreError::NoPrompt),
     }
 
     let tools = body

@@ -16,7 +16,8 @@
 
 use serde_json::{Map, Value};
 
-use super::ScoreError;
+use super::v2::estimate_tokens;
+use super::{Prompt, ScoreError, message_texts, prompt_texts, role, saturate};
 
 /// Estimated tokens at which the score reaches 1.
 pub const FULL: f64 = 16_000.0;
@@ -27,46 +28,17 @@ pub const FEATURE: &str = "length";
 /// Scores an OpenAI request body (`/v1/chat/completions` or `/v1/completions`): the user's
 /// text in estimated tokens, log-scaled. A body without a user turn or a prompt is not scored.
 pub fn score_map(body: &Map<String, Value>) -> Result<f64, ScoreError> {
-    let mut tokens = 0.0;
-    let mut found = false;
-    match (body.get("messages").and_then(Value::as_array), body.get("prompt")) {
-        (Some(messages), _) if !messages.is_empty() => {
-            for m in messages {
-                if m.get("role").and_then(Value::as_str).unwrap_or("user") != "user" {
-                    continue;
-                }
-                found = true;
-                match m.get("content") {
-                    Some(Value::String(s)) => tokens += super::v2::estimate_tokens(s),
-                    Some(Value::Array(parts)) => {
-                        for p in parts {
-                            if let Some(s) = p.get("text").and_then(Value::as_str) {
-                                tokens += super::v2::estimate_tokens(s);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
+    let tokens: f64 = match Prompt::of(body)? {
+        Prompt::Messages(messages) => {
+            let mut user = messages.iter().filter(|m| role(m) == "user").peekable();
+            if user.peek().is_none() {
+                return Err(ScoreError::NoPrompt);
             }
+            user.flat_map(message_texts).map(estimate_tokens).sum()
         }
-        (_, Some(Value::String(p))) => {
-            found = true;
-            tokens = super::v2::estimate_tokens(p);
-        }
-        (_, Some(Value::Array(ps))) if !ps.is_empty() => {
-            found = true;
-            tokens = ps
-                .iter()
-                .filter_map(Value::as_str)
-                .map(super::v2::estimate_tokens)
-                .sum();
-        }
-        _ => {}
-    }
-    if !found {
-        return Err(ScoreError::NoPrompt);
-    }
-    Ok(super::saturate(
+        Prompt::Completion(p) => prompt_texts(p).map(estimate_tokens).sum(),
+    };
+    Ok(saturate(
         (tokens / 16.0 + 1.0).log2() / (FULL / 16.0 + 1.0).log2(),
     ))
 }

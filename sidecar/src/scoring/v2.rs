@@ -26,7 +26,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{ScoreError, WORD_BYTES, saturate, word_span};
+use super::{Prompt, ScoreError, WORD_BYTES, message_texts, prompt_texts, role, saturate, word_span};
 
 /// Weight of earlier user turns and of the system prompt against the latest user turn.
 pub const HISTORY: f64 = 0.35;
@@ -116,13 +116,11 @@ pub fn squash(evidence: f64) -> f64 {
 /// Scores an OpenAI request body (`/v1/chat/completions` or `/v1/completions`).
 pub fn score_map(body: &Map<String, Value>) -> Result<Score, ScoreError> {
     let mut acc = Acc::default();
-    match (body.get("messages").and_then(Value::as_array), body.get("prompt")) {
-        (Some(messages), _) if !messages.is_empty() => {
-            let last_user = messages
-                .iter()
-                .rposition(|m| m.get("role").and_then(Value::as_str).unwrap_or("user") == "user");
+    match Prompt::of(body)? {
+        Prompt::Messages(messages) => {
+            let last_user = messages.iter().rposition(|m| role(m) == "user");
             for (i, m) in messages.iter().enumerate() {
-                let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+                let role = role(m);
                 if role == "user" {
                     acc.user_turns += 1;
                 }
@@ -131,30 +129,13 @@ pub fn score_map(body: &Map<String, Value>) -> Result<Score, ScoreError> {
                     "user" | "system" | "developer" => HISTORY,
                     _ => continue,
                 };
-                match m.get("content") {
-                    Some(Value::String(s)) => acc.message(s, weight),
-                    Some(Value::Array(parts)) => {
-                        for p in parts {
-                            if let Some(s) = p.get("text").and_then(Value::as_str) {
-                                acc.message(s, weight);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
+                message_texts(m).for_each(|s| acc.message(s, weight));
             }
         }
-        (_, Some(Value::String(p))) => {
+        Prompt::Completion(p) => {
             acc.user_turns = 1;
-            acc.message(p, 1.0);
+            prompt_texts(p).for_each(|s| acc.message(s, 1.0));
         }
-        (_, Some(Value::Array(ps))) if !ps.is_empty() => {
-            acc.user_turns = 1;
-            for p in ps.iter().filter_map(Value::as_str) {
-                acc.message(p, 1.0);
-            }
-        }
-        _ => return Err(ScoreError::NoPrompt),
     }
     let features = acc.features(body);
     Ok(Score {
