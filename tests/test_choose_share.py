@@ -25,6 +25,11 @@ def team_prompts():
         return [json.loads(line) for line in f if line.strip()]
 
 
+def complex_only_rows():
+    """The team prompts, where the cheap tier fails exactly the complex ones."""
+    return [{"request": p["body"], "capable": 1, "cheap": 1 if p["label"] == "simple" else 0} for p in team_prompts()]
+
+
 def write(tmp_path, rows, name="sample.jsonl"):
     path = tmp_path / name
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
@@ -46,7 +51,7 @@ def chosen_share(stdout):
 
 def test_a_sample_where_only_complex_requests_need_the_capable_tier_gets_the_share_of_simple_ones(tmp_path, score_bin):
     prompts = team_prompts()
-    rows = [{"request": p["body"], "capable": 1, "cheap": 1 if p["label"] == "simple" else 0} for p in prompts]
+    rows = complex_only_rows()
     out = choose(score_bin, write(tmp_path, rows))
     assert out.returncode == 0, out.stderr
     simple = sum(p["label"] == "simple" for p in prompts) / len(prompts)  # 32 of 54
@@ -119,7 +124,7 @@ def test_responses_requests_are_scored_on_their_chat_translation_as_the_sidecar_
 
 
 def test_requests_without_a_prompt_are_counted_and_left_out(tmp_path, score_bin):
-    rows = [{"request": p["body"], "capable": 1, "cheap": 1 if p["label"] == "simple" else 0} for p in team_prompts()]
+    rows = complex_only_rows()
     rows.append({"request": {"model": "embed", "input": "a document"}, "capable": 1, "cheap": 1})
     out = choose(score_bin, write(tmp_path, rows))
     assert out.returncode == 0, out.stderr
@@ -180,7 +185,7 @@ def test_traffic_where_only_size_tells_hard_from_easy_is_sent_to_the_length_scor
 
 
 def test_a_scorer_no_better_than_the_chosen_one_is_not_recommended(tmp_path, score_bin):
-    rows = [{"request": p["body"], "capable": 1, "cheap": 1 if p["label"] == "simple" else 0} for p in team_prompts()]
+    rows = complex_only_rows()
     out = choose(score_bin, write(tmp_path, rows))
     assert out.returncode == 0, out.stderr
     table = [l for l in out.stdout.splitlines() if l.startswith("| v1 |") or l.startswith("| length |") or l.startswith("| v2 (chosen)")]
