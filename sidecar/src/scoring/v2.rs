@@ -2,10 +2,10 @@
 //! with it, in estimated tokens whatever the script.
 //!
 //! One message is cut into *instruction* and *material*: fenced code blocks, `>` quotes and,
-//! in a long message, the paragraphs between its first and its last, are material. Keywords,
-//! questions and list items count only in the instruction; material adds its size (weakly) and
-//! whether it holds code or maths. The latest user turn is the request; earlier user turns and
-//! the system prompt count at [`HISTORY`] of their weight.
+//! in a long message, the paragraphs between its first and its last, are material. Keywords
+//! and list items count only in the instruction (question marks count nowhere); material adds
+//! its size (weakly) and whether it holds code or maths. The latest user turn is the request;
+//! earlier user turns and the system prompt count at [`HISTORY`] of their weight.
 //!
 //! | feature | what it measures | saturation |
 //! |---|---|---|
