@@ -16,8 +16,8 @@
 
 use serde_json::{Map, Value};
 
-use super::v2::estimate_tokens;
-use super::{Prompt, ScoreError, message_texts, prompt_texts, role, saturate};
+use super::v2::{estimate_tokens, log_tokens};
+use super::{Prompt, ScoreError, message_texts, prompt_texts, role};
 
 /// Estimated tokens at which the score reaches 1.
 pub const FULL: f64 = 16_000.0;
@@ -38,9 +38,7 @@ pub fn score_map(body: &Map<String, Value>) -> Result<f64, ScoreError> {
         }
         Prompt::Completion(p) => prompt_texts(p).map(estimate_tokens).sum(),
     };
-    Ok(saturate(
-        (tokens / 16.0 + 1.0).log2() / (FULL / 16.0 + 1.0).log2(),
-    ))
+    Ok(log_tokens(tokens, FULL))
 }
 
 #[cfg(test)]

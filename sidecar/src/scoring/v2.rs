@@ -153,7 +153,8 @@ fn grow(n: f64, k: f64) -> f64 {
     }
 }
 
-fn log_tokens(tokens: f64, full: f64) -> f64 {
+/// Estimated tokens on a log scale: `log2(1 + tokens/16) / log2(1 + full/16)`, clamped to [0, 1].
+pub(super) fn log_tokens(tokens: f64, full: f64) -> f64 {
     saturate((tokens / 16.0 + 1.0).log2() / (full / 16.0 + 1.0).log2())
 }
 
