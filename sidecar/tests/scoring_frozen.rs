@@ -16,11 +16,8 @@ fn released_scorers_give_every_recorded_body_its_recorded_score() {
     for (n, line) in include_str!("data/frozen-scores.jsonl").lines().enumerate() {
         let row: Value = serde_json::from_str(line).unwrap();
         let body = row["body"].as_object().unwrap();
-        for (version, key) in [
-            (Version::V1, "v1"),
-            (Version::V2, "v2"),
-            (Version::Length, "length"),
-        ] {
+        for version in [Version::V1, Version::V2, Version::Length] {
+            let key = version.as_str();
             let now = score_with(version, body).ok().map(|s| s.value);
             let then = row[key].as_f64();
             // Within 1e-12 rather than bit for bit: `exp` and `log2` may differ in the last
